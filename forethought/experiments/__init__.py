@@ -1,0 +1,1 @@
+"""End-to-end runners behind the CLI; each module defines ``HELP``, ``add_arguments`` and ``run``."""

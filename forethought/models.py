@@ -1,0 +1,310 @@
+"""Models: every model in forethought is a TransformerLens 4 ``TransformerBridge``.
+
+* :func:`load_model` boots a hub name or a local ``save_pretrained`` directory (GPT-2, GPT-NeoX/Pythia,
+  Llama families), or a directory written by :func:`save_model` for a native model.
+* :func:`tiny_model` builds a randomly initialised ``boot_native`` model from a few sizes (no HF, no network).
+
+Example:
+    >>> from forethought.models import tiny_model
+    >>> model = tiny_model(n_layers=2, d_model=32, n_heads=4, d_vocab=50, n_ctx=16)
+    >>> model.cfg.n_layers, model.cfg.d_model
+    (2, 32)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from transformer_lens import TransformerBridgeConfig
+from transformer_lens.model_bridge import TransformerBridge
+
+from forethought.errors import CheckpointError, InvalidArgumentError, ModelNotAvailableError
+
+NATIVE_CONFIG = "forethought_native.json"
+NATIVE_WEIGHTS = "model.safetensors"
+
+
+def tiny_model(
+    n_layers: int = 2,
+    d_model: int = 64,
+    n_heads: int = 4,
+    d_vocab: int = 512,
+    n_ctx: int = 128,
+    d_mlp: int | None = None,
+    act_fn: str = "gelu",
+    positional_embedding_type: str = "standard",
+    attn_only: bool = False,
+    seed: int = 0,
+    tokenizer: Any = None,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+) -> TransformerBridge:
+    """A randomly initialised TL-native transformer (``TransformerBridge.boot_native``).
+
+    Args:
+        n_layers: number of transformer blocks.
+        d_model: residual stream width; must be divisible by ``n_heads``.
+        n_heads: attention heads per block.
+        d_vocab: vocabulary size (use ``len(tokenizer)`` when you pass a tokenizer).
+        n_ctx: context length.
+        d_mlp: MLP width, ``4 * d_model`` by default.
+        act_fn: MLP activation ("gelu", "relu", ...).
+        positional_embedding_type: "standard" (learned) or "rotary".
+        attn_only: drop the MLPs.
+        seed: initialisation seed; the caller's RNG state is left untouched.
+        tokenizer: optional tokenizer attached to the bridge.
+        device, dtype: where and in what precision to build it.
+
+    Example:
+        >>> model = tiny_model(n_layers=1, d_model=16, n_heads=2, d_vocab=20, n_ctx=8)
+        >>> model(torch.zeros(1, 4, dtype=torch.long)).shape
+        torch.Size([1, 4, 20])
+    """
+    for name, value in {"n_layers": n_layers, "d_model": d_model, "n_heads": n_heads, "d_vocab": d_vocab,
+                        "n_ctx": n_ctx}.items():
+        if not isinstance(value, int) or value <= 0:
+            raise InvalidArgumentError(f"{name}={value!r} is not allowed; expected a positive integer")
+    if d_model % n_heads:
+        raise InvalidArgumentError(
+            f"d_model={d_model} is not divisible by n_heads={n_heads}; choose d_model = n_heads * d_head"
+        )
+    if tokenizer is not None and len(tokenizer) > d_vocab:
+        raise InvalidArgumentError(
+            f"d_vocab={d_vocab} is smaller than the tokenizer's {len(tokenizer)} tokens; pass d_vocab=len(tokenizer)"
+        )
+    cfg = TransformerBridgeConfig(
+        d_model=d_model,
+        d_head=d_model // n_heads,
+        n_heads=n_heads,
+        n_layers=n_layers,
+        n_ctx=n_ctx,
+        d_vocab=d_vocab,
+        d_mlp=d_mlp if d_mlp is not None else 4 * d_model,
+        act_fn=act_fn,
+        positional_embedding_type=positional_embedding_type,
+        attn_only=attn_only,
+        seed=seed,
+    )
+    return _boot_native(cfg, tokenizer=tokenizer, device=device, dtype=dtype)
+
+
+def _boot_native(cfg: TransformerBridgeConfig, tokenizer: Any, device: Any, dtype: Any) -> TransformerBridge:
+    model = TransformerBridge.boot_native(cfg, tokenizer=tokenizer, device=device, dtype=dtype)
+    return model
+
+
+def is_native(model: TransformerBridge) -> bool:
+    """True for models built by ``boot_native`` (as opposed to HF-backed bridges)."""
+    return getattr(model.cfg, "architecture", None) == "TransformerLensNative"
+
+
+def load_model(
+    name_or_dir: str | os.PathLike,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+    tokenizer: Any = None,
+) -> TransformerBridge:
+    """Load a model as a ``TransformerBridge``.
+
+    Args:
+        name_or_dir: a hub name ("gpt2", "EleutherAI/pythia-70m"), a local ``save_pretrained`` directory, or a
+            directory written by :func:`save_model`.
+        device: where to put it (default: TransformerLens' choice).
+        dtype: parameter dtype (default float32).
+        tokenizer: a tokenizer object or a path/name for ``AutoTokenizer``; needed for checkpoints saved
+            without one (e.g. a randomly initialised Llama).
+
+    Raises:
+        ModelNotAvailableError: the name is not a directory and cannot be fetched (e.g. offline).
+
+    Example:
+        >>> import tempfile
+        >>> from forethought.models import save_model, tiny_model
+        >>> folder = tempfile.mkdtemp()
+        >>> save_model(tiny_model(n_layers=1, d_model=16, n_heads=2, d_vocab=20, n_ctx=8), folder)
+        >>> load_model(folder).cfg.d_model
+        16
+    """
+    path = Path(name_or_dir).expanduser()
+    if isinstance(tokenizer, (str, os.PathLike)):
+        tokenizer = _load_tokenizer(tokenizer)
+    if path.is_dir() and (path / NATIVE_CONFIG).exists():
+        return _load_native(path, tokenizer=tokenizer, device=device, dtype=dtype)
+    if path.is_dir() and not (path / "config.json").exists():
+        raise ModelNotAvailableError(
+            f"directory {str(name_or_dir)!r} holds no model: expected config.json (from save_pretrained) "
+            f"or {NATIVE_CONFIG} (from forethought.models.save_model)"
+        )
+    if not path.is_dir() and _hub_offline():
+        if not _in_local_cache(str(name_or_dir)):
+            raise ModelNotAvailableError(_offline_message(name_or_dir))
+    kwargs: dict[str, Any] = {"device": device, "tokenizer": tokenizer}
+    if dtype is not None:
+        kwargs["dtype"] = dtype
+    try:
+        return TransformerBridge.boot_transformers(str(path) if path.is_dir() else str(name_or_dir), **kwargs)
+    except OSError as error:  # HF raises OSError (or subclasses) for missing files and failed downloads
+        raise ModelNotAvailableError(f"{_offline_message(name_or_dir)} ({type(error).__name__})") from error
+    except ValueError as error:
+        if "tokenizer" in str(error).lower():
+            raise ModelNotAvailableError(
+                f"model {str(name_or_dir)!r} has no usable tokenizer; pass tokenizer=... to load_model"
+            ) from error
+        raise
+
+
+def save_model(model: TransformerBridge, out_dir: str | os.PathLike) -> Path:
+    """Save a model so that :func:`load_model` restores it, atomically (a temp dir renamed into place).
+
+    Native models are written as safetensors weights and the bridge config; HF-backed bridges use the
+    wrapped model's ``save_pretrained``. The tokenizer, if any, is saved beside them.
+    """
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        if is_native(model):
+            config = {key: value for key, value in model.cfg.to_dict().items() if _json_safe(value)}
+            (tmp / NATIVE_CONFIG).write_text(json.dumps(config, indent=1, sort_keys=True))
+            state = {name: tensor.detach().contiguous().cpu() for name, tensor in model.state_dict().items()}
+            save_file(state, str(tmp / NATIVE_WEIGHTS))
+        else:
+            _save_hf_weights(model.original_model, tmp)
+        if model.tokenizer is not None:
+            model.tokenizer.save_pretrained(tmp)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return out
+
+
+def _save_hf_weights(hf_model: Any, out: Path) -> None:
+    """``save_pretrained`` with the HF parameter names (the bridge wraps each HF module it hooks)."""
+    import transformers
+
+    with torch.device("meta"):
+        names = set(transformers.AutoModelForCausalLM.from_config(hf_model.config).state_dict())
+    wrapped = {name.replace("._original_component", ""): tensor for name, tensor in hf_model.state_dict().items()}
+    state = {name: wrapped[name].detach().contiguous() for name in names if name in wrapped}
+    hf_model.save_pretrained(out, state_dict=state)
+
+
+def _load_native(path: Path, tokenizer: Any, device: Any, dtype: Any) -> TransformerBridge:
+    try:
+        config = json.loads((path / NATIVE_CONFIG).read_text())
+        state = load_file(str(path / NATIVE_WEIGHTS))
+    except Exception as error:  # noqa: BLE001 - any failure here means an unusable checkpoint
+        raise CheckpointError(f"cannot read native model in {str(path)!r}: {error}") from error
+    if tokenizer is None and (path / "tokenizer.json").exists():
+        tokenizer = _load_tokenizer(path)
+    model = _boot_native(TransformerBridgeConfig.from_dict(config), tokenizer=tokenizer, device=device, dtype=dtype)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as error:
+        raise CheckpointError(f"weights in {str(path)!r} do not fit its config: {error}") from error
+    return model
+
+
+def _load_tokenizer(name_or_dir: str | os.PathLike) -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(name_or_dir))
+    except OSError as error:
+        raise ModelNotAvailableError(f"tokenizer {str(name_or_dir)!r} is not available: {error}") from error
+
+
+def _json_safe(value: Any) -> bool:
+    try:
+        json.dumps(value)
+    except TypeError:
+        return False
+    return True
+
+
+def _hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes", "on"}
+
+
+def _in_local_cache(name: str) -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        return isinstance(try_to_load_from_cache(name, "config.json"), str)
+    except Exception:  # noqa: BLE001 - an invalid repo id is simply not cached
+        return False
+
+
+def _offline_message(name: Any) -> str:
+    return (
+        f"model {str(name)!r} is not available offline: it is not a local directory and not in the HF cache; "
+        "download it once with network access (e.g. `huggingface-cli download NAME`), or pass a local "
+        "save_pretrained directory"
+    )
+
+
+FAMILIES = ("gpt2", "neox", "llama")
+
+
+def save_random_checkpoint(
+    family: str,
+    out_dir: str | os.PathLike,
+    d_model: int = 64,
+    n_layers: int = 2,
+    n_heads: int = 4,
+    n_ctx: int = 128,
+    tokenizer: Any = None,
+    d_vocab: int | None = None,
+    seed: int = 0,
+) -> Path:
+    """Write a randomly initialised HF checkpoint with ``save_pretrained`` (offline stand-ins for hub models).
+
+    ``family`` is ``"gpt2"``, ``"neox"`` (Pythia: rotary on a quarter of each head, parallel attention) or
+    ``"llama"`` (rotary, grouped-query attention with ``n_heads // 2`` key/value heads, RMSNorm, gated MLP).
+    The tokenizer, if given, is saved beside the weights and sets the vocabulary size.
+
+    Example:
+        >>> import tempfile
+        >>> folder = save_random_checkpoint("neox", tempfile.mkdtemp(), d_model=32, d_vocab=50)
+        >>> load_model(folder).cfg.d_model
+        32
+    """
+    import transformers
+
+    if family not in FAMILIES:
+        raise InvalidArgumentError(f"family={family!r} is unknown; choose one of {FAMILIES}")
+    vocab = len(tokenizer) if tokenizer is not None else (d_vocab or 256)
+    common = {"vocab_size": vocab, "bos_token_id": 0, "eos_token_id": 0}
+    if family == "gpt2":
+        config = transformers.GPT2Config(n_embd=d_model, n_layer=n_layers, n_head=n_heads, n_positions=n_ctx,
+                                         **common)
+        model_class = transformers.GPT2LMHeadModel
+    elif family == "neox":
+        config = transformers.GPTNeoXConfig(hidden_size=d_model, num_hidden_layers=n_layers,
+                                            num_attention_heads=n_heads, intermediate_size=4 * d_model,
+                                            max_position_embeddings=n_ctx, rotary_pct=0.25,
+                                            use_parallel_residual=True, **common)
+        model_class = transformers.GPTNeoXForCausalLM
+    else:
+        config = transformers.LlamaConfig(hidden_size=d_model, num_hidden_layers=n_layers,
+                                          num_attention_heads=n_heads, num_key_value_heads=max(1, n_heads // 2),
+                                          intermediate_size=4 * d_model, max_position_embeddings=n_ctx, **common)
+        model_class = transformers.LlamaForCausalLM
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = model_class(config)
+    out = Path(out_dir)
+    model.save_pretrained(out)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(out)
+    return out

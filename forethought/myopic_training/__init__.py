@@ -1,0 +1,1 @@
+"""forethought.myopic_training"""

@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Sets up forethought and runs its main job offline on the CPU: the synthetic pre-caching experiment.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
+.venv/bin/forethought synthetic --preset cpu --out results/synthetic "$@"

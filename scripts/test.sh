@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Sets up forethought and runs the whole test suite offline, notebooks included.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 MPLBACKEND=Agg
+.venv/bin/python -m pytest "$@"

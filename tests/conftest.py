@@ -1,0 +1,42 @@
+"""Shared fixtures: tiny models of every supported backend, built offline."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+from forethought.data import load_texts, train_tokenizer  # noqa: E402
+from forethought.models import FAMILIES, load_model, save_random_checkpoint, tiny_model  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    """A 300-token byte-level BPE trained on part of the builtin corpus."""
+    return train_tokenizer(load_texts("builtin")[:30], vocab_size=300)
+
+
+@pytest.fixture(scope="session")
+def checkpoint_dirs(tmp_path_factory, tokenizer):
+    """``save_pretrained`` directories of random GPT-2, GPT-NeoX and Llama models (d_model=32, 2 layers)."""
+    root = tmp_path_factory.mktemp("checkpoints")
+    return {family: save_random_checkpoint(family, root / family, d_model=32, n_layers=2, n_heads=4, n_ctx=64,
+                                           tokenizer=tokenizer)
+            for family in FAMILIES}
+
+
+@pytest.fixture(scope="session", params=["native", *FAMILIES])
+def any_model(request, checkpoint_dirs, tokenizer):
+    """One tiny model per backend: boot_native and HF-backed GPT-2, NeoX and Llama."""
+    if request.param == "native":
+        return tiny_model(n_layers=2, d_model=32, n_heads=4, d_vocab=len(tokenizer), n_ctx=64, tokenizer=tokenizer)
+    return load_model(checkpoint_dirs[request.param])
+
+
+@pytest.fixture(scope="session")
+def native_model(tokenizer):
+    return tiny_model(n_layers=2, d_model=32, n_heads=4, d_vocab=len(tokenizer), n_ctx=64, tokenizer=tokenizer)
