@@ -135,7 +135,8 @@ def check_tokens_fit(model: Any, tokens: Tensor) -> None:
     """Raise a clear error unless ``tokens`` can be fed to ``model`` (ids in vocabulary, length in context)."""
     if tokens.dtype not in (torch.int64, torch.int32) or tokens.ndim != 2:
         raise InvalidArgumentError(
-            f"tokens must be an integer tensor of shape [batch, pos]; got {tokens.dtype} with shape {tuple(tokens.shape)}"
+            f"tokens must be an integer tensor of shape [batch, pos]; got {tokens.dtype} "
+            f"with shape {tuple(tokens.shape)}"
         )
     if tokens.numel() == 0:
         raise DataError("tokens are empty; pass at least one sequence of at least one token")

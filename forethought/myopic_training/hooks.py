@@ -1,0 +1,162 @@
+"""The myopic gradient and past ablation, as context managers of TransformerLens hooks.
+
+``myopic(model, mode, beta)`` leaves every forward value bit-for-bit unchanged and makes the gradient of the
+loss at position ``t`` reach only what position ``t`` computes itself (see DESIGN "Myopic training"):
+
+* ``"strict"``: in every layer, query ``t`` sees the keys and values of positions ``i < t`` as constants;
+* ``"cutgrad"``: query ``t`` sees past keys/values recomputed from the *detached* attention input with the live
+  ``W_K, W_V`` (the weights learn through the past, the past's hidden states do not);
+* ``beta``: past keys/values are ``(1 - beta) * myopic + beta * live`` (``beta=1`` is vanilla).
+
+It works by replacing each attention output ``z`` with ``z.detach() + (r - r.detach())``, where ``r`` is the
+attention recomputed from the hooked q, k, v with the myopic view of the past: the value is the model's own
+``z``, the gradient is ``r``'s.
+
+``ablate_past(model)`` changes the forward: each position's attention sees only itself (the paper's
+"transformer bigram"), or zero / mean keys and values for the past.
+
+Example:
+    >>> import torch
+    >>> from forethought.models import tiny_model
+    >>> model = tiny_model(n_layers=2, d_model=16, n_heads=2, d_vocab=20, n_ctx=8)
+    >>> tokens = torch.randint(0, 20, (2, 8))
+    >>> with myopic(model, mode="strict"):
+    ...     loss = model(tokens, return_type="loss")
+    ...     loss.backward()
+    >>> torch.equal(loss.detach(), model(tokens, return_type="loss").detach())
+    True
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+from forethought.errors import InvalidArgumentError, UnsupportedArchitectureError
+from forethought.hook_names import resolve_layers
+from forethought.myopic_training.attention import (
+    LayerCapture,
+    RecomputedAttention,
+    attend,
+    attention_dropout_active,
+    check_matches,
+    expand_kv,
+    geometry,
+    heads,
+    qkv,
+    rotate,
+)
+
+MODES = ("strict", "cutgrad")
+ABLATIONS = ("self", "zero", "mean")
+
+
+@contextmanager
+def myopic(model: Any, mode: Literal["strict", "cutgrad"] = "strict", beta: float = 0.0) -> Iterator[Any]:
+    """Make gradients myopic inside the ``with`` block; forward values stay exactly those of the model.
+
+    Args:
+        model: a ``TransformerBridge`` (``boot_native``, or HF-backed GPT-2, GPT-NeoX, Llama).
+        mode: ``"strict"`` (past keys/values are constants) or ``"cutgrad"`` (past attention inputs are
+            constants; ``W_K, W_V`` still learn through the past).
+        beta: interpolation towards the vanilla gradient, in ``[0, 1]``.
+
+    Raises:
+        UnsupportedArchitectureError: the model's attention cannot be recomputed exactly (checked on every
+            forward), or attention dropout is active in training mode.
+    """
+    if mode not in MODES:
+        raise InvalidArgumentError(f"mode={mode!r} is unknown; choose one of {MODES}")
+    if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not 0.0 <= beta <= 1.0:
+        raise InvalidArgumentError(f"beta={beta!r} is not allowed; expected a number in [0, 1]")
+    layers = list(range(model.cfg.n_layers))
+    geometries = {layer: geometry(model, layer) for layer in layers}
+
+    def make_z(layer: int, capture: LayerCapture, z: Tensor) -> Tensor:
+        geo = geometries[layer]
+        if attention_dropout_active(model, layer):
+            raise UnsupportedArchitectureError(
+                f"attention dropout is active in layer {layer}; myopic gradients need model.eval() or dropout 0"
+            )
+        q, k, v = qkv(capture, geo)
+        if mode == "strict":
+            k_past, v_past = k.detach(), v.detach()
+        else:
+            k_past, v_past = _from_detached_input(model, layer, capture, geo)
+        if beta:
+            k_past, v_past = (1 - beta) * k_past + beta * k, (1 - beta) * v_past + beta * v
+        k_self, v_self, k_past, v_past = (expand_kv(x, geo.n_heads) for x in (k, v, k_past, v_past))
+        recomputed = attend(q, k_self, v_self, k_past, v_past, geo.scale)
+        check_matches(recomputed, z, layer, geo, f"myopic gradients ({mode})")
+        return z.detach() + (recomputed - recomputed.detach())
+
+    with RecomputedAttention(model, layers, make_z, with_inputs=mode == "cutgrad"):
+        yield model
+
+
+def _from_detached_input(model: Any, layer: int, capture: LayerCapture, geo: Any) -> tuple[Tensor, Tensor]:
+    """Keys and values recomputed from the detached projection inputs with the live projection weights."""
+    attn = model.blocks[layer].attn
+    projected = []
+    for name in ("k", "v"):
+        projection = getattr(getattr(attn, name, None), "_original_component", None)
+        if not callable(projection):
+            raise UnsupportedArchitectureError(
+                f"{geo.architecture} has no separate {name} projection at blocks.{layer}.attn.{name}; "
+                "use mode='strict'"
+            )
+        projected.append(heads(projection(capture[f"{name}.hook_in"].detach()), geo.n_kv_heads, geo.d_head))
+    k_past, v_past = projected
+    if geo.rotary:
+        k_past = rotate(k_past, capture)
+    return k_past, v_past
+
+
+@contextmanager
+def ablate_past(
+    model: Any,
+    layers: Any = "all",
+    method: Literal["self", "zero", "mean"] = "self",
+) -> Iterator[Any]:
+    """Remove each position's access to earlier positions' keys and values (changes the forward pass).
+
+    Args:
+        model: a ``TransformerBridge``.
+        layers: ``"all"`` (the paper's "transformer bigram" with ``method="self"``) or layer indices.
+        method: ``"self"``: each position attends only to itself; ``"zero"``: past keys and values are zero
+            (a zero key still takes softmax weight); ``"mean"``: past keys and values are replaced by their
+            mean over the batch's positions.
+
+    Example:
+        >>> import torch
+        >>> from forethought.models import tiny_model
+        >>> model = tiny_model(n_layers=1, d_model=16, n_heads=2, d_vocab=20, n_ctx=8)
+        >>> a, b = torch.tensor([[1, 2, 3]]), torch.tensor([[7, 2, 3]])
+        >>> with ablate_past(model):
+        ...     same = torch.allclose(model(a)[0, -1], model(b)[0, -1], atol=1e-6)
+        >>> same
+        True
+    """
+    if method not in ABLATIONS:
+        raise InvalidArgumentError(f"method={method!r} is unknown; choose one of {ABLATIONS}")
+    layers = resolve_layers(model, layers)
+
+    def make_z(layer: int, capture: LayerCapture, z: Tensor) -> Tensor:
+        geo = geometry(model, layer)
+        q, k, v = qkv(capture, geo)
+        k, v = expand_kv(k, geo.n_heads), expand_kv(v, geo.n_heads)
+        if method == "self":
+            return v.to(z.dtype)
+        if method == "zero":
+            k_past, v_past = torch.zeros_like(k), torch.zeros_like(v)
+        else:
+            k_past = k.mean(dim=(0, 1), keepdim=True).expand_as(k)
+            v_past = v.mean(dim=(0, 1), keepdim=True).expand_as(v)
+        return attend(q, k, v, k_past, v_past, geo.scale).to(z.dtype)
+
+    with RecomputedAttention(model, layers, make_z):
+        yield model
