@@ -133,7 +133,8 @@ def collect_activations(
             names (``"ln_final.hook_normalized"``, which get a single layer axis of size 1).
         layers: ``"all"`` or layer indices (for ``"resid"``, 0 is the embedding output).
         batch_size: sequences per forward pass.
-        device: where to run the model (default: where its parameters are). Results always go to the CPU.
+        device: where to run the model (default: where its parameters are; a different device moves the
+            model there). Results always go to the CPU.
         dtype: dtype of the stored activations.
         out_dir: if given, write one safetensors shard per batch there (atomically, as a directory renamed
             into place) and return the activations reopened from disk.
@@ -147,7 +148,7 @@ def collect_activations(
     plan = {template: _names_for(model, template, layers) for template in hooks}
     layers_by_hook = {template: layer_list for template, (layer_list, _) in plan.items()}
     wanted = {name: (template, i) for template, (_, names) in plan.items() for i, name in enumerate(names)}
-    device = torch.device(device) if device is not None else next(model.parameters()).device
+    device = _place(model, device)
     stop_at = _stop_layer(model, wanted)
 
     writer = _ShardWriter(out_dir) if out_dir is not None else None
@@ -184,6 +185,14 @@ def collect_activations(
                        "dtype": str(dtype), "n_seq": len(tokens)})
         return Activations.load(out_dir)
     return Activations(tensors=buffers, tokens=tokens.cpu(), layers_by_hook=layers_by_hook, model_name=model_name)
+
+
+def _place(model: Any, device: str | torch.device | None) -> torch.device:
+    current = next(model.parameters()).device
+    if device is None or torch.device(device) == current:
+        return current
+    model.to(device)
+    return torch.device(device)
 
 
 def _names_for(model: Any, template: str, layers: Any) -> tuple[list[int], list[str]]:
