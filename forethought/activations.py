@@ -36,7 +36,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from forethought.data.tokens import check_tokens_fit
-from forethought.errors import CheckpointError, InvalidArgumentError, check_positive
+from forethought.errors import CheckpointError, InvalidArgumentError, NumericalError, check_positive
 from forethought.hook_names import RESID, hook_name, resolve_layers
 
 META = "activations.json"
@@ -157,27 +157,36 @@ def collect_activations(
 
     def capture_as(name: str) -> Any:
         def capture(activation: Tensor, hook: Any) -> None:  # hook.name may be an alias's canonical name
+            if not torch.isfinite(activation).all():
+                raise NumericalError(f"activations at {name!r} contain NaN or inf; check the model's weights "
+                                     "and dtype (float16 overflows are common)")
             captured[name] = activation.detach().to("cpu", dtype)
 
         return capture
 
     fwd_hooks = [(name, capture_as(name)) for name in wanted]
     batches = range(0, len(tokens), batch_size)
-    with torch.inference_mode(), model.hooks(fwd_hooks=fwd_hooks):
-        for start in tqdm(batches, desc="activations", disable=not progress, unit="batch"):
-            batch = tokens[start : start + batch_size]
-            captured.clear()
-            model(batch.to(device), return_type=None, stop_at_layer=stop_at)
-            stacked = {
-                template: torch.stack([captured[name] for name in names]) for template, (_, names) in plan.items()
-            }
-            if writer is not None:
-                writer.write({**stacked, "tokens": batch.cpu()})
-                continue
-            for template, value in stacked.items():
-                if template not in buffers:
-                    buffers[template] = torch.empty((value.shape[0], len(tokens), *value.shape[2:]), dtype=dtype)
-                buffers[template][:, start : start + len(batch)] = value
+    try:
+        with torch.inference_mode(), model.hooks(fwd_hooks=fwd_hooks):
+            for start in tqdm(batches, desc="activations", disable=not progress, unit="batch"):
+                batch = tokens[start : start + batch_size]
+                captured.clear()
+                model(batch.to(device), return_type=None, stop_at_layer=stop_at)
+                stacked = {
+                    template: torch.stack([captured[name] for name in names])
+                    for template, (_, names) in plan.items()
+                }
+                if writer is not None:
+                    writer.write({**stacked, "tokens": batch.cpu()})
+                    continue
+                for template, value in stacked.items():
+                    if template not in buffers:
+                        buffers[template] = torch.empty((value.shape[0], len(tokens), *value.shape[2:]), dtype=dtype)
+                    buffers[template][:, start : start + len(batch)] = value
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        raise
 
     model_name = str(getattr(model.cfg, "model_name", ""))
     if writer is not None:
@@ -235,6 +244,5 @@ class _ShardWriter:
             shutil.rmtree(self.out)
         os.replace(self.tmp, self.out)
 
-    def __del__(self) -> None:
-        if self.tmp.exists():
-            shutil.rmtree(self.tmp, ignore_errors=True)
+    def abort(self) -> None:
+        shutil.rmtree(self.tmp, ignore_errors=True)

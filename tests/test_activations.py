@@ -58,3 +58,16 @@ def test_bad_inputs(native_model):
         collect_activations(native_model, tokens, batch_size=0, progress=False)
     with pytest.raises(ContextLengthError):
         collect_activations(native_model, torch.zeros(1, 200, dtype=torch.long), progress=False)
+
+
+def test_non_finite_activations_are_refused(tmp_path):
+    from forethought.errors import NumericalError
+    from forethought.models import tiny_model
+
+    model = tiny_model(n_layers=2, d_model=16, n_heads=2, d_vocab=20, n_ctx=8)
+    with torch.no_grad():
+        model.blocks[1].attn.o._original_component.bias.fill_(float("nan"))
+    tokens = torch.randint(0, 20, (4, 8))
+    with pytest.raises(NumericalError, match="blocks.1"):
+        collect_activations(model, tokens, hooks="resid", batch_size=2, out_dir=tmp_path / "acts", progress=False)
+    assert list(tmp_path.iterdir()) == []
