@@ -18,6 +18,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -176,6 +177,7 @@ def save_model(model: TransformerBridge, out_dir: str | os.PathLike) -> Path:
             state = {name: tensor.detach().contiguous().cpu() for name, tensor in model.state_dict().items()}
             save_file(state, str(tmp / NATIVE_WEIGHTS))
         else:
+            sync_fused_qkv(model)
             _save_hf_weights(model.original_model, tmp)
         if model.tokenizer is not None:
             model.tokenizer.save_pretrained(tmp)
@@ -186,6 +188,44 @@ def save_model(model: TransformerBridge, out_dir: str | os.PathLike) -> Path:
         if tmp.exists():
             shutil.rmtree(tmp)
     return out
+
+
+def sync_fused_qkv(model: TransformerBridge) -> int:
+    """Write each attention layer's split q/k/v projections back into the fused HF projection they came from.
+
+    For fused-qkv architectures (GPT-2 ``c_attn``, GPT-NeoX ``query_key_value``) the bridge splits the fused
+    weight into separate q, k, v ``Linear`` modules and runs those. On GPT-2 they are views of the fused tensor,
+    but on GPT-NeoX they are copies: after fine-tuning, the fused weight that ``save_pretrained`` writes would
+    be stale. The split layout is read from the bridge's own ``split_qkv_matrix`` applied to a tensor of
+    indices, so the inverse is exact for any layout. Returns the number of layers synchronised.
+    """
+    synced = 0
+    for block in getattr(model, "blocks", []):
+        attn = block.attn
+        split = getattr(attn, "split_qkv_matrix", None)
+        submodules = getattr(attn, "submodules", {})
+        if split is None or "qkv" not in submodules or not all(hasattr(attn, name) for name in "qkv"):
+            continue
+        fused = attn.qkv.original_component
+        parts = [getattr(attn, name).original_component for name in "qkv"]
+        probe = {attr: torch.arange(tensor.numel(), dtype=torch.float64).view(tensor.shape)
+                 for attr in ("weight", "bias") if isinstance(tensor := getattr(fused, attr, None), torch.Tensor)}
+        fake_fused = SimpleNamespace(**probe, **({} if "bias" in probe else {"bias": None}))
+        index_parts = split(SimpleNamespace(**{submodules["qkv"].name: fake_fused}))
+        with torch.no_grad():
+            for attr in probe:
+                target = getattr(fused, attr).view(-1)
+                for part, index_part in zip(parts, index_parts, strict=True):
+                    source, index = getattr(part, attr), getattr(index_part, attr)
+                    if source is None or _same_storage(source, target):  # a view (GPT-2): already in sync
+                        continue
+                    target[index.detach().reshape(-1).long()] = source.detach().reshape(-1).to(target.dtype)
+        synced += 1
+    return synced
+
+
+def _same_storage(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
 
 
 def _save_hf_weights(hf_model: Any, out: Path) -> None:
