@@ -1,0 +1,173 @@
+"""Baselines a future-token probe must beat, and the control task that tells reading from memorising.
+
+* **Unigram**: always predict the label distribution of the training split (per offset).
+* **Bigram at distance N**: predict the token at ``t + 1 + N`` from the token at ``t`` alone, with counts
+  from the training split: ``p(y | x) = (c(x, y) + β·p_uni(y)) / (c(x) + β)`` with ``β = 1`` pseudo-count
+  of smoothing towards the (Laplace-smoothed) unigram distribution, so input tokens never seen in training
+  fall back to the unigram prediction. A probe whose accuracy matches this baseline reads nothing but the
+  current token's identity.
+* **Control task** (Hewitt & Liang, 2019): each input token type gets a random label drawn from the real
+  task's label distribution; the same probe architecture is trained on it, and
+  ``selectivity = accuracy − control accuracy``.
+
+Counts are kept sparse (one entry per observed (token, label) pair), so a 50 K vocabulary costs memory in
+proportion to the training split, not ``d_vocab × n_classes``.
+
+Example:
+    >>> import torch
+    >>> current = torch.tensor([0, 1, 0, 1, 2])
+    >>> labels = torch.tensor([[1, 2, 1, 2, 2]])  # one offset
+    >>> bigram = BigramBaseline.fit(current, labels, n_classes=3, d_vocab=3)
+    >>> bigram.score(current, labels)["top1"].tolist()
+    [1.0]
+    >>> UnigramBaseline.fit(labels, n_classes=3).score(labels)["top1"].tolist()
+    [0.6]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from forethought.errors import DataError
+
+TOP_K = (1, 5)
+
+
+def _laplace_unigram(labels: Int[Tensor, " n"], n_classes: int) -> Float[Tensor, " n_classes"]:
+    counts = torch.bincount(labels.long(), minlength=n_classes).double()
+    return (counts + 1.0) / (counts.sum() + n_classes)
+
+
+def _scores(log_probs_of_label: Tensor, ranks_ok: dict[int, Tensor]) -> dict[str, Tensor]:
+    out = {f"top{k}": ok.double().mean() for k, ok in ranks_ok.items()}
+    out["cross_entropy"] = -log_probs_of_label.mean()
+    return out
+
+
+@dataclass
+class UnigramBaseline:
+    """The training label distribution of each offset (Laplace-smoothed), ignoring the input."""
+
+    probs: Float[Tensor, "offset n_classes"]
+
+    @classmethod
+    def fit(cls, labels: Int[Tensor, "offset n"], n_classes: int) -> UnigramBaseline:
+        if labels.shape[-1] == 0:
+            raise DataError("cannot fit a unigram baseline on an empty training split")
+        return cls(torch.stack([_laplace_unigram(row, n_classes) for row in labels.cpu()]))
+
+    def score(self, labels: Int[Tensor, "offset n"]) -> dict[str, Float[Tensor, " offset"]]:
+        """Top-1, top-5 accuracy and cross-entropy (nats) on ``labels``, one value per offset."""
+        rows = []
+        for probs, row in zip(self.probs, labels.cpu().long()):
+            order = torch.sort(-probs, stable=True).indices
+            rows.append(_scores(probs[row].log(), {k: torch.isin(row, order[:k]) for k in TOP_K}))
+        return {name: torch.stack([r[name] for r in rows]) for name in rows[0]}
+
+
+@dataclass
+class _Pairs:
+    """Sparse (input token, label) counts for one offset, keys ``token * n_classes + label`` sorted."""
+
+    keys: Tensor
+    counts: Tensor
+    token_counts: Tensor  # [d_vocab]
+    top: Tensor  # [d_vocab, max k]: the best labels for each input token under the smoothed model
+    unigram: Tensor  # [n_classes]
+
+
+@dataclass
+class BigramBaseline:
+    """The most likely label at ``t + 1 + N`` given the token at ``t``, counted on the training split."""
+
+    n_classes: int
+    d_vocab: int
+    tables: list[_Pairs]
+    beta: float = 1.0
+
+    @classmethod
+    def fit(cls, current: Int[Tensor, " n"], labels: Int[Tensor, "offset n"], n_classes: int, d_vocab: int,
+            beta: float = 1.0) -> BigramBaseline:
+        """Count (token at t, label at t + 1 + N) pairs for every offset."""
+        if current.numel() == 0:
+            raise DataError("cannot fit a bigram baseline on an empty training split")
+        current = current.cpu().long()
+        tables = [cls._fit_one(current, row.long(), n_classes, d_vocab, beta) for row in labels.cpu()]
+        return cls(n_classes=n_classes, d_vocab=d_vocab, tables=tables, beta=beta)
+
+    @staticmethod
+    def _fit_one(current: Tensor, labels: Tensor, n_classes: int, d_vocab: int, beta: float) -> _Pairs:
+        unigram = _laplace_unigram(labels, n_classes)
+        keys, counts = torch.unique(current * n_classes + labels, return_counts=True)
+        token_counts = torch.bincount(current, minlength=d_vocab)
+        # candidate labels per input token: observed pairs ranked by smoothed score, then unigram order
+        k = min(max(TOP_K), n_classes)
+        tokens, pair_labels = keys // n_classes, keys % n_classes
+        score = counts.double() + beta * unigram[pair_labels]
+        order = torch.sort(-score, stable=True).indices
+        order = order[torch.sort(tokens[order], stable=True).indices]  # grouped by token, best first
+        tokens, pair_labels = tokens[order], pair_labels[order]
+        starts = torch.searchsorted(tokens, tokens, right=False)
+        rank = torch.arange(len(tokens)) - starts
+        observed = torch.full((d_vocab, k), -1, dtype=torch.long)
+        keep = rank < k
+        observed[tokens[keep], rank[keep]] = pair_labels[keep]
+        fallback = torch.sort(-unigram, stable=True).indices[:k].expand(d_vocab, k)
+        candidates = torch.cat([observed, fallback], dim=1)  # [d_vocab, 2k]
+        same = candidates.unsqueeze(2) == candidates.unsqueeze(1)
+        earlier = torch.ones(2 * k, 2 * k, dtype=torch.bool).tril(-1)
+        duplicate = (same & earlier).any(-1)
+        invalid = (candidates < 0) | duplicate
+        pick = torch.sort(invalid.long(), dim=1, stable=True).indices[:, :k]
+        top = torch.gather(candidates, 1, pick)
+        return _Pairs(keys=keys, counts=counts, token_counts=token_counts, top=top, unigram=unigram)
+
+    def log_prob(self, current: Int[Tensor, " n"], labels: Int[Tensor, " n"], offset_index: int) -> Tensor:
+        """``log p(label | current)`` under the smoothed bigram model of one offset."""
+        table = self.tables[offset_index]
+        key = current.long() * self.n_classes + labels.long()
+        where = torch.searchsorted(table.keys, key).clamp(max=max(len(table.keys) - 1, 0))
+        pair = torch.where(table.keys[where] == key, table.counts[where], 0).double()
+        total = table.token_counts[current.long()].double()
+        return ((pair + self.beta * table.unigram[labels.long()]) / (total + self.beta)).log()
+
+    def predict(self, current: Int[Tensor, " n"], offset_index: int, k: int = 1) -> Int[Tensor, "n k"]:
+        """The ``k`` most likely labels for each input token."""
+        return self.tables[offset_index].top[current.long(), :k]
+
+    def score(self, current: Int[Tensor, " n"], labels: Int[Tensor, "offset n"]) -> dict[str, Float[Tensor, " offset"]]:
+        """Top-1, top-5 accuracy and cross-entropy (nats) on ``labels``, one value per offset."""
+        current = current.cpu().long()
+        rows = []
+        for i, row in enumerate(labels.cpu().long()):
+            top = self.predict(current, i, k=max(TOP_K))
+            ok = {k: (top[:, :k] == row[:, None]).any(1) for k in TOP_K}
+            rows.append(_scores(self.log_prob(current, row, i), ok))
+        return {name: torch.stack([r[name] for r in rows]) for name in rows[0]}
+
+
+def control_labels(
+    train_labels: Int[Tensor, " n"], d_vocab: int, seed: int = 0
+) -> Int[Tensor, " d_vocab"]:
+    """A Hewitt & Liang control task: one random class per input token type.
+
+    Each token type gets a label drawn from the empirical distribution of ``train_labels`` (the real task's
+    training labels), so the control task has the real label frequencies but no relation to the future.
+
+    Returns:
+        ``table`` with ``table[token]`` = the control label of that input token.
+
+    Example:
+        >>> table = control_labels(torch.tensor([0, 0, 1]), d_vocab=5, seed=0)
+        >>> table.shape, set(table.tolist()) <= {0, 1}
+        (torch.Size([5]), True)
+    """
+    if train_labels.numel() == 0:
+        raise DataError("cannot build a control task from an empty training split")
+    generator = torch.Generator().manual_seed(seed)
+    pick = torch.randint(0, train_labels.numel(), (d_vocab,), generator=generator)
+    return train_labels.flatten().cpu().long()[pick]

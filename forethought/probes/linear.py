@@ -1,0 +1,182 @@
+"""A stack of affine probes, one per (layer, task), scored together with one einsum.
+
+:class:`LinearProbes` is what the direct probe trainers return (the batched AdamW trainer in
+:mod:`forethought.probes.vocabulary` and the scikit-learn loop in :mod:`forethought.probes.logistic`): for
+layer ``l`` and task ``j`` it maps a hidden state ``h`` to class logits
+``((h - mean[l]) / scale[l]) @ weight[l, j] + bias[l, j]``. A *task* is an offset, or the control task of
+an offset (:class:`Task`). Features are standardised per layer with the training split's statistics, so
+the probes are insensitive to the residual stream's scale and outlier dimensions.
+
+Memory: the weights hold ``L·T·d·C`` floats (``L`` layers, ``T`` tasks, ``d`` = d_model, ``C`` classes);
+scoring ``n`` examples at once makes ``L·T·n·C`` logits. A GPT-2-small sweep over 13 depths, 4 offsets and
+their 4 controls with the full 50 257-token vocabulary needs 13·8·768·50 257 ≈ 4.0 G floats (16 GB) of
+weights, and about four times that to train (gradient and two AdamW moments); the top-1000 label space
+needs 13·8·768·1001 ≈ 80 M floats (320 MB).
+
+Example:
+    >>> import torch
+    >>> from forethought.probes.targets import LabelSpace
+    >>> probes = LinearProbes.zeros(layers=[0, 1], tasks=[Task(0), Task(1)], d_model=4,
+    ...                             label_space=LabelSpace.full(3))
+    >>> probes.logits(torch.randn(2, 5, 4)).shape  # [layer, task, n, n_classes]
+    torch.Size([2, 2, 5, 3])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from forethought.errors import InvalidArgumentError
+from forethought.probes.targets import LabelSpace
+
+
+@dataclass(frozen=True)
+class Task:
+    """What one probe predicts: the future token at ``offset``, or that offset's control task."""
+
+    offset: int
+    control: bool = False
+
+    @property
+    def name(self) -> str:
+        return f"{'control ' if self.control else ''}offset={self.offset}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"offset": self.offset, "control": self.control}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Task:
+        return cls(offset=int(data["offset"]), control=bool(data.get("control", False)))
+
+
+def feature_stats(
+    features: Float[Tensor, "layer n d_model"], chunk: int = 65536
+) -> tuple[Float[Tensor, "layer d_model"], Float[Tensor, "layer d_model"]]:
+    """Per-layer mean and standard deviation over examples, accumulated in float64 chunk by chunk.
+
+    Dimensions with (near) zero variance get scale 1, so they stay zero instead of blowing up.
+    """
+    total = torch.zeros(features.shape[0], features.shape[2], dtype=torch.float64, device=features.device)
+    square = torch.zeros_like(total)
+    for start in range(0, features.shape[1], chunk):
+        part = features[:, start : start + chunk].double()
+        total += part.sum(1)
+        square += part.square().sum(1)
+    n = max(features.shape[1], 1)
+    mean = total / n
+    var = (square / n - mean.square()).clamp(min=0)
+    std = var.sqrt()
+    std = torch.where(std > 1e-6 * (1 + mean.abs()), std, torch.ones_like(std))
+    return mean.float(), std.float()
+
+
+@dataclass
+class LinearProbes:
+    """Affine probes for every (layer, task) pair, with per-layer feature standardisation.
+
+    Attributes:
+        weight: ``[layer, task, d_model, n_classes]``.
+        bias: ``[layer, task, n_classes]`` (``-inf`` for a class a probe never saw in training).
+        mean, scale: per-layer standardisation ``[layer, d_model]``.
+        layers: the model layers (``"resid"`` depths, 0 = embeddings) along the first axis.
+        tasks: what each probe along the second axis predicts.
+        label_space: how tokens map to classes.
+        meta: free-form provenance (model name, hook, method, ...), saved with the probes.
+    """
+
+    weight: Float[Tensor, "layer task d_model n_classes"]
+    bias: Float[Tensor, "layer task n_classes"]
+    mean: Float[Tensor, "layer d_model"]
+    scale: Float[Tensor, "layer d_model"]
+    layers: list[int]
+    tasks: list[Task]
+    label_space: LabelSpace
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    kind = "linear"
+
+    def __post_init__(self) -> None:
+        n_layers, n_tasks, d_model, n_classes = self.weight.shape
+        expected = {"bias": (n_layers, n_tasks, n_classes), "mean": (n_layers, d_model),
+                    "scale": (n_layers, d_model)}
+        for name, shape in expected.items():
+            if tuple(getattr(self, name).shape) != shape:
+                raise InvalidArgumentError(f"{name} has shape {tuple(getattr(self, name).shape)}; expected {shape}")
+        if len(self.layers) != n_layers or len(self.tasks) != n_tasks:
+            raise InvalidArgumentError(f"{len(self.layers)} layers and {len(self.tasks)} tasks do not match "
+                                       f"weights of shape {tuple(self.weight.shape)}")
+        if n_classes != self.label_space.n_classes:
+            raise InvalidArgumentError(f"weights have {n_classes} classes; the label space has "
+                                       f"{self.label_space.n_classes}")
+
+    @classmethod
+    def zeros(cls, layers: Sequence[int], tasks: Sequence[Task], d_model: int, label_space: LabelSpace,
+              **kwargs: Any) -> LinearProbes:
+        """All-zero probes (uniform predictions), e.g. as a starting point."""
+        n_layers, n_tasks, n_classes = len(layers), len(tasks), label_space.n_classes
+        return cls(weight=torch.zeros(n_layers, n_tasks, d_model, n_classes),
+                   bias=torch.zeros(n_layers, n_tasks, n_classes), mean=torch.zeros(n_layers, d_model),
+                   scale=torch.ones(n_layers, d_model), layers=list(layers), tasks=list(tasks),
+                   label_space=label_space, **kwargs)
+
+    @property
+    def d_model(self) -> int:
+        return self.weight.shape[2]
+
+    @property
+    def n_classes(self) -> int:
+        return self.weight.shape[3]
+
+    @property
+    def device(self) -> torch.device:
+        return self.weight.device
+
+    def to(self, device: str | torch.device) -> LinearProbes:
+        moved = {name: getattr(self, name).to(device) for name in ("weight", "bias", "mean", "scale")}
+        return LinearProbes(**moved, layers=self.layers, tasks=self.tasks, label_space=self.label_space,
+                            meta=self.meta)
+
+    def logits(self, features: Float[Tensor, "layer n d_model"]) -> Float[Tensor, "layer task n n_classes"]:
+        """Class logits of every probe for ``features`` (one row of features per probed layer)."""
+        if features.ndim != 3 or features.shape[0] != len(self.layers) or features.shape[2] != self.d_model:
+            raise InvalidArgumentError(f"features of shape {tuple(features.shape)} do not fit probes over "
+                                       f"{len(self.layers)} layers with d_model={self.d_model}; expected "
+                                       f"[{len(self.layers)}, n, {self.d_model}]")
+        x = (features.to(self.device, torch.float32) - self.mean[:, None]) / self.scale[:, None]
+        return torch.einsum("lnd,ltdc->ltnc", x, self.weight) + self.bias[:, :, None]
+
+    def predict(self, features: Float[Tensor, "layer n d_model"]) -> Int[Tensor, "layer task n"]:
+        """The most likely class of every probe."""
+        return self.logits(features).argmax(-1)
+
+    def select(self, layers: Sequence[int] | None = None, tasks: Sequence[Task] | None = None) -> LinearProbes:
+        """The probes of some layers and tasks only."""
+        li = [self._index(self.layers, layer, "layer") for layer in (layers if layers is not None else self.layers)]
+        ti = [self._index(self.tasks, task, "task") for task in (tasks if tasks is not None else self.tasks)]
+        lt = (torch.tensor(li)[:, None], torch.tensor(ti)[None, :])
+        return LinearProbes(weight=self.weight[lt], bias=self.bias[lt], mean=self.mean[li], scale=self.scale[li],
+                            layers=[self.layers[i] for i in li], tasks=[self.tasks[i] for i in ti],
+                            label_space=self.label_space, meta=dict(self.meta))
+
+    @staticmethod
+    def _index(items: list, item: Any, what: str) -> int:
+        if item not in items:
+            raise InvalidArgumentError(f"{what} {item!r} is not among the probes' {what}s {items}")
+        return items.index(item)
+
+    def tensors(self) -> dict[str, Tensor]:
+        """The tensors to save (see :mod:`forethought.probes.io`)."""
+        return {"weight": self.weight, "bias": self.bias, "mean": self.mean, "scale": self.scale}
+
+    @classmethod
+    def from_saved(cls, tensors: dict[str, Tensor], config: dict[str, Any], model: Any = None) -> LinearProbes:
+        return cls(**{name: tensors[name] for name in ("weight", "bias", "mean", "scale")},
+                   layers=[int(layer) for layer in config["layers"]],
+                   tasks=[Task.from_dict(task) for task in config["tasks"]],
+                   label_space=LabelSpace.from_dict(config["label_space"]), meta=dict(config.get("meta", {})))

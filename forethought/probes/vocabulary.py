@@ -1,0 +1,247 @@
+"""Direct vocabulary probes: every (layer, task) pair trained at once with minibatch AdamW.
+
+The probes of all layers and tasks form one weight ``[layer, d_model, task · n_classes]``; a minibatch of
+standardised features ``[layer, batch, d_model]`` is scored with one batched matmul, and the loss is the sum
+over probes of each probe's mean cross-entropy. Each probe's gradient depends on its own loss only and
+AdamW updates every parameter on its own, so training the stack is training every probe separately with
+the same minibatch order, just faster. Early stopping is per probe: after every epoch each probe's
+held-out loss is checked, its best weights are kept, and a probe that has not improved for ``patience``
+epochs is frozen at its best; training ends when every probe is frozen or after ``max_epochs``.
+
+Memory (floats): weights ``L·T·d·C``, plus as much again for the gradient and twice for the AdamW moments;
+a minibatch makes ``L·T·batch·C`` logits (and their gradient). ``L`` layers, ``T`` tasks (offsets, plus as
+many controls), ``d`` = d_model, ``C`` classes (``d_vocab``, or ``k + 1`` with a top-k label space). The
+features stay in their stored dtype on the device and are cast to float32 one minibatch at a time.
+
+Example:
+    >>> import torch
+    >>> x = torch.randn(2, 600, 8, generator=torch.Generator().manual_seed(0))  # [layer, n, d_model]
+    >>> y = (x[1, :, 0] > 0).long()[None]  # one task, readable from layer 1 only
+    >>> probes = fit_vocab_probes(x, y, n_classes=2, config=VocabProbeConfig(progress=False))
+    >>> accuracy = (probes.predict(x)[:, 0] == y).float().mean(-1)
+    >>> bool(accuracy[1] > 0.9 and accuracy[0] < 0.7)
+    True
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float, Int
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from forethought.errors import DataError, InvalidArgumentError, NumericalError, check_positive
+from forethought.probes.early_stopping import PerProbeEarlyStopping
+from forethought.probes.linear import LinearProbes, Task, feature_stats
+from forethought.probes.targets import LabelSpace
+
+
+@dataclass
+class VocabProbeConfig:
+    """Training settings of the batched probe trainer.
+
+    Attributes:
+        lr: AdamW learning rate.
+        weight_decay: AdamW (decoupled) weight decay on the weights; biases are not decayed.
+        batch_size: examples per minibatch (shared by all probes).
+        max_epochs: passes over the training examples at most.
+        patience: epochs without a held-out improvement of ``min_delta`` before a probe is frozen.
+        min_delta: the smallest held-out loss decrease (nats) that counts as an improvement.
+        val_fraction: held-out share of the training examples when no validation split is passed.
+        seed: seeds the held-out split and the minibatch order.
+        device: where to train (default: where the features are).
+        eval_batch_size: examples per chunk when computing held-out losses.
+        progress: show a progress bar over epochs.
+    """
+
+    lr: float = 1e-2
+    weight_decay: float = 1e-4
+    batch_size: int = 512
+    max_epochs: int = 50
+    patience: int = 3
+    min_delta: float = 1e-4
+    val_fraction: float = 0.1
+    seed: int = 0
+    device: str | None = None
+    eval_batch_size: int = 4096
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "max_epochs", "patience", "eval_batch_size"):
+            check_positive(name, getattr(self, name), integer=True)
+        check_positive("lr", self.lr)
+        if self.weight_decay < 0:
+            raise InvalidArgumentError(f"weight_decay={self.weight_decay!r} is not allowed; expected >= 0")
+        if not 0 < self.val_fraction < 1:
+            raise InvalidArgumentError(f"val_fraction={self.val_fraction!r} is not allowed; expected 0 < v < 1")
+
+
+def check_features(features: Tensor, labels: Tensor, what: str = "training") -> None:
+    """Raise unless ``features [layer, n, d]`` and ``labels [task, n]`` describe the same non-empty examples."""
+    if features.ndim != 3 or labels.ndim != 2:
+        raise InvalidArgumentError(f"expected {what} features [layer, n, d_model] and labels [task, n]; got "
+                                   f"{tuple(features.shape)} and {tuple(labels.shape)}")
+    if features.shape[1] != labels.shape[1]:
+        raise InvalidArgumentError(f"{what} features hold {features.shape[1]} examples but labels hold "
+                                   f"{labels.shape[1]}")
+    if features.shape[1] == 0:
+        raise DataError(f"the {what} split is empty; probes need at least one example")
+
+
+def holdout_split(n: int, fraction: float, seed: int) -> tuple[Tensor, Tensor]:
+    """A seeded random split of ``n`` example indices into (train, held-out), both non-empty."""
+    if n < 2:
+        raise DataError(f"{n} example(s) cannot be split into training and held-out parts; need at least 2")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    n_val = min(max(1, round(fraction * n)), n - 1)
+    return order[n_val:], order[:n_val]
+
+
+def fit_vocab_probes(
+    features: Float[Tensor, "layer n d_model"],
+    labels: Int[Tensor, "task n"],
+    n_classes: int | None = None,
+    val_features: Float[Tensor, "layer n_val d_model"] | None = None,
+    val_labels: Int[Tensor, "task n_val"] | None = None,
+    config: VocabProbeConfig | None = None,
+    layers: Sequence[int] | None = None,
+    tasks: Sequence[Task] | None = None,
+    label_space: LabelSpace | None = None,
+) -> LinearProbes:
+    """Train one softmax-regression probe per (layer, task) pair, all at once.
+
+    Args:
+        features: hidden states ``[layer, n, d_model]`` (any float dtype; kept as they are).
+        labels: class labels ``[task, n]``; every layer learns every task.
+        n_classes: the number of classes (default: ``label_space.n_classes``, else ``labels.max() + 1``).
+        val_features, val_labels: the held-out split for early stopping; without them ``val_fraction`` of
+            the training examples is held out.
+        config: training settings.
+        layers, tasks, label_space: recorded on the returned probes (defaults: ``0..L-1``, offsets
+            ``0..T-1``, the whole label range).
+
+    Returns:
+        :class:`LinearProbes` holding, for each probe, the weights of its best held-out epoch.
+    """
+    config = config or VocabProbeConfig()
+    check_features(features, labels)
+    if n_classes is None:
+        n_classes = label_space.n_classes if label_space is not None else int(labels.max()) + 1
+    label_space = label_space or LabelSpace.full(n_classes)
+    if label_space.n_classes != n_classes:
+        raise InvalidArgumentError(f"n_classes={n_classes} disagrees with the label space's {label_space.n_classes}")
+    if int(labels.min()) < 0 or int(labels.max()) >= n_classes:
+        raise InvalidArgumentError(f"labels must lie in [0, {n_classes}); got [{int(labels.min())}, "
+                                   f"{int(labels.max())}]")
+    n_layers, _, d_model = features.shape
+    n_tasks = labels.shape[0]
+    layers = list(layers) if layers is not None else list(range(n_layers))
+    tasks = list(tasks) if tasks is not None else [Task(i) for i in range(n_tasks)]
+    device = torch.device(config.device) if config.device is not None else features.device
+
+    if val_features is None or val_labels is None:
+        train_idx, val_idx = holdout_split(features.shape[1], config.val_fraction, config.seed)
+        val_features, val_labels = features[:, val_idx], labels[:, val_idx]
+        features, labels = features[:, train_idx], labels[:, train_idx]
+    check_features(val_features, val_labels, "held-out")
+
+    features, labels = features.to(device), labels.to(device).long()
+    val_features, val_labels = val_features.to(device), val_labels.to(device).long()
+    mean, scale = feature_stats(features)
+    trainer = _StackedSoftmax(n_layers, d_model, n_tasks, n_classes, mean, scale, config, device)
+    trainer.fit(features, labels, val_features, val_labels)
+    weight, bias = trainer.best_weights()
+    meta = {"method": "vocab", "config": asdict(config), "epochs": trainer.stopper.epochs,
+            "best_epoch": trainer.stopper.best_epoch.tolist()}
+    return LinearProbes(weight=weight, bias=bias, mean=mean, scale=scale, layers=layers, tasks=tasks,
+                        label_space=label_space, meta=meta)
+
+
+class _StackedSoftmax:
+    """The training loop: one weight ``[L, d, T·C]``, a per-probe held-out loss, per-probe early stopping."""
+
+    def __init__(self, n_layers: int, d_model: int, n_tasks: int, n_classes: int, mean: Tensor, scale: Tensor,
+                 config: VocabProbeConfig, device: torch.device):
+        self.shape = (n_layers, d_model, n_tasks, n_classes)
+        self.config = config
+        self.mean, self.scale = mean.to(device), scale.to(device)
+        self.weight = torch.zeros(n_layers, d_model, n_tasks * n_classes, device=device, requires_grad=True)
+        self.bias = torch.zeros(n_layers, 1, n_tasks * n_classes, device=device, requires_grad=True)
+        self.optimizer = torch.optim.AdamW([{"params": [self.weight], "weight_decay": config.weight_decay},
+                                            {"params": [self.bias], "weight_decay": 0.0}], lr=config.lr)
+        self.best_weight = self.weight.detach().clone()
+        self.best_bias = self.bias.detach().clone()
+        self.stopper = PerProbeEarlyStopping((n_layers, n_tasks), config.patience, config.min_delta, device)
+
+    def per_probe_loss(self, x: Tensor, y: Tensor) -> Tensor:
+        """Summed cross-entropy ``[L, T]`` of a chunk: ``x [L, n, d]`` raw features, ``y [T, n]`` labels."""
+        n_layers, _, n_tasks, n_classes = self.shape
+        x = (x.float() - self.mean[:, None]) / self.scale[:, None]
+        logits = (torch.bmm(x, self.weight) + self.bias).view(n_layers, x.shape[1], n_tasks, n_classes)
+        target = y.T.unsqueeze(0).expand(n_layers, -1, -1)
+        losses = F.cross_entropy(logits.reshape(-1, n_classes), target.reshape(-1), reduction="none")
+        return losses.view(n_layers, x.shape[1], n_tasks).sum(1)
+
+    def fit(self, x: Tensor, y: Tensor, val_x: Tensor, val_y: Tensor) -> None:
+        config = self.config
+        n = x.shape[1]
+        generator = torch.Generator().manual_seed(config.seed)
+        epochs = tqdm(range(config.max_epochs), desc="probes", disable=not config.progress, unit="epoch")
+        for epoch in epochs:
+            for batch in torch.randperm(n, generator=generator).split(config.batch_size):
+                batch = batch.to(x.device)
+                loss = self.per_probe_loss(x[:, batch], y[:, batch]).sum() / len(batch)
+                if not torch.isfinite(loss):
+                    raise NumericalError(f"probe training loss became {loss.item()} at epoch {epoch}; "
+                                         "lower lr or check the features for NaN/inf")
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                self.optimizer.step()
+            held_out = self.held_out_loss(val_x, val_y)
+            epochs.set_postfix(held_out=f"{held_out.mean().item():.4f}", active=int(self.stopper.active.sum()))
+            if self.update_best(held_out):
+                break
+
+    @torch.no_grad()
+    def held_out_loss(self, x: Tensor, y: Tensor) -> Tensor:
+        total = torch.zeros(self.shape[0], self.shape[2], device=self.weight.device)
+        for start in range(0, x.shape[1], self.config.eval_batch_size):
+            stop = start + self.config.eval_batch_size
+            total += self.per_probe_loss(x[:, start:stop], y[:, start:stop])
+        return total / x.shape[1]
+
+    @torch.no_grad()
+    def update_best(self, held_out: Tensor) -> bool:
+        """Keep improved probes' weights; True when every probe is out of patience."""
+        improved = self.stopper.step(held_out)
+        mask = improved.repeat_interleave(self.shape[3], dim=1)[:, None, :]  # [L, 1, T*C]
+        self.best_weight = torch.where(mask, self.weight, self.best_weight)
+        self.best_bias = torch.where(mask, self.bias, self.best_bias)
+        return self.stopper.done
+
+    def best_weights(self) -> tuple[Tensor, Tensor]:
+        """Weights ``[L, T, d, C]`` and biases ``[L, T, C]`` of every probe's best epoch."""
+        n_layers, d_model, n_tasks, n_classes = self.shape
+        weight = self.best_weight.view(n_layers, d_model, n_tasks, n_classes).permute(0, 2, 1, 3).contiguous()
+        bias = self.best_bias.view(n_layers, n_tasks, n_classes).contiguous()
+        return weight, bias
+
+
+def describe_memory(n_layers: int, n_tasks: int, d_model: int, n_classes: int, batch_size: int) -> dict[str, Any]:
+    """Floats (and GiB at float32) the batched trainer needs: weights, optimiser state and a minibatch.
+
+    Example:
+        >>> describe_memory(13, 8, 768, 1001, 512)["weights_gib"] < 0.5
+        True
+    """
+    weights = n_layers * n_tasks * d_model * n_classes
+    minibatch = n_layers * n_tasks * batch_size * n_classes
+    gib = 4 / 2**30
+    return {"weights": weights, "weights_gib": weights * gib, "training_gib": 4 * weights * gib,
+            "minibatch_logits_gib": 2 * minibatch * gib}
+
