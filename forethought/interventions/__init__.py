@@ -1,1 +1,61 @@
-"""forethought.interventions"""
+"""Interventions on a ``TransformerBridge``: activation patching, future-token transplant, probe-direction
+edits and past ablation. Every intervention is a TransformerLens hook, installed with ``model.hooks`` and
+removed on exit (also on error); none edits the model.
+
+* :mod:`~forethought.interventions.patching`: :func:`patch_positions`, :func:`patch_heads` (sweeps, with
+  metrics from :mod:`~forethought.interventions.metrics`) and :func:`patch_activation` (one patch).
+* :mod:`~forethought.interventions.transplant`: :func:`transplant` (Future Lens' causal test).
+* :mod:`~forethought.interventions.directions`: :func:`project_out`, :func:`add_direction`,
+  :func:`direction_effect` (with norm-matched random placebos), :func:`as_directions` for trained probes.
+* :mod:`~forethought.interventions.past`: :func:`ablate_past` and :func:`past_ablation_effect`.
+"""
+
+from forethought.interventions.directions import (
+    DirectionEffect,
+    add_direction,
+    as_directions,
+    direction_effect,
+    orthonormal_basis,
+    project_out,
+    random_directions,
+)
+from forethought.interventions.metrics import (
+    KLToClean,
+    LogitDiff,
+    LogProb,
+    Metric,
+    Readout,
+    kl_divergence,
+    resolve_metric,
+)
+from forethought.interventions.past import ablate_past, past_ablation_effect, per_position_loss
+from forethought.interventions.patching import PatchResult, patch_activation, patch_heads, patch_positions
+from forethought.interventions.transplant import NEUTRAL_PROMPTS, TransplantResult, greedy, transplant
+
+__all__ = [
+    "NEUTRAL_PROMPTS",
+    "DirectionEffect",
+    "KLToClean",
+    "LogProb",
+    "LogitDiff",
+    "Metric",
+    "PatchResult",
+    "Readout",
+    "TransplantResult",
+    "ablate_past",
+    "add_direction",
+    "as_directions",
+    "direction_effect",
+    "greedy",
+    "kl_divergence",
+    "orthonormal_basis",
+    "past_ablation_effect",
+    "patch_activation",
+    "patch_heads",
+    "patch_positions",
+    "per_position_loss",
+    "project_out",
+    "random_directions",
+    "resolve_metric",
+    "transplant",
+]

@@ -1,0 +1,449 @@
+"""Probe-direction interventions: is what a probe *decodes* also what the model *uses*?
+
+Given a direction ``[d_model]`` or a subspace ``[k, d_model]`` (or a trained probe, via
+:func:`as_directions`), :func:`project_out` removes it from the residual stream at chosen (layer, positions)
+and :func:`add_direction` adds it, scaled. :func:`direction_effect` intervenes at one position ``t`` at a
+time and reports how the model's predictions at ``t + N`` change (the prediction of token ``t + 1 + N``),
+beside the same intervention with norm-matched random directions (seeded placebos): a direction that a
+probe reads the future from, but whose removal changes the future predictions no more than a random one,
+is decodable but not used.
+
+Example:
+    >>> import torch
+    >>> from forethought.interventions import project_out
+    >>> from forethought.models import tiny_model
+    >>> model = tiny_model(n_layers=2, d_model=16, n_heads=2, d_vocab=20, n_ctx=8)
+    >>> direction = torch.randn(16)
+    >>> seen = {}
+    >>> def keep(x, hook):
+    ...     seen["resid"] = x
+    >>> with project_out(model, direction, layer=1), model.hooks([("blocks.1.hook_resid_pre", keep)]):
+    ...     _ = model(torch.tensor([[1, 2, 3]]))
+    >>> float((seen["resid"] @ direction).abs().max()) < 1e-4
+    True
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from forethought.errors import InvalidArgumentError, NumericalError, OutOfRangeError, choices_text
+from forethought.hook_names import RESID, hook_name
+from forethought.interventions._core import (
+    Edit,
+    check_tokens,
+    device_of,
+    require_deterministic,
+    resolve_indices,
+    run_variants,
+)
+from forethought.interventions.metrics import kl_divergence
+
+MODES = ("project_out", "add")
+
+
+def as_directions(
+    source: Any,
+    *,
+    layer: int | None = None,
+    offset: int | None = None,
+    control: bool = False,
+    tokens: Sequence[int] | int | None = None,
+    classes: Sequence[int] | int | None = None,
+    center: bool = False,
+) -> Float[Tensor, "k d_model"]:
+    """Directions in the residual stream, as rows ``[k, d_model]``, from a tensor or a trained probe.
+
+    Accepted sources:
+
+    * a tensor or array ``[d_model]`` or ``[k, d_model]``;
+    * :class:`forethought.probes.linear.LinearProbes` (pick ``layer`` and ``offset``, and ``tokens`` or
+      ``classes``): the direction of class ``c`` is ``weight[:, c] / scale``, the gradient of the class logit
+      with respect to the *raw* residual stream (the probes standardise their features);
+    * a ``torch.nn.Linear`` (rows of ``weight``); a scikit-learn linear model (rows of ``coef_``), also inside
+      a ``Pipeline`` whose ``StandardScaler`` is folded in; a :class:`forethought.probes.regression.RidgeProbeResult`.
+
+    Args:
+        source: the direction(s) or probe.
+        layer, offset, control: which probe of a ``LinearProbes`` stack (``layer`` in ``"resid"`` depths).
+        tokens: token ids whose class directions to take (mapped through the probe's label space).
+        classes: class indices (rows) to take; default all.
+        center: subtract the mean of all class directions first (a softmax probe only uses differences).
+
+    Example:
+        >>> import torch
+        >>> from forethought.interventions import as_directions
+        >>> as_directions(torch.nn.Linear(8, 3), classes=[0, 2]).shape
+        torch.Size([2, 8])
+    """
+    if tokens is not None and classes is not None:
+        raise InvalidArgumentError("pass tokens or classes, not both")
+    if hasattr(source, "weight") and hasattr(source, "label_space") and getattr(source.weight, "ndim", 0) == 4:
+        rows = _linear_probes_rows(source, layer, offset, control)
+        if tokens is not None:
+            classes = source.label_space.encode(torch.as_tensor(tokens).reshape(-1)).tolist()
+    elif isinstance(source, torch.nn.Linear):
+        rows = source.weight.detach()
+    elif hasattr(source, "estimator") and hasattr(source, "r2"):  # RidgeProbeResult
+        rows = _sklearn_rows(source.estimator)
+    elif hasattr(source, "coef_") or hasattr(source, "steps"):
+        rows = _sklearn_rows(source)
+    elif isinstance(source, (Tensor, np.ndarray, list, tuple)):
+        rows = torch.as_tensor(np.asarray(source) if isinstance(source, (list, tuple)) else source)
+    else:
+        raise InvalidArgumentError(f"cannot take directions from {type(source).__name__}; pass a tensor "
+                                   "[d_model] or [k, d_model], a LinearProbes, an nn.Linear or a scikit-learn model")
+    if tokens is not None and classes is None:
+        raise InvalidArgumentError("tokens= needs a probe with a label space (LinearProbes); use classes=")
+    rows = rows.detach().float().cpu() if isinstance(rows, Tensor) else torch.as_tensor(rows).float()
+    if rows.ndim == 1:
+        rows = rows.unsqueeze(0)
+    if rows.ndim != 2 or rows.shape[0] == 0:
+        raise InvalidArgumentError(f"directions must be [d_model] or [k, d_model]; got shape {tuple(rows.shape)}")
+    if center:
+        rows = rows - rows.mean(0, keepdim=True)
+    if classes is not None:
+        picked = resolve_indices(classes, rows.shape[0], "class")
+        rows = rows[picked]
+    if not torch.isfinite(rows).all():
+        raise NumericalError("the directions hold NaN or infinite values")
+    return rows
+
+
+def orthonormal_basis(directions: Float[Tensor, "k d_model"], tol: float = 1e-6) -> Float[Tensor, "k d_model"]:
+    """An orthonormal basis (rows) of the span of ``directions``; raises if they are linearly dependent.
+
+    Example:
+        >>> import torch
+        >>> from forethought.interventions import orthonormal_basis
+        >>> basis = orthonormal_basis(torch.tensor([[3.0, 0.0, 0.0], [1.0, 1.0, 0.0]]))
+        >>> torch.allclose(basis @ basis.T, torch.eye(2))
+        True
+    """
+    directions = as_directions(directions).double()
+    if directions.shape[0] > directions.shape[1]:
+        raise InvalidArgumentError(f"{directions.shape[0]} directions cannot be independent in "
+                                   f"d_model={directions.shape[1]} dimensions")
+    q, r = torch.linalg.qr(directions.T)
+    diagonal = r.diagonal().abs()
+    if diagonal.min() <= tol * max(float(diagonal.max()), 1e-30):
+        raise InvalidArgumentError("the directions are zero or linearly dependent; pass independent directions")
+    return q.T.float()
+
+
+def random_directions(like: Float[Tensor, "k d_model"], seed: int = 0) -> Float[Tensor, "k d_model"]:
+    """Seeded Gaussian directions with the row norms of ``like`` (a norm-matched placebo).
+
+    Example:
+        >>> import torch
+        >>> from forethought.interventions import random_directions
+        >>> like = torch.tensor([[3.0, 4.0, 0.0]])
+        >>> random_directions(like, seed=1).norm(dim=-1)
+        tensor([5.])
+    """
+    like = as_directions(like)
+    generator = torch.Generator().manual_seed(seed)
+    random = torch.randn(like.shape, generator=generator)
+    return random / random.norm(dim=-1, keepdim=True) * like.norm(dim=-1, keepdim=True)
+
+
+def projection_edit(basis: Float[Tensor, "k d_model"], positions: list[int] | None) -> Edit:
+    """An edit that removes the span of the orthonormal ``basis`` at ``positions`` (``None``: all)."""
+
+    def edit(x: Float[Tensor, "batch pos d_model"]) -> Tensor:
+        b = basis.to(x.device, x.dtype)
+        projected = x - (x @ b.T) @ b
+        return projected if positions is None else _at(x, projected, positions)
+
+    return edit
+
+
+def addition_edit(vector: Float[Tensor, " d_model"], positions: list[int] | None) -> Edit:
+    """An edit that adds ``vector`` at ``positions`` (``None``: all)."""
+
+    def edit(x: Float[Tensor, "batch pos d_model"]) -> Tensor:
+        moved = x + vector.to(x.device, x.dtype)
+        return moved if positions is None else _at(x, moved, positions)
+
+    return edit
+
+
+@contextmanager
+def project_out(
+    model: Any,
+    directions: Any,
+    layer: int,
+    *,
+    positions: Sequence[int] | int | str | None = None,
+    hook: str = RESID,
+) -> Iterator[Any]:
+    """Remove the span of ``directions`` from ``hook`` at ``layer`` and ``positions`` inside the block.
+
+    Args:
+        model: a ``TransformerBridge``.
+        directions: ``[d_model]``, ``[k, d_model]`` or anything :func:`as_directions` accepts.
+        layer: the layer (for ``"resid"``, 0 is the embeddings).
+        positions: positions to edit (``None``/``"all"``: every position of every forward).
+        hook: a hook whose activation is ``[batch, pos, d_model]`` (default the residual stream).
+
+    Example:
+        >>> import torch
+        >>> from forethought.interventions import project_out
+        >>> from forethought.models import tiny_model
+        >>> model = tiny_model(n_layers=2, d_model=16, n_heads=2, d_vocab=20, n_ctx=8)
+        >>> tokens = torch.tensor([[1, 2, 3]])
+        >>> with project_out(model, torch.randn(2, 16), layer=1, positions=[2]):
+        ...     edited = model(tokens)
+        >>> torch.equal(edited[0, :2], model(tokens)[0, :2])  # earlier positions cannot see the edit
+        True
+    """
+    basis = orthonormal_basis(directions)
+    with _editing(model, hook, layer, projection_edit(basis, None), basis.shape[1], positions):
+        yield model
+
+
+@contextmanager
+def add_direction(
+    model: Any,
+    direction: Any,
+    layer: int,
+    *,
+    scale: float = 1.0,
+    normalize: bool = True,
+    positions: Sequence[int] | int | str | None = None,
+    hook: str = RESID,
+) -> Iterator[Any]:
+    """Add ``scale * direction`` to ``hook`` at ``layer`` and ``positions`` inside the block.
+
+    Args:
+        direction: one direction (``[d_model]``, or anything :func:`as_directions` turns into one row).
+        scale: the multiplier; with ``normalize`` (default) it is the added vector's norm.
+        normalize: scale the unit direction rather than the direction as given.
+
+    The other arguments are those of :func:`project_out`.
+
+    Example:
+        >>> import torch
+        >>> from forethought.interventions import add_direction
+        >>> from forethought.models import tiny_model
+        >>> model = tiny_model(n_layers=2, d_model=16, n_heads=2, d_vocab=20, n_ctx=8)
+        >>> tokens, v = torch.tensor([[1, 2, 3]]), torch.randn(16)
+        >>> with add_direction(model, v, layer=1, scale=5.0), add_direction(model, v, layer=1, scale=-5.0):
+        ...     restored = model(tokens)
+        >>> torch.allclose(restored, model(tokens), atol=1e-5)
+        True
+    """
+    vector = _scaled_vector(direction, scale, normalize)
+    with _editing(model, hook, layer, addition_edit(vector, None), vector.shape[0], positions):
+        yield model
+
+
+@dataclass
+class DirectionEffect:
+    """How an intervention at position ``t`` changes the predictions at ``t + offset``, next to placebos.
+
+    ``frame`` has one row per (condition, draw, position, offset): ``condition`` is ``"direction"`` or
+    ``"random"`` (draw ``0 .. n_random - 1``), ``read_pos = pos + offset``, and batch means of ``kl``
+    (KL(original || intervened) of the next-token distribution at ``read_pos``), ``top1_changed`` (the
+    fraction of sequences whose top prediction changed) and ``delta_logprob`` (change in log-probability of
+    the actual token at ``read_pos + 1``; NaN at the last position).
+    """
+
+    frame: pd.DataFrame
+    mode: str
+    layer: int
+    hook: str
+
+    def summary(self) -> pd.DataFrame:
+        """Means over positions and random draws: one row per (condition, offset)."""
+        columns = ["kl", "top1_changed", "delta_logprob"]
+        return self.frame.groupby(["condition", "offset"], as_index=False)[columns].mean()
+
+
+def direction_effect(
+    model: Any,
+    tokens: Int[Tensor, "batch pos"],
+    directions: Any,
+    layer: int,
+    *,
+    mode: Literal["project_out", "add"] = "project_out",
+    scale: float = 1.0,
+    normalize: bool = True,
+    positions: Sequence[int] | int | str = "all",
+    offsets: Sequence[int] = (0, 1, 2, 3),
+    n_random: int = 3,
+    seed: int = 0,
+    hook: str = RESID,
+    batch_size: int = 32,
+    progress: bool = True,
+) -> DirectionEffect:
+    """Intervene at each position ``t`` alone and measure the change in the predictions at ``t + N``.
+
+    Args:
+        model: a ``TransformerBridge`` with a deterministic forward.
+        tokens: sequences ``[batch, pos]``, run teacher-forced.
+        directions: what :func:`as_directions` accepts (a probe's class directions, a subspace, ...).
+        layer: where to intervene (``"resid"`` depth: 0 is the embeddings).
+        mode: ``"project_out"`` (remove the span) or ``"add"`` (add ``scale`` times the direction).
+        scale, normalize: as in :func:`add_direction` (``mode="add"`` only).
+        positions: the positions ``t`` to intervene at, one at a time.
+        offsets: the offsets ``N``: the prediction read at ``t + N`` is of token ``t + 1 + N``.
+        n_random: random placebo draws, each norm-matched (same row norms, hence for ``project_out`` a random
+            subspace of the same dimension); seeded by ``seed``.
+        hook: a ``[batch, pos, d_model]`` hook template (default the residual stream).
+        batch_size: rows per forward (intervened copies are stacked along the batch).
+        progress: show a progress bar.
+
+    Example:
+        >>> import torch
+        >>> from forethought.interventions import direction_effect
+        >>> from forethought.models import tiny_model
+        >>> model = tiny_model(n_layers=2, d_model=16, n_heads=2, d_vocab=20, n_ctx=8)
+        >>> tokens = torch.randint(0, 20, (4, 8), generator=torch.Generator().manual_seed(0))
+        >>> effect = direction_effect(model, tokens, torch.randn(16), layer=1, offsets=(0, 1), progress=False)
+        >>> effect.summary()[["condition", "offset"]].values.tolist()
+        [['direction', 0], ['direction', 1], ['random', 0], ['random', 1]]
+    """
+    if mode not in MODES:
+        raise InvalidArgumentError(f"mode={mode!r} is unknown; choose one of {choices_text(MODES)}")
+    tokens = check_tokens(model, tokens).to(device_of(model))
+    seq = tokens.shape[1]
+    offset_list = _check_offsets(offsets, seq)
+    pos_list = resolve_indices(positions, seq, "position")
+    pos_list = [t for t in pos_list if t + offset_list[0] < seq]
+    if isinstance(n_random, bool) or not isinstance(n_random, int) or n_random < 0:
+        raise InvalidArgumentError(f"n_random={n_random!r} is not allowed; expected an integer >= 0")
+    name = hook_name(model, hook, layer)
+    require_deterministic(model)
+
+    rows = as_directions(directions)
+    if mode == "project_out":
+        conditions = [("direction", 0, orthonormal_basis(rows))]
+        conditions += [("random", i, orthonormal_basis(random_directions(rows, seed + i))) for i in range(n_random)]
+        make_edit = projection_edit
+    else:
+        vector = _scaled_vector(rows, scale, normalize)
+        conditions = [("direction", 0, vector)]
+        conditions += [("random", i, random_directions(vector, seed + i)[0]) for i in range(n_random)]
+        make_edit = addition_edit
+    plan = [(condition, draw, t) for condition, draw, _ in conditions for t in pos_list]
+    edits = [(name, make_edit(value, [t])) for _, _, value in conditions for t in pos_list]
+
+    records = []
+    with torch.no_grad():
+        base = model(tokens).float()
+        base_logp = base.log_softmax(-1)
+        next_tokens = tokens[:, 1:].unsqueeze(-1)
+        bar = tqdm(total=len(edits), desc=f"{mode} at {name}", disable=not progress, unit="run")
+        for i, logits in run_variants(model, tokens, edits, batch_size):
+            condition, draw, t = plan[i]
+            logits = logits.float()
+            logp = logits.log_softmax(-1)
+            for offset in offset_list:
+                r = t + offset
+                if r >= seq:
+                    break
+                delta = float("nan")
+                if r + 1 < seq:
+                    delta = float((logp[:, r].gather(-1, next_tokens[:, r]) -
+                                   base_logp[:, r].gather(-1, next_tokens[:, r])).mean())
+                records.append({
+                    "condition": condition, "draw": draw, "pos": t, "offset": offset, "read_pos": r,
+                    "kl": float(kl_divergence(base[:, r], logits[:, r]).mean()),
+                    "top1_changed": float((logits[:, r].argmax(-1) != base[:, r].argmax(-1)).float().mean()),
+                    "delta_logprob": delta,
+                })
+            bar.update()
+        bar.close()
+    return DirectionEffect(frame=pd.DataFrame(records), mode=mode, layer=layer, hook=hook)
+
+
+@contextmanager
+def _editing(model: Any, hook: str, layer: int, edit: Edit, d_model: int, positions: Any) -> Iterator[None]:
+    name = hook_name(model, hook, layer)
+
+    def apply(activation: Tensor, hook: Any) -> Tensor:
+        if activation.ndim != 3 or activation.shape[-1] != d_model:
+            raise InvalidArgumentError(f"{name!r} has activations of shape {tuple(activation.shape)}; direction "
+                                       f"edits need [batch, pos, {d_model}]")
+        if positions is None or (isinstance(positions, str) and positions == "all"):
+            return edit(activation)
+        return _at(activation, edit(activation), resolve_indices(positions, activation.shape[1], "position"))
+
+    with model.hooks(fwd_hooks=[(name, apply)]):
+        yield
+
+
+def _at(original: Tensor, edited: Tensor, positions: list[int]) -> Tensor:
+    """``edited`` at ``positions``, ``original`` elsewhere."""
+    mask = torch.zeros(original.shape[1], dtype=torch.bool, device=original.device)
+    mask[positions] = True
+    return torch.where(mask.view(1, -1, 1), edited, original)
+
+
+def _scaled_vector(direction: Any, scale: float, normalize: bool) -> Float[Tensor, " d_model"]:
+    rows = as_directions(direction)
+    if rows.shape[0] != 1:
+        raise InvalidArgumentError(f"add needs one direction; got {rows.shape[0]} (pick one with classes=[...])")
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not np.isfinite(scale):
+        raise InvalidArgumentError(f"scale={scale!r} is not allowed; expected a finite number")
+    vector = rows[0]
+    if normalize:
+        norm = vector.norm()
+        if norm == 0:
+            raise InvalidArgumentError("the direction is zero; it cannot be normalised")
+        vector = vector / norm
+    return vector * scale
+
+
+def _check_offsets(offsets: Any, seq: int) -> list[int]:
+    if isinstance(offsets, int):
+        offsets = [offsets]
+    values = sorted(set(offsets))
+    if not values or any(isinstance(o, bool) or not isinstance(o, int) or not 0 <= o < seq for o in values):
+        raise OutOfRangeError(f"offsets={list(offsets)!r} are not allowed; expected integers in [0, {seq})")
+    return values
+
+
+def _linear_probes_rows(probes: Any, layer: int | None, offset: int | None, control: bool) -> Tensor:
+    """Class directions ``weight[l, task, :, c] / scale[l]`` of one probe in a ``LinearProbes`` stack."""
+    if layer is None and len(probes.layers) == 1:
+        layer = probes.layers[0]
+    if layer not in probes.layers:
+        raise OutOfRangeError(f"layer={layer!r} is not among the probes' layers {list(probes.layers)}")
+    tasks = [(task.offset, task.control) for task in probes.tasks]
+    if offset is None and len({t for t in tasks if t[1] == control}) == 1:
+        offset = next(t[0] for t in tasks if t[1] == control)
+    if (offset, control) not in tasks:
+        raise OutOfRangeError(f"offset={offset!r} (control={control}) is not among the probes' tasks "
+                              f"{[task.name for task in probes.tasks]}")
+    li, ti = probes.layers.index(layer), tasks.index((offset, control))
+    return (probes.weight[li, ti] / probes.scale[li].unsqueeze(-1)).T
+
+
+def _sklearn_rows(estimator: Any) -> Tensor:
+    """Rows of ``coef_`` in raw feature space (a ``StandardScaler`` in a pipeline is folded in)."""
+    scale = None
+    if hasattr(estimator, "steps"):
+        for _, step in estimator.steps[:-1]:
+            if hasattr(step, "scale_") and step.scale_ is not None:
+                scale = np.asarray(step.scale_) if scale is None else scale * np.asarray(step.scale_)
+            elif not hasattr(step, "mean_"):
+                raise InvalidArgumentError(f"cannot fold pipeline step {type(step).__name__} into a direction")
+        estimator = estimator.steps[-1][1]
+    if not hasattr(estimator, "coef_"):
+        raise InvalidArgumentError(f"{type(estimator).__name__} has no coef_; is it fitted and linear?")
+    coef = np.atleast_2d(np.asarray(estimator.coef_, dtype=np.float64))
+    if scale is not None:
+        coef = coef / scale
+    return torch.from_numpy(coef).float()

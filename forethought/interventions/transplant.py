@@ -1,0 +1,276 @@
+"""Future-token transplant (the causal test of Future Lens, Pal et al. 2023).
+
+Take the residual stream ``h_t^l`` of a source context at position ``t`` and depth ``l``, write it into the
+last position of a *neutral* prompt at the same depth, let the model continue greedily for ``n_steps``
+tokens, and ask how often it produces the tokens the source model itself would have produced after ``t``.
+If ``h_t^l`` alone makes the model say the source's token ``t + 1 + N``, that state carries information
+about the future that the model can use.
+
+Precision@k at offset ``N`` is the fraction of sources whose own token ``N`` steps ahead (from the source
+model's greedy continuation of ``tokens[:, :t + 1]``) is among the transplanted run's top ``k`` at step
+``N``. Offset 0 is the token predicted right at the transplanted position.
+
+The transplanted state stays at the prompt's last position while generating: every forward of the greedy
+loop (which recomputes the whole sequence) writes it there again, which is the same as generating with a
+key/value cache filled by the first, transplanted forward.
+
+Example:
+    >>> import torch
+    >>> from forethought.interventions import transplant
+    >>> from forethought.models import tiny_model
+    >>> model = tiny_model(n_layers=2, d_model=16, n_heads=2, d_vocab=20, n_ctx=16)
+    >>> tokens = torch.randint(0, 20, (4, 6), generator=torch.Generator().manual_seed(0))
+    >>> prompts = [torch.tensor([1, 2, 3])]  # token prompts; strings need a model with a tokenizer
+    >>> result = transplant(model, tokens, prompts=prompts, n_steps=3, progress=False)
+    >>> result.table(k=1).shape  # precision@1: 3 depths and a no-transplant row, 3 offsets
+    (4, 3)
+    >>> float(result.precision(k=1)[-1, 0])  # the final state fixes the next token
+    1.0
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from forethought.errors import ContextLengthError, DataError, InvalidArgumentError, check_positive
+from forethought.hook_names import RESID, hook_name, resolve_layers
+from forethought.interventions._core import check_tokens, device_of, require_deterministic, resolve_index
+
+#: Context-free prompts to transplant into (Future Lens-style); pass ``prompts=`` for your own.
+NEUTRAL_PROMPTS: tuple[str, ...] = (
+    "Hello! Could you please tell me more about",
+    "Tell me something about",
+    "The following is a short text:",
+    "Here is a sentence:",
+)
+
+Prompt = str | Int[Tensor, " pos"] | Sequence[int]
+
+
+@dataclass
+class TransplantResult:
+    """Ranks of the source model's own continuation in transplanted (and untouched) neutral-prompt runs.
+
+    Attributes:
+        ranks: rank (0 = top-1) of the source's token at each offset in the transplanted run's logits,
+            ``[prompt, layer, source, offset]``.
+        baseline_ranks: the same for the neutral prompt without a transplant, ``[prompt, source, offset]``.
+        generated: the transplanted runs' greedy tokens, ``[prompt, layer, source, offset]``.
+        continuation: the source model's greedy continuation, ``[source, offset]``.
+        layers: the residual depths transplanted (0 = embeddings, ``n_layers`` = final).
+        prompts: the prompts, as given (strings) or as token lists.
+        position: the source position ``t``.
+    """
+
+    ranks: Int[Tensor, "prompt layer source offset"]
+    baseline_ranks: Int[Tensor, "prompt source offset"]
+    generated: Int[Tensor, "prompt layer source offset"]
+    continuation: Int[Tensor, "source offset"]
+    layers: list[int]
+    prompts: list[str | list[int]]
+    position: int
+
+    def precision(self, k: int = 1, per_prompt: bool = False) -> Float[Tensor, "... layer offset"]:
+        """Precision@k, ``[layer, offset]`` averaged over prompts, or ``[prompt, layer, offset]``."""
+        check_positive("k", k, integer=True)
+        hits = (self.ranks < k).float().mean(dim=2)
+        return hits if per_prompt else hits.mean(0)
+
+    def baseline_precision(self, k: int = 1) -> Float[Tensor, " offset"]:
+        """Precision@k of the neutral prompts alone (no transplant), averaged over prompts."""
+        check_positive("k", k, integer=True)
+        return (self.baseline_ranks < k).float().mean(dim=1).mean(0)
+
+    def table(self, k: int = 1) -> pd.DataFrame:
+        """Precision@k as a ``layer x offset`` table (rows: layers; last row ``"none"``: no transplant)."""
+        frame = pd.DataFrame(self.precision(k).numpy(), index=pd.Index(self.layers, name="layer"),
+                             columns=pd.Index(range(self.ranks.shape[-1]), name="offset"))
+        frame.loc["none"] = self.baseline_precision(k).numpy()
+        return frame
+
+    def to_frame(self, ks: Sequence[int] = (1, 5)) -> pd.DataFrame:
+        """Tidy: one row per (prompt, layer, offset, k) with ``precision``; ``layer`` is ``-1`` for no transplant."""
+        rows = []
+        for k in ks:
+            per_prompt = self.precision(k, per_prompt=True)
+            baseline = (self.baseline_ranks < k).float().mean(dim=1)
+            for p, prompt in enumerate(self.prompts):
+                label = prompt if isinstance(prompt, str) else " ".join(map(str, prompt))
+                for offset in range(self.ranks.shape[-1]):
+                    rows.append({"prompt": label, "layer": -1, "offset": offset, "k": k,
+                                 "precision": float(baseline[p, offset])})
+                    for i, layer in enumerate(self.layers):
+                        rows.append({"prompt": label, "layer": layer, "offset": offset, "k": k,
+                                     "precision": float(per_prompt[p, i, offset])})
+        return pd.DataFrame(rows)
+
+
+def transplant(
+    model: Any,
+    tokens: Int[Tensor, "source pos"],
+    *,
+    position: int = -1,
+    layers: Sequence[int] | int | str = "all",
+    prompts: Sequence[Prompt] = NEUTRAL_PROMPTS,
+    n_steps: int = 4,
+    batch_size: int = 64,
+    progress: bool = True,
+) -> TransplantResult:
+    """Transplant ``h_t^l`` of each source into neutral prompts and score the greedy continuation.
+
+    Args:
+        model: a ``TransformerBridge`` with a deterministic forward.
+        tokens: source contexts ``[source, pos]``; the state is taken at ``position`` of each.
+        position: the source position ``t`` (negative counts from the end of ``tokens``).
+        layers: residual depths to transplant (``"resid"`` convention: 0 is the embeddings).
+        prompts: neutral prompts: strings (tokenised with ``model.to_tokens``, which adds a BOS token where
+            the model's default does), 1-D token tensors or lists of token ids.
+        n_steps: how many tokens to generate and score (offsets ``0 .. n_steps - 1``).
+        batch_size: sources per forward.
+        progress: show a progress bar.
+
+    Example:
+        >>> import torch
+        >>> from forethought.interventions import transplant
+        >>> from forethought.models import tiny_model
+        >>> model = tiny_model(n_layers=1, d_model=16, n_heads=2, d_vocab=20, n_ctx=16)
+        >>> source = torch.tensor([[3, 1, 4, 1, 5]])
+        >>> same = transplant(model, source, prompts=[source[0]], n_steps=3, progress=False)
+        >>> bool((same.precision(k=1) == 1).all())  # the source itself as the "neutral" prompt
+        True
+    """
+    tokens = check_tokens(model, tokens)
+    check_positive("n_steps", n_steps, integer=True)
+    check_positive("batch_size", batch_size, integer=True)
+    require_deterministic(model)
+    t = resolve_index(position, tokens.shape[1], "position")
+    layer_list = resolve_layers(model, layers, RESID)
+    prompt_tokens = [_prompt_tokens(model, prompt, n_steps) for prompt in prompts]
+    if not prompt_tokens:
+        raise DataError("prompts is empty; pass at least one neutral prompt")
+    prefix = tokens[:, : t + 1].to(device_of(model))
+    if t + 1 + n_steps > model.cfg.n_ctx:
+        raise ContextLengthError(f"position {t} + n_steps {n_steps} exceeds the model's context n_ctx="
+                                 f"{model.cfg.n_ctx}")
+    names = [hook_name(model, RESID, layer) for layer in layer_list]
+
+    n_sources = len(tokens)
+    ranks = torch.empty(len(prompt_tokens), len(layer_list), n_sources, n_steps, dtype=torch.long)
+    generated = torch.empty_like(ranks)
+    baseline = torch.empty(len(prompt_tokens), n_sources, n_steps, dtype=torch.long)
+    continuation = torch.empty(n_sources, n_steps, dtype=torch.long)
+    chunks = range(0, n_sources, batch_size)
+    bar = tqdm(total=len(chunks) * len(prompt_tokens) * (len(layer_list) + 1), desc="transplant",
+               disable=not progress, unit="run")
+    with torch.no_grad():
+        for start in chunks:
+            rows = slice(start, start + batch_size)
+            states = _states(model, prefix[rows], names)
+            own, _ = greedy(model, prefix[rows], n_steps)
+            continuation[rows] = own.cpu()
+            for p, prompt in enumerate(prompt_tokens):
+                run = prompt.to(prefix.device).expand(len(own), -1)
+                _, logits = greedy(model, run, n_steps)
+                baseline[p, rows] = _ranks(logits, own).cpu()
+                bar.update()
+                for i, name in enumerate(names):
+                    fwd_hooks = [(name, _write_last(states[name], len(prompt) - 1))]
+                    out, logits = greedy(model, run, n_steps, fwd_hooks=fwd_hooks)
+                    ranks[p, i, rows], generated[p, i, rows] = _ranks(logits, own).cpu(), out.cpu()
+                    bar.update()
+    bar.close()
+    return TransplantResult(
+        ranks=ranks,
+        baseline_ranks=baseline,
+        generated=generated,
+        continuation=continuation,
+        layers=layer_list,
+        prompts=[p if isinstance(p, str) else [int(x) for x in p] for p in prompts],
+        position=t,
+    )
+
+
+def greedy(
+    model: Any,
+    tokens: Int[Tensor, "batch pos"],
+    n_steps: int,
+    fwd_hooks: Sequence[tuple[str, Any]] = (),
+) -> tuple[Int[Tensor, "batch step"], Float[Tensor, "batch step d_vocab"]]:
+    """Greedy continuation of ``tokens`` for ``n_steps`` with ``fwd_hooks`` active in every forward.
+
+    Returns the generated tokens and the logits each was chosen from. Every step recomputes the whole
+    sequence (no cache), so hooks see every position at every step.
+
+    Example:
+        >>> import torch
+        >>> from forethought.interventions import greedy
+        >>> from forethought.models import tiny_model
+        >>> model = tiny_model(n_layers=1, d_model=16, n_heads=2, d_vocab=20, n_ctx=16)
+        >>> out, logits = greedy(model, torch.tensor([[1, 2, 3]]), n_steps=4)
+        >>> out.shape, logits.shape
+        (torch.Size([1, 4]), torch.Size([1, 4, 20]))
+    """
+    steps, step_logits = [], []
+    with torch.no_grad(), model.hooks(fwd_hooks=list(fwd_hooks)):
+        for _ in range(n_steps):
+            last = model(tokens)[:, -1]
+            step_logits.append(last)
+            steps.append(last.argmax(-1))
+            tokens = torch.cat([tokens, steps[-1].unsqueeze(1)], dim=1)
+    return torch.stack(steps, 1), torch.stack(step_logits, 1)
+
+
+def _states(model: Any, prefix: Tensor, names: list[str]) -> dict[str, Float[Tensor, "batch d_model"]]:
+    """The residual stream at the last position of ``prefix`` at every hook in ``names``."""
+    states: dict[str, Tensor] = {}
+
+    def keep(name: str) -> Any:
+        def hook(activation: Tensor, hook: Any) -> None:
+            states[name] = activation[:, -1].detach().clone()
+
+        return hook
+
+    with model.hooks(fwd_hooks=[(name, keep(name)) for name in names]):
+        model(prefix, return_type=None)
+    return states
+
+
+def _write_last(state: Float[Tensor, "batch d_model"], position: int) -> Any:
+    def hook(activation: Tensor, hook: Any) -> Tensor:
+        activation = activation.clone()
+        activation[:, position] = state.to(activation.dtype)
+        return activation
+
+    return hook
+
+
+def _ranks(logits: Float[Tensor, "batch step d_vocab"], targets: Int[Tensor, "batch step"]) -> Tensor:
+    """Rank of each target among the logits (0 = top; ties resolved in the target's favour)."""
+    target_logits = logits.gather(-1, targets.unsqueeze(-1))
+    return (logits > target_logits).sum(-1)
+
+
+def _prompt_tokens(model: Any, prompt: Any, n_steps: int) -> Int[Tensor, " pos"]:
+    if isinstance(prompt, str):
+        if getattr(model, "tokenizer", None) is None:
+            raise InvalidArgumentError("string prompts need a model with a tokenizer; pass token tensors instead")
+        ids = model.to_tokens(prompt)[0].cpu()
+    elif isinstance(prompt, Tensor) or (isinstance(prompt, Sequence) and all(isinstance(x, int) for x in prompt)):
+        ids = torch.as_tensor(prompt)
+    else:
+        raise InvalidArgumentError(f"prompt {prompt!r} is not a string, a 1-D token tensor or a list of token ids")
+    if ids.ndim != 1 or ids.numel() == 0 or ids.is_floating_point():
+        raise InvalidArgumentError(f"a token prompt must be a non-empty 1-D integer tensor; got shape "
+                                   f"{tuple(ids.shape)} and dtype {ids.dtype}")
+    check_tokens(model, ids.long().unsqueeze(0), "prompt")
+    if len(ids) + n_steps > model.cfg.n_ctx:
+        raise ContextLengthError(f"prompt of {len(ids)} tokens + n_steps {n_steps} exceeds n_ctx={model.cfg.n_ctx}")
+    return ids.long()
