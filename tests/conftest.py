@@ -40,3 +40,15 @@ def any_model(request, checkpoint_dirs, tokenizer):
 @pytest.fixture(scope="session")
 def native_model(tokenizer):
     return tiny_model(n_layers=2, d_model=32, n_heads=4, d_vocab=len(tokenizer), n_ctx=64, tokenizer=tokenizer)
+
+
+@pytest.fixture(scope="module")
+def single_thread():
+    """Run a module's tiny models on one intra-op thread: on a busy machine, two threads contending for two
+    cores make each small matmul thousands of times slower."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

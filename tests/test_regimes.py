@@ -9,6 +9,8 @@ from forethought.errors import InvalidArgumentError
 from forethought.myopic_training import ablate_past, myopic
 from forethought.myopic_training.regimes import RegimeModel, forward_context, local_myopic
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 SEQ = 8
 
 

@@ -1,5 +1,22 @@
 """Myopic training: the myopic-gradient hook, past ablation, the trainer and myopia measurements."""
 
+from forethought.myopic_training.evaluation import MyopiaReport, RegimeLoss, evaluate_regimes, loss_by_position
 from forethought.myopic_training.hooks import ablate_past, myopic
+from forethought.myopic_training.regimes import REGIMES, RegimeModel, local_myopic
+from forethought.myopic_training.trainer import TrainConfig, TrainingInterrupted, TrainResult, train
 
-__all__ = ["ablate_past", "myopic"]
+__all__ = [
+    "REGIMES",
+    "MyopiaReport",
+    "RegimeLoss",
+    "RegimeModel",
+    "TrainConfig",
+    "TrainResult",
+    "TrainingInterrupted",
+    "ablate_past",
+    "evaluate_regimes",
+    "local_myopic",
+    "loss_by_position",
+    "myopic",
+    "train",
+]
