@@ -101,3 +101,75 @@ def plot_direction_effect(effect, metric: str = "kl", title: str | None = None):
            title=title or f"{effect.mode} at layer {effect.layer} ({effect.hook})")
     fig.tight_layout()
     return fig
+
+
+def plot_loss_by_position(frame, title: str = "Validation loss by position"):
+    """One line per regime: next-token loss at each position (columns ``regime``, ``position``, ``loss``).
+
+    Example:
+        >>> import pandas as pd
+        >>> frame = pd.DataFrame({"regime": ["vanilla"] * 3, "position": [0, 1, 2], "loss": [3.0, 2.5, 2.2]})
+        >>> plot_loss_by_position(frame).axes[0].get_xlabel()
+        'position t (predicting token t + 1)'
+    """
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    sns.lineplot(data=frame, x="position", y="loss", hue="regime", marker="o", markersize=3, ax=ax)
+    ax.set(xlabel="position t (predicting token t + 1)", ylabel="cross-entropy (nats)", title=title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_loss_difference(frame, baseline: str = "vanilla", title: str | None = None):
+    """Each regime's loss minus ``baseline``'s at every position (columns ``regime``, ``position``, ``loss``).
+
+    Example:
+        >>> import pandas as pd
+        >>> frame = pd.DataFrame({"regime": ["vanilla", "vanilla", "myopic", "myopic"], "position": [0, 1, 0, 1],
+        ...                       "loss": [3.0, 2.5, 3.0, 2.7]})
+        >>> plot_loss_difference(frame).axes[0].get_ylabel()
+        'loss − vanilla loss (nats)'
+    """
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    reference = frame[frame["regime"] == baseline].set_index("position")["loss"]
+    others = frame[frame["regime"] != baseline].copy()
+    others["difference"] = others["loss"].to_numpy() - reference.reindex(others["position"]).to_numpy()
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    sns.lineplot(data=others, x="position", y="difference", hue="regime", marker="o", markersize=3, ax=ax)
+    ax.axhline(0.0, color="0.5", linewidth=0.8, linestyle="--")
+    ax.set(xlabel="position t (predicting token t + 1)", ylabel=f"loss − {baseline} loss (nats)",
+           title=title or f"Loss relative to {baseline}")
+    fig.tight_layout()
+    return fig
+
+
+def plot_training_curves(history, title: str = "Training"):
+    """Training loss per step and validation loss at each evaluation, from a trainer's log records
+    (dicts or a DataFrame with ``step``, ``loss`` and optionally ``eval_loss``; an optional ``run`` column
+    gives one colour per run).
+
+    Example:
+        >>> fig = plot_training_curves([{"step": 1, "loss": 3.0}, {"step": 2, "loss": 2.5, "eval_loss": 2.6}])
+        >>> fig.axes[0].get_xlabel()
+        'step'
+    """
+    import matplotlib.pyplot as plt
+    import pandas as pd
+    import seaborn as sns
+
+    frame = pd.DataFrame(history)
+    if "run" not in frame:
+        frame["run"] = "train"
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    sns.lineplot(data=frame, x="step", y="loss", hue="run", alpha=0.6, linewidth=0.9, ax=ax)
+    if "eval_loss" in frame and frame["eval_loss"].notna().any():
+        evals = frame.dropna(subset=["eval_loss"])
+        sns.lineplot(data=evals, x="step", y="eval_loss", hue="run", marker="o", linestyle="--", ax=ax, legend=False)
+    ax.set(xlabel="step", ylabel="cross-entropy (nats); dashed: validation", title=title)
+    fig.tight_layout()
+    return fig
+
