@@ -44,6 +44,7 @@ from forethought.interventions._core import (
     check_tokens,
     device_of,
     require_deterministic,
+    resolve_index,
     resolve_indices,
     run_variants,
 )
@@ -113,8 +114,8 @@ def as_directions(
     if center:
         rows = rows - rows.mean(0, keepdim=True)
     if classes is not None:
-        picked = resolve_indices(classes, rows.shape[0], "class")
-        rows = rows[picked]
+        picked = [classes] if isinstance(classes, int) else list(classes)
+        rows = rows[[resolve_index(c, rows.shape[0], "class") for c in picked]]  # in the order given
     if not torch.isfinite(rows).all():
         raise NumericalError("the directions hold NaN or infinite values")
     return rows
