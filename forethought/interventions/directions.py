@@ -16,7 +16,7 @@ Example:
     >>> direction = torch.randn(16)
     >>> seen = {}
     >>> def keep(x, hook):
-    ...     seen["resid"] = x
+    ...     seen["resid"] = x.detach()
     >>> with project_out(model, direction, layer=1), model.hooks([("blocks.1.hook_resid_pre", keep)]):
     ...     _ = model(torch.tensor([[1, 2, 3]]))
     >>> float((seen["resid"] @ direction).abs().max()) < 1e-4
