@@ -253,6 +253,7 @@ def train(
         step, history = load_checkpoint(out / CHECKPOINT, config, model, optimizer, scheduler, past_model)
         if accelerator.is_main_process:
             tqdm.write(f"resuming {config.regime} from step {step} of {config.steps}", file=sys.stderr)
+    start_step = step
     log = _JsonLinesLog(out / LOG, history) if out is not None and accelerator.is_main_process else None
     order = BatchOrder(len(train_tokens), config.batch_size, config.seed)
     eval_tokens = val_tokens[: config.eval_batches * config.batch_size] if config.eval_batches else val_tokens
@@ -298,12 +299,21 @@ def train(
             if stop.signum:
                 raise TrainingInterrupted(step, out / CHECKPOINT if out is not None else None)
 
-    if out is not None and accelerator.is_main_process:
+    if out is not None and accelerator.is_main_process and (step > start_step or not (out / MODEL_DIR).exists()):
         save_model(model, out / MODEL_DIR)
         if past_model is not None:
             save_model(past_model, out / PAST_MODEL_DIR)
     accelerator.wait_for_everyone()
     return TrainResult(model=model, config=config, history=history, past_model=past_model, out_dir=out)
+
+
+def check_device(device: str) -> None:
+    """Raise :class:`InvalidArgumentError` unless ``device`` is one of :data:`DEVICES` and available here."""
+    if device not in DEVICES:
+        raise InvalidArgumentError(f"device={device!r} is unknown; choose one of {', '.join(DEVICES)}")
+    available = {"cuda": torch.cuda.is_available, "mps": torch.backends.mps.is_available}
+    if device in available and not available[device]():
+        raise InvalidArgumentError(f"device={device!r} is not available on this machine; use 'cpu' or 'auto'")
 
 
 def training_context(config: TrainConfig, model: Any, past_model: Any = None) -> AbstractContextManager:
@@ -468,10 +478,7 @@ def _run_dir(config: TrainConfig) -> Path | None:
 def _accelerator(config: TrainConfig) -> Any:
     from accelerate import Accelerator, DistributedDataParallelKwargs
 
-    if config.device == "cuda" and not torch.cuda.is_available():
-        raise InvalidArgumentError("device='cuda' is not available on this machine; use device='cpu' or 'auto'")
-    if config.device == "mps" and not torch.backends.mps.is_available():
-        raise InvalidArgumentError("device='mps' is not available on this machine; use device='cpu' or 'auto'")
+    check_device(config.device)
     on_cuda = config.device in ("auto", "cuda") and torch.cuda.is_available()
     precision = config.mixed_precision
     if precision == "auto":
@@ -596,7 +603,3 @@ def _plain(value: Any) -> Any:
     if isinstance(value, os.PathLike):
         return str(value)
     return value
-
-
-__all__ = ["BatchOrder", "TrainConfig", "TrainResult", "TrainingInterrupted", "load_checkpoint", "read_checkpoint",
-           "save_checkpoint", "train", "training_context", "warmup_cosine_schedule"]
