@@ -1,0 +1,436 @@
+"""The Future-Lens linear model: ``h_t^ℓ`` → the model's final-layer residual at ``t + N``, decoded by the model.
+
+For every (layer ``ℓ``, offset ``N``) an affine map ``A, c`` predicts ``ĥ = ((h_t^ℓ - μ_ℓ) / σ_ℓ) A + c`` of
+the last block's output at position ``t + N`` (the input of the final norm), and the model's own final norm
+and unembedding turn ``ĥ`` into logits over the token at ``t + 1 + N``: ``unembed(ln_final(ĥ))``. This is
+the "linear model approximation" of Pal et al., *Future Lens* (CoNLL 2023). Its size is ``d × d`` per pair,
+independent of the vocabulary, which is what makes it practical on big models where a direct vocabulary
+probe is not: ``L·O·d²`` floats for the maps (13 depths × 4 offsets × 768² ≈ 31 M floats for GPT-2 small,
+against 2 G for direct full-vocabulary probes).
+
+Fitting has two stages, both for all pairs at once:
+
+1. **least squares**: the ridge solution ``(X̃ᵀX̃ + λnI)⁻¹X̃ᵀ(H - H̄)``, one Gram matrix per layer and one
+   ``d × d`` solve per pair (``max_epochs=0`` stops here);
+2. **fine-tuning** with AdamW on the decoded distribution: the soft cross-entropy (KL up to a constant)
+   between the model's own next-token distribution at ``t + N`` and the lens's, with per-probe early
+   stopping on held-out data, as in :mod:`forethought.probes.vocabulary`.
+
+The model's weights are never changed (gradients are taken with respect to the lens only). A lens can
+also be trained on hard labels (:func:`fit_label_lens`), which is how its Hewitt & Liang control task is
+scored.
+
+Memory (floats): maps ``L·T·d²`` (four times that to train); a minibatch decodes ``L·T·batch·d_vocab``
+logits, so lower ``batch_size`` for big vocabularies.
+
+Example:
+    >>> import torch
+    >>> from forethought.models import tiny_model
+    >>> model = tiny_model(n_layers=1, d_model=16, n_heads=2, d_vocab=20, n_ctx=8)
+    >>> h = torch.randn(1, 64, 16)  # the final-layer residual at 64 positions, as the probed "layer"
+    >>> lens = fit_future_lens(model, h, h, config=FutureLensConfig(ridge=0.0, max_epochs=0, progress=False))
+    >>> torch.allclose(lens.vocab_logits(h)[0, 0], decode(model, h[0]), atol=1e-3)  # offset 0 of the last layer
+    True
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float, Int
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from forethought.errors import (
+    DataError,
+    InvalidArgumentError,
+    NumericalError,
+    UnsupportedArchitectureError,
+    VocabularyMismatchError,
+    check_positive,
+)
+from forethought.probes.early_stopping import PerProbeEarlyStopping
+from forethought.probes.linear import Task, feature_stats
+from forethought.probes.targets import LabelSpace
+from forethought.probes.vocabulary import check_features, holdout_split
+
+
+def decode(model: Any, resid: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_vocab"]:
+    """The model's own read-out of a final-layer residual: ``unembed(ln_final(resid))``.
+
+    On a ``TransformerBridge`` this equals the model's logits when ``resid`` is the last block's output
+    (``blocks.{n_layers-1}.hook_resid_post``), on every backend.
+    """
+    ln_final, unembed = getattr(model, "ln_final", None), getattr(model, "unembed", None)
+    if ln_final is None or unembed is None:
+        raise UnsupportedArchitectureError(f"{type(model).__name__} has no ln_final/unembed components to decode "
+                                           "residuals with")
+    return unembed(ln_final(resid))
+
+
+@dataclass
+class FutureLensConfig:
+    """Fitting settings of the Future-Lens linear model.
+
+    Attributes:
+        ridge: the least-squares penalty per example (``λ`` in ``X̃ᵀX̃ + λnI``, on standardised features).
+        lr, weight_decay: AdamW settings of the fine-tuning stage.
+        batch_size: examples per fine-tuning minibatch.
+        max_epochs: fine-tuning epochs at most (0: least squares only).
+        patience, min_delta: per-probe early stopping on the held-out soft cross-entropy.
+        val_fraction: held-out share of the training examples when no validation split is passed.
+        seed: seeds the held-out split and the minibatch order.
+        device: where to fit (default: the model's device).
+        eval_batch_size: examples per chunk when scoring held-out data.
+        progress: show a progress bar over epochs.
+    """
+
+    ridge: float = 1e-3
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    batch_size: int = 256
+    max_epochs: int = 10
+    patience: int = 2
+    min_delta: float = 1e-4
+    val_fraction: float = 0.1
+    seed: int = 0
+    device: str | None = None
+    eval_batch_size: int = 1024
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "patience", "eval_batch_size"):
+            check_positive(name, getattr(self, name), integer=True)
+        if isinstance(self.max_epochs, bool) or not isinstance(self.max_epochs, int) or self.max_epochs < 0:
+            raise InvalidArgumentError(f"max_epochs={self.max_epochs!r} is not allowed; expected an integer >= 0")
+        check_positive("lr", self.lr)
+        if self.ridge < 0 or self.weight_decay < 0:
+            raise InvalidArgumentError(f"ridge={self.ridge!r} and weight_decay={self.weight_decay!r} must be >= 0")
+        if not 0 < self.val_fraction < 1:
+            raise InvalidArgumentError(f"val_fraction={self.val_fraction!r} is not allowed; expected 0 < v < 1")
+
+
+@dataclass
+class FutureLens:
+    """Affine maps from layer-``ℓ`` states to the final-layer state ``N`` positions later, read out by the model.
+
+    Attributes:
+        weight: ``[layer, task, d_model, d_model]`` (applied to standardised features).
+        bias: ``[layer, task, d_model]``.
+        mean, scale: per-layer feature standardisation ``[layer, d_model]``.
+        layers, tasks, label_space, meta: as in :class:`forethought.probes.linear.LinearProbes`.
+        model: the model whose final norm and unembedding decode the predictions (not saved).
+    """
+
+    weight: Float[Tensor, "layer task d_model d_model"]
+    bias: Float[Tensor, "layer task d_model"]
+    mean: Float[Tensor, "layer d_model"]
+    scale: Float[Tensor, "layer d_model"]
+    layers: list[int]
+    tasks: list[Task]
+    label_space: LabelSpace
+    meta: dict[str, Any] = field(default_factory=dict)
+    model: Any = field(default=None, repr=False)
+
+    kind = "future_lens"
+
+    def __post_init__(self) -> None:
+        n_layers, n_tasks, d_in, d_out = self.weight.shape
+        if d_in != d_out or tuple(self.bias.shape) != (n_layers, n_tasks, d_out) or \
+                tuple(self.mean.shape) != (n_layers, d_in) or tuple(self.scale.shape) != (n_layers, d_in):
+            raise InvalidArgumentError(f"inconsistent lens tensors: weight {tuple(self.weight.shape)}, bias "
+                                       f"{tuple(self.bias.shape)}, mean {tuple(self.mean.shape)}")
+        if len(self.layers) != n_layers or len(self.tasks) != n_tasks:
+            raise InvalidArgumentError(f"{len(self.layers)} layers and {len(self.tasks)} tasks do not match "
+                                       f"weights of shape {tuple(self.weight.shape)}")
+        if self.model is not None:
+            check_lens_fits(self.model, d_in, self.label_space.d_vocab)
+
+    @property
+    def d_model(self) -> int:
+        return self.weight.shape[2]
+
+    @property
+    def n_classes(self) -> int:
+        return self.label_space.n_classes
+
+    @property
+    def device(self) -> torch.device:
+        return self.weight.device
+
+    def predict_resid(self, features: Float[Tensor, "layer n d_model"]) -> Float[Tensor, "layer task n d_model"]:
+        """The predicted final-layer residual at ``t + N`` for every (layer, task)."""
+        if features.ndim != 3 or features.shape[0] != len(self.layers) or features.shape[2] != self.d_model:
+            raise InvalidArgumentError(f"features of shape {tuple(features.shape)} do not fit a lens over "
+                                       f"{len(self.layers)} layers with d_model={self.d_model}")
+        x = (features.to(self.device, torch.float32) - self.mean[:, None]) / self.scale[:, None]
+        return torch.einsum("lnd,ltde->ltne", x, self.weight) + self.bias[:, :, None]
+
+    def vocab_logits(self, features: Float[Tensor, "layer n d_model"]) -> Float[Tensor, "layer task n d_vocab"]:
+        """Logits over the whole vocabulary, decoded by the model's final norm and unembedding."""
+        if self.model is None:
+            raise InvalidArgumentError("this lens has no model to decode with; pass model= to load_probes")
+        return decode(self.model, self.predict_resid(features))
+
+    def logits(self, features: Float[Tensor, "layer n d_model"]) -> Float[Tensor, "layer task n n_classes"]:
+        """Class logits in the lens's label space (the common probe interface)."""
+        return self.label_space.project_logits(self.vocab_logits(features))
+
+    def tensors(self) -> dict[str, Tensor]:
+        return {"weight": self.weight, "bias": self.bias, "mean": self.mean, "scale": self.scale}
+
+    @classmethod
+    def from_saved(cls, tensors: dict[str, Tensor], config: dict[str, Any], model: Any = None) -> FutureLens:
+        if model is None:
+            raise InvalidArgumentError("a Future-Lens probe decodes with its model's unembedding; pass model=")
+        device = next(model.parameters()).device
+        return cls(**{name: tensors[name].to(device) for name in ("weight", "bias", "mean", "scale")},
+                   layers=[int(layer) for layer in config["layers"]],
+                   tasks=[Task.from_dict(task) for task in config["tasks"]],
+                   label_space=LabelSpace.from_dict(config["label_space"]), meta=dict(config.get("meta", {})),
+                   model=model)
+
+
+def check_lens_fits(model: Any, d_model: int, d_vocab: int) -> None:
+    """Raise :class:`VocabularyMismatchError` unless the model has this width and vocabulary."""
+    if model.cfg.d_model != d_model or model.cfg.d_vocab != d_vocab:
+        raise VocabularyMismatchError(f"the probes expect d_model={d_model}, d_vocab={d_vocab}; the model has "
+                                      f"d_model={model.cfg.d_model}, d_vocab={model.cfg.d_vocab}")
+
+
+def least_squares(
+    features: Float[Tensor, "layer n d_model"],
+    targets: Float[Tensor, "task n d_model"],
+    ridge: float = 1e-3,
+    chunk: int = 16384,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Ridge maps from standardised features of every layer to every target, all pairs at once.
+
+    Accumulates ``X̃ᵀX̃`` per layer and ``X̃ᵀ(H - H̄)`` per (layer, target) in float64 chunk by chunk, then
+    solves ``(X̃ᵀX̃ + λnI) A = X̃ᵀ(H - H̄)`` for every pair; ``c = H̄``. Equivalent to scikit-learn's
+    ``Ridge(alpha=λn)`` on standardised features.
+
+    Returns:
+        ``weight [layer, task, d, d]``, ``bias [layer, task, d]``, ``mean [layer, d]``, ``scale [layer, d]``.
+    """
+    mean, scale = feature_stats(features, chunk)
+    device = features.device
+    mean, scale = mean.to(device), scale.to(device)
+    n_layers, n, d_in = features.shape
+    n_tasks, _, d_out = targets.shape
+    target_mean = targets.double().mean(1)  # [T, d]
+    gram = torch.zeros(n_layers, d_in, d_in, dtype=torch.float64, device=device)
+    cross = torch.zeros(n_layers, n_tasks, d_in, d_out, dtype=torch.float64, device=device)
+    for start in range(0, n, chunk):
+        x = ((features[:, start : start + chunk].double() - mean[:, None]) / scale[:, None])
+        h = targets[:, start : start + chunk].to(device).double() - target_mean[:, None]
+        gram += x.transpose(1, 2) @ x
+        cross += torch.einsum("lnd,tne->ltde", x, h)
+    eye = torch.eye(d_in, dtype=torch.float64, device=device)
+    weight = torch.linalg.solve((gram + ridge * n * eye)[:, None], cross)
+    bias = target_mean[None].expand(n_layers, -1, -1)
+    return weight.float(), bias.float().contiguous(), mean, scale
+
+
+def fit_future_lens(
+    model: Any,
+    features: Float[Tensor, "layer n d_model"],
+    future_resid: Float[Tensor, "offset n d_model"],
+    val_features: Float[Tensor, "layer n_val d_model"] | None = None,
+    val_future_resid: Float[Tensor, "offset n_val d_model"] | None = None,
+    config: FutureLensConfig | None = None,
+    layers: Sequence[int] | None = None,
+    offsets: Sequence[int] | None = None,
+    label_space: LabelSpace | None = None,
+) -> FutureLens:
+    """Fit a Future-Lens linear model for every (layer, offset): least squares, then KL fine-tuning.
+
+    Args:
+        model: the model whose ``ln_final`` and ``unembed`` decode the lens (left unchanged).
+        features: hidden states ``[layer, n, d_model]`` at positions ``t``.
+        future_resid: the final-layer residual at ``t + N`` for every offset ``[offset, n, d_model]``.
+        val_features, val_future_resid: the held-out split for early stopping (default: ``val_fraction`` of
+            the training examples).
+        config: fitting settings.
+        layers, offsets: recorded on the lens (defaults ``0..L-1`` and ``0..O-1``).
+        label_space: the classes the lens's logits are projected to (default: the whole vocabulary).
+    """
+    config = config or FutureLensConfig()
+    device = _device(model, config)
+    _check_resid(features, future_resid, model)
+    tasks = [Task(offset) for offset in (offsets if offsets is not None else range(future_resid.shape[0]))]
+    if (val_features is None) != (val_future_resid is None):
+        raise InvalidArgumentError("pass both val_features and val_future_resid, or neither")
+    if val_features is None and config.max_epochs > 0:
+        train_idx, val_idx = holdout_split(features.shape[1], config.val_fraction, config.seed)
+        val_features, val_future_resid = features[:, val_idx], future_resid[:, val_idx]
+        features, future_resid = features[:, train_idx], future_resid[:, train_idx]
+    features, future_resid = features.to(device), future_resid.to(device)
+    weight, bias, mean, scale = least_squares(features, future_resid, config.ridge)
+    lens = FutureLens(weight=weight, bias=bias, mean=mean, scale=scale,
+                      layers=list(layers) if layers is not None else list(range(features.shape[0])),
+                      tasks=tasks, label_space=label_space or LabelSpace.full(model.cfg.d_vocab),
+                      meta={"method": "future_lens", "config": asdict(config)}, model=model)
+    if config.max_epochs == 0:
+        return lens
+    _check_resid(val_features, val_future_resid, model, "held-out")
+
+    def soft_cross_entropy(predicted: Tensor, future: Tensor) -> Tensor:
+        with torch.no_grad():
+            target = F.softmax(decode(model, future).float(), dim=-1)  # [T, n, V]
+        log_q = F.log_softmax(decode(model, predicted).float(), dim=-1)  # [L, T, n, V]
+        return -(target * log_q).sum(-1).sum(-1)  # [L, T], summed over examples
+
+    _fine_tune(lens, features, future_resid, val_features.to(device), val_future_resid.to(device),
+               soft_cross_entropy, config)
+    return lens
+
+
+def fit_label_lens(
+    model: Any,
+    features: Float[Tensor, "layer n d_model"],
+    labels: Int[Tensor, "task n"],
+    label_space: LabelSpace,
+    tasks: Sequence[Task],
+    init_resid: Float[Tensor, " d_model"],
+    val_features: Float[Tensor, "layer n_val d_model"] | None = None,
+    val_labels: Int[Tensor, "task n_val"] | None = None,
+    config: FutureLensConfig | None = None,
+    layers: Sequence[int] | None = None,
+) -> FutureLens:
+    """Train a lens on hard class labels (cross-entropy of its projected logits), e.g. a control task.
+
+    The maps start at ``A = 0`` and ``c = init_resid``, a constant prediction; pass the training split's mean
+    final-layer residual (the origin is a poor start: the final norm's gradient blows up there).
+    """
+    config = config or FutureLensConfig()
+    device = _device(model, config)
+    check_features(features, labels)
+    n_layers, _, d_model = features.shape
+    if val_features is None or val_labels is None:
+        train_idx, val_idx = holdout_split(features.shape[1], config.val_fraction, config.seed)
+        val_features, val_labels = features[:, val_idx], labels[:, val_idx]
+        features, labels = features[:, train_idx], labels[:, train_idx]
+    check_features(val_features, val_labels, "held-out")
+    mean, scale = feature_stats(features)
+    lens = FutureLens(weight=torch.zeros(n_layers, len(tasks), d_model, d_model, device=device),
+                      bias=init_resid.to(device).float().expand(n_layers, len(tasks), d_model).contiguous(),
+                      mean=mean.to(device), scale=scale.to(device),
+                      layers=list(layers) if layers is not None else list(range(n_layers)), tasks=list(tasks),
+                      label_space=label_space, meta={"method": "future_lens", "config": asdict(config)}, model=model)
+
+    def label_cross_entropy(predicted: Tensor, labels: Tensor) -> Tensor:
+        logits = label_space.project_logits(decode(model, predicted).float())  # [L, T, n, C]
+        target = labels.unsqueeze(0).expand(logits.shape[:-1])
+        return F.cross_entropy(logits.flatten(0, 2), target.flatten(), reduction="none").view(target.shape).sum(-1)
+
+    _fine_tune(lens, features.to(device), labels.to(device).long(), val_features.to(device),
+               val_labels.to(device).long(), label_cross_entropy, config)
+    return lens
+
+
+def _fine_tune(lens: FutureLens, x: Tensor, y: Tensor, val_x: Tensor, val_y: Tensor, loss_fn: Any,
+               config: FutureLensConfig) -> None:
+    """AdamW on the lens maps with per-probe early stopping; ``loss_fn(ĥ, targets) -> [L, T]`` summed loss."""
+    weight = lens.weight.detach().clone().requires_grad_(True)
+    bias = lens.bias.detach().clone().requires_grad_(True)
+    optimizer = torch.optim.AdamW([{"params": [weight], "weight_decay": config.weight_decay},
+                                   {"params": [bias], "weight_decay": 0.0}], lr=config.lr)
+    mean, scale = lens.mean[:, None], lens.scale[:, None]
+    stopper = PerProbeEarlyStopping(tuple(weight.shape[:2]), config.patience, config.min_delta, x.device)
+
+    def predict(features: Tensor) -> Tensor:
+        return torch.einsum("lnd,ltde->ltne", (features.float() - mean) / scale, weight) + bias[:, :, None]
+
+    def held_out() -> Tensor:
+        total = torch.zeros(weight.shape[:2], device=x.device)
+        with torch.no_grad():
+            for start in range(0, val_x.shape[1], config.eval_batch_size):
+                stop = start + config.eval_batch_size
+                total += loss_fn(predict(val_x[:, start:stop]), val_y[:, start:stop])
+        return total / val_x.shape[1]
+
+    stopper.best = held_out()  # the starting point is epoch 0: fine-tuning must beat it
+    generator = torch.Generator().manual_seed(config.seed)
+    for epoch in tqdm(range(config.max_epochs), desc="future lens", disable=not config.progress, unit="epoch"):
+        for batch in torch.randperm(x.shape[1], generator=generator).split(config.batch_size):
+            batch = batch.to(x.device)
+            loss = loss_fn(predict(x[:, batch]), y[:, batch]).sum() / len(batch)
+            if not torch.isfinite(loss):
+                raise NumericalError(f"future-lens loss became {loss.item()} at epoch {epoch}; lower lr")
+            grads = torch.autograd.grad(loss, [weight, bias])  # the model's own parameters get no gradient
+            for param, grad in zip((weight, bias), grads):
+                param.grad = grad
+            optimizer.step()
+        improved = stopper.step(held_out())
+        with torch.no_grad():
+            lens.weight = torch.where(improved[:, :, None, None], weight, lens.weight)
+            lens.bias = torch.where(improved[:, :, None], bias, lens.bias)
+        if stopper.done:
+            break
+    lens.weight, lens.bias = lens.weight.detach(), lens.bias.detach()
+    lens.meta.update(epochs=stopper.epochs, best_epoch=stopper.best_epoch.tolist())
+
+
+def _device(model: Any, config: FutureLensConfig) -> torch.device:
+    return torch.device(config.device) if config.device is not None else next(model.parameters()).device
+
+
+def _check_resid(features: Tensor, resid: Tensor, model: Any, what: str = "training") -> None:
+    if features.ndim != 3 or resid.ndim != 3 or features.shape[1] != resid.shape[1]:
+        raise InvalidArgumentError(f"expected {what} features [layer, n, d] and future residuals [offset, n, d] "
+                                   f"over the same examples; got {tuple(features.shape)} and {tuple(resid.shape)}")
+    if features.shape[1] == 0:
+        raise DataError(f"the {what} split is empty; the lens needs at least one example")
+    check_lens_fits(model, features.shape[2], model.cfg.d_vocab)
+    if resid.shape[2] != model.cfg.d_model:
+        raise VocabularyMismatchError(f"future residuals have width {resid.shape[2]}; the model's d_model is "
+                                      f"{model.cfg.d_model}")
+
+
+def fit_ridge_lens(
+    model: Any,
+    features: Float[Tensor, "layer n d_model"],
+    future_resid: Float[Tensor, "offset n d_model"],
+    groups: Int[Tensor, " n"] | None = None,
+    layers: Sequence[int] | None = None,
+    offsets: Sequence[int] | None = None,
+    label_space: LabelSpace | None = None,
+    seed: int = 0,
+    progress: bool = True,
+) -> FutureLens:
+    """The least-squares lens fitted by :func:`forethought.probes.regression.fit_ridge_probe`, one pair at a time.
+
+    Each (layer, offset) pair gets scikit-learn ridge regressions onto the ``d_model`` coordinates of the
+    future residual, each with its own penalty chosen by validation R² (on whole sequences when ``groups``
+    holds sequence ids). The slow, trusted counterpart of the least-squares stage of
+    :func:`fit_future_lens`; its held-out R² per pair is kept in ``meta["ridge_r2"]``.
+    """
+    from forethought.probes.regression import fit_ridge_probe
+
+    _check_resid(features, future_resid, model)
+    n_layers, _, d_model = features.shape
+    n_offsets = future_resid.shape[0]
+    weight = torch.zeros(n_layers, n_offsets, d_model, d_model)
+    bias = torch.zeros(n_layers, n_offsets, d_model)
+    mean, scale = torch.zeros(n_layers, d_model), torch.ones(n_layers, d_model)
+    r2 = torch.zeros(n_layers, n_offsets)
+    pairs = [(i, j) for i in range(n_layers) for j in range(n_offsets)]
+    for i, j in tqdm(pairs, desc="ridge probes", disable=not progress, unit="probe"):
+        result = fit_ridge_probe(features[i].float(), future_resid[j].float(), groups=groups, seed=seed)
+        scaler, ridge = result.estimator[0], result.estimator[-1]
+        # every pair of a layer is fitted on the same rows, so the layer's scaler is the same for all offsets
+        mean[i], scale[i] = torch.from_numpy(scaler.mean_).float(), torch.from_numpy(scaler.scale_).float()
+        weight[i, j] = torch.from_numpy(ridge.coef_).float().T
+        bias[i, j] = torch.from_numpy(ridge.intercept_).float()
+        r2[i, j] = float(result.r2.mean())
+    device = next(model.parameters()).device
+    return FutureLens(weight=weight.to(device), bias=bias.to(device), mean=mean.to(device), scale=scale.to(device),
+                      layers=list(layers) if layers is not None else list(range(n_layers)),
+                      tasks=[Task(o) for o in (offsets if offsets is not None else range(n_offsets))],
+                      label_space=label_space or LabelSpace.full(model.cfg.d_vocab),
+                      meta={"method": "ridge", "seed": seed, "ridge_r2": r2.tolist()}, model=model)

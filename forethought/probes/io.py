@@ -1,0 +1,120 @@
+"""Save and load probes: a safetensors file of tensors and a JSON file describing them.
+
+A probe directory holds ``probes.safetensors`` (weights, biases, standardisation) and ``probes.json`` (the
+kind of probe, the layers and tasks, the hook they read, the label space, ``d_model`` and ``d_vocab``, the
+model name, and the fitting metadata). Loading reads tensors with safetensors only (no pickle) and refuses
+a model whose width or vocabulary differ from the ones the probes were fitted on. Directories are written
+to a temporary name and renamed into place, so an interrupted save leaves nothing half-written.
+
+Example:
+    >>> import tempfile, torch
+    >>> from forethought.probes.linear import LinearProbes, Task
+    >>> from forethought.probes.targets import LabelSpace
+    >>> probes = LinearProbes.zeros([0], [Task(1)], d_model=4, label_space=LabelSpace.full(3))
+    >>> folder = save_probes(probes, tempfile.mkdtemp() + "/probes")
+    >>> load_probes(folder).tasks
+    [Task(offset=1, control=False)]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from safetensors.torch import load_file, save_file
+
+from forethought.errors import CheckpointError, InvalidArgumentError, VocabularyMismatchError
+from forethought.hook_names import RESID, hook_name
+from forethought.probes.future_lens import FutureLens
+from forethought.probes.linear import LinearProbes
+
+CONFIG = "probes.json"
+WEIGHTS = "probes.safetensors"
+FORMAT = "forethought-probes"
+VERSION = 1
+KINDS = {LinearProbes.kind: LinearProbes, FutureLens.kind: FutureLens}
+
+
+def save_probes(probes: LinearProbes | FutureLens, directory: str | os.PathLike, model: Any = None) -> Path:
+    """Write ``probes`` to ``directory`` (replacing it); ``model`` fills in the model name and hook names.
+
+    Returns:
+        The directory written.
+    """
+    if not isinstance(probes, tuple(KINDS.values())):
+        raise InvalidArgumentError(f"cannot save {type(probes).__name__}; expected LinearProbes or FutureLens")
+    meta = dict(probes.meta)
+    if model is not None:
+        meta.setdefault("model_name", str(getattr(model.cfg, "model_name", "")))
+        meta.setdefault("hook_names", [hook_name(model, RESID, layer) for layer in probes.layers])
+    config = {
+        "format": FORMAT,
+        "version": VERSION,
+        "kind": probes.kind,
+        "model_name": meta.get("model_name", ""),
+        "hook": meta.get("hook", RESID),
+        "hook_names": meta.get("hook_names"),
+        "layers": list(probes.layers),
+        "tasks": [task.to_dict() for task in probes.tasks],
+        "offsets": sorted({task.offset for task in probes.tasks}),
+        "d_model": probes.d_model,
+        "d_vocab": probes.label_space.d_vocab,
+        "n_classes": probes.n_classes,
+        "label_space": probes.label_space.to_dict(),
+        "meta": meta,
+    }
+    text = json.dumps(config, indent=1, default=str)
+    out = Path(directory)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        tensors = {name: tensor.detach().float().contiguous().cpu() for name, tensor in probes.tensors().items()}
+        save_file(tensors, str(tmp / WEIGHTS))
+        (tmp / CONFIG).write_text(text + "\n")
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return out
+
+
+def load_probes(directory: str | os.PathLike, model: Any = None) -> LinearProbes | FutureLens:
+    """Read probes written by :func:`save_probes`.
+
+    Args:
+        directory: the probe directory.
+        model: the model the probes will read (required for a Future-Lens probe, which decodes with it);
+            its ``d_model`` and ``d_vocab`` must match the saved ones.
+
+    Raises:
+        CheckpointError: the directory is missing, incomplete, corrupt or of another format.
+        VocabularyMismatchError: ``model`` has another width or vocabulary than the probes.
+    """
+    path = Path(directory)
+    try:
+        config = json.loads((path / CONFIG).read_text())
+        tensors = load_file(str(path / WEIGHTS))
+    except (OSError, ValueError) as error:
+        raise CheckpointError(f"cannot read probes in {str(directory)!r}: {error}") from error
+    except Exception as error:  # noqa: BLE001 - safetensors raises its own error types for corrupt files
+        raise CheckpointError(f"cannot read probes in {str(directory)!r}: {error}") from error
+    if not isinstance(config, dict) or config.get("format") != FORMAT or config.get("kind") not in KINDS:
+        raise CheckpointError(f"{str(path / CONFIG)!r} is not a forethought probe file (kinds: {sorted(KINDS)})")
+    if model is not None and (model.cfg.d_model != config["d_model"] or model.cfg.d_vocab != config["d_vocab"]):
+        raise VocabularyMismatchError(
+            f"probes in {str(directory)!r} were fitted on d_model={config['d_model']}, d_vocab={config['d_vocab']}"
+            f"; this model has d_model={model.cfg.d_model}, d_vocab={model.cfg.d_vocab}")
+    if config["kind"] == FutureLens.kind and model is None:
+        raise InvalidArgumentError("a Future-Lens probe decodes with its model's unembedding; pass model=")
+    try:
+        return KINDS[config["kind"]].from_saved(tensors, config, model=model)
+    except KeyError as error:
+        raise CheckpointError(f"probes in {str(directory)!r} lack {error}; the files are incomplete") from error
+    except InvalidArgumentError as error:
+        raise CheckpointError(f"probes in {str(directory)!r} are inconsistent: {error}") from error

@@ -1,0 +1,358 @@
+"""Probe sweeps: every model × layer × offset × method from one activation pass, as one tidy table.
+
+:func:`probe_sweep` runs each model once over the data (the residual stream at every requested depth, plus
+the final one), builds the future-token labels of every offset, fits the requested probe methods on the
+training sequences (all (layer, offset) pairs at once), and scores them on held-out sequences against
+the true tokens, against the model's own greedy predictions, and against the baselines and the control
+task. The result is a pandas DataFrame with one row per (model, layer, offset, method).
+
+Methods (``method=``):
+
+* ``"vocab"``: direct softmax-regression probes trained together with AdamW
+  (:mod:`forethought.probes.vocabulary`);
+* ``"logistic"``: the same probes fitted one by one by scikit-learn (:mod:`forethought.probes.logistic`);
+  for small label spaces;
+* ``"future_lens"``: the Future-Lens linear model decoded by the model's own final norm and unembedding,
+  least-squares initialised then fine-tuned (:mod:`forethought.probes.future_lens`);
+* ``"ridge"``: the least-squares lens alone, fitted by the ridge-regression probes of
+  :mod:`forethought.probes.regression` (penalty chosen per coordinate on held-out sequences); no control.
+
+Columns: ``model, layer, offset, method, hook, label_space, n_classes, label_coverage``; the probe's
+``top1, top5, cross_entropy`` against the true token ``t + 1 + N``; ``greedy_top1, greedy_top5,
+greedy_cross_entropy`` against the model's own argmax prediction of that token (made at ``t + N``);
+``unigram_*`` and ``bigram_*`` baselines (top1, top5, cross_entropy); ``control_top1`` and
+``selectivity = top1 - control_top1``; ``r2`` of the lens methods' predicted final-layer residual (mean
+over coordinates; NaN for direct probes); ``n_train`` and ``n_test`` examples; ``seed``.
+
+Splits are by sequence: ``TokenSplits.validation`` (or ``test_fraction`` of a token tensor) is the test set;
+``val_fraction`` of the remaining sequences is held out for early stopping.
+
+Example:
+    >>> import torch
+    >>> from forethought.models import tiny_model
+    >>> model = tiny_model(n_layers=1, d_model=16, n_heads=2, d_vocab=12, n_ctx=16)
+    >>> tokens = torch.randint(0, 12, (40, 16), generator=torch.Generator().manual_seed(0))
+    >>> table = probe_sweep({"random": model}, tokens, offsets=[0, 1], progress=False)
+    >>> table[["model", "layer", "offset", "method"]].shape
+    (4, 4)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from forethought.activations import collect_activations
+from forethought.data.tokens import TokenSplits, split_sequences
+from forethought.errors import DataError, InvalidArgumentError, check_positive, choices_text
+from forethought.hook_names import RESID, hook_name, resolve_layers
+from forethought.probes.baselines import BigramBaseline, UnigramBaseline, control_labels
+from forethought.probes.future_lens import (
+    FutureLensConfig,
+    decode,
+    fit_future_lens,
+    fit_label_lens,
+    fit_ridge_lens,
+)
+from forethought.probes.io import save_probes
+from forethought.probes.linear import Task
+from forethought.probes.logistic import LogisticProbeConfig, fit_logistic_probes
+from forethought.probes.metrics import MetricAccumulator
+from forethought.probes.targets import LabelSpace, check_offsets, future_labels, model_predictions, n_positions
+from forethought.probes.vocabulary import VocabProbeConfig, fit_vocab_probes
+
+METHODS = ("vocab", "logistic", "future_lens", "ridge")
+LENS_METHODS = ("future_lens", "ridge")
+COLUMNS = [
+    "model", "layer", "offset", "method", "hook", "label_space", "n_classes", "label_coverage",
+    "top1", "top5", "cross_entropy", "greedy_top1", "greedy_top5", "greedy_cross_entropy",
+    "unigram_top1", "unigram_top5", "unigram_cross_entropy", "bigram_top1", "bigram_top5", "bigram_cross_entropy",
+    "control_top1", "selectivity", "r2", "n_train", "n_test", "seed",
+]
+
+
+@dataclass
+class ProbeSweepConfig:
+    """Everything :func:`probe_sweep` needs besides the models, the data, layers, offsets and methods.
+
+    Attributes:
+        top_k: restrict labels to the ``k`` most frequent future tokens of the training split plus
+            ``"other"`` (None: the whole vocabulary).
+        control: also train every probe on a Hewitt & Liang control task (doubles the probes).
+        test_fraction: share of sequences held out for scoring when ``data`` is a token tensor.
+        val_fraction: share of the training sequences held out for early stopping.
+        batch_size: sequences per forward pass when collecting activations.
+        eval_batch_size: examples per chunk when scoring.
+        feature_dtype: dtype the activations are stored in (e.g. ``torch.bfloat16`` halves their memory).
+        vocab, logistic, future_lens: settings of each method (their seeds and devices are set from the sweep).
+    """
+
+    top_k: int | None = None
+    control: bool = True
+    test_fraction: float = 0.2
+    val_fraction: float = 0.1
+    batch_size: int = 32
+    eval_batch_size: int = 2048
+    feature_dtype: torch.dtype = torch.float32
+    vocab: VocabProbeConfig = field(default_factory=VocabProbeConfig)
+    logistic: LogisticProbeConfig = field(default_factory=LogisticProbeConfig)
+    future_lens: FutureLensConfig = field(default_factory=FutureLensConfig)
+
+    def __post_init__(self) -> None:
+        check_positive("batch_size", self.batch_size, integer=True)
+        check_positive("eval_batch_size", self.eval_batch_size, integer=True)
+        if self.top_k is not None:
+            check_positive("top_k", self.top_k, integer=True)
+        for name in ("test_fraction", "val_fraction"):
+            value = getattr(self, name)
+            if not 0 < value < 1:
+                raise InvalidArgumentError(f"{name}={value!r} is not allowed; expected 0 < {name} < 1")
+
+
+@dataclass
+class _Split:
+    """The probe examples of one split: features at probe positions and every label the sweep scores."""
+
+    features: Float[Tensor, "layer n d_model"]
+    current: Int[Tensor, " n"]
+    labels: Int[Tensor, "offset n"]  # class labels of the true future tokens
+    greedy: Int[Tensor, "offset n"]  # class labels of the model's own predictions
+    future_resid: Float[Tensor, "offset n d_model"] | None
+    sequence: Int[Tensor, " n"]  # which sequence each example comes from
+
+    @property
+    def n(self) -> int:
+        return self.features.shape[1]
+
+    def cat(self, other: _Split) -> _Split:
+        resid = None if self.future_resid is None else torch.cat([self.future_resid, other.future_resid], 1)
+        return _Split(torch.cat([self.features, other.features], 1), torch.cat([self.current, other.current]),
+                      torch.cat([self.labels, other.labels], 1), torch.cat([self.greedy, other.greedy], 1), resid,
+                      torch.cat([self.sequence, other.sequence + int(self.sequence.max()) + 1]))
+
+
+def probe_sweep(
+    models: Mapping[str, Any] | Any,
+    data: Int[Tensor, "seq pos"] | TokenSplits,
+    layers: Sequence[int] | int | str = "all",
+    offsets: Sequence[int] = (0, 1, 2, 3),
+    method: str | Sequence[str] = "vocab",
+    *,
+    top_k: int | None = None,
+    seed: int = 0,
+    device: str | torch.device | None = None,
+    config: ProbeSweepConfig | None = None,
+    save_dir: str | Path | None = None,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Probe every (layer, offset) of every model with every method; one row per measurement.
+
+    Args:
+        models: ``{"name": model}`` (or a single model, named ``"model"``).
+        data: token sequences ``[seq, pos]`` (split into train/test by ``config.test_fraction``), or
+            :class:`~forethought.data.TokenSplits` (its validation split is the test set).
+        layers: ``"all"`` or residual-stream depths (0 = embeddings, ``n_layers`` = last block's output).
+        offsets: future offsets ``N`` (``0`` = the next token ``t + 1``).
+        method: one of ``"vocab"``, ``"logistic"``, ``"future_lens"``, ``"ridge"``, or a list of them.
+        top_k: overrides ``config.top_k`` (the label space).
+        seed: seeds the splits, the control task, and every trainer.
+        device: where to run the models and train the probes (default: each model's device).
+        config: further settings (:class:`ProbeSweepConfig`).
+        save_dir: if given, fitted probes are saved to ``save_dir/<model>/<method>``.
+        progress: show progress bars.
+
+    Returns:
+        A DataFrame with the columns listed in the module docstring.
+    """
+    config = config or ProbeSweepConfig()
+    if top_k is not None:
+        config = replace(config, top_k=top_k)
+    models = dict(models) if isinstance(models, Mapping) else {"model": models}
+    if not models:
+        raise InvalidArgumentError("models is empty; pass {'name': model, ...}")
+    methods = [method] if isinstance(method, str) else list(method)
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        raise InvalidArgumentError(f"method={unknown[0] if unknown else method!r} is unknown; choose from "
+                                   f"{choices_text(METHODS)}")
+    train, test = _split_data(data, config.test_fraction, seed)
+    offsets = check_offsets(offsets, train.shape[1])
+    fit, val = split_sequences(train, val_fraction=config.val_fraction, seed=seed + 1)
+    rows = []
+    for name, model in models.items():
+        rows += _sweep_model(name, model, (fit, val, test), layers, offsets, methods, config, seed, device,
+                             save_dir, progress)
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def _split_data(data: Any, test_fraction: float, seed: int) -> tuple[Tensor, Tensor]:
+    if isinstance(data, TokenSplits):
+        train, test = data.train, data.validation
+    elif isinstance(data, Tensor):
+        if data.ndim != 2 or data.dtype not in (torch.int64, torch.int32):
+            raise InvalidArgumentError(f"data must be integer tokens [seq, pos] or TokenSplits; got {data.dtype} "
+                                       f"of shape {tuple(data.shape)}")
+        if data.numel() == 0:
+            raise DataError("data holds no tokens; pass at least three sequences")
+        train, test = split_sequences(data, val_fraction=test_fraction, seed=seed)
+    else:
+        raise InvalidArgumentError(f"data must be a token tensor or TokenSplits; got {type(data).__name__}")
+    if train.numel() == 0 or test.numel() == 0:
+        raise DataError("the training or test split holds no tokens")
+    if train.shape[1] != test.shape[1]:
+        raise InvalidArgumentError(f"train and test sequences differ in length ({train.shape[1]} vs {test.shape[1]})")
+    return train, test
+
+
+def _sweep_model(name: str, model: Any, splits: tuple[Tensor, Tensor, Tensor], layers: Any, offsets: list[int],
+                 methods: list[str], config: ProbeSweepConfig, seed: int, device: Any, save_dir: Any,
+                 progress: bool) -> list[dict[str, Any]]:
+    layers = resolve_layers(model, layers, RESID)
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    if device != next(model.parameters()).device:
+        model = model.to(device)
+    with_resid = any(m in LENS_METHODS for m in methods)
+    fit, val, test = (_examples(model, tokens, layers, offsets, config, device, with_resid, progress)
+                      for tokens in splits)
+    space = (LabelSpace.top_k(fit.labels, config.top_k, model.cfg.d_vocab) if config.top_k is not None
+             else LabelSpace.full(model.cfg.d_vocab))
+    for split in (fit, val, test):
+        split.labels, split.greedy = space.encode(split.labels), space.encode(split.greedy)
+    controls = torch.stack([control_labels(fit.labels[i], model.cfg.d_vocab, seed=seed + 7919 * (i + 1))
+                            for i in range(len(offsets))])  # [offset, d_vocab]
+    baselines = _baselines(fit.cat(val), test, space)
+    coverage = space.coverage(future_labels(splits[2], offsets))
+    rows = []
+    for method in methods:
+        probes, control = _fit(method, model, fit, val, controls, layers, offsets, space, config, seed, device,
+                               progress)
+        scores = _score(probes, control, test, controls, config.eval_batch_size)
+        if save_dir is not None:
+            for fitted, suffix in ((probes, ""), (control, "_control")):
+                if fitted is not None:
+                    fitted.meta.update(model_name=name, hook=RESID, seed=seed)
+                    save_probes(fitted, Path(save_dir) / name / f"{method}{suffix}", model=model)
+        for i, layer in enumerate(layers):
+            for j, offset in enumerate(offsets):
+                row = {"model": name, "layer": layer, "offset": offset, "method": method,
+                       "hook": hook_name(model, RESID, layer), "label_space": space.name,
+                       "n_classes": space.n_classes, "label_coverage": coverage,
+                       **{key: float(value[i, j]) for key, value in scores.items()},
+                       **{key: float(value[j]) for key, value in baselines.items()},
+                       "n_train": fit.n + val.n, "n_test": test.n, "seed": seed}
+                row["selectivity"] = row["top1"] - row["control_top1"]
+                rows.append(row)
+    return rows
+
+
+@torch.no_grad()
+def _examples(model: Any, tokens: Tensor, layers: list[int], offsets: list[int], config: ProbeSweepConfig,
+              device: torch.device, with_resid: bool, progress: bool) -> _Split:
+    """One activation pass over ``tokens`` → the probe examples of every offset (all share positions)."""
+    final = model.cfg.n_layers
+    collected = sorted({*layers, final})
+    acts = collect_activations(model, tokens, hooks=[RESID], layers=collected, batch_size=config.batch_size,
+                               device=device, dtype=config.feature_dtype, progress=progress)[RESID]
+    n_seq, seq_len = tokens.shape
+    n_pos = n_positions(seq_len, offsets)
+    index = [collected.index(layer) for layer in layers]
+    features = acts[index, :, :n_pos].reshape(len(layers), n_seq * n_pos, -1)
+    last = acts[collected.index(final)]  # [seq, pos, d]: the input of the final norm
+    step = max(1, 2**24 // (seq_len * model.cfg.d_vocab))  # sequences per read-out chunk (~64 MB of logits)
+    predictions = torch.cat([decode(model, last[start : start + step].to(device).float()).argmax(-1).cpu()
+                             for start in range(0, n_seq, step)])
+    future_resid = None
+    if with_resid:
+        future_resid = torch.stack([last[:, offset : offset + n_pos] for offset in offsets]).reshape(
+            len(offsets), n_seq * n_pos, -1)
+    del acts
+    return _Split(features=features, current=tokens[:, :n_pos].reshape(-1),
+                  labels=future_labels(tokens, offsets).reshape(len(offsets), -1),
+                  greedy=model_predictions(predictions, offsets).reshape(len(offsets), -1),
+                  future_resid=future_resid,
+                  sequence=torch.arange(n_seq).repeat_interleave(n_pos))
+
+
+def _baselines(train: _Split, test: _Split, space: LabelSpace) -> dict[str, Tensor]:
+    unigram = UnigramBaseline.fit(train.labels, space.n_classes).score(test.labels)
+    bigram = BigramBaseline.fit(train.current, train.labels, space.n_classes, space.d_vocab).score(
+        test.current, test.labels)
+    return {**{f"unigram_{k}": v for k, v in unigram.items()}, **{f"bigram_{k}": v for k, v in bigram.items()}}
+
+
+def _fit(method: str, model: Any, fit: _Split, val: _Split, controls: Tensor, layers: list[int],
+         offsets: list[int], space: LabelSpace, config: ProbeSweepConfig, seed: int, device: torch.device,
+         progress: bool) -> tuple[Any, Any]:
+    """Fit one method; returns (probes for the offsets, probes for their control tasks or None)."""
+    tasks = [Task(offset) for offset in offsets]
+    control_tasks = [Task(offset, control=True) for offset in offsets] if config.control else []
+    fit_control = controls[:, fit.current] if config.control else None
+    val_control = controls[:, val.current] if config.control else None
+    if method in ("vocab", "logistic"):
+        labels = torch.cat([fit.labels, fit_control]) if config.control else fit.labels
+        if method == "vocab":
+            trainer = replace(config.vocab, seed=seed, device=str(device), progress=progress)
+            val_labels = torch.cat([val.labels, val_control]) if config.control else val.labels
+            probes = fit_vocab_probes(fit.features, labels, space.n_classes, val.features, val_labels, trainer,
+                                      layers, tasks + control_tasks, space)
+        else:
+            both = fit.cat(val)
+            labels = torch.cat([both.labels, controls[:, both.current]]) if config.control else both.labels
+            probes = fit_logistic_probes(both.features, labels, space.n_classes,
+                                         replace(config.logistic, progress=progress), layers,
+                                         tasks + control_tasks, space).to(device)
+        real = probes.select(tasks=tasks)
+        return real, (probes.select(tasks=control_tasks) if config.control else None)
+    lens_config = replace(config.future_lens, seed=seed, device=str(device), progress=progress)
+    if method == "ridge":
+        both = fit.cat(val)
+        return fit_ridge_lens(model, both.features, both.future_resid, groups=both.sequence, layers=layers,
+                              offsets=offsets, label_space=space, seed=seed, progress=progress), None
+    lens = fit_future_lens(model, fit.features, fit.future_resid, val.features, val.future_resid, lens_config,
+                           layers, offsets, space)
+    control = None
+    if config.control:
+        control = fit_label_lens(model, fit.features, fit_control, space, control_tasks,
+                                 init_resid=fit.future_resid.float().mean((0, 1)), val_features=val.features,
+                                 val_labels=val_control, config=lens_config, layers=layers)
+    return lens, control
+
+
+@torch.no_grad()
+def _score(probes: Any, control: Any, test: _Split, controls: Tensor, chunk: int) -> dict[str, Tensor]:
+    """Metrics ``[layer, offset]`` of the probes (and their controls) on the test split, chunk by chunk."""
+    true, greedy, ctrl = MetricAccumulator(), MetricAccumulator(), MetricAccumulator(ks=(1,))
+    lens = test.future_resid is not None and hasattr(probes, "predict_resid")
+    n_layers, n_tasks, d_model = len(probes.layers), len(probes.tasks), probes.d_model
+    squared_error = torch.zeros(n_layers, n_tasks, d_model, dtype=torch.float64)
+    target_sum = torch.zeros(n_tasks, d_model, dtype=torch.float64)
+    target_square = torch.zeros(n_tasks, d_model, dtype=torch.float64)
+    for start in range(0, test.n, chunk):
+        part = slice(start, start + chunk)
+        features = test.features[:, part]
+        logits = probes.logits(features).float()
+        true.add(logits, test.labels[:, part])
+        greedy.add(logits, test.greedy[:, part])
+        if control is not None:
+            ctrl.add(control.logits(features).float(), controls[:, test.current[part]])
+        if lens:
+            target = test.future_resid[:, part].to(probes.device).double()  # [offset, n, d]
+            error = probes.predict_resid(features).double() - target  # [layer, offset, n, d]
+            squared_error += error.square().sum(2).cpu()
+            target_sum += target.sum(1).cpu()
+            target_square += target.square().sum(1).cpu()
+    out = {**true.result(), **{f"greedy_{k}": v for k, v in greedy.result().items()}}
+    out["control_top1"] = ctrl.result()["top1"] if control is not None else torch.full((n_layers, n_tasks), math.nan)
+    out["r2"] = torch.full((n_layers, n_tasks), math.nan)
+    if lens:  # R² of every coordinate of the predicted residual, averaged over coordinates
+        spread = (target_square - target_sum.square() / test.n).clamp(min=1e-12)  # [offset, d]
+        out["r2"] = (1 - squared_error / spread).mean(-1)
+    return out

@@ -1,0 +1,53 @@
+"""Top-k accuracy and cross-entropy against scikit-learn."""
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import log_loss, top_k_accuracy_score
+
+from forethought.errors import InvalidArgumentError
+from forethought.probes.metrics import MetricAccumulator, cross_entropy, top_k_accuracy
+
+
+def _data(seed=0, n=300, classes=7):
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(2, 3, n, classes, generator=generator), torch.randint(0, classes, (3, n), generator=generator)
+
+
+@pytest.mark.parametrize("k", [1, 3, 5])
+def test_top_k_matches_sklearn(k):
+    logits, labels = _data()
+    ours = top_k_accuracy(logits, labels, k=k)  # [2, 3]: labels broadcast over the first axis
+    for i in range(2):
+        for j in range(3):
+            expected = top_k_accuracy_score(labels[j].numpy(), logits[i, j].numpy(), k=k, labels=np.arange(7))
+            assert ours[i, j].item() == pytest.approx(expected)
+
+
+def test_cross_entropy_matches_sklearn():
+    logits, labels = _data(1)
+    ours = cross_entropy(logits, labels)
+    for i in range(2):
+        for j in range(3):
+            expected = log_loss(labels[j].numpy(), logits[i, j].double().softmax(-1).numpy(), labels=np.arange(7))
+            assert ours[i, j].item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_accumulator_over_chunks_equals_one_pass():
+    logits, labels = _data(2, n=301)
+    accumulator = MetricAccumulator()
+    for start in range(0, 301, 64):
+        accumulator.add(logits[..., start : start + 64, :], labels[:, start : start + 64])
+    result = accumulator.result()
+    torch.testing.assert_close(result["top1"].float(), top_k_accuracy(logits, labels, 1))
+    torch.testing.assert_close(result["top5"].float(), top_k_accuracy(logits, labels, 5))
+    torch.testing.assert_close(result["cross_entropy"].float(), cross_entropy(logits, labels))
+
+
+def test_k_larger_than_classes_and_bad_shapes():
+    logits, labels = _data(3, classes=3)
+    assert torch.all(top_k_accuracy(logits, labels, k=5) == 1)
+    with pytest.raises(InvalidArgumentError):
+        top_k_accuracy(logits, labels[:, :10])
+    with pytest.raises(InvalidArgumentError, match="empty"):
+        MetricAccumulator().result()
