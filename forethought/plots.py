@@ -173,3 +173,57 @@ def plot_training_curves(history, title: str = "Training"):
     fig.tight_layout()
     return fig
 
+
+
+def plot_probe_heatmap(frame, metric: str = "top1", method: str | None = None, title: str | None = None):
+    """Future-token probe scores as heatmaps: residual depth down, offset across, one panel per model, plus a
+    difference panel (second model − first) when there are exactly two models; one row of panels per method.
+    ``frame`` is a :func:`forethought.probes.probe_sweep` table (columns ``model``, ``layer``, ``offset``,
+    ``method`` and ``metric``); ``method`` keeps one method only.
+
+    Example:
+        >>> import pandas as pd
+        >>> frame = pd.DataFrame({"model": ["a"] * 4 + ["b"] * 4, "method": "vocab", "layer": [0, 0, 1, 1] * 2,
+        ...                       "offset": [0, 1] * 4, "top1": [0.5, 0.2, 0.6, 0.3, 0.5, 0.1, 0.6, 0.1]})
+        >>> [ax.get_title() for ax in plot_probe_heatmap(frame).axes if ax.get_title()]
+        ['a', 'b', 'b − a']
+    """
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    from forethought.errors import InvalidArgumentError
+
+    if method is not None:
+        frame = frame[frame["method"] == method]
+    if frame.empty or metric not in frame:
+        raise InvalidArgumentError(f"nothing to plot: the table has no rows{'' if metric in frame else f' of {metric!r}'}"
+                         f"{f' for method {method!r}' if method else ''}")
+    methods = list(dict.fromkeys(frame["method"]))
+    models = list(dict.fromkeys(frame["model"]))
+    difference = len(models) == 2
+    n_cols = len(models) + difference
+    n_layers, n_offsets = frame["layer"].nunique(), frame["offset"].nunique()
+    fig, axes = plt.subplots(len(methods), n_cols, squeeze=False, sharey=True,
+                             figsize=(min(1.6 + n_cols * (1.2 + 0.6 * n_offsets), 24),
+                                      len(methods) * (1.0 + 0.4 * n_layers)))
+    values = frame[metric].astype(float)
+    low, high = values.min(), values.max()
+    for row, name in enumerate(methods):
+        part = frame[frame["method"] == name]
+        tables = {model: part[part["model"] == model].pivot_table(index="layer", columns="offset", values=metric)
+                  for model in models}
+        panels = [(model, tables[model], "viridis", low, high, None) for model in models]
+        if difference:
+            delta = tables[models[1]] - tables[models[0]]
+            bound = max(float(abs(delta).max().max()), 1e-9)
+            panels.append((f"{models[1]} − {models[0]}", delta, "RdBu_r", -bound, bound, 0.0))
+        for col, (label, table, cmap, vmin, vmax, center) in enumerate(panels):
+            ax = axes[row, col]
+            sns.heatmap(table.sort_index(ascending=False), cmap=cmap, vmin=vmin, vmax=vmax, center=center,
+                        annot=table.size <= 150, fmt=".2f", annot_kws={"size": 7}, ax=ax,
+                        cbar_kws={"label": metric if center is None else f"Δ {metric}"})
+            ax.set(title=label if row == 0 else "", xlabel="offset N (token t + 1 + N)" if row == len(methods) - 1
+                   else "", ylabel=f"{name}: layer (resid)" if col == 0 else "")
+    fig.suptitle(title or f"Future-token probes: {metric}")
+    fig.tight_layout()
+    return fig
