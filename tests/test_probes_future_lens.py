@@ -1,0 +1,139 @@
+"""The Future-Lens linear model: decoding with the model's own read-out, least squares, fine-tuning."""
+
+import pytest
+import torch
+from sklearn.linear_model import Ridge
+
+from forethought.activations import collect_activations
+from forethought.errors import InvalidArgumentError, VocabularyMismatchError
+from forethought.models import load_model, tiny_model
+from forethought.probes.future_lens import (
+    FutureLensConfig,
+    decode,
+    fit_future_lens,
+    fit_label_lens,
+    fit_ridge_lens,
+    least_squares,
+)
+from forethought.probes.linear import Task
+from forethought.probes.targets import LabelSpace
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _resid(model, n_seq=24, seq_len=12, seed=0):
+    tokens = torch.randint(0, model.cfg.d_vocab, (n_seq, seq_len), generator=torch.Generator().manual_seed(seed))
+    return tokens, collect_activations(model, tokens, progress=False)["resid"]  # [n_layers + 1, seq, pos, d]
+
+
+def test_decode_is_the_models_own_read_out(any_model):
+    tokens, resid = _resid(any_model, n_seq=3)
+    with torch.no_grad():
+        logits = any_model(tokens)
+        torch.testing.assert_close(decode(any_model, resid[-1]), logits, rtol=1e-5, atol=1e-5)
+
+
+def test_last_layer_offset_zero_recovers_the_model(any_model):
+    """Least squares from the final residual to itself is the identity: the lens reproduces the model."""
+    _, resid = _resid(any_model)
+    final = resid[-1].flatten(0, 1)[None]  # [1, n, d]
+    lens = fit_future_lens(any_model, final, final, config=FutureLensConfig(ridge=0.0, max_epochs=0, progress=False))
+    with torch.no_grad():
+        torch.testing.assert_close(lens.vocab_logits(final)[0, 0], decode(any_model, final[0]), rtol=1e-3, atol=1e-3)
+
+
+def test_least_squares_matches_sklearn_ridge():
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 300, 5, generator=generator) * 3 + 1
+    h = torch.randn(3, 300, 4, generator=generator)
+    weight, bias, mean, scale = least_squares(x, h, ridge=0.01, chunk=64)
+    for layer in range(2):
+        standardised = ((x[layer] - mean[layer]) / scale[layer]).double().numpy()
+        for task in range(3):
+            reference = Ridge(alpha=0.01 * 300).fit(standardised, h[task].double().numpy())
+            torch.testing.assert_close(weight[layer, task], torch.from_numpy(reference.coef_.T).float(),
+                                       rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(bias[layer, task], torch.from_numpy(reference.intercept_).float(),
+                                       rtol=1e-4, atol=1e-5)
+
+
+@pytest.fixture(params=["native", "gpt2"])
+def model(request, checkpoint_dirs, tokenizer):
+    """A fresh random model whose final-norm gain is raised, so its next-token distributions are not flat."""
+    if request.param == "native":
+        model = tiny_model(n_layers=2, d_model=32, n_heads=4, d_vocab=len(tokenizer), n_ctx=64, tokenizer=tokenizer)
+    else:
+        model = load_model(checkpoint_dirs["gpt2"])
+    with torch.no_grad():
+        for name, param in model.ln_final.named_parameters():
+            if name.endswith("weight") or name.endswith(".w"):
+                param.mul_(20.0)
+    return model
+
+
+def _soft_cross_entropy(model, lens, features, future):
+    with torch.no_grad():
+        target = decode(model, future).softmax(-1)
+        return -(target * lens.vocab_logits(features).log_softmax(-1)).sum(-1).mean(-1)  # [layer, offset]
+
+
+def test_fine_tuning_never_loses_to_least_squares_and_leaves_the_model_alone(model):
+    _, resid = _resid(model, n_seq=120)
+    n_pos = resid.shape[2] - 2
+    features = resid[:2, :, :n_pos].flatten(1, 2)  # embeddings and block 0
+    future = torch.stack([resid[-1][:, o : o + n_pos] for o in (0, 1)]).flatten(1, 2)
+    train, held_out = slice(0, 90 * n_pos), slice(90 * n_pos, None)
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    initial = fit_future_lens(model, features[:, train], future[:, train],
+                              config=FutureLensConfig(max_epochs=0, progress=False))
+    tuned = fit_future_lens(model, features[:, train], future[:, train], features[:, held_out], future[:, held_out],
+                            config=FutureLensConfig(max_epochs=4, lr=3e-3, batch_size=64, progress=False),
+                            offsets=[0, 1])
+    assert tuned.tasks == [Task(0), Task(1)]
+    start = _soft_cross_entropy(model, initial, features[:, held_out], future[:, held_out])
+    end = _soft_cross_entropy(model, tuned, features[:, held_out], future[:, held_out])
+    assert (end <= start + 1e-6).all() and (end < start - 1e-4).any()  # early stopping keeps the best epoch
+    assert _soft_cross_entropy(model, tuned, features[:, train], future[:, train]).isfinite().all()
+    for name, p in model.named_parameters():
+        assert torch.equal(p, before[name]) and p.grad is None, name
+
+
+def test_label_lens_learns_a_readable_mapping(model):
+    tokens, resid = _resid(model, n_seq=96, seq_len=8)
+    features = resid[:1].flatten(1, 2)  # embeddings: the current token is readable
+    space = LabelSpace(d_vocab=model.cfg.d_vocab, token_ids=(5, 6, 7))
+    labels = (tokens.flatten() % 4)[None]  # 4 classes: tokens 5, 6, 7 and "other"
+    lens = fit_label_lens(model, features, labels, space, [Task(0, control=True)],
+                          init_resid=resid[-1].flatten(0, 1).mean(0),
+                          config=FutureLensConfig(max_epochs=30, lr=3e-2, batch_size=64, progress=False))
+    with torch.no_grad():
+        accuracy = (lens.logits(features).argmax(-1)[0, 0] == labels[0]).float().mean()
+    assert accuracy > 0.4  # chance is about 0.25
+
+
+def test_ridge_lens_wraps_the_ridge_probes(native_model):
+    _, resid = _resid(native_model, n_seq=30)
+    final = resid[-1].flatten(0, 1)
+    features = torch.stack([final, torch.randn_like(final)])  # layer 0 holds the target, layer 1 is noise
+    groups = torch.arange(30).repeat_interleave(resid.shape[2])
+    lens = fit_ridge_lens(native_model, features, final[None], groups=groups, layers=[2, 0], progress=False)
+    r2 = torch.tensor(lens.meta["ridge_r2"])
+    assert r2[0, 0] > 0.99 and r2[1, 0] < 0.1 and lens.layers == [2, 0] and lens.meta["method"] == "ridge"
+    with torch.no_grad():
+        torch.testing.assert_close(lens.predict_resid(features)[0, 0], final, atol=1e-2, rtol=1e-2)
+
+
+def test_bad_inputs(native_model):
+    x = torch.randn(1, 10, 32)
+    with pytest.raises(InvalidArgumentError, match="same examples"):
+        fit_future_lens(native_model, x, torch.randn(1, 9, 32))
+    with pytest.raises(VocabularyMismatchError, match="d_model"):
+        fit_future_lens(native_model, torch.randn(1, 10, 16), torch.randn(1, 10, 16))
+    with pytest.raises(InvalidArgumentError, match="max_epochs"):
+        FutureLensConfig(max_epochs=-1)
