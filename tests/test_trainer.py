@@ -215,3 +215,10 @@ def test_fine_tuned_weights_survive_save_and_load(checkpoint_dirs, splits, tmp_p
             splits.validation)
     assert not torch.allclose(tuned, before, atol=1e-3), "fine-tuning must change the model"
     torch.testing.assert_close(after, tuned, atol=1e-5, rtol=1e-5)
+
+
+def test_runs_with_other_precision_settings_in_one_process(tokenizer, splits):
+    first = train(_config(steps=2, warmup_steps=0, mixed_precision="bf16", device="cpu"), _model(tokenizer), splits)
+    second = train(_config(steps=2, warmup_steps=0, mixed_precision="no"), _model(tokenizer), splits)
+    assert all(math.isfinite(loss) for loss in first.losses + second.losses)
+    assert first.losses[0] != second.losses[0], "bf16 autocast changes the numbers"

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from forethought.data import check_tokens_fit
-from forethought.errors import ContextLengthError, InvalidArgumentError, check_positive
+from forethought.errors import ContextLengthError, InvalidArgumentError, ModelNotAvailableError, check_positive
 from forethought.experiments.train import (
     add_data_arguments,
     add_training_arguments,
@@ -94,10 +94,10 @@ class Preset:
 PRESETS: dict[str, Preset] = {
     "smoke": Preset(
         description="seconds on a CPU: a 2-layer d=16 model, a few steps (for CI)",
-        max_documents=12, seq_len=16, tokenizer=300,
+        max_documents=12, seq_len=16, val_fraction=0.05, tokenizer=300,
         architecture={"family": "native", "n_layers": 2, "d_model": 16, "n_heads": 2},
         regimes=("vanilla", "myopic", "bigram", "local-myopic"),
-        train={"steps": 6, "batch_size": 8, "lr": 3e-3, "warmup_steps": 1, "eval_every": 3, "checkpoint_every": 3},
+        train={"steps": 6, "batch_size": 8, "lr": 3e-3, "warmup_steps": 1, "eval_every": 6, "checkpoint_every": 3},
     ),
     "cpu": Preset(
         description="a few minutes on two CPU cores: a 2-layer d=128 GPT-2-style model on the builtin corpus",
@@ -185,9 +185,7 @@ def run_experiment(preset: Preset, out: str | Path, config: TrainConfig, preset_
         splits = load_splits(data_args, vocab_size=preset.tokenizer, max_sequences=preset.max_sequences,
                              val_fraction=preset.val_fraction)
     else:
-        from transformers import AutoTokenizer
-
-        splits = load_splits(data_args, tokenizer=AutoTokenizer.from_pretrained(preset.tokenizer),
+        splits = load_splits(data_args, tokenizer=_hub_tokenizer(preset.tokenizer),
                              max_sequences=preset.max_sequences, val_fraction=preset.val_fraction)
     _check_context(preset, splits)
     out = prepare_out_dir(out)
@@ -267,3 +265,13 @@ def _check_context(preset: Preset, splits: Any) -> None:
     if preset.seq_len > n_ctx:
         raise ContextLengthError(f"seq_len={preset.seq_len} exceeds the model's context n_ctx={n_ctx}; "
                                  f"use seq_len <= {n_ctx}")
+
+
+def _hub_tokenizer(name: str) -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(name)
+    except OSError as error:
+        raise ModelNotAvailableError(f"tokenizer {name!r} is not available ({type(error).__name__}); it needs a "
+                                     "network connection or the HF cache") from error

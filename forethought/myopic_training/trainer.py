@@ -288,8 +288,7 @@ def train(
             if log is not None:
                 log.append(record)
             bar.update()
-            bar.set_postfix(loss=f"{mean_loss:.4f}", **({"eval": f"{record['eval_loss']:.4f}"}
-                                                        if "eval_loss" in record else {}))
+            bar.set_postfix({key: f"{record[key]:.4f}" for key in ("loss", "eval_loss") if key in record})
             if on_step is not None:
                 on_step(record)
             if out is not None and (step % config.checkpoint_every == 0 or step == config.steps or stop.signum):
@@ -485,7 +484,16 @@ def _accelerator(config: TrainConfig) -> Any:
         precision = "bf16" if on_cuda and torch.cuda.is_bf16_supported() else "no"
     # Fused-qkv bridges hold a fused weight that gets no gradient, and the bigram regime leaves W_Q, W_K unused.
     ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
-    return Accelerator(cpu=config.device == "cpu", mixed_precision=precision, kwargs_handlers=[ddp])
+    settings = {"cpu": config.device == "cpu", "mixed_precision": precision, "kwargs_handlers": [ddp]}
+    try:
+        return Accelerator(**settings)
+    except ValueError as error:  # an earlier run in this process chose another precision or device
+        if "already been initialized" not in str(error):
+            raise
+        from accelerate.state import AcceleratorState
+
+        AcceleratorState._reset_state()  # keeps the distributed (partial) state
+        return Accelerator(**settings)
 
 
 def _frozen_past_model(config: TrainConfig, model: Any, past_model: Any) -> Any:
