@@ -22,12 +22,12 @@ def _stream(seed=0, n=2000, vocab=20, classes=12):
 def _reference_bigram(current, labels, test_current, test_labels, classes, beta=1.0):
     """Plain-Python counting: p(y|x) = (c(x,y) + beta p_uni(y)) / (c(x) + beta), ranked by that score."""
     pairs, singles, uni = Counter(), Counter(), Counter(labels.tolist())
-    for x, y in zip(current.tolist(), labels.tolist()):
+    for x, y in zip(current.tolist(), labels.tolist(), strict=True):
         pairs[x, y] += 1
         singles[x] += 1
     p_uni = {y: (uni[y] + 1) / (len(labels) + classes) for y in range(classes)}
     top1 = top5 = nll = 0.0
-    for x, y in zip(test_current.tolist(), test_labels.tolist()):
+    for x, y in zip(test_current.tolist(), test_labels.tolist(), strict=True):
         score = {c: pairs[x, c] + beta * p_uni[c] for c in range(classes)}
         ranked = sorted(range(classes), key=lambda c: (-score[c], -p_uni[c], c))
         top1 += ranked[0] == y

@@ -19,7 +19,7 @@ from forethought.probes.linear import Task
 from forethought.probes.targets import LabelSpace
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture(autouse=True, scope="module")
 def one_thread():
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -12,7 +12,7 @@ from forethought.errors import InvalidArgumentError
 from forethought.probes.logistic import LogisticProbeConfig, fit_logistic_probes
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture(autouse=True, scope="module")
 def one_thread():
     with threadpool_limits(1):
         yield

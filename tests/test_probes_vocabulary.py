@@ -24,7 +24,7 @@ def markov_tokens(n_seq, seq_len, vocab, seed=0, sharpness=2.0):
     return tokens
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture(autouse=True, scope="module")
 def one_thread():
     """Small problems: extra threads only contend with each other on a shared machine."""
     threads = torch.get_num_threads()

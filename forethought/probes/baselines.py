@@ -63,7 +63,7 @@ class UnigramBaseline:
     def score(self, labels: Int[Tensor, "offset n"]) -> dict[str, Float[Tensor, " offset"]]:
         """Top-1, top-5 accuracy and cross-entropy (nats) on ``labels``, one value per offset."""
         rows = []
-        for probs, row in zip(self.probs, labels.cpu().long()):
+        for probs, row in zip(self.probs, labels.cpu().long(), strict=True):
             order = torch.sort(-probs, stable=True).indices
             rows.append(_scores(probs[row].log(), {k: torch.isin(row, order[:k]) for k in TOP_K}))
         return {name: torch.stack([r[name] for r in rows]) for name in rows[0]}

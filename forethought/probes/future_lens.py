@@ -363,7 +363,7 @@ def _fine_tune(lens: FutureLens, x: Tensor, y: Tensor, val_x: Tensor, val_y: Ten
             if not torch.isfinite(loss):
                 raise NumericalError(f"future-lens loss became {loss.item()} at epoch {epoch}; lower lr")
             grads = torch.autograd.grad(loss, [weight, bias])  # the model's own parameters get no gradient
-            for param, grad in zip((weight, bias), grads):
+            for param, grad in zip((weight, bias), grads, strict=True):
                 param.grad = grad
             optimizer.step()
         improved = stopper.step(held_out())

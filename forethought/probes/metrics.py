@@ -54,7 +54,8 @@ def token_cross_entropy(logits: Float[Tensor, "*batch n n_classes"],
     return -torch.gather(F.log_softmax(logits.float(), dim=-1), -1, labels.unsqueeze(-1)).squeeze(-1)
 
 
-def cross_entropy(logits: Float[Tensor, "*batch n n_classes"], labels: Int[Tensor, "*batch n"]) -> Float[Tensor, "*batch"]:
+def cross_entropy(logits: Float[Tensor, "*batch n n_classes"],
+                  labels: Int[Tensor, "*batch n"]) -> Float[Tensor, "*batch"]:
     """Mean cross-entropy in nats."""
     return token_cross_entropy(logits, labels).mean(-1)
 

@@ -1,0 +1,68 @@
+"""`forethought probe-sweep`: output files, and bad input as exit code 2 with one line on stderr."""
+
+import json
+
+import pandas as pd
+import pytest
+import torch
+
+from forethought.cli import main
+from forethought.models import save_model, tiny_model
+
+REQUIRED = ["model", "layer", "offset", "method", "top1", "top5", "cross_entropy", "unigram_top1", "bigram_top1",
+            "control_top1", "selectivity", "n_train", "n_test"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def model_dirs(tmp_path_factory, tokenizer):
+    root = tmp_path_factory.mktemp("models")
+    return {name: save_model(tiny_model(n_layers=2, d_model=32, n_heads=4, d_vocab=len(tokenizer), n_ctx=64,
+                                        tokenizer=tokenizer, seed=seed), root / name)
+            for seed, name in enumerate(["vanilla", "myopic"])}
+
+
+def _args(model_dirs, out, *extra):
+    return ["probe-sweep", "--model", f"vanilla={model_dirs['vanilla']}", "--model", f"myopic={model_dirs['myopic']}",
+            "--dataset", "builtin", "--seq-len", "24", "--max-sequences", "80", "--offsets", "0,1",
+            "--top-k", "20", "--max-epochs", "3", "--no-progress", "--out", str(out), *extra]
+
+
+def test_writes_table_figure_and_report(model_dirs, tmp_path):
+    assert main(_args(model_dirs, tmp_path / "out", "--save-probes")) == 0
+    out = tmp_path / "out"
+    table = pd.read_csv(out / "probes.csv")
+    assert set(REQUIRED) <= set(table.columns)
+    assert len(table) == 2 * 3 * 2  # two models × three depths × two offsets
+    assert (out / "probe_top1.png").stat().st_size > 0
+    report = json.loads((out / "report.json").read_text())
+    assert set(report["models"]) == {"vanilla", "myopic"} and report["provenance"]["seed"] == 0
+    assert report["data"]["n_test"] == table["n_test"].iloc[0]
+    assert (out / "probes" / "myopic" / "vocab" / "probes.safetensors").exists()
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--offsets", "0,40"], "offset=40"),
+    (["--layers", "7"], "layer=7"),
+    (["--method", "telepathy"], "telepathy"),
+    (["--offsets", "a,b"], "comma-separated"),
+    (["--model", "no-equals-sign"], "NAME=DIR_OR_HUB_NAME"),
+])
+def test_bad_input_exits_2_with_one_line(model_dirs, tmp_path, capsys, extra, message):
+    assert main(_args(model_dirs, tmp_path / "out", *extra)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+
+
+def test_missing_model_directory(tmp_path, capsys):
+    args = ["probe-sweep", "--model", f"x={tmp_path / 'nothing-here'}", "--out", str(tmp_path / "out")]
+    assert main(args) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1

@@ -1,0 +1,127 @@
+"""probe_sweep on tasks with known answers, its table, its plot and its errors."""
+
+import math
+
+import pytest
+import torch
+
+from forethought.data import TokenSplits
+from forethought.errors import DataError, ForethoughtError, InvalidArgumentError, OutOfRangeError
+from forethought.models import tiny_model
+from forethought.plots import plot_probe_heatmap
+from forethought.probes import load_probes
+from forethought.probes.sweep import COLUMNS, ProbeSweepConfig, probe_sweep
+from forethought.probes.vocabulary import VocabProbeConfig
+
+VOCAB, SEQ_LEN = 16, 16
+FAST = ProbeSweepConfig(vocab=VocabProbeConfig(max_epochs=30, patience=3))
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def skip_one_chain(n_seq, seed=0):
+    """x_{t+2} = f(x_t) for a fixed permutation f that is one cycle over the vocabulary; x_0, x_1 random.
+
+    The token two ahead (offset 1) is a function of the current token; the next token (offset 0) and the one
+    three ahead (offset 2) depend on x_{t-1}, which the current token's embedding does not hold.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    cycle = torch.randperm(VOCAB, generator=generator)
+    step = torch.empty(VOCAB, dtype=torch.long)
+    step[cycle] = cycle.roll(-1)
+    tokens = torch.empty(n_seq, SEQ_LEN, dtype=torch.long)
+    tokens[:, :2] = torch.randint(0, VOCAB, (n_seq, 2), generator=generator)
+    for t in range(2, SEQ_LEN):
+        tokens[:, t] = step[tokens[:, t - 2]]
+    return tokens
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_model(n_layers=2, d_model=32, n_heads=4, d_vocab=VOCAB, n_ctx=SEQ_LEN)
+
+
+@pytest.fixture(scope="module")
+def known_answer(model):
+    return probe_sweep({"random": model}, skip_one_chain(300), offsets=[0, 1, 2], config=FAST, progress=False)
+
+
+def test_known_answer_offset_one_is_read_from_the_current_token(known_answer):
+    table = known_answer.set_index(["layer", "offset"])
+    embeddings = table.loc[0]
+    assert embeddings.loc[1, "top1"] > 0.97  # the token two ahead is a function of the current one
+    assert embeddings.loc[1, "unigram_top1"] < 0.15  # ... and not guessable without it
+    assert embeddings.loc[1, "bigram_top1"] > 0.97  # the bigram baseline sees exactly that
+    for offset in (0, 2):  # the embedding alone cannot know x_{t-1}
+        assert embeddings.loc[offset, "top1"] < 0.2
+    for layer in (1, 2):  # the random model's residual stream still carries the current token
+        assert table.loc[(layer, 1), "top1"] > 0.9
+
+
+def test_table_layout(known_answer):
+    assert list(known_answer.columns) == COLUMNS
+    assert len(known_answer) == 3 * 3  # 3 depths (embeddings + 2 blocks) × 3 offsets, one method
+    row = known_answer.iloc[0]
+    assert row["hook"] == "blocks.0.hook_resid_pre" and row["label_space"] == "vocab" and row["n_classes"] == VOCAB
+    assert row["n_train"] == 240 * 13 and row["n_test"] == 60 * 13  # 13 shared positions per sequence
+    assert (known_answer["selectivity"] == known_answer["top1"] - known_answer["control_top1"]).all()
+    assert known_answer["r2"].isna().all() and not known_answer["greedy_top1"].isna().any()
+
+
+def test_iid_tokens_every_offset_is_at_chance(model):
+    tokens = torch.randint(0, 8, (300, SEQ_LEN), generator=torch.Generator().manual_seed(1))
+    table = probe_sweep(model, tokens, offsets=[1, 2, 3], config=FAST, progress=False)
+    assert table["model"].unique().tolist() == ["model"]
+    assert ((table["top1"] - 1 / 8).abs() < 0.05).all(), table["top1"]
+    assert ((table["bigram_top1"] - 1 / 8).abs() < 0.05).all()
+
+
+def test_two_models_methods_top_k_and_saved_probes(model, tmp_path):
+    tokens = skip_one_chain(80, seed=2)
+    splits = TokenSplits(train=tokens[:60], validation=tokens[60:], tokenizer=None)
+    other = tiny_model(n_layers=2, d_model=32, n_heads=4, d_vocab=VOCAB, n_ctx=SEQ_LEN, seed=1)
+    config = ProbeSweepConfig(vocab=VocabProbeConfig(max_epochs=3))
+    table = probe_sweep({"a": model, "b": other}, splits, layers=[0, 2], offsets=[1], top_k=5,
+                        method=["vocab", "future_lens"], config=config, save_dir=tmp_path, progress=False)
+    assert len(table) == 2 * 2 * 2 and set(table["label_space"]) == {"top5+other"} and set(table["n_classes"]) == {6}
+    assert table["label_coverage"].between(0, 1).all()
+    lens = table[table["method"] == "future_lens"]
+    assert lens["r2"].notna().all() and lens["control_top1"].notna().all()
+    probes = load_probes(tmp_path / "a" / "vocab")
+    assert probes.layers == [0, 2] and probes.meta["model_name"] == "a"
+    assert load_probes(tmp_path / "b" / "future_lens_control", model=other).tasks[0].control
+    fig = plot_probe_heatmap(table, metric="top1")
+    titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
+    assert titles == ["a", "b", "b − a"]
+
+
+@pytest.mark.parametrize("kwargs, error", [
+    ({"offsets": [15]}, OutOfRangeError),  # offset + 1 must stay inside a 16-token sequence
+    ({"offsets": [14, -1]}, InvalidArgumentError),
+    ({"layers": [3]}, OutOfRangeError),  # depths 0..2 on a 2-layer model
+    ({"method": "telepathy"}, InvalidArgumentError),
+    ({"top_k": 0}, InvalidArgumentError),
+])
+def test_bad_arguments(model, kwargs, error):
+    with pytest.raises(error):
+        probe_sweep(model, skip_one_chain(20), progress=False, **kwargs)
+
+
+def test_bad_data(model):
+    with pytest.raises(DataError):
+        probe_sweep(model, torch.zeros(0, SEQ_LEN, dtype=torch.long), progress=False)
+    with pytest.raises(DataError):
+        probe_sweep(model, skip_one_chain(2), progress=False)  # too few sequences to split three ways
+    with pytest.raises(InvalidArgumentError):
+        probe_sweep(model, torch.rand(4, SEQ_LEN), progress=False)
+    with pytest.raises(ForethoughtError):  # ids outside the model's vocabulary
+        probe_sweep(model, skip_one_chain(20) + VOCAB, progress=False)
+    with pytest.raises(InvalidArgumentError):
+        probe_sweep({}, skip_one_chain(20), progress=False)
+    assert math.isclose(FAST.test_fraction, 0.2)
