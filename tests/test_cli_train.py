@@ -222,3 +222,29 @@ def test_myopia_gap_killed_mid_regime_resumes_to_the_uninterrupted_report(tmp_pa
     for regime, result in theirs["regimes"].items():
         assert ours["regimes"][regime]["eval_loss"] == pytest.approx(result["eval_loss"], abs=1e-6)
     assert ours["myopia_gap"] == pytest.approx(theirs["myopia_gap"], abs=1e-6)
+
+
+@pytest.mark.parametrize("start", ["gpt2 from scratch", "neox fine-tune"])
+def test_hf_backed_presets(tmp_path, checkpoint_dirs, start):
+    from forethought.experiments.myopia_gap import Preset, run_experiment
+    from forethought.myopic_training import TrainConfig
+
+    regimes = ("vanilla", "myopic", "local-myopic")
+    if start == "neox fine-tune":
+        preset = Preset("test", max_documents=12, seq_len=16, model=str(checkpoint_dirs["neox"]), regimes=regimes)
+    else:
+        preset = Preset("test", max_documents=12, seq_len=16, tokenizer=300, regimes=regimes,
+                        architecture={"family": "gpt2", "n_layers": 1, "d_model": 16, "n_heads": 2, "n_ctx": 32})
+    config = TrainConfig(steps=3, batch_size=4, warmup_steps=0, eval_every=3, checkpoint_every=3, progress=False)
+    report = run_experiment(preset, tmp_path, config)
+    assert set(report["regimes"]) == set(regimes) and report["local_myopia_gap"] is not None
+    assert (tmp_path / "runs" / "local-myopic" / "past_model").is_dir()
+    if start == "neox fine-tune":  # the frozen past is the pretrained model, and the tokenizer is the model's
+        assert report["data"]["vocab_size"] == 300
+        from forethought.models import load_model
+
+        past, pretrained = (load_model(path).eval() for path in (tmp_path / "runs" / "local-myopic" / "past_model",
+                                                                checkpoint_dirs["neox"]))
+        tokens = torch.arange(16).view(1, 16)
+        with torch.no_grad():
+            torch.testing.assert_close(past(tokens), pretrained(tokens))

@@ -69,7 +69,8 @@ class Preset:
         min_doc_tokens: keep only documents this long; sequences never cross documents (64-token passages).
         val_fraction: share of sequences held out for validation.
         max_sequences: cap on the number of sequences.
-        tokenizer: an ``int`` trains a byte-level BPE of that size on the corpus; a string loads a hub tokenizer.
+        tokenizer: from scratch: an ``int`` trains a byte-level BPE of that size on the corpus; a string loads a
+            hub tokenizer. Fine-tuning uses the model's own tokenizer.
         model: a hub name or directory to fine-tune; ``None`` trains ``architecture`` from scratch.
         architecture: from scratch: ``{"family": "native" | "gpt2" | "neox" | "llama", sizes...}``.
         regimes: regimes to train, in order (``local-myopic`` from scratch needs ``vanilla`` before it).
@@ -181,13 +182,18 @@ def run_experiment(preset: Preset, out: str | Path, config: TrainConfig, preset_
     data_args = argparse.Namespace(dataset=preset.dataset, text_field=preset.text_field,
                                    max_documents=preset.max_documents, seq_len=preset.seq_len,
                                    min_doc_tokens=preset.min_doc_tokens, seed=config.seed)
-    if isinstance(preset.tokenizer, int):
-        splits = load_splits(data_args, vocab_size=preset.tokenizer, max_sequences=preset.max_sequences,
-                             val_fraction=preset.val_fraction)
+    starting_model = load_model(preset.model) if preset.model is not None else None
+    if starting_model is not None:
+        if starting_model.tokenizer is None:
+            raise InvalidArgumentError(f"model {preset.model!r} has no tokenizer; save one beside its weights")
+        tokenizer = starting_model.tokenizer
     else:
-        splits = load_splits(data_args, tokenizer=_hub_tokenizer(preset.tokenizer),
-                             max_sequences=preset.max_sequences, val_fraction=preset.val_fraction)
-    _check_context(preset, splits)
+        tokenizer = _hub_tokenizer(preset.tokenizer) if isinstance(preset.tokenizer, str) else None
+    vocab_size = preset.tokenizer if isinstance(preset.tokenizer, int) else None
+    splits = load_splits(data_args, tokenizer=tokenizer, vocab_size=vocab_size,
+                         max_sequences=preset.max_sequences, val_fraction=preset.val_fraction)
+    _check_context(preset, splits, starting_model)
+    del starting_model
     out = prepare_out_dir(out)
     new_model = _model_factory(preset, splits.tokenizer, out, config.seed)
 
@@ -256,10 +262,10 @@ def _model_factory(preset: Preset, tokenizer: Any, out: Path, seed: int) -> Any:
     return lambda: load_model(initial)
 
 
-def _check_context(preset: Preset, splits: Any) -> None:
+def _check_context(preset: Preset, splits: Any, starting_model: Any) -> None:
     """Refuse sequences the starting model cannot take, before anything is written."""
-    if preset.model is not None:
-        check_tokens_fit(load_model(preset.model), splits.train)
+    if starting_model is not None:
+        check_tokens_fit(starting_model, splits.train)
         return
     n_ctx = preset.architecture.get("n_ctx", preset.seq_len)
     if preset.seq_len > n_ctx:
