@@ -46,7 +46,7 @@ from forethought.experiments.train import (
 from forethought.models import load_model, save_random_checkpoint, tiny_model
 from forethought.myopic_training.evaluation import evaluate_regimes, plot_report
 from forethought.myopic_training.hooks import MODES
-from forethought.myopic_training.regimes import REGIMES, RegimeModel
+from forethought.myopic_training.regimes import REGIMES
 from forethought.myopic_training.trainer import CHECKPOINT, TrainConfig, check_device, train
 from forethought.reporting import prepare_out_dir, provenance, save_figure, write_csv, write_json
 
@@ -203,7 +203,7 @@ def run_experiment(preset: Preset, out: str | Path, config: TrainConfig, preset_
         regime_config = replace(config, regime=regime, out_dir=out / RUNS / regime)
         results[regime] = train(regime_config, new_model(), splits, past_model=past_model)
 
-    models = {regime: RegimeModel(result.model, regime, result.past_model) for regime, result in results.items()}
+    models = {regime: result.regime_model() for regime, result in results.items()}
     report = evaluate_regimes(models, splits, batch_size=config.batch_size, progress=config.progress)
 
     frame = report.to_frame()

@@ -54,12 +54,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_data_arguments(parser: argparse.ArgumentParser, dataset: str | None = "builtin",
                        seq_len: int | None = 64, text_field: str | None = "text") -> None:
-    data = parser.add_argument_group("data")
+    data = parser.add_argument_group("data (defaults: the preset's)" if dataset is None else "data")
     data.add_argument("--dataset", default=dataset, help="'builtin', a .txt/.jsonl file or directory, or a HF "
-                                                         "dataset name[:config] (default: %(default)s)")
+                                                         "dataset name[:config]")
     data.add_argument("--text-field", default=text_field, help="text column of .jsonl files and HF datasets")
     data.add_argument("--max-documents", type=int, help="use at most this many documents")
-    data.add_argument("--seq-len", type=int, default=seq_len, help="tokens per sequence (default: %(default)s)")
+    data.add_argument("--seq-len", type=int, default=seq_len, help="tokens per sequence")
     data.add_argument("--min-doc-tokens", type=int, help="keep only documents this long; sequences never cross "
                                                          "documents (the paper's passages)")
 
