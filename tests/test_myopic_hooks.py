@@ -187,3 +187,14 @@ def test_ablate_past_self_equals_attending_to_self_only(native_model):
         with ablate_past(native_model):
             ablated = native_model(tokens)
     torch.testing.assert_close(plain, ablated, atol=1e-6, rtol=1e-6)
+
+
+def test_bf16_autocast_is_accepted(checkpoint_dirs):
+    """Under autocast the model's attention runs in bf16 even where its output is float32 (Llama)."""
+    from forethought.models import load_model
+
+    model = load_model(checkpoint_dirs["llama"]).eval()
+    with torch.autocast("cpu", dtype=torch.bfloat16), myopic(model):
+        loss = model(_tokens(model), return_type="loss")
+    loss.backward()
+    assert torch.isfinite(loss)
