@@ -4,14 +4,16 @@ The probes of all layers and tasks form one weight ``[layer, d_model, task · n_
 standardised features ``[layer, batch, d_model]`` is scored with one batched matmul, and the loss is the sum
 over probes of each probe's mean cross-entropy. Each probe's gradient depends on its own loss only and
 AdamW updates every parameter on its own, so training the stack is training every probe separately with
-the same minibatch order, just faster. Early stopping is per probe: after every epoch each probe's
+the same minibatch order, just faster. Every probe starts at the unigram prediction (zero weights, biases at
+the smoothed log label frequencies). Early stopping is per probe: after every epoch each probe's
 held-out loss is checked, its best weights are kept, and a probe that has not improved for ``patience``
 epochs is frozen at its best; training ends when every probe is frozen or after ``max_epochs``.
 
 Memory (floats): weights ``L·T·d·C``, plus as much again for the gradient and twice for the AdamW moments;
 a minibatch makes ``L·T·batch·C`` logits (and their gradient). ``L`` layers, ``T`` tasks (offsets, plus as
 many controls), ``d`` = d_model, ``C`` classes (``d_vocab``, or ``k + 1`` with a top-k label space). The
-features stay in their stored dtype on the device and are cast to float32 one minibatch at a time.
+features are standardised once into an example-major copy ``[n, layer, d]`` in their stored dtype on the
+device (so a minibatch is a gather of whole rows) and cast to float32 one minibatch at a time.
 
 Example:
     >>> import torch
@@ -150,11 +152,10 @@ def fit_vocab_probes(
         features, labels = features[:, train_idx], labels[:, train_idx]
     check_features(val_features, val_labels, "held-out")
 
-    features, labels = features.to(device), labels.to(device).long()
-    val_features, val_labels = val_features.to(device), val_labels.to(device).long()
     mean, scale = feature_stats(features)
-    trainer = _StackedSoftmax(n_layers, d_model, n_tasks, n_classes, mean, scale, config, device)
-    trainer.fit(features, labels, val_features, val_labels)
+    x, y = _example_major(features, labels, mean, scale, device)
+    trainer = _StackedSoftmax(n_layers, d_model, n_classes, y, config)
+    trainer.fit(x, y, *_example_major(val_features, val_labels, mean, scale, device))
     weight, bias = trainer.best_weights()
     meta = {"method": "vocab", "config": asdict(config), "epochs": trainer.stopper.epochs,
             "best_epoch": trainer.stopper.best_epoch.tolist()}
@@ -162,16 +163,35 @@ def fit_vocab_probes(
                         label_space=label_space, meta=meta)
 
 
+def _example_major(features: Tensor, labels: Tensor, mean: Tensor, scale: Tensor, device: torch.device,
+                   chunk: int = 65536) -> tuple[Tensor, Tensor]:
+    """Standardised ``[n, layer, d]`` features (in their own dtype) and ``[n, task]`` labels on ``device``.
+
+    Example-major rows make a minibatch a gather of whole rows, much faster than gathering along the middle
+    axis; standardising once here keeps it out of every training step.
+    """
+    rows = torch.empty(features.shape[1], features.shape[0], features.shape[2], dtype=features.dtype, device=device)
+    mean, scale = mean.to(device), scale.to(device)
+    for start in range(0, features.shape[1], chunk):
+        part = features[:, start : start + chunk].to(device).float().transpose(0, 1)
+        rows[start : start + chunk] = ((part - mean) / scale).to(features.dtype)
+    return rows, labels.T.contiguous().to(device).long()
+
+
 class _StackedSoftmax:
     """The training loop: one weight ``[L, d, T·C]``, a per-probe held-out loss, per-probe early stopping."""
 
-    def __init__(self, n_layers: int, d_model: int, n_tasks: int, n_classes: int, mean: Tensor, scale: Tensor,
-                 config: VocabProbeConfig, device: torch.device):
+    def __init__(self, n_layers: int, d_model: int, n_classes: int, labels: Tensor, config: VocabProbeConfig):
+        """Zero weights; biases at the (Laplace-smoothed) log label frequencies of ``labels [n, T]``, so every
+        probe starts at the unigram prediction instead of spending its first steps finding it."""
+        n_tasks, device = labels.shape[1], labels.device
         self.shape = (n_layers, d_model, n_tasks, n_classes)
         self.config = config
-        self.mean, self.scale = mean.to(device), scale.to(device)
+        shifted = labels + torch.arange(n_tasks, device=device) * n_classes
+        counts = torch.bincount(shifted.flatten(), minlength=n_tasks * n_classes).view(n_tasks, n_classes).float()
+        log_prior = ((counts + 1) / (labels.shape[0] + n_classes)).log().flatten()
         self.weight = torch.zeros(n_layers, d_model, n_tasks * n_classes, device=device, requires_grad=True)
-        self.bias = torch.zeros(n_layers, 1, n_tasks * n_classes, device=device, requires_grad=True)
+        self.bias = log_prior.expand(n_layers, 1, -1).clone().requires_grad_(True)
         self.optimizer = torch.optim.AdamW([{"params": [self.weight], "weight_decay": config.weight_decay},
                                             {"params": [self.bias], "weight_decay": 0.0}], lr=config.lr)
         self.best_weight = self.weight.detach().clone()
@@ -179,23 +199,24 @@ class _StackedSoftmax:
         self.stopper = PerProbeEarlyStopping((n_layers, n_tasks), config.patience, config.min_delta, device)
 
     def per_probe_loss(self, x: Tensor, y: Tensor) -> Tensor:
-        """Summed cross-entropy ``[L, T]`` of a chunk: ``x [L, n, d]`` raw features, ``y [T, n]`` labels."""
+        """Summed cross-entropy ``[L, T]`` of a chunk: ``x [n, L, d]`` standardised features, ``y [n, T]`` labels."""
         n_layers, _, n_tasks, n_classes = self.shape
-        x = (x.float() - self.mean[:, None]) / self.scale[:, None]
-        logits = (torch.bmm(x, self.weight) + self.bias).view(n_layers, x.shape[1], n_tasks, n_classes)
-        target = y.T.unsqueeze(0).expand(n_layers, -1, -1)
+        n = x.shape[0]
+        x = x.float().transpose(0, 1)  # [L, n, d]
+        logits = (torch.bmm(x, self.weight) + self.bias).view(n_layers, n, n_tasks, n_classes)
+        target = y.unsqueeze(0).expand(n_layers, -1, -1)
         losses = F.cross_entropy(logits.reshape(-1, n_classes), target.reshape(-1), reduction="none")
-        return losses.view(n_layers, x.shape[1], n_tasks).sum(1)
+        return losses.view(n_layers, n, n_tasks).sum(1)
 
     def fit(self, x: Tensor, y: Tensor, val_x: Tensor, val_y: Tensor) -> None:
         config = self.config
-        n = x.shape[1]
+        n = x.shape[0]
         generator = torch.Generator().manual_seed(config.seed)
         epochs = tqdm(range(config.max_epochs), desc="probes", disable=not config.progress, unit="epoch")
         for epoch in epochs:
             for batch in torch.randperm(n, generator=generator).split(config.batch_size):
                 batch = batch.to(x.device)
-                loss = self.per_probe_loss(x[:, batch], y[:, batch]).sum() / len(batch)
+                loss = self.per_probe_loss(x.index_select(0, batch), y.index_select(0, batch)).sum() / len(batch)
                 if not torch.isfinite(loss):
                     raise NumericalError(f"probe training loss became {loss.item()} at epoch {epoch}; "
                                          "lower lr or check the features for NaN/inf")
@@ -210,10 +231,10 @@ class _StackedSoftmax:
     @torch.no_grad()
     def held_out_loss(self, x: Tensor, y: Tensor) -> Tensor:
         total = torch.zeros(self.shape[0], self.shape[2], device=self.weight.device)
-        for start in range(0, x.shape[1], self.config.eval_batch_size):
+        for start in range(0, x.shape[0], self.config.eval_batch_size):
             stop = start + self.config.eval_batch_size
-            total += self.per_probe_loss(x[:, start:stop], y[:, start:stop])
-        return total / x.shape[1]
+            total += self.per_probe_loss(x[start:stop], y[start:stop])
+        return total / x.shape[0]
 
     @torch.no_grad()
     def update_best(self, held_out: Tensor) -> bool:

@@ -1,0 +1,142 @@
+"""Batched future-token probes vs one scikit-learn fit per (layer, offset), on the same activations.
+
+Both fit softmax-regression probes on a top-k label space (k most frequent future tokens + "other") over
+every residual depth × offsets 0..3 of a small random-init model on the builtin corpus, with the same
+number of threads; the table reports each side's time, mean held-out top-1 accuracy, the largest per-pair
+accuracy difference and the time ratio (goal: >= 10x at equal accuracy +- 1 point).
+
+With CUDA (or ``--big`` anywhere), it also times a whole ``probe_sweep`` (one activation pass, vocab probes
+with controls, baselines, metrics) on a 12-layer d_model=768 random-init model over ~1M tokens and prints
+tokens/s.
+
+    python benchmarks/probes.py [--layers 6] [--d-model 128] [--sequences 2000] [--top-k 15] [--threads 1]
+    python benchmarks/probes.py --big [--big-tokens 1048576] [--big-layers 12] [--big-d-model 768]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+from threadpoolctl import threadpool_limits
+
+from forethought.activations import collect_activations
+from forethought.data import load_texts, tokenize_and_chunk, train_tokenizer
+from forethought.models import tiny_model
+from forethought.probes import (
+    LabelSpace,
+    LogisticProbeConfig,
+    ProbeSweepConfig,
+    VocabProbeConfig,
+    fit_logistic_probes,
+    fit_vocab_probes,
+    future_labels,
+    probe_sweep,
+)
+from forethought.probes.targets import n_positions
+
+OFFSETS = [0, 1, 2, 3]
+
+
+def probe_data(args: argparse.Namespace):
+    """Residual streams of a random-init model on the builtin corpus → train / held-out / test examples."""
+    texts = load_texts("builtin")
+    tokenizer = train_tokenizer(texts, vocab_size=args.vocab_size)
+    tokens = tokenize_and_chunk(texts, tokenizer, args.seq_len, max_sequences=args.sequences)
+    model = tiny_model(n_layers=args.layers, d_model=args.d_model, n_heads=4, d_vocab=len(tokenizer),
+                       n_ctx=args.seq_len, seed=0)
+    acts = collect_activations(model, tokens, progress=False)["resid"]
+    n_pos = n_positions(args.seq_len, OFFSETS)
+    features = acts[:, :, :n_pos].reshape(acts.shape[0], -1, args.d_model)
+    labels = future_labels(tokens, OFFSETS).reshape(len(OFFSETS), -1)
+    n_seq = len(tokens)
+    cut, test = int(0.7 * n_seq) * n_pos, int(0.8 * n_seq) * n_pos  # by whole sequences
+    space = LabelSpace.top_k(labels[:, :cut], k=args.top_k, d_vocab=len(tokenizer))
+    labels = space.encode(labels)
+    return space, (features[:, :cut], labels[:, :cut]), (features[:, cut:test], labels[:, cut:test]), \
+        (features[:, test:], labels[:, test:])
+
+
+def compare(args: argparse.Namespace) -> None:
+    space, (x, y), (vx, vy), (tx, ty) = probe_data(args)
+    torch.set_num_threads(args.threads)
+    with threadpool_limits(args.threads):
+        start = time.perf_counter()
+        ours = fit_vocab_probes(x, y, space.n_classes, vx, vy, VocabProbeConfig(progress=False), label_space=space)
+        ours_s = time.perf_counter() - start
+        start = time.perf_counter()
+        # scikit-learn gets the held-out sequences as training data too: it has no use for early stopping
+        reference = fit_logistic_probes(torch.cat([x, vx], 1), torch.cat([y, vy], 1), space.n_classes,
+                                        LogisticProbeConfig(progress=False), label_space=space)
+        sklearn_s = time.perf_counter() - start
+    ours_acc = (ours.predict(tx) == ty).float().mean(-1)
+    sklearn_acc = (reference.predict(tx) == ty).float().mean(-1)
+    pairs = ours_acc.numel()
+    print(f"probes: {x.shape[0]} depths x {len(OFFSETS)} offsets = {pairs} pairs; d_model {x.shape[2]}; "
+          f"{space.n_classes} classes ({space.name}); {x.shape[1] + vx.shape[1]} training / {tx.shape[1]} test "
+          f"examples; {args.threads} thread(s); scikit-learn not converged in {reference.meta['not_converged']}")
+    print(f"{'method':<34}{'seconds':>9}{'mean top1':>11}")
+    print(f"{'batched AdamW (fit_vocab_probes)':<34}{ours_s:>9.2f}{ours_acc.mean():>11.4f}")
+    print(f"{'scikit-learn loop (per pair)':<34}{sklearn_s:>9.2f}{sklearn_acc.mean():>11.4f}")
+    print(f"{'max |top1 difference| over pairs':<34}{'':>9}{(ours_acc - sklearn_acc).abs().max():>11.4f}")
+    print(f"{'time ratio (scikit-learn / ours)':<34}{sklearn_s / ours_s:>9.1f}x")
+
+
+def big_sweep(args: argparse.Namespace) -> None:
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    n_seq = max(2, args.big_tokens // args.big_seq_len)
+    model = tiny_model(n_layers=args.big_layers, d_model=args.big_d_model, n_heads=max(1, args.big_d_model // 64),
+                       d_vocab=args.big_vocab, n_ctx=args.big_seq_len, seed=0, device=device)
+    generator = torch.Generator().manual_seed(0)
+    zipf = 1.0 / torch.arange(1, args.big_vocab + 1, dtype=torch.float64)  # a Zipfian unigram stream
+    tokens = torch.multinomial(zipf, n_seq * args.big_seq_len, replacement=True, generator=generator)
+    tokens = tokens.view(n_seq, args.big_seq_len)
+    config = ProbeSweepConfig(top_k=args.big_top_k, batch_size=args.big_batch, feature_dtype=torch.bfloat16,
+                              vocab=VocabProbeConfig(max_epochs=args.big_epochs, batch_size=4096))
+    if device == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    table = probe_sweep({"random": model}, tokens, offsets=OFFSETS, method="vocab", config=config, device=device,
+                        progress=False)
+    if device == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    n_tokens = tokens.numel()
+    print(f"sweep on {device}: {args.big_layers} layers, d_model {args.big_d_model}, d_vocab {args.big_vocab}, "
+          f"{n_tokens:,} tokens ({n_seq} x {args.big_seq_len}); {len(table)} (layer, offset) rows with controls, "
+          f"top-{args.big_top_k} label space, {args.big_epochs} epochs at most")
+    print(f"{'seconds':<12}{'tokens/s':>12}{'mean top1':>11}{'mean bigram_top1':>18}")
+    print(f"{seconds:<12.1f}{n_tokens / seconds:>12,.0f}{table['top1'].mean():>11.4f}{table['bigram_top1'].mean():>18.4f}")
+    if device == "cuda":
+        print(f"peak GPU memory: {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--layers", type=int, default=6, help="model blocks (depths probed: layers + 1)")
+    parser.add_argument("--d-model", type=int, default=128)
+    parser.add_argument("--vocab-size", type=int, default=512, help="BPE vocabulary trained on the builtin corpus")
+    parser.add_argument("--seq-len", type=int, default=64)
+    parser.add_argument("--sequences", type=int, default=2000)
+    parser.add_argument("--top-k", type=int, default=15, help="label space: top-k future tokens + 'other'")
+    parser.add_argument("--threads", type=int, default=1, help="torch and BLAS threads, the same for both sides")
+    parser.add_argument("--big", action="store_true", help="run the large sweep even without CUDA")
+    parser.add_argument("--no-compare", action="store_true", help="skip the comparison with scikit-learn")
+    parser.add_argument("--big-tokens", type=int, default=1 << 20)
+    parser.add_argument("--big-layers", type=int, default=12)
+    parser.add_argument("--big-d-model", type=int, default=768)
+    parser.add_argument("--big-vocab", type=int, default=50257)
+    parser.add_argument("--big-seq-len", type=int, default=128)
+    parser.add_argument("--big-top-k", type=int, default=1000)
+    parser.add_argument("--big-epochs", type=int, default=3)
+    parser.add_argument("--big-batch", type=int, default=64, help="sequences per forward pass in the large sweep")
+    args = parser.parse_args()
+    if not args.no_compare:
+        compare(args)
+    if torch.cuda.is_available() or args.big:
+        big_sweep(args)
+
+
+if __name__ == "__main__":
+    main()
