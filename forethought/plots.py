@@ -36,7 +36,7 @@ def plot_patching_heatmap(result, normalized: bool = False, title: str | None = 
     for index, (ax, head) in enumerate(zip(axes[0], panels, strict=True)):
         part = frame if head is None else frame[frame["head"] == head]
         columns = "pos" if head is not None else across
-        table = part.pivot_table(index="layer", columns=columns, values=column, sort=False)
+        table = part.pivot_table(index="layer", columns=columns, values=column, sort=False, dropna=False)
         last = index == len(panels) - 1
         sns.heatmap(table, cmap="viridis" if sequential else "RdBu_r", center=None if sequential else 0.0,
                     annot=table.size <= 120, fmt=".2f", annot_kws={"size": 7}, cbar=last,
@@ -45,7 +45,10 @@ def plot_patching_heatmap(result, normalized: bool = False, title: str | None = 
         ax.set(xlabel=columns, ylabel=f"layer ({result.hook})" if index == 0 else "",
                title=f"head {head}" if head is not None else "")
     reads = sorted(set(frame["read_pos"]))
-    read = f"read at pos {reads[0]}" if len(reads) == 1 else "read at a fixed offset after the patch"
+    read = f"read at pos {reads[0]}"
+    if len(reads) > 1 and "pos" in result.dims:
+        offset = int(frame["read_pos"].iloc[0]) - int(result.coords["pos"][0])
+        read = f"read {offset} position{'s' if offset != 1 else ''} after the patch"
     fig.suptitle(title or f"{result.direction} patching of {result.hook}: {result.metric}, {read}")
     fig.tight_layout()
     return fig
