@@ -40,14 +40,14 @@ def build_parser() -> argparse.ArgumentParser:
             continue
         sub = commands.add_parser(name, help=module.HELP, description=module.HELP)
         module.add_arguments(sub)
-        sub.set_defaults(run=module.run)
+        sub.set_defaults(command_function=module.run)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        result = args.run(args)
+        result = args.command_function(args)
     except ForethoughtError as error:
         message = str(error).splitlines()[0] if str(error) else type(error).__name__
         print(f"forethought {args.command}: error: {message}", file=sys.stderr)

@@ -125,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
     best = (table.sort_values("top1", ascending=False).groupby(["model", "method"], sort=False).head(1)
             [["model", "method", "layer", "offset", "top1", "bigram_top1", "selectivity"]])
     write_json(out / "report.json", {
-        "config": {**{key: value for key, value in vars(args).items() if key != "run"},
+        "config": {**{key: value for key, value in vars(args).items() if key != "command_function"},
                    "sweep": {**asdict(config), "feature_dtype": str(config.feature_dtype)}},
         "models": {name: {"source": sources[name], "n_layers": model.cfg.n_layers, "d_model": model.cfg.d_model,
                           "d_vocab": model.cfg.d_vocab} for name, model in models.items()},
