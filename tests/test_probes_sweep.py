@@ -101,6 +101,15 @@ def test_two_models_methods_top_k_and_saved_probes(model, tmp_path):
     assert titles == ["a", "b", "b − a"]
 
 
+def test_logistic_and_ridge_methods(model):
+    tokens = skip_one_chain(60, seed=3)
+    table = probe_sweep(model, tokens, layers=[0], offsets=[1], method=["logistic", "ridge"], top_k=5,
+                        progress=False).set_index("method")
+    assert table.loc["logistic", "top1"] > 0.9 and table.loc["logistic", "control_top1"] > 0  # offset 1 is readable
+    assert math.isnan(table.loc["ridge", "control_top1"]) and math.isnan(table.loc["ridge", "selectivity"])
+    assert not math.isnan(table.loc["ridge", "r2"]) and math.isnan(table.loc["logistic", "r2"])
+
+
 @pytest.mark.parametrize("kwargs, error", [
     ({"offsets": [15]}, OutOfRangeError),  # offset + 1 must stay inside a 16-token sequence
     ({"offsets": [14, -1]}, InvalidArgumentError),
