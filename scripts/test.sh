@@ -4,4 +4,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 MPLBACKEND=Agg
-.venv/bin/python -m pytest "$@"
+.venv/bin/python -m pytest --nbmake tests notebooks "$@"
