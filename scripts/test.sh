@@ -4,4 +4,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 MPLBACKEND=Agg
-.venv/bin/python -m pytest --nbmake tests notebooks "$@"
+if [ $# -eq 0 ]; then
+    set -- tests notebooks
+fi
+.venv/bin/python -m pytest --nbmake "$@"
