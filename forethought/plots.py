@@ -4,6 +4,162 @@
 from __future__ import annotations
 
 
+def plot_loss_by_position(frame, title: str = "Validation loss by position"):
+    """One line per regime: next-token loss at each position (columns ``regime``, ``position``, ``loss``).
+
+    Example:
+        >>> import pandas as pd
+        >>> frame = pd.DataFrame({"regime": ["vanilla"] * 3, "position": [0, 1, 2], "loss": [3.0, 2.5, 2.2]})
+        >>> plot_loss_by_position(frame).axes[0].get_xlabel()
+        'position t (predicting token t + 1)'
+    """
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    sns.lineplot(data=frame, x="position", y="loss", hue="regime", marker="o", markersize=3, ax=ax)
+    ax.set(xlabel="position t (predicting token t + 1)", ylabel="cross-entropy (nats)", title=title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_loss_difference(frame, baseline: str = "vanilla", title: str | None = None):
+    """Each regime's loss minus ``baseline``'s at every position (columns ``regime``, ``position``, ``loss``).
+
+    Example:
+        >>> import pandas as pd
+        >>> frame = pd.DataFrame({"regime": ["vanilla", "vanilla", "myopic", "myopic"], "position": [0, 1, 0, 1],
+        ...                       "loss": [3.0, 2.5, 3.0, 2.7]})
+        >>> plot_loss_difference(frame).axes[0].get_ylabel()
+        'loss − vanilla loss (nats)'
+    """
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    reference = frame[frame["regime"] == baseline].set_index("position")["loss"]
+    others = frame[frame["regime"] != baseline].copy()
+    others["difference"] = others["loss"].to_numpy() - reference.reindex(others["position"]).to_numpy()
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    sns.lineplot(data=others, x="position", y="difference", hue="regime", marker="o", markersize=3, ax=ax)
+    ax.axhline(0.0, color="0.5", linewidth=0.8, linestyle="--")
+    ax.set(xlabel="position t (predicting token t + 1)", ylabel=f"loss − {baseline} loss (nats)",
+           title=title or f"Loss relative to {baseline}")
+    fig.tight_layout()
+    return fig
+
+
+def plot_training_curves(history, title: str = "Training"):
+    """Training loss per step and validation loss at each evaluation, from a trainer's log records
+    (dicts or a DataFrame with ``step``, ``loss`` and optionally ``eval_loss``; an optional ``run`` column
+    gives one colour per run).
+
+    Example:
+        >>> fig = plot_training_curves([{"step": 1, "loss": 3.0}, {"step": 2, "loss": 2.5, "eval_loss": 2.6}])
+        >>> fig.axes[0].get_xlabel()
+        'step'
+    """
+    import matplotlib.pyplot as plt
+    import pandas as pd
+    import seaborn as sns
+
+    frame = pd.DataFrame(history)
+    if "run" not in frame:
+        frame["run"] = "train"
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    sns.lineplot(data=frame, x="step", y="loss", hue="run", alpha=0.6, linewidth=0.9, ax=ax)
+    if "eval_loss" in frame and frame["eval_loss"].notna().any():
+        evals = frame.dropna(subset=["eval_loss"])
+        sns.lineplot(data=evals, x="step", y="eval_loss", hue="run", marker="o", linestyle="--", ax=ax, legend=False)
+    ax.set(xlabel="step", ylabel="cross-entropy (nats); dashed: validation", title=title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_regime_losses(curves, baseline: float | None = None, smooth: int = 25,
+                       title: str = "Training loss on the pre-caching task"):
+    """Training loss per step, one line per regime, smoothed by a running mean over ``smooth`` steps
+    (columns ``regime``, ``step``, ``loss``), with the loss of always predicting 0 as a dashed line.
+
+    Example:
+        >>> import pandas as pd
+        >>> curves = pd.DataFrame({"regime": ["vanilla"] * 3 + ["myopic"] * 3, "step": [1, 2, 3] * 2,
+        ...                        "loss": [0.6, 0.4, 0.3, 0.6, 0.6, 0.6]})
+        >>> plot_regime_losses(curves, baseline=0.6).axes[0].get_ylabel()
+        'Huber loss'
+    """
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    frame = curves.sort_values(["regime", "step"]).copy()
+    frame["loss"] = frame.groupby("regime")["loss"].transform(lambda s: s.rolling(smooth, min_periods=1).mean())
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    sns.lineplot(data=frame, x="step", y="loss", hue="regime", linewidth=1.2, ax=ax)
+    if baseline is not None:
+        ax.axhline(baseline, color="0.4", linewidth=1.0, linestyle="--", label="predict 0")
+        ax.legend()
+    ax.set(xlabel="step", ylabel="Huber loss", title=title, ylim=(0, None))
+    fig.tight_layout()
+    return fig
+
+
+def plot_probe_r2_by_lag(probes, title: str = "Ridge probe R² (held out)"):
+    """Heatmaps of probe R² by layer × target, one panel per regime (columns ``regime``, ``layer``, ``lag``,
+    ``target``, ``r2``; rows whose ``target`` is not ``"sin"`` get their own column named after the target).
+
+    Example:
+        >>> import pandas as pd
+        >>> probes = pd.DataFrame({"regime": ["vanilla"] * 3, "layer": [0, 1, 1], "lag": [0, 0, None],
+        ...                        "target": ["sin", "sin", "sum"], "r2": [0.1, 0.9, 0.2]})
+        >>> len(plot_probe_r2_by_lag(probes).axes)  # one panel and its colour bar
+        2
+    """
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    frame = probes.copy()
+    is_sin = frame["target"] == "sin"
+    frame["column"] = frame["target"].astype(str)
+    frame.loc[is_sin, "column"] = [f"sin@{int(lag)}" for lag in frame.loc[is_sin, "lag"]]
+    order = [f"sin@{int(lag)}" for lag in sorted(frame.loc[is_sin, "lag"].unique())]
+    order += sorted(set(frame["column"]) - set(order))
+    regimes = list(dict.fromkeys(frame["regime"]))
+    fig, axes = plt.subplots(1, len(regimes), figsize=(1.0 + 0.8 * len(order) * len(regimes), 3.2), squeeze=False,
+                             sharey=True)
+    for index, (ax, regime) in enumerate(zip(axes[0], regimes)):
+        table = frame[frame["regime"] == regime].pivot_table(index="layer", columns="column", values="r2")
+        table = table.reindex(columns=[c for c in order if c in table.columns]).sort_index(ascending=False)
+        last = index == len(regimes) - 1
+        sns.heatmap(table, vmin=0.0, vmax=1.0, cmap="viridis", annot=True, fmt=".2f", annot_kws={"size": 7},
+                    cbar=last, cbar_kws={"label": "R²"} if last else None, ax=ax)
+        ax.set(title=regime, xlabel="target (sin@i = sin(F·x_{n−i}))", ylabel="layer" if index == 0 else "")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_loss_vs_p(sweep, title: str = "Loss relative to predicting 0, by p"):
+    """Held-out loss ÷ zero-predictor loss against ``p`` (log scale), one line per regime
+    (columns ``p``, ``regime``, ``loss_ratio``).
+
+    Example:
+        >>> import pandas as pd
+        >>> sweep = pd.DataFrame({"p": [0.1, 1.0, 0.1, 1.0], "regime": ["vanilla"] * 2 + ["myopic"] * 2,
+        ...                       "loss_ratio": [0.2, 0.3, 0.9, 1.0]})
+        >>> plot_loss_vs_p(sweep).axes[0].get_xscale()
+        'log'
+    """
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    sns.lineplot(data=sweep, x="p", y="loss_ratio", hue="regime", marker="o", ax=ax)
+    ax.axhline(1.0, color="0.4", linewidth=1.0, linestyle="--")
+    ax.set(xscale="log", xlabel="p (share of past-sum targets)", ylabel="loss / zero-predictor loss", title=title,
+           ylim=(0, None))
+    fig.tight_layout()
+    return fig
+
+
 def plot_patching_heatmap(result, normalized: bool = False, title: str | None = None):
     """Heatmap of an activation-patching sweep (a :class:`forethought.interventions.PatchResult`): layers down,
     positions (labelled with the clean tokens) or heads across; a ``[layer, pos, head]`` sweep gets one panel
@@ -104,78 +260,6 @@ def plot_direction_effect(effect, metric: str = "kl", title: str | None = None):
            title=title or f"{effect.mode} at layer {effect.layer} ({effect.hook})")
     fig.tight_layout()
     return fig
-
-
-def plot_loss_by_position(frame, title: str = "Validation loss by position"):
-    """One line per regime: next-token loss at each position (columns ``regime``, ``position``, ``loss``).
-
-    Example:
-        >>> import pandas as pd
-        >>> frame = pd.DataFrame({"regime": ["vanilla"] * 3, "position": [0, 1, 2], "loss": [3.0, 2.5, 2.2]})
-        >>> plot_loss_by_position(frame).axes[0].get_xlabel()
-        'position t (predicting token t + 1)'
-    """
-    import matplotlib.pyplot as plt
-    import seaborn as sns
-
-    fig, ax = plt.subplots(figsize=(6.5, 4))
-    sns.lineplot(data=frame, x="position", y="loss", hue="regime", marker="o", markersize=3, ax=ax)
-    ax.set(xlabel="position t (predicting token t + 1)", ylabel="cross-entropy (nats)", title=title)
-    fig.tight_layout()
-    return fig
-
-
-def plot_loss_difference(frame, baseline: str = "vanilla", title: str | None = None):
-    """Each regime's loss minus ``baseline``'s at every position (columns ``regime``, ``position``, ``loss``).
-
-    Example:
-        >>> import pandas as pd
-        >>> frame = pd.DataFrame({"regime": ["vanilla", "vanilla", "myopic", "myopic"], "position": [0, 1, 0, 1],
-        ...                       "loss": [3.0, 2.5, 3.0, 2.7]})
-        >>> plot_loss_difference(frame).axes[0].get_ylabel()
-        'loss − vanilla loss (nats)'
-    """
-    import matplotlib.pyplot as plt
-    import seaborn as sns
-
-    reference = frame[frame["regime"] == baseline].set_index("position")["loss"]
-    others = frame[frame["regime"] != baseline].copy()
-    others["difference"] = others["loss"].to_numpy() - reference.reindex(others["position"]).to_numpy()
-    fig, ax = plt.subplots(figsize=(6.5, 4))
-    sns.lineplot(data=others, x="position", y="difference", hue="regime", marker="o", markersize=3, ax=ax)
-    ax.axhline(0.0, color="0.5", linewidth=0.8, linestyle="--")
-    ax.set(xlabel="position t (predicting token t + 1)", ylabel=f"loss − {baseline} loss (nats)",
-           title=title or f"Loss relative to {baseline}")
-    fig.tight_layout()
-    return fig
-
-
-def plot_training_curves(history, title: str = "Training"):
-    """Training loss per step and validation loss at each evaluation, from a trainer's log records
-    (dicts or a DataFrame with ``step``, ``loss`` and optionally ``eval_loss``; an optional ``run`` column
-    gives one colour per run).
-
-    Example:
-        >>> fig = plot_training_curves([{"step": 1, "loss": 3.0}, {"step": 2, "loss": 2.5, "eval_loss": 2.6}])
-        >>> fig.axes[0].get_xlabel()
-        'step'
-    """
-    import matplotlib.pyplot as plt
-    import pandas as pd
-    import seaborn as sns
-
-    frame = pd.DataFrame(history)
-    if "run" not in frame:
-        frame["run"] = "train"
-    fig, ax = plt.subplots(figsize=(6.5, 4))
-    sns.lineplot(data=frame, x="step", y="loss", hue="run", alpha=0.6, linewidth=0.9, ax=ax)
-    if "eval_loss" in frame and frame["eval_loss"].notna().any():
-        evals = frame.dropna(subset=["eval_loss"])
-        sns.lineplot(data=evals, x="step", y="eval_loss", hue="run", marker="o", linestyle="--", ax=ax, legend=False)
-    ax.set(xlabel="step", ylabel="cross-entropy (nats); dashed: validation", title=title)
-    fig.tight_layout()
-    return fig
-
 
 
 def plot_probe_heatmap(frame, metric: str = "top1", method: str | None = None, title: str | None = None):

@@ -1,0 +1,399 @@
+"""``forethought synthetic``: the synthetic pre-caching experiment (Wu, Morris & Levine 2024, §4).
+
+A vanilla and a myopic transformer are trained on D_p (:mod:`forethought.data.synthetic`) from the same
+initialisation on the same data stream, evaluated on a fixed held-out set against the loss of always predicting
+0, and probed: a ridge probe on every layer's residual stream (0 = embedding output) reads ``sin(F x_{n-i})`` for
+``i = 0 … K+2`` and the K-term sum. At ``p = 1`` the target at ``n`` depends only on earlier inputs, so a model
+that beats the zero predictor must compute ``sin(F x_m)`` at position ``m`` for later use (pre-caching); the
+myopic model, whose gradients never reward that, stays at the zero-predictor loss.
+
+Outputs in ``--out`` (all written atomically):
+
+* ``report.json``: ``{"config", "regimes": {"vanilla": {...}, "myopic": {...}}, "probes": [...], "provenance"}``;
+* ``probes.csv``: one row per (regime, layer, target) with the chosen penalty and the unfloored R²;
+* ``losses.csv`` and ``losses.png``: training curves of both regimes, with the zero-predictor loss;
+* ``probe_r2.png``: held-out R² by layer × lag, one panel per regime.
+
+With several ``--p`` values each ``p`` gets the outputs above in ``--out/p=<p>/``, and ``--out`` holds a
+``report.json`` and ``sweep.csv`` with one row per (p, regime) and ``loss_vs_p.png``.
+
+Example:
+    >>> import tempfile
+    >>> report = run_experiment(PRESETS["smoke"], tempfile.mkdtemp(), progress=False)  # doctest: +SKIP
+    >>> sorted(report["regimes"])  # doctest: +SKIP
+    ['myopic', 'vanilla']
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.nn import functional as F
+from tqdm.auto import tqdm
+
+from forethought import plots
+from forethought.data.synthetic import PAPER_PS, PrecacheBatch, PrecacheTask, derive_seed, probe_targets
+from forethought.errors import InvalidArgumentError, NumericalError, check_positive
+from forethought.myopic_training import myopic
+from forethought.probes.regression import fit_ridge_probe
+from forethought.regression_model import RegressionModelConfig, RegressionTransformer
+from forethought.reporting import prepare_out_dir, provenance, save_figure, write_csv, write_json
+
+HELP = ("The synthetic pre-caching experiment: train a vanilla and a myopic transformer on D_p and probe "
+        "their residual streams for sin(F x) of past inputs.")
+
+REGIMES = ("vanilla", "myopic")
+MYOPIC_MODES = ("strict", "cutgrad")
+LOG_EVERY = 25  # steps between loss read-outs (each read-out waits for the device)
+
+
+@dataclass(frozen=True)
+class SyntheticConfig:
+    """Everything that defines one run of the experiment (see :data:`PRESETS`).
+
+    Args:
+        k, frequency, p, seq_len: the task D_p (:class:`~forethought.data.synthetic.PrecacheTask`).
+        n_layers, d_model, n_heads, d_mlp, mlp_init_scale: the model
+            (:class:`~forethought.regression_model.RegressionModelConfig`).
+        batch_size, steps, lr, weight_decay, warmup_steps, min_lr_ratio: AdamW with a linear warm-up and a cosine
+            decay to ``min_lr_ratio * lr``.
+        huber_delta: the Huber loss threshold (training and evaluation).
+        myopic_mode: ``"strict"`` or ``"cutgrad"`` (:func:`~forethought.myopic_training.myopic`).
+        eval_sequences: size of the fixed held-out set for the losses.
+        probe_sequences: sequences whose residual streams train and test the probes.
+        seed: model initialisation (shared by both regimes) and data streams.
+    """
+
+    k: int = 3
+    frequency: float = 8.0
+    p: float = 1.0
+    seq_len: int = 32
+    n_layers: int = 2
+    d_model: int = 64
+    n_heads: int = 4
+    d_mlp: int | None = None
+    mlp_init_scale: float = 1.0
+    batch_size: int = 128
+    steps: int = 2500
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.1
+    huber_delta: float = 1.0
+    myopic_mode: str = "strict"
+    eval_sequences: int = 1024
+    probe_sequences: int = 512
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        self.task()  # validates k, frequency, p, seq_len
+        for name in ("n_layers", "d_model", "n_heads", "batch_size", "steps", "eval_sequences", "probe_sequences"):
+            check_positive(name, getattr(self, name), integer=True)
+        for name in ("lr", "huber_delta", "min_lr_ratio"):
+            check_positive(name, getattr(self, name))
+        if self.d_model % self.n_heads:
+            raise InvalidArgumentError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
+        if self.seq_len <= self.max_lag:
+            raise InvalidArgumentError(
+                f"seq_len={self.seq_len} leaves no position to probe lags up to K+2={self.max_lag}; "
+                f"use seq_len > {self.max_lag}"
+            )
+        if not 0 <= self.warmup_steps < self.steps:
+            raise InvalidArgumentError(
+                f"warmup_steps={self.warmup_steps} is not allowed; expected 0 <= warmup_steps < steps={self.steps}"
+            )
+        if self.myopic_mode not in MYOPIC_MODES:
+            raise InvalidArgumentError(f"myopic_mode={self.myopic_mode!r} is unknown; choose one of {MYOPIC_MODES}")
+        if self.weight_decay < 0:
+            raise InvalidArgumentError(f"weight_decay={self.weight_decay!r} is not allowed; expected >= 0")
+
+    @property
+    def max_lag(self) -> int:
+        """The largest probed lag, K + 2."""
+        return self.k + 2
+
+    def task(self) -> PrecacheTask:
+        return PrecacheTask(k=self.k, frequency=self.frequency, p=self.p, seq_len=self.seq_len)
+
+    def model_config(self) -> RegressionModelConfig:
+        return RegressionModelConfig(n_inputs=2, n_layers=self.n_layers, d_model=self.d_model, n_heads=self.n_heads,
+                                     n_ctx=self.seq_len, d_mlp=self.d_mlp, mlp_init_scale=self.mlp_init_scale,
+                                     seed=self.seed)
+
+
+#: ``smoke``: seconds, for CI. ``cpu``: the default main job, a few minutes on 2 CPU cores. ``paper``: the
+#: paper's setting (K=10, F=10, T=64, 2 layers, d=128, 2 heads, batch 512, ~30M sequences), for a GPU.
+PRESETS: dict[str, SyntheticConfig] = {
+    "smoke": SyntheticConfig(k=2, frequency=8.0, seq_len=12, d_model=32, n_heads=2, batch_size=32, steps=30,
+                             warmup_steps=5, eval_sequences=64, probe_sequences=64),
+    "cpu": SyntheticConfig(),
+    "paper": SyntheticConfig(k=10, frequency=10.0, seq_len=64, n_layers=2, d_model=128, n_heads=2, batch_size=512,
+                             steps=60_000, warmup_steps=1000, eval_sequences=4096, probe_sequences=2048),
+}
+
+
+@dataclass
+class TrainingRun:
+    """A trained model and its per-step training losses."""
+
+    regime: str
+    model: RegressionTransformer
+    losses: np.ndarray
+    seconds: float
+
+
+def train_regime(config: SyntheticConfig, regime: str, device: str | torch.device = "cpu",
+                 progress: bool = True) -> TrainingRun:
+    """Train one model on the D_p stream, with vanilla or myopic gradients.
+
+    Both regimes start from the same weights (``config.seed``) and see the same batches (a generator seeded from
+    ``config.seed`` on ``device``); only the gradient differs.
+    """
+    if regime not in REGIMES:
+        raise InvalidArgumentError(f"regime={regime!r} is unknown; choose one of {REGIMES}")
+    model = RegressionTransformer(config.model_config(), device=device)
+    parameters = [parameter for parameter in model.parameters() if parameter.requires_grad]
+    optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = _warmup_cosine(optimizer, config)
+    batches = config.task().stream(config.batch_size, derive_seed(config.seed, "train"), device)
+    history = torch.zeros(config.steps, device=device)
+    gradients = myopic(model.bridge, mode=config.myopic_mode) if regime == "myopic" else nullcontext()
+    start = time.perf_counter()
+    with gradients, tqdm(range(config.steps), desc=regime, disable=not progress, unit="step") as bar:
+        for step in bar:
+            batch = next(batches)
+            loss = F.huber_loss(model(batch.inputs), batch.targets, delta=config.huber_delta)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            history[step] = loss.detach()
+            if (step + 1) % LOG_EVERY == 0 or step + 1 == config.steps:
+                recent = history[max(0, step + 1 - LOG_EVERY) : step + 1].mean().item()
+                if not math.isfinite(recent):
+                    raise NumericalError(f"the {regime} training loss became {recent} at step {step + 1}; "
+                                         "lower --lr")
+                bar.set_postfix(loss=f"{recent:.4f}")
+    return TrainingRun(regime, model, history.cpu().numpy(), time.perf_counter() - start)
+
+
+def _warmup_cosine(optimizer: torch.optim.Optimizer, config: SyntheticConfig) -> torch.optim.lr_scheduler.LRScheduler:
+    decay = torch.optim.lr_scheduler.CosineAnnealingLR(
+        optimizer, T_max=config.steps - config.warmup_steps, eta_min=config.lr * config.min_lr_ratio)
+    if config.warmup_steps == 0:
+        return decay
+    warmup = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=1 / config.warmup_steps,
+                                               total_iters=config.warmup_steps)
+    return torch.optim.lr_scheduler.SequentialLR(optimizer, [warmup, decay], milestones=[config.warmup_steps])
+
+
+def held_out(config: SyntheticConfig, purpose: str, n_sequences: int) -> PrecacheBatch:
+    """A fixed set of sequences drawn on the CPU (the same on every device) from the seed for ``purpose``."""
+    generator = torch.Generator().manual_seed(derive_seed(config.seed, purpose))
+    return config.task().sample(n_sequences, generator)
+
+
+def evaluate(model: RegressionTransformer, batch: PrecacheBatch, huber_delta: float,
+             batch_size: int = 512) -> dict[str, float]:
+    """Mean Huber loss of ``model`` on ``batch`` and of the constant-zero predictor."""
+    device = model.input_map.weight.device
+    total = 0.0
+    with torch.no_grad():
+        for start in range(0, len(batch.targets), batch_size):
+            inputs = batch.inputs[start : start + batch_size].to(device)
+            targets = batch.targets[start : start + batch_size].to(device)
+            total += F.huber_loss(model(inputs), targets, delta=huber_delta, reduction="sum").item()
+    zero = F.huber_loss(torch.zeros_like(batch.targets), batch.targets, delta=huber_delta).item()
+    loss = total / batch.targets.numel()
+    return {"eval_loss": loss, "zero_baseline_loss": zero, "loss_ratio": loss / zero}
+
+
+def probe_layers(model: RegressionTransformer, batch: PrecacheBatch, config: SyntheticConfig,
+                 regime: str) -> pd.DataFrame:
+    """Ridge probes from every layer's residual stream to sin(F x_{n-i}), i = 0 … K+2, and to the K-term sum.
+
+    Only positions ``n > K+2`` are used (every lagged target is then a real input, not padding), and all
+    positions of a sequence stay in the same train / validation / test split.
+    """
+    lags = list(range(config.max_lag + 1))
+    residuals = model.residuals(batch.inputs)[:, :, config.max_lag :]  # [layer, seq, pos, d_model]
+    targets = probe_targets(batch.x, config.k, config.frequency, lags)
+    names = list(targets)
+    columns = torch.stack([targets[name][:, config.max_lag :] for name in names], dim=-1).reshape(-1, len(names))
+    groups = torch.arange(len(batch.x)).repeat_interleave(residuals.shape[2])
+    rows = []
+    for layer, stream in enumerate(residuals):
+        result = fit_ridge_probe(stream.reshape(-1, stream.shape[-1]), columns, groups=groups,
+                                 seed=derive_seed(config.seed, "probe-split"))
+        for index, name in enumerate(names):
+            target, lag = ("sum", None) if name == "sum" else ("sin", int(name.split("@")[1]))
+            rows.append({"regime": regime, "layer": layer, "lag": lag, "target": target,
+                         "r2": float(result.r2[index]), "r2_raw": float(result.r2_raw[index]),
+                         "alpha": float(result.alpha[index]), "n_test": result.n_test})
+    return pd.DataFrame(rows)
+
+
+def run_experiment(config: SyntheticConfig, out_dir: str | Path, device: str | torch.device = "cpu",
+                   progress: bool = True, extra_config: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Train, evaluate and probe both regimes for one ``p``; write the outputs to ``out_dir``; return the report."""
+    out = prepare_out_dir(out_dir)
+    evaluation = held_out(config, "eval", config.eval_sequences)
+    probing = held_out(config, "probe", config.probe_sequences)
+    regimes: dict[str, dict[str, Any]] = {}
+    curves, probes = [], []
+    for regime in REGIMES:
+        run = train_regime(config, regime, device=device, progress=progress)
+        regimes[regime] = {
+            **evaluate(run.model, evaluation, config.huber_delta),
+            "steps": config.steps,
+            "sequences": config.steps * config.batch_size,
+            "final_train_loss": float(run.losses[-LOG_EVERY:].mean()),
+            "train_seconds": run.seconds,
+        }
+        curves.append(pd.DataFrame({"regime": regime, "step": np.arange(1, config.steps + 1), "loss": run.losses}))
+        probes.append(probe_layers(run.model, probing, config, regime))
+    curves_frame, probe_frame = pd.concat(curves, ignore_index=True), pd.concat(probes, ignore_index=True)
+    report = {
+        "config": {**asdict(config), **(extra_config or {}), "device": str(device)},
+        "regimes": regimes,
+        "probes": [
+            {"regime": row.regime, "layer": int(row.layer), "lag": None if pd.isna(row.lag) else int(row.lag),
+             "target": row.target, "r2": float(row.r2)}
+            for row in probe_frame.itertuples()
+        ],
+        "summary": summary(regimes, probe_frame),
+        "provenance": provenance(config.seed),
+    }
+    baseline = regimes["vanilla"]["zero_baseline_loss"]
+    save_figure(plots.plot_regime_losses(curves_frame, baseline=baseline), out / "losses.png")
+    save_figure(plots.plot_probe_r2_by_lag(probe_frame), out / "probe_r2.png")
+    write_csv(out / "losses.csv", curves_frame)
+    write_csv(out / "probes.csv", probe_frame)
+    write_json(out / "report.json", report)
+    return report
+
+
+def summary(regimes: dict[str, dict[str, Any]], probes: pd.DataFrame) -> dict[str, float]:
+    """The headline numbers: loss ratios to the zero predictor, and layer-1 R² of sin(F x_n) per regime."""
+    layer_one = probes[(probes.layer == 1) & (probes.target == "sin") & (probes.lag == 0)].set_index("regime").r2
+    return {
+        **{f"{regime}_loss_ratio": regimes[regime]["loss_ratio"] for regime in regimes},
+        **{f"{regime}_layer1_sin_r2": float(layer_one[regime]) for regime in regimes},
+    }
+
+
+def run_sweep(config: SyntheticConfig, ps: list[float], out_dir: str | Path, device: str | torch.device = "cpu",
+              progress: bool = True, extra_config: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run :func:`run_experiment` for each ``p`` in ``out_dir/p=<p>/``; summarise them in ``out_dir``."""
+    out = prepare_out_dir(out_dir)
+    rows, runs = [], {}
+    for p in ps:
+        folder = f"p={p:g}"
+        report = run_experiment(replace(config, p=p), out / folder, device=device, progress=progress,
+                                extra_config=extra_config)
+        runs[f"{p:g}"] = f"{folder}/report.json"
+        for regime, values in report["regimes"].items():
+            rows.append({"p": p, "regime": regime, **{key: values[key] for key in
+                                                       ("eval_loss", "zero_baseline_loss", "loss_ratio")},
+                         "layer1_sin_r2": report["summary"][f"{regime}_layer1_sin_r2"]})
+    sweep = pd.DataFrame(rows)
+    report = {
+        "config": {**asdict(config), **(extra_config or {}), "p": list(ps), "device": str(device)},
+        "sweep": sweep.to_dict("records"),
+        "runs": runs,
+        "provenance": provenance(config.seed),
+    }
+    save_figure(plots.plot_loss_vs_p(sweep), out / "loss_vs_p.png")
+    write_csv(out / "sweep.csv", sweep)
+    write_json(out / "report.json", report)
+    return report
+
+
+def resolve_device(name: str) -> torch.device:
+    """``"auto"`` (CUDA when available, else CPU) or a torch device string that exists on this machine."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise InvalidArgumentError(f"--device {name!r} is not a device; use auto, cpu, cuda or cuda:N") from error
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InvalidArgumentError(f"--device {name!r} is not available on this machine; use auto or cpu")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise InvalidArgumentError(f"--device {name!r} is not available on this machine; use auto or cpu")
+    return device
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu",
+                        help="smoke: seconds (CI); cpu: the default main job, minutes on a CPU; paper: the paper's "
+                             "setting, for a GPU")
+    parser.add_argument("--out", default="results/synthetic", help="output directory (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="model initialisation and data seed")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
+    parser.add_argument("--p", type=float, nargs="+", metavar="P",
+                        help=f"probability of a past-sum target; several values run a sweep (the paper's: "
+                             f"{' '.join(f'{p:g}' for p in PAPER_PS)})")
+    overrides = parser.add_argument_group("overrides of the preset")
+    overrides.add_argument("--k", type=int, help="terms in the past sum (K)")
+    overrides.add_argument("--frequency", "-F", type=float, help="F in sin(F x); keep it >= 8")
+    overrides.add_argument("--steps", type=int, help="training steps per regime")
+    overrides.add_argument("--batch-size", type=int, help="sequences per step")
+    overrides.add_argument("--lr", type=float, help="peak AdamW learning rate")
+    overrides.add_argument("--myopic-mode", choices=MYOPIC_MODES, help="how myopic gradients treat the past")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="CPU threads for torch (default: %(default)s; the presets' models are so small that more "
+                             "threads mostly wait for each other, and slow down badly on a busy machine)")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def config_from_args(args: argparse.Namespace) -> SyntheticConfig:
+    """The preset with the command line's overrides applied (validated)."""
+    overrides = {name: getattr(args, name) for name in ("k", "frequency", "steps", "batch_size", "lr", "myopic_mode")
+                 if getattr(args, name, None) is not None}
+    config = PRESETS[args.preset]
+    if "steps" in overrides:
+        check_positive("steps", overrides["steps"], integer=True)
+        overrides["warmup_steps"] = min(config.warmup_steps, overrides["steps"] // 10)
+    return replace(config, seed=args.seed, **overrides)
+
+
+def run(args: argparse.Namespace) -> int:
+    config = config_from_args(args)
+    ps = args.p or [config.p]
+    for p in ps:
+        replace(config, p=p)  # validate every p before any work
+    device = resolve_device(args.device)
+    check_positive("threads", args.threads, integer=True)
+    out = prepare_out_dir(args.out)
+    extra = {"preset": args.preset}
+    if device.type == "cpu":
+        torch.set_num_threads(args.threads)
+        extra["threads"] = args.threads
+    progress = not args.no_progress
+    if len(ps) == 1:
+        report = run_experiment(replace(config, p=ps[0]), out, device=device, progress=progress, extra_config=extra)
+        print(_format_summary(report["summary"], report["regimes"]))
+    else:
+        report = run_sweep(config, ps, out, device=device, progress=progress, extra_config=extra)
+        print(pd.DataFrame(report["sweep"]).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    print(f"wrote {out / 'report.json'}")
+    return 0
+
+
+def _format_summary(values: dict[str, float], regimes: dict[str, dict[str, Any]]) -> str:
+    lines = [f"{'regime':<8} {'eval loss':>10} {'zero loss':>10} {'ratio':>7} {'L1 R2 sin(F x_n)':>18} {'train s':>8}"]
+    for regime, result in regimes.items():
+        lines.append(f"{regime:<8} {result['eval_loss']:>10.4f} {result['zero_baseline_loss']:>10.4f} "
+                     f"{result['loss_ratio']:>7.3f} {values[f'{regime}_layer1_sin_r2']:>18.3f} "
+                     f"{result['train_seconds']:>8.1f}")
+    return "\n".join(lines)
