@@ -1,6 +1,5 @@
 """The trainer: settings, schedule, data order, resume, numerical guard, untrusted checkpoints, every regime."""
 
-import copy
 import json
 import math
 import os
@@ -194,8 +193,10 @@ def test_bad_data_is_refused(tokenizer, splits):
 
 
 @pytest.mark.parametrize("regime", ["vanilla", "myopic", "local-myopic", "bigram"])
-def test_every_regime_trains_every_backend(any_model, splits, regime):
-    model = copy.deepcopy(any_model)  # HF GPT-2 checkpoints have dropout 0.1: the trainer must switch it off
+@pytest.mark.parametrize("backend", ["native", "gpt2", "neox", "llama"])
+def test_every_regime_trains_every_backend(backend, checkpoint_dirs, tokenizer, splits, regime):
+    # a fresh model per case: HF GPT-2 checkpoints have dropout 0.1, which the trainer must switch off
+    model = _model(tokenizer) if backend == "native" else load_model(checkpoint_dirs[backend])
     model.train()
     before = {name: t.clone() for name, t in model.state_dict().items()}  # TransformerLens names on every backend
     result = train(_config(regime=regime, steps=2, warmup_steps=0, eval_every=2), model, splits)
