@@ -137,3 +137,15 @@ def test_bad_inputs(native_model):
         fit_future_lens(native_model, torch.randn(1, 10, 16), torch.randn(1, 10, 16))
     with pytest.raises(InvalidArgumentError, match="max_epochs"):
         FutureLensConfig(max_epochs=-1)
+
+
+def test_future_lens_sweep_accepts_bfloat16_features():
+    from forethought.models import tiny_model
+    from forethought.probes import probe_sweep
+    from forethought.probes.sweep import ProbeSweepConfig
+
+    model = tiny_model(n_layers=1, d_model=16, n_heads=2, d_vocab=12, n_ctx=16)
+    tokens = torch.randint(0, 12, (40, 16), generator=torch.Generator().manual_seed(0))
+    table = probe_sweep({"m": model}, tokens, offsets=[0, 1], method="future_lens", progress=False,
+                        config=ProbeSweepConfig(feature_dtype=torch.bfloat16))
+    assert table["top1"].notna().all()

@@ -69,7 +69,8 @@ def decode(model: Any, resid: Float[Tensor, "... d_model"]) -> Float[Tensor, "..
     if ln_final is None or unembed is None:
         raise UnsupportedArchitectureError(f"{type(model).__name__} has no ln_final/unembed components to decode "
                                            "residuals with")
-    return unembed(ln_final(resid))
+    dtype = next(model.parameters()).dtype  # features may be stored in another dtype (e.g. bfloat16)
+    return unembed(ln_final(resid.to(dtype)))
 
 
 @dataclass
