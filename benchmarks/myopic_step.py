@@ -23,6 +23,7 @@ import torch
 
 from forethought.models import load_model, save_random_checkpoint, tiny_model
 from forethought.myopic_training import myopic
+from forethought.myopic_training.reference import accumulate_per_position_gradients
 
 VOCAB = 4096
 
@@ -44,17 +45,7 @@ def myopic_step(model, optimizer, tokens, mode):
 
 def reference_step(model, optimizer, tokens, mode):
     """The myopic gradient one target position at a time (the definition, written out)."""
-    names = ("attn.hook_k", "attn.hook_v") if mode == "strict" else ("attn.k.hook_in", "attn.v.hook_in")
-    n_targets = tokens.shape[0] * (tokens.shape[1] - 1)
-    for t in range(tokens.shape[1] - 1):
-        def cut(x, hook, t=t):
-            past = torch.arange(x.shape[1], device=x.device) < t
-            return torch.where(past.view(1, -1, *([1] * (x.ndim - 2))), x.detach(), x)
-
-        hooks = [(f"blocks.{layer}.{name}", cut) for layer in range(model.cfg.n_layers) for name in names]
-        with model.hooks(fwd_hooks=hooks):
-            per_token = model(tokens, return_type="loss", loss_per_token=True)
-        (per_token[:, t].sum() / n_targets).backward()
+    accumulate_per_position_gradients(model, tokens, mode)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
 

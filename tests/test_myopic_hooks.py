@@ -7,6 +7,7 @@ from forethought.errors import InvalidArgumentError, UnsupportedArchitectureErro
 from forethought.models import tiny_model
 from forethought.myopic_training import ablate_past, myopic
 from forethought.myopic_training.attention import attend
+from forethought.myopic_training.reference import accumulate_per_position_gradients
 
 SEQ = 10
 
@@ -31,20 +32,8 @@ def _one_pass(model, tokens, **kwargs):
 
 
 def _reference(model, tokens, mode):
-    """For each target position t: detach what the mode detaches at positions < t in every layer, then
-    back-propagate that position's share of the mean loss alone, and sum over t."""
-    hook_names = ("attn.hook_k", "attn.hook_v") if mode == "strict" else ("attn.k.hook_in", "attn.v.hook_in")
-    n_targets = tokens.shape[0] * (tokens.shape[1] - 1)
     model.zero_grad()
-    for t in range(tokens.shape[1] - 1):
-        def cut(x, hook, t=t):
-            past = torch.arange(x.shape[1], device=x.device) < t
-            return torch.where(past.view(1, -1, *([1] * (x.ndim - 2))), x.detach(), x)
-
-        hooks = [(f"blocks.{layer}.{name}", cut) for layer in range(model.cfg.n_layers) for name in hook_names]
-        with model.hooks(fwd_hooks=hooks):
-            per_token = model(tokens, return_type="loss", loss_per_token=True)
-        (per_token[:, t].sum() / n_targets).backward()
+    accumulate_per_position_gradients(model, tokens, mode)
     return _grads(model)
 
 

@@ -1,0 +1,52 @@
+"""The myopic gradient by its definition, one target position at a time: slow, obviously correct.
+
+For every target position ``t``, hooks detach what the mode treats as constant at positions ``i < t`` in every
+layer (``strict``: keys and values; ``cutgrad``: the inputs of the key and value projections), and the loss at
+``t`` alone is back-propagated; the gradients accumulate over ``t``. This costs one forward and backward pass per
+position, so it is only for checking :func:`~forethought.myopic_training.myopic` (which must match it) and for
+benchmarks.
+
+Example:
+    >>> import torch
+    >>> from forethought.models import tiny_model
+    >>> from forethought.myopic_training import myopic
+    >>> model = tiny_model(n_layers=2, d_model=16, n_heads=2, d_vocab=20, n_ctx=8)
+    >>> tokens = torch.randint(0, 20, (2, 8))
+    >>> accumulate_per_position_gradients(model, tokens, mode="strict")
+    >>> slow = [p.grad.clone() for p in model.parameters()]
+    >>> model.zero_grad()
+    >>> with myopic(model, mode="strict"):
+    ...     model(tokens, return_type="loss").backward()
+    >>> all(torch.allclose(a, p.grad, atol=1e-6) for a, p in zip(slow, model.parameters()))
+    True
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+from jaxtyping import Int
+from torch import Tensor
+
+from forethought.errors import InvalidArgumentError
+
+DETACHED_HOOKS = {"strict": ("attn.hook_k", "attn.hook_v"), "cutgrad": ("attn.k.hook_in", "attn.v.hook_in")}
+
+
+def accumulate_per_position_gradients(model: Any, tokens: Int[Tensor, "batch pos"],
+                                      mode: Literal["strict", "cutgrad"] = "strict") -> None:
+    """Add the myopic gradient of the mean next-token loss to every parameter's ``.grad``, position by position."""
+    if mode not in DETACHED_HOOKS:
+        raise InvalidArgumentError(f"mode={mode!r} is unknown; choose one of {tuple(DETACHED_HOOKS)}")
+    n_targets = tokens.shape[0] * (tokens.shape[1] - 1)
+    for t in range(tokens.shape[1] - 1):
+        def detach_past(x: Tensor, hook: Any, t: int = t) -> Tensor:
+            past = torch.arange(x.shape[1], device=x.device) < t
+            return torch.where(past.view(1, -1, *([1] * (x.ndim - 2))), x.detach(), x)
+
+        hooks = [(f"blocks.{layer}.{name}", detach_past) for layer in range(model.cfg.n_layers)
+                 for name in DETACHED_HOOKS[mode]]
+        with model.hooks(fwd_hooks=hooks):
+            per_token = model(tokens, return_type="loss", loss_per_token=True)
+        (per_token[:, t].sum() / n_targets).backward()
