@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -27,6 +25,7 @@ from transformer_lens import TransformerBridgeConfig
 from transformer_lens.model_bridge import TransformerBridge
 
 from forethought.errors import CheckpointError, InvalidArgumentError, ModelNotAvailableError
+from forethought.reporting import atomic_directory
 
 NATIVE_CONFIG = "forethought_native.json"
 NATIVE_WEIGHTS = "model.safetensors"
@@ -167,10 +166,7 @@ def save_model(model: TransformerBridge, out_dir: str | os.PathLike) -> Path:
     Native models are written as safetensors weights and the bridge config; HF-backed bridges use the
     wrapped model's ``save_pretrained``. The tokenizer, if any, is saved beside them.
     """
-    out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_directory(out_dir) as tmp:
         if is_native(model):
             config = {key: value for key, value in model.cfg.to_dict().items() if _json_safe(value)}
             (tmp / NATIVE_CONFIG).write_text(json.dumps(config, indent=1, sort_keys=True))
@@ -181,13 +177,7 @@ def save_model(model: TransformerBridge, out_dir: str | os.PathLike) -> Path:
             _save_hf_weights(model.original_model, tmp)
         if model.tokenizer is not None:
             model.tokenizer.save_pretrained(tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-    return out
+    return Path(out_dir)
 
 
 def sync_fused_qkv(model: TransformerBridge) -> int:

@@ -125,7 +125,7 @@ def plot_probe_r2_by_lag(probes, title: str = "Ridge probe R² (held out)"):
     regimes = list(dict.fromkeys(frame["regime"]))
     fig, axes = plt.subplots(1, len(regimes), figsize=(1.0 + 0.8 * len(order) * len(regimes), 3.2), squeeze=False,
                              sharey=True)
-    for index, (ax, regime) in enumerate(zip(axes[0], regimes)):
+    for index, (ax, regime) in enumerate(zip(axes[0], regimes, strict=True)):
         table = frame[frame["regime"] == regime].pivot_table(index="layer", columns="column", values="r2")
         table = table.reindex(columns=[c for c in order if c in table.columns]).sort_index(ascending=False)
         last = index == len(regimes) - 1
@@ -283,8 +283,9 @@ def plot_probe_heatmap(frame, metric: str = "top1", method: str | None = None, t
     if method is not None:
         frame = frame[frame["method"] == method]
     if frame.empty or metric not in frame:
-        raise InvalidArgumentError(f"nothing to plot: the table has no rows{'' if metric in frame else f' of {metric!r}'}"
-                         f"{f' for method {method!r}' if method else ''}")
+        missing = "" if metric in frame else f" of {metric!r}"
+        raise InvalidArgumentError(f"nothing to plot: the table has no rows{missing}"
+                                   f"{f' for method {method!r}' if method else ''}")
     methods = list(dict.fromkeys(frame["method"]))
     models = list(dict.fromkeys(frame["model"]))
     difference = len(models) == 2

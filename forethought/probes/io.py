@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +29,7 @@ from forethought.errors import CheckpointError, InvalidArgumentError, Vocabulary
 from forethought.hook_names import RESID, hook_name
 from forethought.probes.future_lens import FutureLens
 from forethought.probes.linear import LinearProbes
+from forethought.reporting import atomic_directory
 
 CONFIG = "probes.json"
 WEIGHTS = "probes.safetensors"
@@ -68,19 +67,11 @@ def save_probes(probes: LinearProbes | FutureLens, directory: str | os.PathLike,
         "meta": meta,
     }
     text = json.dumps(config, indent=1, default=str)
-    out = Path(directory)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_directory(directory) as tmp:
         tensors = {name: tensor.detach().float().contiguous().cpu() for name, tensor in probes.tensors().items()}
         save_file(tensors, str(tmp / WEIGHTS))
         (tmp / CONFIG).write_text(text + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
+    out = Path(directory)
     return out
 
 

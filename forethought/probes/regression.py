@@ -65,7 +65,7 @@ class RidgeProbeResult:
 
 def fit_ridge_probe(
     features: Float[Any, "n d"],
-    targets: Float[Any, "n"] | Float[Any, "n k"],
+    targets: Float[Any, " n"] | Float[Any, "n k"],
     *,
     alphas: tuple[float, ...] | list[float] = DEFAULT_ALPHAS,
     validation_fraction: float = 0.2,
