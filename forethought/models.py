@@ -128,7 +128,7 @@ def load_model(
         >>> import tempfile
         >>> from forethought.models import save_model, tiny_model
         >>> folder = tempfile.mkdtemp()
-        >>> save_model(tiny_model(n_layers=1, d_model=16, n_heads=2, d_vocab=20, n_ctx=8), folder)
+        >>> _ = save_model(tiny_model(n_layers=1, d_model=16, n_heads=2, d_vocab=20, n_ctx=8), folder)
         >>> load_model(folder).cfg.d_model
         16
     """

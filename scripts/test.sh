@@ -5,6 +5,6 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 MPLBACKEND=Agg
 if [ $# -eq 0 ]; then
-    set -- tests notebooks
+    set -- --doctest-modules forethought tests notebooks
 fi
 .venv/bin/python -m pytest --nbmake "$@"
