@@ -110,6 +110,18 @@ def test_logistic_and_ridge_methods(model):
     assert not math.isnan(table.loc["ridge", "r2"]) and math.isnan(table.loc["logistic", "r2"])
 
 
+def test_lens_on_the_last_layer_agrees_with_the_model_in_any_label_space(model):
+    """The least-squares lens from the final residual to itself is the model, so it predicts what the model
+    predicts, also when the model's distribution is pooled into a top-k + "other" space."""
+    from forethought.probes.future_lens import FutureLensConfig
+
+    config = ProbeSweepConfig(control=False, future_lens=FutureLensConfig(ridge=0.0, max_epochs=0))
+    for top_k in (None, 3):
+        row = probe_sweep(model, skip_one_chain(40), layers=[2], offsets=[0], method="future_lens", top_k=top_k,
+                          config=config, progress=False).iloc[0]
+        assert row["greedy_top1"] > 0.99 and row["r2"] > 0.99
+
+
 @pytest.mark.parametrize("kwargs, error", [
     ({"offsets": [15]}, OutOfRangeError),  # offset + 1 must stay inside a 16-token sequence
     ({"offsets": [14, -1]}, InvalidArgumentError),

@@ -19,10 +19,12 @@ Methods (``method=``):
 
 Columns: ``model, layer, offset, method, hook, label_space, n_classes, label_coverage``; the probe's
 ``top1, top5, cross_entropy`` against the true token ``t + 1 + N``; ``greedy_top1, greedy_top5,
-greedy_cross_entropy`` against the model's own argmax prediction of that token (made at ``t + N``);
+greedy_cross_entropy`` against the model's own prediction of that token (the argmax of its next-token
+distribution at ``t + N``, pooled into the label space);
 ``unigram_*`` and ``bigram_*`` baselines (top1, top5, cross_entropy); ``control_top1`` and
 ``selectivity = top1 - control_top1``; ``r2`` of the lens methods' predicted final-layer residual (mean
-over coordinates; NaN for direct probes); ``n_train`` and ``n_test`` examples; ``seed``.
+over coordinates; NaN for direct probes; after the Future Lens's KL fine-tuning it can be negative, as the
+final norm ignores the residual's mean and scale); ``n_train`` and ``n_test`` examples; ``seed``.
 
 Splits are by sequence: ``TokenSplits.validation`` (or ``test_fraction`` of a token tensor) is the test set;
 ``val_fraction`` of the remaining sequences is held out for early stopping.
@@ -220,12 +222,10 @@ def _sweep_model(name: str, model: Any, splits: tuple[Tensor, Tensor, Tensor], l
     if device != next(model.parameters()).device:
         model = model.to(device)
     with_resid = any(m in LENS_METHODS for m in methods)
-    fit, val, test = (_examples(model, tokens, layers, offsets, config, device, with_resid, progress)
+    space = (LabelSpace.top_k(future_labels(splits[0], offsets), config.top_k, model.cfg.d_vocab)
+             if config.top_k is not None else LabelSpace.full(model.cfg.d_vocab))
+    fit, val, test = (_examples(model, tokens, layers, offsets, space, config, device, with_resid, progress)
                       for tokens in splits)
-    space = (LabelSpace.top_k(fit.labels, config.top_k, model.cfg.d_vocab) if config.top_k is not None
-             else LabelSpace.full(model.cfg.d_vocab))
-    for split in (fit, val, test):
-        split.labels, split.greedy = space.encode(split.labels), space.encode(split.greedy)
     controls = torch.stack([control_labels(fit.labels[i], model.cfg.d_vocab, seed=seed + 7919 * (i + 1))
                             for i in range(len(offsets))])  # [offset, d_vocab]
     baselines = _baselines(fit.cat(val), test, space)
@@ -254,9 +254,13 @@ def _sweep_model(name: str, model: Any, splits: tuple[Tensor, Tensor, Tensor], l
 
 
 @torch.no_grad()
-def _examples(model: Any, tokens: Tensor, layers: list[int], offsets: list[int], config: ProbeSweepConfig,
-              device: torch.device, with_resid: bool, progress: bool) -> _Split:
-    """One activation pass over ``tokens`` → the probe examples of every offset (all share positions)."""
+def _examples(model: Any, tokens: Tensor, layers: list[int], offsets: list[int], space: LabelSpace,
+              config: ProbeSweepConfig, device: torch.device, with_resid: bool, progress: bool) -> _Split:
+    """One activation pass over ``tokens`` → the probe examples of every offset (all share positions).
+
+    Labels are classes of ``space``; the model's own prediction is the argmax of its next-token distribution
+    pooled into ``space`` (with a top-k space, "other" when the tokens outside the top k together outweigh
+    its most likely kept token), so that it is scored exactly as a probe's prediction is."""
     final = model.cfg.n_layers
     collected = sorted({*layers, final})
     acts = collect_activations(model, tokens, hooks=[RESID], layers=collected, batch_size=config.batch_size,
@@ -267,15 +271,15 @@ def _examples(model: Any, tokens: Tensor, layers: list[int], offsets: list[int],
     features = acts[index, :, :n_pos].reshape(len(layers), n_seq * n_pos, -1)
     last = acts[collected.index(final)]  # [seq, pos, d]: the input of the final norm
     step = max(1, 2**24 // (seq_len * model.cfg.d_vocab))  # sequences per read-out chunk (~64 MB of logits)
-    predictions = torch.cat([decode(model, last[start : start + step].to(device).float()).argmax(-1).cpu()
-                             for start in range(0, n_seq, step)])
+    predictions = torch.cat([space.project_logits(decode(model, last[start : start + step].to(device).float()))
+                             .argmax(-1).cpu() for start in range(0, n_seq, step)])
     future_resid = None
     if with_resid:
         future_resid = torch.stack([last[:, offset : offset + n_pos] for offset in offsets]).reshape(
             len(offsets), n_seq * n_pos, -1)
     del acts
     return _Split(features=features, current=tokens[:, :n_pos].reshape(-1),
-                  labels=future_labels(tokens, offsets).reshape(len(offsets), -1),
+                  labels=space.encode(future_labels(tokens, offsets)).reshape(len(offsets), -1),
                   greedy=model_predictions(predictions, offsets).reshape(len(offsets), -1),
                   future_resid=future_resid,
                   sequence=torch.arange(n_seq).repeat_interleave(n_pos))
