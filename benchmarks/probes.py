@@ -107,7 +107,8 @@ def big_sweep(args: argparse.Namespace) -> None:
           f"{n_tokens:,} tokens ({n_seq} x {args.big_seq_len}); {len(table)} (layer, offset) rows with controls, "
           f"top-{args.big_top_k} label space, {args.big_epochs} epochs at most")
     print(f"{'seconds':<12}{'tokens/s':>12}{'mean top1':>11}{'mean bigram_top1':>18}")
-    print(f"{seconds:<12.1f}{n_tokens / seconds:>12,.0f}{table['top1'].mean():>11.4f}{table['bigram_top1'].mean():>18.4f}")
+    print(f"{seconds:<12.1f}{n_tokens / seconds:>12,.0f}{table['top1'].mean():>11.4f}"
+          f"{table['bigram_top1'].mean():>18.4f}")
     if device == "cuda":
         print(f"peak GPU memory: {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
 

@@ -5,9 +5,10 @@ standardised features ``[layer, batch, d_model]`` is scored with one batched mat
 over probes of each probe's mean cross-entropy. Each probe's gradient depends on its own loss only and
 AdamW updates every parameter on its own, so training the stack is training every probe separately with
 the same minibatch order, just faster. Every probe starts at the unigram prediction (zero weights, biases at
-the smoothed log label frequencies). Early stopping is per probe: after every epoch each probe's
-held-out loss is checked, its best weights are kept, and a probe that has not improved for ``patience``
-epochs is frozen at its best; training ends when every probe is frozen or after ``max_epochs``.
+the smoothed log label frequencies). Early stopping is per probe: after every epoch each probe's held-out
+loss is checked, its best weights are kept (the unigram start counts as epoch 0), and a probe that has not
+improved for ``patience`` epochs is frozen at its best; training ends when every probe is frozen or after
+``max_epochs``.
 
 Memory (floats): weights ``L·T·d·C``, plus as much again for the gradient and twice for the AdamW moments;
 a minibatch makes ``L·T·batch·C`` logits (and their gradient). ``L`` layers, ``T`` tasks (offsets, plus as
@@ -212,6 +213,7 @@ class _StackedSoftmax:
         config = self.config
         n = x.shape[0]
         generator = torch.Generator().manual_seed(config.seed)
+        self.stopper.best = self.held_out_loss(val_x, val_y)  # epoch 0, the unigram start, is a candidate too
         epochs = tqdm(range(config.max_epochs), desc="probes", disable=not config.progress, unit="epoch")
         for epoch in epochs:
             for batch in torch.randperm(n, generator=generator).split(config.batch_size):
