@@ -90,10 +90,11 @@ def plot_regime_losses(curves, baseline: float | None = None, smooth: int = 25,
     import matplotlib.pyplot as plt
     import seaborn as sns
 
+    order = list(dict.fromkeys(curves["regime"]))
     frame = curves.sort_values(["regime", "step"]).copy()
     frame["loss"] = frame.groupby("regime")["loss"].transform(lambda s: s.rolling(smooth, min_periods=1).mean())
     fig, ax = plt.subplots(figsize=(6.5, 4))
-    sns.lineplot(data=frame, x="step", y="loss", hue="regime", linewidth=1.2, ax=ax)
+    sns.lineplot(data=frame, x="step", y="loss", hue="regime", hue_order=order, linewidth=1.2, ax=ax)
     if baseline is not None:
         ax.axhline(baseline, color="0.4", linewidth=1.0, linestyle="--", label="predict 0")
         ax.legend()

@@ -28,10 +28,14 @@ from typing import Any
 import torch
 from jaxtyping import Float
 from torch import Tensor, nn
+from transformer_lens import TransformerBridgeConfig
+from transformer_lens.model_bridge import TransformerBridge
 
 from forethought.errors import ContextLengthError, InvalidArgumentError, check_positive
 from forethought.hook_names import RESID, hook_name, resolve_layers
-from forethought.models import tiny_model
+
+#: Normalisations a :class:`RegressionTransformer` can use (TransformerLens ``normalization_type``).
+NORMALIZATIONS = ("LN", "LNPre", "RMS", "RMSPre", None)
 
 
 @dataclass(frozen=True)
@@ -43,6 +47,8 @@ class RegressionModelConfig:
         n_layers, d_model, n_heads, n_ctx: the transformer's sizes (``n_ctx`` = longest sequence).
         d_mlp: MLP width, ``4 * d_model`` by default.
         act_fn: MLP activation.
+        normalization: ``"LN"`` (GPT-2's pre-layer-norm, with ``ln_final``), another TransformerLens
+            ``normalization_type``, or ``None`` for none at all (the residual stream keeps the scale of the inputs).
         mlp_init_scale: factor on the initial MLP input weights of every block. A freshly initialised MLP computes
             smooth functions of its input; a target such as ``sin(8 x)`` then takes tens of millions of sequences
             to emerge (spectral bias). Starting the MLP input weights a few times larger lets a short run resolve
@@ -57,14 +63,22 @@ class RegressionModelConfig:
     n_ctx: int = 64
     d_mlp: int | None = None
     act_fn: str = "gelu"
+    normalization: str | None = "LN"
     mlp_init_scale: float = 1.0
     seed: int = 0
 
     def __post_init__(self) -> None:
         check_positive("n_inputs", self.n_inputs, integer=True)
+        for name in ("n_layers", "d_model", "n_heads", "n_ctx"):
+            check_positive(name, getattr(self, name), integer=True)
         check_positive("mlp_init_scale", self.mlp_init_scale)
         if self.d_mlp is not None:
             check_positive("d_mlp", self.d_mlp, integer=True)
+        if self.d_model % self.n_heads:
+            raise InvalidArgumentError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
+        if self.normalization not in NORMALIZATIONS:
+            raise InvalidArgumentError(
+                f"normalization={self.normalization!r} is unknown; choose one of {NORMALIZATIONS}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -84,16 +98,18 @@ class RegressionTransformer(nn.Module):
         with torch.random.fork_rng(devices=[]):  # seeded init that leaves the caller's RNG alone
             torch.manual_seed(config.seed)
             self.input_map = nn.Linear(config.n_inputs, config.d_model)
-        self.bridge = tiny_model(
+        self.bridge = TransformerBridge.boot_native(TransformerBridgeConfig(
             n_layers=config.n_layers,
             d_model=config.d_model,
             n_heads=config.n_heads,
+            d_head=config.d_model // config.n_heads,
             d_vocab=1,
             n_ctx=config.n_ctx,
-            d_mlp=config.d_mlp,
+            d_mlp=config.d_mlp if config.d_mlp is not None else 4 * config.d_model,
             act_fn=config.act_fn,
+            normalization_type=config.normalization,
             seed=config.seed,
-        )
+        ))
         # The token embedding of the one-word vocabulary is never used: inputs arrive as embeddings.
         self.bridge.embed.requires_grad_(False)
         if config.mlp_init_scale != 1.0:

@@ -68,7 +68,7 @@ def test_same_seed_same_training():
     config = replace(SMOKE, steps=5, warmup_steps=1)
     first, second = train_regime(config, "myopic", progress=False), train_regime(config, "myopic", progress=False)
     assert np.array_equal(first.losses, second.losses)
-    for a, b in zip(first.model.parameters(), second.model.parameters()):
+    for a, b in zip(first.model.parameters(), second.model.parameters(), strict=True):
         assert torch.equal(a, b)
     other = train_regime(replace(config, seed=1), "myopic", progress=False)
     assert not np.array_equal(other.losses, first.losses)

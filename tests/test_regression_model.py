@@ -36,12 +36,32 @@ def test_float_input_is_used_as_inputs_embeds(model, inputs):
             model.bridge.W_E.sub_(1.0)
 
 
-def test_the_head_reads_the_final_layer_norm(model, inputs):
+@pytest.mark.parametrize("normalization", ["LN", None])
+def test_the_head_reads_the_final_residual_stream(inputs, normalization):
+    model = RegressionTransformer(RegressionModelConfig(**{**CONFIG.to_dict(), "normalization": normalization}))
     with torch.no_grad():
         _, cache = model.bridge.run_with_cache(model.embed(inputs))
         prediction = model(inputs)
     head = cache["ln_final.hook_out"] @ model.bridge.W_U + model.bridge.b_U
     torch.testing.assert_close(head[..., 0], prediction)
+    final = cache[hook_name(model.bridge, "resid", CONFIG.n_layers)]
+    if normalization is None:  # no layer norm anywhere: the head reads the residual stream itself
+        torch.testing.assert_close(cache["ln_final.hook_out"], final)
+    else:
+        centred = final - final.mean(-1, keepdim=True)
+        normalized = centred / (centred.pow(2).mean(-1, keepdim=True) + model.bridge.cfg.eps).sqrt()
+        torch.testing.assert_close(cache["ln_final.hook_normalized"], normalized, rtol=1e-4, atol=1e-4)
+
+
+def test_mlp_init_scale_scales_only_the_mlp_input_weights():
+    base = RegressionTransformer(CONFIG)
+    scaled = RegressionTransformer(RegressionModelConfig(**{**CONFIG.to_dict(), "mlp_init_scale": 8.0}))
+    for layer in range(CONFIG.n_layers):
+        torch.testing.assert_close(scaled.bridge.blocks[layer].mlp.W_in, 8.0 * base.bridge.blocks[layer].mlp.W_in)
+    scaled_parameters = dict(scaled.named_parameters())
+    changed = [name for name, parameter in base.named_parameters()
+               if not torch.equal(parameter, scaled_parameters[name])]
+    assert len(changed) == CONFIG.n_layers and all("fc_in" in name and name.endswith("weight") for name in changed)
 
 
 def test_residuals_match_the_hooks(model, inputs):
@@ -74,10 +94,10 @@ def test_interventions_on_the_bridge_change_the_prediction(model, inputs):
     assert torch.equal(shifted[:, :-1], clean[:, :-1]) and not torch.allclose(shifted[:, -1], clean[:, -1])
 
 
-@pytest.mark.parametrize("mode", ["strict", "cutgrad"])
-def test_myopic_applies_to_the_bridge(mode):
+@pytest.mark.parametrize(("mode", "normalization"), [("strict", "LN"), ("cutgrad", "LN"), ("strict", None)])
+def test_myopic_applies_to_the_bridge(mode, normalization):
     """Forward values are unchanged; the prediction at t gets no gradient from inputs at earlier positions."""
-    model = RegressionTransformer(CONFIG)
+    model = RegressionTransformer(RegressionModelConfig(**{**CONFIG.to_dict(), "normalization": normalization}))
     inputs = torch.randn(2, 8, 2, generator=torch.Generator().manual_seed(1), requires_grad=True)
     t = 5
     vanilla = model(inputs)
@@ -95,7 +115,7 @@ def test_seeded_and_leaves_the_global_rng_alone():
     state = torch.random.get_rng_state()
     first, second = RegressionTransformer(CONFIG), RegressionTransformer(CONFIG)
     assert torch.equal(torch.random.get_rng_state(), state)
-    for (name, a), (_, b) in zip(first.state_dict().items(), second.state_dict().items()):
+    for (name, a), (_, b) in zip(first.state_dict().items(), second.state_dict().items(), strict=True):
         assert torch.equal(a, b), name
     other = RegressionTransformer(RegressionModelConfig(**{**CONFIG.to_dict(), "seed": 1}))
     assert not torch.equal(other.input_map.weight, first.input_map.weight)
@@ -120,5 +140,9 @@ def test_bad_inputs(model):
         model(torch.randn(1, 13, 2))
     with pytest.raises(InvalidArgumentError, match="n_inputs=0"):
         RegressionModelConfig(n_inputs=0)
+    with pytest.raises(InvalidArgumentError, match="normalization='batch'"):
+        RegressionModelConfig(normalization="batch")
+    with pytest.raises(InvalidArgumentError, match="not divisible"):
+        RegressionModelConfig(d_model=30, n_heads=4)
     with pytest.raises(InvalidArgumentError, match="batch_size=0"):
         model.residuals(torch.randn(1, 4, 2), batch_size=0)
