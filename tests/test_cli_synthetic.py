@@ -75,9 +75,12 @@ def test_same_seed_same_training():
 
 
 def test_p_sweep(tmp_path):
-    assert _run("--preset", "smoke", "--steps", "3", "--p", "0.5", "1", "--out", str(tmp_path), "--no-progress") == 0
+    threads = torch.get_num_threads()
+    assert _run("--preset", "smoke", "--steps", "3", "--p", "0.5", "1", "--out", str(tmp_path), "--no-progress",
+                "--threads", "2") == 0
+    assert torch.get_num_threads() == threads  # the CLI's thread setting does not outlive the command
     report = json.loads((tmp_path / "report.json").read_text())
-    assert report["config"]["p"] == [0.5, 1.0]
+    assert report["config"]["p"] == [0.5, 1.0] and report["config"]["threads"] == 2
     assert sorted(report["runs"]) == ["0.5", "1"]
     assert {(row["p"], row["regime"]) for row in report["sweep"]} == {
         (p, regime) for p in (0.5, 1.0) for regime in ("vanilla", "myopic")}
@@ -100,6 +103,7 @@ def test_p_sweep(tmp_path):
         (["--p", "1", "1.5"], "p=1.5"),
         (["--steps", "0"], "steps=0"),
         (["--device", "warp-drive"], "warp-drive"),
+        (["--threads", "0"], "threads=0"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(tmp_path, capsys, argv, message):
