@@ -254,13 +254,7 @@ def patch_positions(
     seq = clean_tokens.shape[1]
     layer_list = resolve_layers(model, layers, hook)
     offset = _check_offset(read_offset, seq)
-    if offset is not None and (positions is None or (isinstance(positions, str) and positions == "all")):
-        pos_list = list(range(seq - offset))
-    else:
-        pos_list = resolve_indices(positions, seq, "position")
-        if offset is not None and pos_list[-1] + offset >= seq:
-            raise OutOfRangeError(f"position {pos_list[-1]} + read_offset {offset} is past the last position "
-                                  f"{seq - 1}; drop positions >= {seq - offset}")
+    pos_list = _patched_positions("all" if positions is None else positions, seq, offset)
     cells = [(layer, pos, None) for layer in layer_list for pos in pos_list]
     return _sweep(model, clean_tokens, corrupt_tokens, metric, hook, cells, ("layer", "pos"),
                   {"layer": layer_list, "pos": pos_list}, direction, read_pos, offset, batch_size, progress)
@@ -318,17 +312,22 @@ def patch_heads(
         cells = [(layer, None, head) for layer in layer_list for head in head_list]
         dims, coords = ("layer", "head"), {"layer": layer_list, "head": head_list}
     else:
-        if offset is not None and isinstance(positions, str) and positions == "all":
-            pos_list = list(range(seq - offset))
-        else:
-            pos_list = resolve_indices(positions, seq, "position")
-            if offset is not None and pos_list[-1] + offset >= seq:
-                raise OutOfRangeError(f"position {pos_list[-1]} + read_offset {offset} is past the last position "
-                                      f"{seq - 1}")
+        pos_list = _patched_positions(positions, seq, offset)
         cells = [(layer, pos, head) for layer in layer_list for pos in pos_list for head in head_list]
         dims, coords = ("layer", "pos", "head"), {"layer": layer_list, "pos": pos_list, "head": head_list}
     return _sweep(model, clean_tokens, corrupt_tokens, metric, hook, cells, dims, coords, direction, read_pos,
                   offset, batch_size, progress)
+
+
+def _patched_positions(positions: Sequence[int] | int | str, seq: int, offset: int | None) -> list[int]:
+    """The positions to patch; with a read offset, ``"all"`` means every position whose read position exists."""
+    if offset is not None and isinstance(positions, str) and positions == "all":
+        return list(range(seq - offset))
+    pos_list = resolve_indices(positions, seq, "position")
+    if offset is not None and pos_list[-1] + offset >= seq:
+        raise OutOfRangeError(f"position {pos_list[-1]} + read_offset {offset} is past the last position "
+                              f"{seq - 1}; drop positions >= {seq - offset}")
+    return pos_list
 
 
 def _sweep(

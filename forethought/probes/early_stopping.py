@@ -13,8 +13,59 @@ Example:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
+
+from forethought.errors import InvalidArgumentError, check_positive
+
+
+@dataclass
+class MinibatchFitConfig:
+    """Settings shared by the probe trainers that fit every probe with minibatch AdamW and early stopping.
+
+    Attributes:
+        lr: AdamW learning rate.
+        weight_decay: AdamW (decoupled) weight decay on the weights; biases are not decayed.
+        batch_size: examples per minibatch (shared by all probes).
+        max_epochs: passes over the training examples at most.
+        patience: epochs without a held-out improvement of ``min_delta`` before a probe is frozen.
+        min_delta: the smallest held-out loss decrease (nats) that counts as an improvement.
+        val_fraction: held-out share of the training examples when no validation split is passed.
+        seed: seeds the held-out split and the minibatch order.
+        device: where to fit (default: where the features are).
+        eval_batch_size: examples per chunk when computing held-out losses.
+        progress: show a progress bar over epochs.
+    """
+
+    lr: float = 1e-2
+    weight_decay: float = 1e-4
+    batch_size: int = 512
+    max_epochs: int = 50
+    patience: int = 3
+    min_delta: float = 1e-4
+    val_fraction: float = 0.1
+    seed: int = 0
+    device: str | None = None
+    eval_batch_size: int = 4096
+    progress: bool = True
+
+    #: the fewest epochs a trainer accepts (0 where fitting has a closed-form first stage)
+    min_epochs = 1
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "patience", "eval_batch_size"):
+            check_positive(name, getattr(self, name), integer=True)
+        epochs = self.max_epochs
+        if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < self.min_epochs:
+            raise InvalidArgumentError(f"max_epochs={epochs!r} is not allowed; expected an integer >= "
+                                       f"{self.min_epochs}")
+        check_positive("lr", self.lr)
+        if self.weight_decay < 0:
+            raise InvalidArgumentError(f"weight_decay={self.weight_decay!r} is not allowed; expected >= 0")
+        if not 0 < self.val_fraction < 1:
+            raise InvalidArgumentError(f"val_fraction={self.val_fraction!r} is not allowed; expected 0 < v < 1")
 
 
 class PerProbeEarlyStopping:

@@ -51,9 +51,8 @@ from forethought.errors import (
     NumericalError,
     UnsupportedArchitectureError,
     VocabularyMismatchError,
-    check_positive,
 )
-from forethought.probes.early_stopping import PerProbeEarlyStopping
+from forethought.probes.early_stopping import MinibatchFitConfig, PerProbeEarlyStopping
 from forethought.probes.linear import Task, feature_stats
 from forethought.probes.targets import LabelSpace
 from forethought.probes.vocabulary import check_features, holdout_split
@@ -74,45 +73,32 @@ def decode(model: Any, resid: Float[Tensor, "... d_model"]) -> Float[Tensor, "..
 
 
 @dataclass
-class FutureLensConfig:
-    """Fitting settings of the Future-Lens linear model.
+class FutureLensConfig(MinibatchFitConfig):
+    """Fitting settings of the Future-Lens linear model: a least-squares start, then AdamW fine-tuning.
 
     Attributes:
         ridge: the least-squares penalty per example (``λ`` in ``X̃ᵀX̃ + λnI``, on standardised features).
-        lr, weight_decay: AdamW settings of the fine-tuning stage.
-        batch_size: examples per fine-tuning minibatch.
         max_epochs: fine-tuning epochs at most (0: least squares only).
-        patience, min_delta: per-probe early stopping on the held-out soft cross-entropy.
-        val_fraction: held-out share of the training examples when no validation split is passed.
-        seed: seeds the held-out split and the minibatch order.
         device: where to fit (default: the model's device).
-        eval_batch_size: examples per chunk when scoring held-out data.
-        progress: show a progress bar over epochs.
+
+    The other fields are those of :class:`~forethought.probes.early_stopping.MinibatchFitConfig`; early
+    stopping watches the held-out soft cross-entropy.
     """
 
-    ridge: float = 1e-3
     lr: float = 1e-3
     weight_decay: float = 0.0
     batch_size: int = 256
     max_epochs: int = 10
     patience: int = 2
-    min_delta: float = 1e-4
-    val_fraction: float = 0.1
-    seed: int = 0
-    device: str | None = None
     eval_batch_size: int = 1024
-    progress: bool = True
+    ridge: float = 1e-3
+
+    min_epochs = 0
 
     def __post_init__(self) -> None:
-        for name in ("batch_size", "patience", "eval_batch_size"):
-            check_positive(name, getattr(self, name), integer=True)
-        if isinstance(self.max_epochs, bool) or not isinstance(self.max_epochs, int) or self.max_epochs < 0:
-            raise InvalidArgumentError(f"max_epochs={self.max_epochs!r} is not allowed; expected an integer >= 0")
-        check_positive("lr", self.lr)
-        if self.ridge < 0 or self.weight_decay < 0:
-            raise InvalidArgumentError(f"ridge={self.ridge!r} and weight_decay={self.weight_decay!r} must be >= 0")
-        if not 0 < self.val_fraction < 1:
-            raise InvalidArgumentError(f"val_fraction={self.val_fraction!r} is not allowed; expected 0 < v < 1")
+        super().__post_init__()
+        if self.ridge < 0:
+            raise InvalidArgumentError(f"ridge={self.ridge!r} is not allowed; expected >= 0")
 
 
 @dataclass

@@ -27,10 +27,10 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from forethought.errors import InvalidArgumentError, check_positive
+from forethought.errors import check_positive
 from forethought.probes.linear import LinearProbes, Task, feature_stats
 from forethought.probes.targets import LabelSpace
-from forethought.probes.vocabulary import check_features
+from forethought.probes.vocabulary import probe_axes
 
 
 @dataclass
@@ -73,17 +73,10 @@ def fit_logistic_probes(
     from sklearn.linear_model import LogisticRegression
 
     config = config or LogisticProbeConfig()
-    check_features(features, labels)
-    if n_classes is None:
-        n_classes = label_space.n_classes if label_space is not None else int(labels.max()) + 1
-    label_space = label_space or LabelSpace.full(n_classes)
-    if int(labels.min()) < 0 or int(labels.max()) >= n_classes:
-        raise InvalidArgumentError(f"labels must lie in [0, {n_classes}); got [{int(labels.min())}, "
-                                   f"{int(labels.max())}]")
+    label_space, layers, tasks = probe_axes(features, labels, n_classes, label_space, layers, tasks)
+    n_classes = label_space.n_classes
     n_layers, _, d_model = features.shape
     n_tasks = labels.shape[0]
-    layers = list(layers) if layers is not None else list(range(n_layers))
-    tasks = list(tasks) if tasks is not None else [Task(i) for i in range(n_tasks)]
 
     mean, scale = feature_stats(features.cpu())
     weight = torch.zeros(n_layers, n_tasks, d_model, n_classes)

@@ -38,50 +38,15 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from forethought.errors import DataError, InvalidArgumentError, NumericalError, check_positive
-from forethought.probes.early_stopping import PerProbeEarlyStopping
+from forethought.errors import DataError, InvalidArgumentError, NumericalError
+from forethought.probes.early_stopping import MinibatchFitConfig, PerProbeEarlyStopping
 from forethought.probes.linear import LinearProbes, Task, feature_stats
 from forethought.probes.targets import LabelSpace
 
 
 @dataclass
-class VocabProbeConfig:
-    """Training settings of the batched probe trainer.
-
-    Attributes:
-        lr: AdamW learning rate.
-        weight_decay: AdamW (decoupled) weight decay on the weights; biases are not decayed.
-        batch_size: examples per minibatch (shared by all probes).
-        max_epochs: passes over the training examples at most.
-        patience: epochs without a held-out improvement of ``min_delta`` before a probe is frozen.
-        min_delta: the smallest held-out loss decrease (nats) that counts as an improvement.
-        val_fraction: held-out share of the training examples when no validation split is passed.
-        seed: seeds the held-out split and the minibatch order.
-        device: where to train (default: where the features are).
-        eval_batch_size: examples per chunk when computing held-out losses.
-        progress: show a progress bar over epochs.
-    """
-
-    lr: float = 1e-2
-    weight_decay: float = 1e-4
-    batch_size: int = 512
-    max_epochs: int = 50
-    patience: int = 3
-    min_delta: float = 1e-4
-    val_fraction: float = 0.1
-    seed: int = 0
-    device: str | None = None
-    eval_batch_size: int = 4096
-    progress: bool = True
-
-    def __post_init__(self) -> None:
-        for name in ("batch_size", "max_epochs", "patience", "eval_batch_size"):
-            check_positive(name, getattr(self, name), integer=True)
-        check_positive("lr", self.lr)
-        if self.weight_decay < 0:
-            raise InvalidArgumentError(f"weight_decay={self.weight_decay!r} is not allowed; expected >= 0")
-        if not 0 < self.val_fraction < 1:
-            raise InvalidArgumentError(f"val_fraction={self.val_fraction!r} is not allowed; expected 0 < v < 1")
+class VocabProbeConfig(MinibatchFitConfig):
+    """Training settings of the batched probe trainer (the fields of :class:`MinibatchFitConfig`)."""
 
 
 def check_features(features: Tensor, labels: Tensor, what: str = "training") -> None:
@@ -94,6 +59,29 @@ def check_features(features: Tensor, labels: Tensor, what: str = "training") -> 
                                    f"{labels.shape[1]}")
     if features.shape[1] == 0:
         raise DataError(f"the {what} split is empty; probes need at least one example")
+
+
+def probe_axes(
+    features: Tensor,
+    labels: Tensor,
+    n_classes: int | None,
+    label_space: LabelSpace | None,
+    layers: Sequence[int] | None,
+    tasks: Sequence[Task] | None,
+) -> tuple[LabelSpace, list[int], list[Task]]:
+    """Check a probe trainer's inputs and fill in its defaults: the label space, layers ``0..L-1``, offsets."""
+    check_features(features, labels)
+    if n_classes is None:
+        n_classes = label_space.n_classes if label_space is not None else int(labels.max()) + 1
+    label_space = label_space or LabelSpace.full(n_classes)
+    if label_space.n_classes != n_classes:
+        raise InvalidArgumentError(f"n_classes={n_classes} disagrees with the label space's {label_space.n_classes}")
+    if int(labels.min()) < 0 or int(labels.max()) >= n_classes:
+        raise InvalidArgumentError(f"labels must lie in [0, {n_classes}); got [{int(labels.min())}, "
+                                   f"{int(labels.max())}]")
+    layers = list(layers) if layers is not None else list(range(features.shape[0]))
+    tasks = list(tasks) if tasks is not None else [Task(i) for i in range(labels.shape[0])]
+    return label_space, layers, tasks
 
 
 def holdout_split(n: int, fraction: float, seed: int) -> tuple[Tensor, Tensor]:
@@ -132,19 +120,9 @@ def fit_vocab_probes(
         :class:`LinearProbes` holding, for each probe, the weights of its best held-out epoch.
     """
     config = config or VocabProbeConfig()
-    check_features(features, labels)
-    if n_classes is None:
-        n_classes = label_space.n_classes if label_space is not None else int(labels.max()) + 1
-    label_space = label_space or LabelSpace.full(n_classes)
-    if label_space.n_classes != n_classes:
-        raise InvalidArgumentError(f"n_classes={n_classes} disagrees with the label space's {label_space.n_classes}")
-    if int(labels.min()) < 0 or int(labels.max()) >= n_classes:
-        raise InvalidArgumentError(f"labels must lie in [0, {n_classes}); got [{int(labels.min())}, "
-                                   f"{int(labels.max())}]")
+    label_space, layers, tasks = probe_axes(features, labels, n_classes, label_space, layers, tasks)
+    n_classes = label_space.n_classes
     n_layers, _, d_model = features.shape
-    n_tasks = labels.shape[0]
-    layers = list(layers) if layers is not None else list(range(n_layers))
-    tasks = list(tasks) if tasks is not None else [Task(i) for i in range(n_tasks)]
     device = torch.device(config.device) if config.device is not None else features.device
 
     if val_features is None or val_labels is None:
