@@ -4,7 +4,6 @@ import json
 
 import pandas as pd
 import pytest
-import torch
 
 from forethought.cli import main
 from forethought.models import save_model, tiny_model
@@ -13,12 +12,7 @@ REQUIRED = ["model", "layer", "offset", "method", "top1", "top5", "cross_entropy
             "control_top1", "selectivity", "n_train", "n_test"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")

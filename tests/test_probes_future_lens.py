@@ -18,13 +18,7 @@ from forethought.probes.future_lens import (
 from forethought.probes.linear import Task
 from forethought.probes.targets import LabelSpace
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _resid(model, n_seq=24, seq_len=12, seed=0):

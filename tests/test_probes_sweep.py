@@ -17,12 +17,7 @@ VOCAB, SEQ_LEN = 16, 16
 FAST = ProbeSweepConfig(vocab=VocabProbeConfig(max_epochs=30, patience=3))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def skip_one_chain(n_seq, seed=0):
