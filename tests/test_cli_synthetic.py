@@ -7,7 +7,9 @@ import pytest
 import torch
 
 from forethought.cli import main
-from forethought.experiments.synthetic import PRESETS, SyntheticConfig, train_regime
+from forethought.data.synthetic import PrecacheTask
+from forethought.errors import CheckpointError
+from forethought.experiments.synthetic import PRESETS, SyntheticConfig, load_trained_model, train_regime
 
 PNG = b"\x89PNG\r\n\x1a\n"
 SMOKE = PRESETS["smoke"]
@@ -91,6 +93,67 @@ def test_p_sweep(tmp_path):
     assert len(pd.read_csv(tmp_path / "sweep.csv")) == 4
 
 
+def _interrupt_after(monkeypatch, n_batches):
+    """Make the data stream raise KeyboardInterrupt when batch ``n_batches + 1`` is drawn."""
+    sample, calls = PrecacheTask.sample, []
+
+    def interrupted(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) > n_batches:
+            raise KeyboardInterrupt
+        return sample(self, *args, **kwargs)
+
+    monkeypatch.setattr(PrecacheTask, "sample", interrupted)
+
+
+@pytest.mark.parametrize("regime", ["vanilla", "myopic"])
+def test_resume_equals_an_uninterrupted_run(tmp_path, monkeypatch, regime):
+    config = replace(SMOKE, steps=12, warmup_steps=2)
+    reference = train_regime(config, regime, progress=False)
+    checkpoint = tmp_path / f"{regime}.pt"
+    _interrupt_after(monkeypatch, 8)
+    with pytest.raises(KeyboardInterrupt):
+        train_regime(config, regime, progress=False, checkpoint=checkpoint, checkpoint_every=5)
+    monkeypatch.undo()
+    assert checkpoint.exists() and not [path for path in tmp_path.iterdir() if path.name.startswith(".")]
+    resumed = train_regime(config, regime, progress=False, checkpoint=checkpoint, checkpoint_every=5)
+    np.testing.assert_allclose(resumed.losses, reference.losses, rtol=0, atol=1e-6)
+    for ours, theirs in zip(resumed.model.parameters(), reference.model.parameters(), strict=True):
+        torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-6)
+    for ours, theirs in zip(load_trained_model(checkpoint).parameters(), resumed.model.parameters(), strict=True):
+        assert torch.equal(ours, theirs)
+
+
+def test_finished_run_is_reused_and_other_settings_are_refused(tmp_path, monkeypatch):
+    config = replace(SMOKE, steps=4, warmup_steps=1)
+    checkpoint = tmp_path / "vanilla.pt"
+    first = train_regime(config, "vanilla", progress=False, checkpoint=checkpoint)
+    _interrupt_after(monkeypatch, 0)  # a finished run draws no batch
+    again = train_regime(config, "vanilla", progress=False, checkpoint=checkpoint)
+    assert np.array_equal(again.losses, first.losses)
+    with pytest.raises(CheckpointError, match="lr=0.001 \\(now 0.01\\)"):
+        train_regime(replace(config, lr=1e-2), "vanilla", progress=False, checkpoint=checkpoint)
+    with pytest.raises(CheckpointError, match="regime='vanilla' \\(now 'myopic'\\)"):
+        train_regime(config, "myopic", progress=False, checkpoint=checkpoint)
+
+
+def test_cli_refuses_an_existing_run_without_resume(tmp_path, capsys):
+    argv = ("--preset", "smoke", "--steps", "3", "--out", str(tmp_path), "--no-progress")
+    assert _run(*argv) == 0
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert sorted(path.name for path in (tmp_path / "checkpoints").iterdir()) == ["myopic.pt", "vanilla.pt"]
+    capsys.readouterr()
+    assert _run(*argv) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "--resume" in err
+    assert _run(*argv, "--resume") == 0
+    resumed = json.loads((tmp_path / "report.json").read_text())
+    assert resumed["regimes"]["myopic"]["eval_loss"] == report["regimes"]["myopic"]["eval_loss"]
+    (tmp_path / "checkpoints" / "myopic.pt").write_bytes(b"truncated")
+    assert _run(*argv, "--resume") == 2
+    assert "corrupt or truncated" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
@@ -104,6 +167,7 @@ def test_p_sweep(tmp_path):
         (["--steps", "0"], "steps=0"),
         (["--device", "warp-drive"], "warp-drive"),
         (["--threads", "0"], "threads=0"),
+        (["--checkpoint-every", "0"], "checkpoint-every=0"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(tmp_path, capsys, argv, message):

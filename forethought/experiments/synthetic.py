@@ -15,7 +15,10 @@ Outputs in ``--out`` (all written atomically):
   ``"sum"``) and the held-out ``r2``;
 * ``probes.csv``: one row per (regime, layer, target) with the chosen penalty and the unfloored R²;
 * ``losses.csv`` and ``losses.png``: training curves of both regimes, with the zero-predictor loss;
-* ``probe_r2.png``: held-out R² by layer × lag, one panel per regime.
+* ``probe_r2.png``: held-out R² by layer × lag, one panel per regime;
+* ``checkpoints/vanilla.pt``, ``checkpoints/myopic.pt``: training checkpoints, written every ``--checkpoint-every``
+  steps; ``--resume`` continues an interrupted run from them, and the final ones hold the trained models
+  (:func:`load_trained_model`).
 
 With several ``--p`` values each ``p`` gets the outputs above in ``--out/p=<p>/``, and ``--out`` holds a
 ``report.json`` and ``sweep.csv`` with one row per (p, regime) and ``loss_vs_p.png``.
@@ -42,16 +45,18 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from torch import Tensor
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from forethought import plots
 from forethought.data.synthetic import PAPER_PS, PrecacheBatch, PrecacheTask, derive_seed, probe_targets
-from forethought.errors import InvalidArgumentError, NumericalError, check_positive
+from forethought.errors import CheckpointError, InvalidArgumentError, NumericalError, check_positive
 from forethought.myopic_training import myopic
+from forethought.myopic_training.trainer import read_checkpoint, warmup_cosine_schedule
 from forethought.probes.regression import fit_ridge_probe
 from forethought.regression_model import RegressionModelConfig, RegressionTransformer
-from forethought.reporting import prepare_out_dir, provenance, save_figure, write_csv, write_json
+from forethought.reporting import atomic_write, prepare_out_dir, provenance, save_figure, write_csv, write_json
 
 HELP = ("The synthetic pre-caching experiment: train a vanilla and a myopic transformer on D_p and probe "
         "their residual streams for sin(F x) of past inputs.")
@@ -59,6 +64,8 @@ HELP = ("The synthetic pre-caching experiment: train a vanilla and a myopic tran
 REGIMES = ("vanilla", "myopic")
 MYOPIC_MODES = ("strict", "cutgrad")
 LOG_EVERY = 25  # steps between loss read-outs (each read-out waits for the device)
+CHECKPOINT_FORMAT = "forethought-synthetic-checkpoint-v1"
+CHECKPOINTS = "checkpoints"  # the folder of a run's training checkpoints, one file per regime
 
 
 @dataclass(frozen=True)
@@ -165,49 +172,123 @@ class TrainingRun:
     seconds: float
 
 
-def train_regime(config: SyntheticConfig, regime: str, device: str | torch.device = "cpu",
-                 progress: bool = True) -> TrainingRun:
+def train_regime(config: SyntheticConfig, regime: str, device: str | torch.device = "cpu", progress: bool = True,
+                 checkpoint: str | Path | None = None, checkpoint_every: int = 1000) -> TrainingRun:
     """Train one model on the D_p stream, with vanilla or myopic gradients.
 
     Both regimes start from the same weights (``config.seed``) and see the same batches (a generator seeded from
     ``config.seed`` on ``device``); only the gradient differs.
+
+    With ``checkpoint`` (a file path), the weights, AdamW and schedule states, the data generator's state and the
+    losses so far are written there atomically every ``checkpoint_every`` steps and after the last one. If the file
+    exists, training continues from it (a finished run is returned at once); the result equals an uninterrupted
+    run's. A checkpoint written with other settings raises :class:`~forethought.errors.CheckpointError`.
     """
     if regime not in REGIMES:
         raise InvalidArgumentError(f"regime={regime!r} is unknown; choose one of {REGIMES}")
+    check_positive("checkpoint_every", checkpoint_every, integer=True)
     model = RegressionTransformer(config.model_config(), device=device)
     parameters = [parameter for parameter in model.parameters() if parameter.requires_grad]
     optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
-    scheduler = _warmup_cosine(optimizer, config)
-    batches = config.task().stream(config.batch_size, derive_seed(config.seed, "train"), device)
+    scheduler = warmup_cosine_schedule(optimizer, config.steps, config.warmup_steps, config.min_lr_ratio)
+    generator = torch.Generator(device=device).manual_seed(derive_seed(config.seed, "train"))
+    task = config.task()
     history = torch.zeros(config.steps, device=device)
+    state = _TrainingState(config, regime, model, optimizer, scheduler, generator, history)
+    first, seconds = state.load(Path(checkpoint)) if checkpoint is not None and Path(checkpoint).exists() else (0, 0.0)
     gradients = myopic(model.bridge, mode=config.myopic_mode) if regime == "myopic" else nullcontext()
     start = time.perf_counter()
-    with gradients, tqdm(range(config.steps), desc=regime, disable=not progress, unit="step") as bar:
+    with gradients, tqdm(range(first, config.steps), desc=regime, disable=not progress, unit="step",
+                         initial=first, total=config.steps) as bar:
         for step in bar:
-            batch = next(batches)
+            batch = task.sample(config.batch_size, generator, device)
             loss = F.huber_loss(model(batch.inputs), batch.targets, delta=config.huber_delta)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             scheduler.step()
             history[step] = loss.detach()
-            if (step + 1) % LOG_EVERY == 0 or step + 1 == config.steps:
-                recent = history[max(0, step + 1 - LOG_EVERY) : step + 1].mean().item()
+            done = step + 1
+            if done % LOG_EVERY == 0 or done == config.steps:
+                recent = history[max(0, done - LOG_EVERY) : done].mean().item()
                 if not math.isfinite(recent):
-                    raise NumericalError(f"the {regime} training loss became {recent} at step {step + 1}; "
-                                         "lower --lr")
+                    raise NumericalError(f"the {regime} training loss became {recent} at step {done}; lower --lr")
                 bar.set_postfix(loss=f"{recent:.4f}")
-    return TrainingRun(regime, model, history.cpu().numpy(), time.perf_counter() - start)
+            if checkpoint is not None and (done % checkpoint_every == 0 or done == config.steps):
+                state.save(Path(checkpoint), done, seconds + time.perf_counter() - start)
+    return TrainingRun(regime, model, history.cpu().numpy(), seconds + time.perf_counter() - start)
 
 
-def _warmup_cosine(optimizer: torch.optim.Optimizer, config: SyntheticConfig) -> torch.optim.lr_scheduler.LRScheduler:
-    decay = torch.optim.lr_scheduler.CosineAnnealingLR(
-        optimizer, T_max=config.steps - config.warmup_steps, eta_min=config.lr * config.min_lr_ratio)
-    if config.warmup_steps == 0:
-        return decay
-    warmup = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=1 / config.warmup_steps,
-                                               total_iters=config.warmup_steps)
-    return torch.optim.lr_scheduler.SequentialLR(optimizer, [warmup, decay], milestones=[config.warmup_steps])
+@dataclass
+class _TrainingState:
+    """What a synthetic training checkpoint holds, and how it is written and restored."""
+
+    config: SyntheticConfig
+    regime: str
+    model: RegressionTransformer
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    generator: torch.Generator
+    history: Tensor
+
+    def save(self, path: Path, step: int, seconds: float) -> None:
+        state = {
+            "format": CHECKPOINT_FORMAT,
+            "config": asdict(self.config),
+            "regime": self.regime,
+            "step": step,
+            "seconds": seconds,
+            "model": {name: value.cpu() for name, value in self.model.state_dict().items()},
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "generator": self.generator.get_state(),
+            "losses": self.history[:step].cpu(),
+        }
+        atomic_write(path, lambda tmp: torch.save(state, tmp))
+
+    def load(self, path: Path) -> tuple[int, float]:
+        """Restore every state from ``path``; return the steps done and the training seconds spent."""
+        state = read_checkpoint(path, CHECKPOINT_FORMAT)
+        saved = {"regime": state["regime"], **state["config"]}
+        wanted = {"regime": self.regime, **asdict(self.config)}
+        changed = [f"{key}={saved.get(key)!r} (now {value!r})" for key, value in wanted.items()
+                   if saved.get(key) != value]
+        if changed:
+            raise CheckpointError(f"checkpoint {str(path)!r} was written with other settings: {', '.join(changed)}; "
+                                  "resume with the same settings or choose another --out")
+        try:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            self.generator.set_state(state["generator"])
+            step = int(state["step"])
+            self.history[:step] = state["losses"].to(self.history.device)
+        except (RuntimeError, KeyError, TypeError, ValueError) as error:
+            raise CheckpointError(f"checkpoint {str(path)!r} does not fit this run: {str(error).splitlines()[0]}; "
+                                  "delete it to start over") from error
+        return step, float(state["seconds"])
+
+
+def load_trained_model(checkpoint: str | Path, device: str | torch.device = "cpu") -> RegressionTransformer:
+    """The model stored in a training checkpoint (``out/checkpoints/<regime>.pt``), for probing or interventions.
+
+    Example:
+        >>> import tempfile
+        >>> path = Path(tempfile.mkdtemp()) / "myopic.pt"
+        >>> run = train_regime(replace(PRESETS["smoke"], steps=2, warmup_steps=1), "myopic", progress=False,
+        ...                    checkpoint=path)
+        >>> model = load_trained_model(path)
+        >>> all(torch.equal(a, b) for a, b in zip(model.parameters(), run.model.parameters()))
+        True
+    """
+    state = read_checkpoint(checkpoint, CHECKPOINT_FORMAT)
+    try:
+        model = RegressionTransformer(SyntheticConfig(**state["config"]).model_config(), device=device)
+        model.load_state_dict(state["model"])
+    except (RuntimeError, KeyError, TypeError, ValueError) as error:
+        raise CheckpointError(f"checkpoint {str(checkpoint)!r} does not hold a synthetic model of this version: "
+                              f"{str(error).splitlines()[0]}") from error
+    return model
 
 
 def held_out(config: SyntheticConfig, purpose: str, n_sequences: int) -> PrecacheBatch:
@@ -257,15 +338,26 @@ def probe_layers(model: RegressionTransformer, batch: PrecacheBatch, config: Syn
 
 
 def run_experiment(config: SyntheticConfig, out_dir: str | Path, device: str | torch.device = "cpu",
-                   progress: bool = True, extra_config: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Train, evaluate and probe both regimes for one ``p``; write the outputs to ``out_dir``; return the report."""
+                   progress: bool = True, extra_config: dict[str, Any] | None = None, resume: bool = False,
+                   checkpoint_every: int = 1000) -> dict[str, Any]:
+    """Train, evaluate and probe both regimes for one ``p``; write the outputs to ``out_dir``; return the report.
+
+    Training checkpoints go to ``out_dir/checkpoints/<regime>.pt`` (see :func:`train_regime`); the final ones hold
+    the trained models. With ``resume`` an interrupted or finished run continues from them; without it, a directory
+    that already holds checkpoints is refused.
+    """
     out = prepare_out_dir(out_dir)
+    checkpoints = {regime: out / CHECKPOINTS / f"{regime}.pt" for regime in REGIMES}
+    if not resume and any(path.exists() for path in checkpoints.values()):
+        raise InvalidArgumentError(f"{str(out)!r} already holds a synthetic run ({CHECKPOINTS}/); continue it with "
+                                   "--resume or choose another --out")
     evaluation = held_out(config, "eval", config.eval_sequences)
     probing = held_out(config, "probe", config.probe_sequences)
     regimes: dict[str, dict[str, Any]] = {}
     curves, probes = [], []
     for regime in REGIMES:
-        run = train_regime(config, regime, device=device, progress=progress)
+        run = train_regime(config, regime, device=device, progress=progress, checkpoint=checkpoints[regime],
+                           checkpoint_every=checkpoint_every)
         regimes[regime] = {
             **evaluate(run.model, evaluation, config.huber_delta),
             "steps": config.steps,
@@ -306,14 +398,15 @@ def summary(regimes: dict[str, dict[str, Any]], probes: pd.DataFrame) -> dict[st
 
 
 def run_sweep(config: SyntheticConfig, ps: list[float], out_dir: str | Path, device: str | torch.device = "cpu",
-              progress: bool = True, extra_config: dict[str, Any] | None = None) -> dict[str, Any]:
+              progress: bool = True, extra_config: dict[str, Any] | None = None, resume: bool = False,
+              checkpoint_every: int = 1000) -> dict[str, Any]:
     """Run :func:`run_experiment` for each ``p`` in ``out_dir/p=<p>/``; summarise them in ``out_dir``."""
     out = prepare_out_dir(out_dir)
     rows, runs = [], {}
     for p in ps:
         folder = f"p={p:g}"
         report = run_experiment(replace(config, p=p), out / folder, device=device, progress=progress,
-                                extra_config=extra_config)
+                                extra_config=extra_config, resume=resume, checkpoint_every=checkpoint_every)
         runs[f"{p:g}"] = f"{folder}/report.json"
         for regime, values in report["regimes"].items():
             rows.append({"p": p, "regime": regime, **{key: values[key] for key in
@@ -367,6 +460,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=1,
                         help="CPU threads for torch (default: %(default)s; the presets' models are so small that more "
                              "threads mostly wait for each other, and slow down badly on a busy machine)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue an interrupted (or reuse a finished) run in --out from its checkpoints")
+    parser.add_argument("--checkpoint-every", type=int, default=1000, metavar="N",
+                        help="write training checkpoints every N steps (default: %(default)s)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
@@ -388,6 +485,8 @@ def run(args: argparse.Namespace) -> int:
         replace(config, p=p)  # validate every p before any work
     device = resolve_device(args.device)
     check_positive("threads", args.threads, integer=True)
+    check_positive("checkpoint-every", args.checkpoint_every, integer=True)
+    checkpointing = {"resume": args.resume, "checkpoint_every": args.checkpoint_every}
     out = prepare_out_dir(args.out)
     extra = {"preset": args.preset, **({"threads": args.threads} if device.type == "cpu" else {})}
     progress = not args.no_progress
@@ -397,10 +496,11 @@ def run(args: argparse.Namespace) -> int:
     try:
         if len(ps) == 1:
             report = run_experiment(replace(config, p=ps[0]), out, device=device, progress=progress,
-                                    extra_config=extra)
+                                    extra_config=extra, **checkpointing)
             print(_format_summary(report["summary"], report["regimes"]))
         else:
-            report = run_sweep(config, ps, out, device=device, progress=progress, extra_config=extra)
+            report = run_sweep(config, ps, out, device=device, progress=progress, extra_config=extra,
+                               **checkpointing)
             print(pd.DataFrame(report["sweep"]).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     finally:
         torch.set_num_threads(threads)

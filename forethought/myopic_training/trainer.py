@@ -401,8 +401,10 @@ def save_checkpoint(path: Path, accelerator: Any, config: TrainConfig, step: int
     atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
-def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+def read_checkpoint(path: str | os.PathLike, expected_format: str = CHECKPOINT_FORMAT) -> dict[str, Any]:
     """Load a checkpoint file safely (``weights_only=True``); refuse anything else with :class:`CheckpointError`.
+
+    ``expected_format`` is the ``"format"`` entry the checkpoint must carry (default: a training run's).
 
     Example:
         >>> import tempfile, pathlib
@@ -427,8 +429,8 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise CheckpointError(
             f"checkpoint {str(path)!r} is corrupt or truncated ({type(error).__name__}); delete it to start over"
         ) from error
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{str(path)!r} is not a forethought training checkpoint")
+    if not isinstance(state, dict) or state.get("format") != expected_format:
+        raise CheckpointError(f"{str(path)!r} is not a forethought checkpoint of kind {expected_format!r}")
     return state
 
 
