@@ -55,7 +55,7 @@ from forethought.errors import (
 from forethought.probes.early_stopping import MinibatchFitConfig, PerProbeEarlyStopping
 from forethought.probes.linear import Task, feature_stats
 from forethought.probes.targets import LabelSpace
-from forethought.probes.vocabulary import check_features, holdout_split
+from forethought.probes.vocabulary import check_features, split_held_out
 
 
 def decode(model: Any, resid: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_vocab"]:
@@ -252,10 +252,9 @@ def fit_future_lens(
     tasks = [Task(offset) for offset in (offsets if offsets is not None else range(future_resid.shape[0]))]
     if (val_features is None) != (val_future_resid is None):
         raise InvalidArgumentError("pass both val_features and val_future_resid, or neither")
-    if val_features is None and config.max_epochs > 0:
-        train_idx, val_idx = holdout_split(features.shape[1], config.val_fraction, config.seed)
-        val_features, val_future_resid = features[:, val_idx], future_resid[:, val_idx]
-        features, future_resid = features[:, train_idx], future_resid[:, train_idx]
+    if config.max_epochs > 0:
+        features, future_resid, val_features, val_future_resid = split_held_out(
+            features, future_resid, val_features, val_future_resid, config)
     features, future_resid = features.to(device), future_resid.to(device)
     weight, bias, mean, scale = least_squares(features, future_resid, config.ridge)
     lens = FutureLens(weight=weight, bias=bias, mean=mean, scale=scale,
@@ -298,10 +297,7 @@ def fit_label_lens(
     device = _device(model, config)
     check_features(features, labels)
     n_layers, _, d_model = features.shape
-    if val_features is None or val_labels is None:
-        train_idx, val_idx = holdout_split(features.shape[1], config.val_fraction, config.seed)
-        val_features, val_labels = features[:, val_idx], labels[:, val_idx]
-        features, labels = features[:, train_idx], labels[:, train_idx]
+    features, labels, val_features, val_labels = split_held_out(features, labels, val_features, val_labels, config)
     check_features(val_features, val_labels, "held-out")
     mean, scale = feature_stats(features)
     lens = FutureLens(weight=torch.zeros(n_layers, len(tasks), d_model, d_model, device=device),

@@ -84,13 +84,24 @@ def probe_axes(
     return label_space, layers, tasks
 
 
-def holdout_split(n: int, fraction: float, seed: int) -> tuple[Tensor, Tensor]:
-    """A seeded random split of ``n`` example indices into (train, held-out), both non-empty."""
+def split_held_out(
+    features: Tensor,
+    targets: Tensor,
+    val_features: Tensor | None,
+    val_targets: Tensor | None,
+    config: MinibatchFitConfig,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``(features, targets, val_features, val_targets)``: the held-out split when one is given, else a seeded
+    ``config.val_fraction`` of the training examples (axis 1 of both tensors), both parts non-empty."""
+    if val_features is not None and val_targets is not None:
+        return features, targets, val_features, val_targets
+    n = features.shape[1]
     if n < 2:
         raise DataError(f"{n} example(s) cannot be split into training and held-out parts; need at least 2")
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    n_val = min(max(1, round(fraction * n)), n - 1)
-    return order[n_val:], order[:n_val]
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(config.seed))
+    n_val = min(max(1, round(config.val_fraction * n)), n - 1)
+    train, held_out = order[n_val:], order[:n_val]
+    return features[:, train], targets[:, train], features[:, held_out], targets[:, held_out]
 
 
 def fit_vocab_probes(
@@ -125,10 +136,7 @@ def fit_vocab_probes(
     n_layers, _, d_model = features.shape
     device = torch.device(config.device) if config.device is not None else features.device
 
-    if val_features is None or val_labels is None:
-        train_idx, val_idx = holdout_split(features.shape[1], config.val_fraction, config.seed)
-        val_features, val_labels = features[:, val_idx], labels[:, val_idx]
-        features, labels = features[:, train_idx], labels[:, train_idx]
+    features, labels, val_features, val_labels = split_held_out(features, labels, val_features, val_labels, config)
     check_features(val_features, val_labels, "held-out")
 
     mean, scale = feature_stats(features)
