@@ -71,8 +71,7 @@ def save_probes(probes: LinearProbes | FutureLens, directory: str | os.PathLike,
         tensors = {name: tensor.detach().float().contiguous().cpu() for name, tensor in probes.tensors().items()}
         save_file(tensors, str(tmp / WEIGHTS))
         (tmp / CONFIG).write_text(text + "\n")
-    out = Path(directory)
-    return out
+    return Path(directory)
 
 
 def load_probes(directory: str | os.PathLike, model: Any = None) -> LinearProbes | FutureLens:
@@ -91,9 +90,7 @@ def load_probes(directory: str | os.PathLike, model: Any = None) -> LinearProbes
     try:
         config = json.loads((path / CONFIG).read_text())
         tensors = load_file(str(path / WEIGHTS))
-    except (OSError, ValueError) as error:
-        raise CheckpointError(f"cannot read probes in {str(directory)!r}: {error}") from error
-    except Exception as error:  # noqa: BLE001 - safetensors raises its own error types for corrupt files
+    except Exception as error:  # noqa: BLE001 - OSError, JSON's ValueError, safetensors' own error types
         raise CheckpointError(f"cannot read probes in {str(directory)!r}: {error}") from error
     if not isinstance(config, dict) or config.get("format") != FORMAT or config.get("kind") not in KINDS:
         raise CheckpointError(f"{str(path / CONFIG)!r} is not a forethought probe file (kinds: {sorted(KINDS)})")
