@@ -41,6 +41,7 @@ def tiny_model(
     act_fn: str = "gelu",
     positional_embedding_type: str = "standard",
     attn_only: bool = False,
+    normalization_type: str | None = "LN",
     seed: int = 0,
     tokenizer: Any = None,
     device: str | torch.device | None = None,
@@ -58,6 +59,7 @@ def tiny_model(
         act_fn: MLP activation ("gelu", "relu", ...).
         positional_embedding_type: "standard" (learned) or "rotary".
         attn_only: drop the MLPs.
+        normalization_type: "LN" (GPT-2's pre-layer-norm), "LNPre", "RMS", "RMSPre" or None (no normalisation).
         seed: initialisation seed; the caller's RNG state is left untouched.
         tokenizer: optional tokenizer attached to the bridge.
         device, dtype: where and in what precision to build it.
@@ -90,6 +92,7 @@ def tiny_model(
         act_fn=act_fn,
         positional_embedding_type=positional_embedding_type,
         attn_only=attn_only,
+        normalization_type=normalization_type,
         seed=seed,
     )
     return _boot_native(cfg, tokenizer=tokenizer, device=device, dtype=dtype)

@@ -28,11 +28,10 @@ from typing import Any
 import torch
 from jaxtyping import Float
 from torch import Tensor, nn
-from transformer_lens import TransformerBridgeConfig
-from transformer_lens.model_bridge import TransformerBridge
 
 from forethought.errors import ContextLengthError, InvalidArgumentError, check_positive
 from forethought.hook_names import RESID, hook_name, resolve_layers
+from forethought.models import tiny_model
 
 #: Normalisations a :class:`RegressionTransformer` can use (TransformerLens ``normalization_type``).
 NORMALIZATIONS = ("LN", "LNPre", "RMS", "RMSPre", None)
@@ -98,18 +97,9 @@ class RegressionTransformer(nn.Module):
         with torch.random.fork_rng(devices=[]):  # seeded init that leaves the caller's RNG alone
             torch.manual_seed(config.seed)
             self.input_map = nn.Linear(config.n_inputs, config.d_model)
-        self.bridge = TransformerBridge.boot_native(TransformerBridgeConfig(
-            n_layers=config.n_layers,
-            d_model=config.d_model,
-            n_heads=config.n_heads,
-            d_head=config.d_model // config.n_heads,
-            d_vocab=1,
-            n_ctx=config.n_ctx,
-            d_mlp=config.d_mlp if config.d_mlp is not None else 4 * config.d_model,
-            act_fn=config.act_fn,
-            normalization_type=config.normalization,
-            seed=config.seed,
-        ))
+        self.bridge = tiny_model(n_layers=config.n_layers, d_model=config.d_model, n_heads=config.n_heads, d_vocab=1,
+                                 n_ctx=config.n_ctx, d_mlp=config.d_mlp, act_fn=config.act_fn,
+                                 normalization_type=config.normalization, seed=config.seed)
         # The token embedding of the one-word vocabulary is never used: inputs arrive as embeddings.
         self.bridge.embed.requires_grad_(False)
         if config.mlp_init_scale != 1.0:
