@@ -69,9 +69,9 @@ def test_sample_distribution():
 
 def test_streams_are_reproducible_and_seed_dependent():
     task = PrecacheTask(k=2, frequency=8.0, seq_len=8)
-    first, second, other = task.stream(4, seed=7), task.stream(4, seed=7), task.stream(4, seed=8)
+    first, second, other = (torch.Generator().manual_seed(seed) for seed in (7, 7, 8))
     for _ in range(3):
-        a, b, c = next(first), next(second), next(other)
+        a, b, c = task.sample(4, first), task.sample(4, second), task.sample(4, other)
         assert torch.equal(a.x, b.x) and torch.equal(a.targets, b.targets)
         assert not torch.equal(a.x, c.x)
 

@@ -25,7 +25,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -112,19 +112,6 @@ class PrecacheTask:
         x = torch.randn(shape, generator=generator, device=device, dtype=dtype)
         z = (torch.rand(shape, generator=generator, device=device, dtype=dtype) < self.p).to(dtype)
         return PrecacheBatch(x=x, z=z, targets=precache_targets(x, z, self.k, self.frequency))
-
-    def stream(self, batch_size: int, seed: int, device: str | torch.device = "cpu") -> Iterator[PrecacheBatch]:
-        """An endless stream of batches from a generator seeded with ``seed`` on ``device``.
-
-        Example:
-            >>> task = PrecacheTask(k=2, frequency=8.0, seq_len=8)
-            >>> a, b = next(task.stream(2, seed=1)), next(task.stream(2, seed=1))
-            >>> torch.equal(a.targets, b.targets)
-            True
-        """
-        generator = torch.Generator(device=device).manual_seed(seed)
-        while True:
-            yield self.sample(batch_size, generator, device)
 
 
 def lagged(x: Float[Tensor, "batch pos"], lag: int) -> Float[Tensor, "batch pos"]:
