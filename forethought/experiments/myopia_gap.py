@@ -26,9 +26,6 @@ Example:
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -48,7 +45,7 @@ from forethought.myopic_training.evaluation import evaluate_regimes, plot_report
 from forethought.myopic_training.hooks import MODES
 from forethought.myopic_training.regimes import REGIMES
 from forethought.myopic_training.trainer import CHECKPOINT, TrainConfig, check_device, train
-from forethought.reporting import prepare_out_dir, provenance, save_figure, write_csv, write_json
+from forethought.reporting import atomic_directory, prepare_out_dir, provenance, save_figure, write_csv, write_json
 
 HELP = ("Train vanilla, myopic and transformer-bigram models on the same text and measure the myopia gap "
         "(validation loss by position for each regime).")
@@ -254,11 +251,8 @@ def _model_factory(preset: Preset, tokenizer: Any, out: Path, seed: int) -> Any:
         return lambda: tiny_model(**architecture, d_vocab=len(tokenizer), seed=seed, tokenizer=tokenizer)
     initial = out / RUNS / "initial"
     if not initial.exists():  # written under a temporary name and renamed: a killed run never leaves half of it
-        tmp = Path(tempfile.mkdtemp(prefix=".initial.", dir=out))
-        save_random_checkpoint(family, tmp / "model", tokenizer=tokenizer, seed=seed, **architecture)
-        initial.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(tmp / "model", initial)
-        shutil.rmtree(tmp)
+        with atomic_directory(initial) as tmp:
+            save_random_checkpoint(family, tmp, tokenizer=tokenizer, seed=seed, **architecture)
     return lambda: load_model(initial)
 
 
