@@ -34,9 +34,11 @@ import pandas as pd
 from forethought import plots
 from forethought.data import TokenSplits, load_texts, make_token_splits
 from forethought.errors import InvalidArgumentError
+from forethought.experiments.myopia_gap import RUNS
 from forethought.experiments.probe_sweep import _shared_tokenizer, parse_ints, parse_models
 from forethought.models import load_model
 from forethought.myopic_training.evaluation import MyopiaReport, evaluate_regimes, plot_report
+from forethought.myopic_training.trainer import MODEL_DIR
 from forethought.probes.sweep import METHODS, ProbeSweepConfig, probe_sweep
 from forethought.reporting import prepare_out_dir, provenance, save_figure, write_csv, write_json
 
@@ -180,8 +182,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _run_models(run: Path) -> tuple[dict[str, str], int | None]:
     """The regime models saved by ``forethought myopia-gap`` in ``run`` and its sequence length."""
-    models = {regime: str(run / "runs" / regime / "model") for regime in RUN_REGIMES
-              if (run / "runs" / regime / "model").is_dir()}
+    models = {regime: str(run / RUNS / regime / MODEL_DIR) for regime in RUN_REGIMES
+              if (run / RUNS / regime / MODEL_DIR).is_dir()}
     if not models:
         raise InvalidArgumentError(f"--run {str(run)!r} holds no trained models (expected runs/<regime>/model from "
                                    "`forethought myopia-gap`)")
