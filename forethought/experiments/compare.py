@@ -35,7 +35,7 @@ from forethought import plots
 from forethought.data import TokenSplits, load_texts, make_token_splits
 from forethought.errors import InvalidArgumentError
 from forethought.experiments.myopia_gap import RUNS
-from forethought.experiments.probe_sweep import _shared_tokenizer, parse_ints, parse_models
+from forethought.experiments.probe_sweep import parse_ints, parse_models, shared_tokenizer
 from forethought.models import load_model
 from forethought.myopic_training.evaluation import MyopiaReport, evaluate_regimes, plot_report
 from forethought.myopic_training.trainer import MODEL_DIR
@@ -169,7 +169,7 @@ def run(args: argparse.Namespace) -> int:
         raise InvalidArgumentError(f"--baseline {args.baseline!r} is not among the models {sorted(sources)}")
     prepare_out_dir(args.out)
     models = {name: load_model(source, device=args.device) for name, source in sources.items()}
-    tokenizer = _shared_tokenizer(models)
+    tokenizer = shared_tokenizer(models)
     splits = make_token_splits(load_texts(args.dataset, text_field=args.text_field), tokenizer, seq_len,
                                val_fraction=args.val_fraction, seed=args.seed, max_sequences=args.max_sequences)
     result = compare_regimes(models, splits, out_dir=args.out, layers=layers, offsets=offsets, method=args.method,

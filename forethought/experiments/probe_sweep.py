@@ -110,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
     out = prepare_out_dir(args.out)
 
     models = {name: load_model(source, device=args.device) for name, source in sources.items()}
-    tokenizer = _shared_tokenizer(models)
+    tokenizer = shared_tokenizer(models)
     texts = load_texts(args.dataset, text_field=args.text_field)
     splits = make_token_splits(texts, tokenizer, args.seq_len, val_fraction=args.test_fraction, seed=args.seed,
                                max_sequences=args.max_sequences)
@@ -140,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _shared_tokenizer(models: dict[str, Any]) -> Any:
+def shared_tokenizer(models: dict[str, Any]) -> Any:
     """The first model's tokenizer, after checking every model has one with the same vocabulary."""
     names = list(models)
     tokenizer = models[names[0]].tokenizer
