@@ -53,7 +53,7 @@ from forethought import plots
 from forethought.data.synthetic import PAPER_PS, PrecacheBatch, PrecacheTask, derive_seed, probe_targets
 from forethought.errors import CheckpointError, InvalidArgumentError, NumericalError, check_positive
 from forethought.myopic_training import myopic
-from forethought.myopic_training.trainer import read_checkpoint, warmup_cosine_schedule
+from forethought.myopic_training.trainer import check_same_settings, read_checkpoint, warmup_cosine_schedule
 from forethought.probes.regression import fit_ridge_probe
 from forethought.regression_model import RegressionModelConfig, RegressionTransformer
 from forethought.reporting import atomic_write, prepare_out_dir, provenance, save_figure, write_csv, write_json
@@ -249,13 +249,8 @@ class _TrainingState:
     def load(self, path: Path) -> tuple[int, float]:
         """Restore every state from ``path``; return the steps done and the training seconds spent."""
         state = read_checkpoint(path, CHECKPOINT_FORMAT)
-        saved = {"regime": state["regime"], **state["config"]}
-        wanted = {"regime": self.regime, **asdict(self.config)}
-        changed = [f"{key}={saved.get(key)!r} (now {value!r})" for key, value in wanted.items()
-                   if saved.get(key) != value]
-        if changed:
-            raise CheckpointError(f"checkpoint {str(path)!r} was written with other settings: {', '.join(changed)}; "
-                                  "resume with the same settings or choose another --out")
+        check_same_settings(path, {"regime": state["regime"], **state["config"]},
+                            {"regime": self.regime, **asdict(self.config)})
         try:
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])

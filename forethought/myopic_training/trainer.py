@@ -434,17 +434,21 @@ def read_checkpoint(path: str | os.PathLike, expected_format: str = CHECKPOINT_F
     return state
 
 
-def load_checkpoint(path: Path, config: TrainConfig, model: Any, optimizer: Any, scheduler: Any,
-                    past_model: Any = None) -> tuple[int, list[dict]]:
-    """Restore model, optimizer, scheduler, past model and RNG states; return the step and the log so far."""
-    state = read_checkpoint(path)
-    saved, wanted = state["config"], config.curve_settings()
+def check_same_settings(path: str | os.PathLike, saved: dict[str, Any], wanted: dict[str, Any]) -> None:
+    """Raise :class:`CheckpointError` naming every setting in ``wanted`` that the checkpoint saved differently."""
     changed = [f"{key}={saved.get(key)!r} (now {value!r})" for key, value in wanted.items() if saved.get(key) != value]
     if changed:
         raise CheckpointError(
             f"checkpoint {str(path)!r} was written with other settings: {', '.join(changed)}; resume with the same "
             "settings or start a new run in another directory"
         )
+
+
+def load_checkpoint(path: Path, config: TrainConfig, model: Any, optimizer: Any, scheduler: Any,
+                    past_model: Any = None) -> tuple[int, list[dict]]:
+    """Restore model, optimizer, scheduler, past model and RNG states; return the step and the log so far."""
+    state = read_checkpoint(path)
+    check_same_settings(path, state["config"], config.curve_settings())
     try:
         model.load_state_dict(state["model"])
         if past_model is not None and state["past_model"] is not None:
