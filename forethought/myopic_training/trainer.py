@@ -64,7 +64,7 @@ from forethought.models import save_model
 from forethought.myopic_training.evaluation import position_loss_sums
 from forethought.myopic_training.hooks import MODES, myopic
 from forethought.myopic_training.regimes import RegimeModel, check_regime, forward_context
-from forethought.reporting import atomic_write
+from forethought.reporting import atomic_write, prepare_out_dir
 
 CHECKPOINT = "checkpoint.pt"
 LOG = "log.jsonl"
@@ -469,8 +469,6 @@ def load_checkpoint(path: Path, config: TrainConfig, model: Any, optimizer: Any,
 def _run_dir(config: TrainConfig) -> Path | None:
     if config.out_dir is None:
         return None
-    from forethought.reporting import prepare_out_dir
-
     out = Path(config.out_dir).expanduser()
     if (out / CHECKPOINT).exists() and not config.resume:
         raise InvalidArgumentError(
