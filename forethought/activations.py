@@ -21,9 +21,8 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
-import tempfile
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +37,7 @@ from tqdm.auto import tqdm
 from forethought.data.tokens import check_tokens_fit
 from forethought.errors import CheckpointError, InvalidArgumentError, NumericalError, check_positive
 from forethought.hook_names import RESID, hook_name, resolve_layers
+from forethought.reporting import atomic_directory
 
 META = "activations.json"
 SHARD = "shard_{:05d}.safetensors"
@@ -151,7 +151,6 @@ def collect_activations(
     device = _place(model, device)
     stop_at = _stop_layer(model, wanted)
 
-    writer = _ShardWriter(out_dir) if out_dir is not None else None
     buffers: dict[str, Tensor] = {}  # allocated on the first batch, once trailing shapes are known
     captured: dict[str, Tensor] = {}
 
@@ -166,32 +165,32 @@ def collect_activations(
 
     fwd_hooks = [(name, capture_as(name)) for name in wanted]
     batches = range(0, len(tokens), batch_size)
-    try:
-        with torch.inference_mode(), model.hooks(fwd_hooks=fwd_hooks):
-            for start in tqdm(batches, desc="activations", disable=not progress, unit="batch"):
-                batch = tokens[start : start + batch_size]
-                captured.clear()
-                model(batch.to(device), return_type=None, stop_at_layer=stop_at)
-                stacked = {
-                    template: torch.stack([captured[name] for name in names])
-                    for template, (_, names) in plan.items()
-                }
-                if writer is not None:
-                    writer.write({**stacked, "tokens": batch.cpu()})
-                    continue
-                for template, value in stacked.items():
-                    if template not in buffers:
-                        buffers[template] = torch.empty((value.shape[0], len(tokens), *value.shape[2:]), dtype=dtype)
-                    buffers[template][:, start : start + len(batch)] = value
-    except BaseException:
-        if writer is not None:
-            writer.abort()
-        raise
-
     model_name = str(getattr(model.cfg, "model_name", ""))
-    if writer is not None:
-        writer.finish({"hooks": hooks, "layers_by_hook": layers_by_hook, "model_name": model_name,
-                       "dtype": str(dtype), "n_seq": len(tokens)})
+    # shards go to a temporary directory beside out_dir, renamed into place only when every batch is written
+    shard_dir = atomic_directory(out_dir) if out_dir is not None else nullcontext()
+    with shard_dir as tmp, torch.inference_mode(), model.hooks(fwd_hooks=fwd_hooks):
+        for index, start in enumerate(tqdm(batches, desc="activations", disable=not progress, unit="batch")):
+            batch = tokens[start : start + batch_size]
+            captured.clear()
+            model(batch.to(device), return_type=None, stop_at_layer=stop_at)
+            stacked = {
+                template: torch.stack([captured[name] for name in names])
+                for template, (_, names) in plan.items()
+            }
+            if tmp is not None:
+                shard = {**stacked, "tokens": batch.cpu()}
+                save_file({k: v.contiguous() for k, v in shard.items()}, str(tmp / SHARD.format(index)))
+                continue
+            for template, value in stacked.items():
+                if template not in buffers:
+                    buffers[template] = torch.empty((value.shape[0], len(tokens), *value.shape[2:]), dtype=dtype)
+                buffers[template][:, start : start + len(batch)] = value
+        if tmp is not None:
+            meta = {"hooks": hooks, "layers_by_hook": layers_by_hook, "model_name": model_name, "dtype": str(dtype),
+                    "n_seq": len(tokens), "n_shards": len(batches)}
+            (tmp / META).write_text(json.dumps(meta, indent=1))
+
+    if out_dir is not None:
         return Activations.load(out_dir)
     return Activations(tensors=buffers, tokens=tokens.cpu(), layers_by_hook=layers_by_hook, model_name=model_name)
 
@@ -223,26 +222,3 @@ def _stop_layer(model: Any, names: Any) -> int | None:
         deepest = max(deepest, int(match.group(1)))
     stop = deepest + 1
     return None if stop >= model.cfg.n_layers else stop
-
-
-class _ShardWriter:
-    """Writes shards into a temp directory beside ``out_dir`` and renames it into place at the end."""
-
-    def __init__(self, out_dir: str | os.PathLike):
-        self.out = Path(out_dir)
-        self.out.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.", dir=self.out.parent))
-        self.count = 0
-
-    def write(self, tensors: dict[str, Tensor]) -> None:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, str(self.tmp / SHARD.format(self.count)))
-        self.count += 1
-
-    def finish(self, meta: dict[str, Any]) -> None:
-        (self.tmp / META).write_text(json.dumps({**meta, "n_shards": self.count}, indent=1))
-        if self.out.exists():
-            shutil.rmtree(self.out)
-        os.replace(self.tmp, self.out)
-
-    def abort(self) -> None:
-        shutil.rmtree(self.tmp, ignore_errors=True)
