@@ -53,7 +53,7 @@ from forethought.errors import (
     VocabularyMismatchError,
 )
 from forethought.probes.early_stopping import MinibatchFitConfig, PerProbeEarlyStopping
-from forethought.probes.linear import Task, feature_stats
+from forethought.probes.linear import AffineProbes, Task, feature_stats
 from forethought.probes.targets import LabelSpace
 from forethought.probes.vocabulary import check_features, split_held_out
 
@@ -102,25 +102,17 @@ class FutureLensConfig(MinibatchFitConfig):
 
 
 @dataclass
-class FutureLens:
+class FutureLens(AffineProbes):
     """Affine maps from layer-``ℓ`` states to the final-layer state ``N`` positions later, read out by the model.
 
     Attributes:
         weight: ``[layer, task, d_model, d_model]`` (applied to standardised features).
         bias: ``[layer, task, d_model]``.
-        mean, scale: per-layer feature standardisation ``[layer, d_model]``.
-        layers, tasks, label_space, meta: as in :class:`forethought.probes.linear.LinearProbes`.
         model: the model whose final norm and unembedding decode the predictions (not saved).
+
+    The other attributes are those of :class:`~forethought.probes.linear.AffineProbes`.
     """
 
-    weight: Float[Tensor, "layer task d_model d_model"]
-    bias: Float[Tensor, "layer task d_model"]
-    mean: Float[Tensor, "layer d_model"]
-    scale: Float[Tensor, "layer d_model"]
-    layers: list[int]
-    tasks: list[Task]
-    label_space: LabelSpace
-    meta: dict[str, Any] = field(default_factory=dict)
     model: Any = field(default=None, repr=False)
 
     kind = "future_lens"
@@ -131,31 +123,17 @@ class FutureLens:
                 tuple(self.mean.shape) != (n_layers, d_in) or tuple(self.scale.shape) != (n_layers, d_in):
             raise InvalidArgumentError(f"inconsistent lens tensors: weight {tuple(self.weight.shape)}, bias "
                                        f"{tuple(self.bias.shape)}, mean {tuple(self.mean.shape)}")
-        if len(self.layers) != n_layers or len(self.tasks) != n_tasks:
-            raise InvalidArgumentError(f"{len(self.layers)} layers and {len(self.tasks)} tasks do not match "
-                                       f"weights of shape {tuple(self.weight.shape)}")
+        super().__post_init__()
         if self.model is not None:
             check_lens_fits(self.model, d_in, self.label_space.d_vocab)
-
-    @property
-    def d_model(self) -> int:
-        return self.weight.shape[2]
 
     @property
     def n_classes(self) -> int:
         return self.label_space.n_classes
 
-    @property
-    def device(self) -> torch.device:
-        return self.weight.device
-
     def predict_resid(self, features: Float[Tensor, "layer n d_model"]) -> Float[Tensor, "layer task n d_model"]:
         """The predicted final-layer residual at ``t + N`` for every (layer, task)."""
-        if features.ndim != 3 or features.shape[0] != len(self.layers) or features.shape[2] != self.d_model:
-            raise InvalidArgumentError(f"features of shape {tuple(features.shape)} do not fit a lens over "
-                                       f"{len(self.layers)} layers with d_model={self.d_model}")
-        x = (features.to(self.device, torch.float32) - self.mean[:, None]) / self.scale[:, None]
-        return torch.einsum("lnd,ltde->ltne", x, self.weight) + self.bias[:, :, None]
+        return torch.einsum("lnd,ltde->ltne", self.standardise(features), self.weight) + self.bias[:, :, None]
 
     def vocab_logits(self, features: Float[Tensor, "layer n d_model"]) -> Float[Tensor, "layer task n d_vocab"]:
         """Logits over the whole vocabulary, decoded by the model's final norm and unembedding."""
@@ -167,19 +145,11 @@ class FutureLens:
         """Class logits in the lens's label space (the common probe interface)."""
         return self.label_space.project_logits(self.vocab_logits(features))
 
-    def tensors(self) -> dict[str, Tensor]:
-        return {"weight": self.weight, "bias": self.bias, "mean": self.mean, "scale": self.scale}
-
     @classmethod
     def from_saved(cls, tensors: dict[str, Tensor], config: dict[str, Any], model: Any = None) -> FutureLens:
         if model is None:
             raise InvalidArgumentError("a Future-Lens probe decodes with its model's unembedding; pass model=")
-        device = next(model.parameters()).device
-        return cls(**{name: tensors[name].to(device) for name in ("weight", "bias", "mean", "scale")},
-                   layers=[int(layer) for layer in config["layers"]],
-                   tasks=[Task.from_dict(task) for task in config["tasks"]],
-                   label_space=LabelSpace.from_dict(config["label_space"]), meta=dict(config.get("meta", {})),
-                   model=model)
+        return cls(**cls.saved_fields(tensors, config, device=next(model.parameters()).device), model=model)
 
 
 def check_lens_fits(model: Any, d_model: int, d_vocab: int) -> None:

@@ -77,12 +77,12 @@ def feature_stats(
 
 
 @dataclass
-class LinearProbes:
-    """Affine probes for every (layer, task) pair, with per-layer feature standardisation.
+class AffineProbes:
+    """Per-layer standardisation and one affine map per (layer, task): what every probe kind stores.
 
     Attributes:
-        weight: ``[layer, task, d_model, n_classes]``.
-        bias: ``[layer, task, n_classes]`` (``-inf`` for a class a probe never saw in training).
+        weight: ``[layer, task, d_model, d_out]``.
+        bias: ``[layer, task, d_out]``.
         mean, scale: per-layer standardisation ``[layer, d_model]``.
         layers: the model layers (``"resid"`` depths, 0 = embeddings) along the first axis.
         tasks: what each probe along the second axis predicts.
@@ -90,14 +90,62 @@ class LinearProbes:
         meta: free-form provenance (model name, hook, method, ...), saved with the probes.
     """
 
-    weight: Float[Tensor, "layer task d_model n_classes"]
-    bias: Float[Tensor, "layer task n_classes"]
+    weight: Float[Tensor, "layer task d_model d_out"]
+    bias: Float[Tensor, "layer task d_out"]
     mean: Float[Tensor, "layer d_model"]
     scale: Float[Tensor, "layer d_model"]
     layers: list[int]
     tasks: list[Task]
     label_space: LabelSpace
     meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        n_layers, n_tasks = self.weight.shape[:2]
+        if len(self.layers) != n_layers or len(self.tasks) != n_tasks:
+            raise InvalidArgumentError(f"{len(self.layers)} layers and {len(self.tasks)} tasks do not match "
+                                       f"weights of shape {tuple(self.weight.shape)}")
+
+    @property
+    def d_model(self) -> int:
+        return self.weight.shape[2]
+
+    @property
+    def device(self) -> torch.device:
+        return self.weight.device
+
+    def standardise(self, features: Float[Tensor, "layer n d_model"]) -> Float[Tensor, "layer n d_model"]:
+        """``features`` as float32 on the probes' device, standardised per layer; refuses features that do not
+        fit (one row of features per probed layer, width ``d_model``)."""
+        if features.ndim != 3 or features.shape[0] != len(self.layers) or features.shape[2] != self.d_model:
+            raise InvalidArgumentError(f"features of shape {tuple(features.shape)} do not fit probes over "
+                                       f"{len(self.layers)} layers with d_model={self.d_model}; expected "
+                                       f"[{len(self.layers)}, n, {self.d_model}]")
+        return (features.to(self.device, torch.float32) - self.mean[:, None]) / self.scale[:, None]
+
+    def tensors(self) -> dict[str, Tensor]:
+        """The tensors to save (see :mod:`forethought.probes.io`)."""
+        return {"weight": self.weight, "bias": self.bias, "mean": self.mean, "scale": self.scale}
+
+    @staticmethod
+    def saved_fields(tensors: dict[str, Tensor], config: dict[str, Any],
+                     device: torch.device | None = None) -> dict[str, Any]:
+        """The constructor arguments stored by :func:`forethought.probes.io.save_probes`."""
+        return {**{name: tensors[name].to(device) for name in ("weight", "bias", "mean", "scale")},
+                "layers": [int(layer) for layer in config["layers"]],
+                "tasks": [Task.from_dict(task) for task in config["tasks"]],
+                "label_space": LabelSpace.from_dict(config["label_space"]), "meta": dict(config.get("meta", {}))}
+
+
+@dataclass
+class LinearProbes(AffineProbes):
+    """Affine probes for every (layer, task) pair, with per-layer feature standardisation.
+
+    Attributes:
+        weight: ``[layer, task, d_model, n_classes]``.
+        bias: ``[layer, task, n_classes]`` (``-inf`` for a class a probe never saw in training).
+
+    The other attributes are those of :class:`AffineProbes`.
+    """
 
     kind = "linear"
 
@@ -108,9 +156,7 @@ class LinearProbes:
         for name, shape in expected.items():
             if tuple(getattr(self, name).shape) != shape:
                 raise InvalidArgumentError(f"{name} has shape {tuple(getattr(self, name).shape)}; expected {shape}")
-        if len(self.layers) != n_layers or len(self.tasks) != n_tasks:
-            raise InvalidArgumentError(f"{len(self.layers)} layers and {len(self.tasks)} tasks do not match "
-                                       f"weights of shape {tuple(self.weight.shape)}")
+        super().__post_init__()
         if n_classes != self.label_space.n_classes:
             raise InvalidArgumentError(f"weights have {n_classes} classes; the label space has "
                                        f"{self.label_space.n_classes}")
@@ -126,16 +172,8 @@ class LinearProbes:
                    label_space=label_space, **kwargs)
 
     @property
-    def d_model(self) -> int:
-        return self.weight.shape[2]
-
-    @property
     def n_classes(self) -> int:
         return self.weight.shape[3]
-
-    @property
-    def device(self) -> torch.device:
-        return self.weight.device
 
     def to(self, device: str | torch.device) -> LinearProbes:
         moved = {name: getattr(self, name).to(device) for name in ("weight", "bias", "mean", "scale")}
@@ -144,12 +182,7 @@ class LinearProbes:
 
     def logits(self, features: Float[Tensor, "layer n d_model"]) -> Float[Tensor, "layer task n n_classes"]:
         """Class logits of every probe for ``features`` (one row of features per probed layer)."""
-        if features.ndim != 3 or features.shape[0] != len(self.layers) or features.shape[2] != self.d_model:
-            raise InvalidArgumentError(f"features of shape {tuple(features.shape)} do not fit probes over "
-                                       f"{len(self.layers)} layers with d_model={self.d_model}; expected "
-                                       f"[{len(self.layers)}, n, {self.d_model}]")
-        x = (features.to(self.device, torch.float32) - self.mean[:, None]) / self.scale[:, None]
-        return torch.einsum("lnd,ltdc->ltnc", x, self.weight) + self.bias[:, :, None]
+        return torch.einsum("lnd,ltdc->ltnc", self.standardise(features), self.weight) + self.bias[:, :, None]
 
     def predict(self, features: Float[Tensor, "layer n d_model"]) -> Int[Tensor, "layer task n"]:
         """The most likely class of every probe."""
@@ -170,13 +203,6 @@ class LinearProbes:
             raise InvalidArgumentError(f"{what} {item!r} is not among the probes' {what}s {items}")
         return items.index(item)
 
-    def tensors(self) -> dict[str, Tensor]:
-        """The tensors to save (see :mod:`forethought.probes.io`)."""
-        return {"weight": self.weight, "bias": self.bias, "mean": self.mean, "scale": self.scale}
-
     @classmethod
     def from_saved(cls, tensors: dict[str, Tensor], config: dict[str, Any], model: Any = None) -> LinearProbes:
-        return cls(**{name: tensors[name] for name in ("weight", "bias", "mean", "scale")},
-                   layers=[int(layer) for layer in config["layers"]],
-                   tasks=[Task.from_dict(task) for task in config["tasks"]],
-                   label_space=LabelSpace.from_dict(config["label_space"]), meta=dict(config.get("meta", {})))
+        return cls(**cls.saved_fields(tensors, config))
