@@ -1,6 +1,7 @@
 """forethought: do language models plan ahead?
 
 Future-token probes, interventions and myopic training on TransformerLens 4 ``TransformerBridge`` models.
+The names below are imported on first use, so ``import forethought`` stays cheap.
 
 Example:
     >>> import forethought
@@ -9,21 +10,42 @@ Example:
     1
 """
 
-from forethought.activations import Activations, collect_activations
-from forethought.data import load_texts, make_token_splits, train_tokenizer
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from forethought.errors import ForethoughtError
-from forethought.models import load_model, save_model, tiny_model
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "Activations",
-    "ForethoughtError",
-    "collect_activations",
-    "load_model",
-    "load_texts",
-    "make_token_splits",
-    "save_model",
-    "tiny_model",
-    "train_tokenizer",
-]
+#: Public name -> the module that defines it.
+_EXPORTS = {
+    "Activations": "forethought.activations",
+    "collect_activations": "forethought.activations",
+    "load_texts": "forethought.data",
+    "make_token_splits": "forethought.data",
+    "train_tokenizer": "forethought.data",
+    "load_model": "forethought.models",
+    "save_model": "forethought.models",
+    "tiny_model": "forethought.models",
+}
+
+__all__ = ["ForethoughtError", *_EXPORTS]
+
+if TYPE_CHECKING:
+    from forethought.activations import Activations, collect_activations
+    from forethought.data import load_texts, make_token_splits, train_tokenizer
+    from forethought.models import load_model, save_model, tiny_model
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'forethought' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

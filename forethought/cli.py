@@ -1,23 +1,34 @@
 """The ``forethought`` command line: one subcommand per experiment runner.
 
 Each runner module in :mod:`forethought.experiments` defines ``HELP``, ``add_arguments(parser)`` and
-``run(args)``. Bad input ends the command with exit code 2 and one line on stderr.
+``run(args)``. Only the chosen subcommand's runner is imported, so ``forethought --help`` and argument errors
+answer at once. Bad input ends the command with exit code 2 and one line on stderr; an error of the system
+(a full disk, a file that cannot be read) with exit code 1 and one line.
+
+Example:
+    >>> build_parser(["train"]).parse_args(["train", "--steps", "3"]).steps
+    3
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+import warnings
+from collections.abc import Sequence
 
+from forethought import __version__
 from forethought.errors import ForethoughtError
 
+#: Subcommand -> (runner module, one-line summary for ``forethought --help``).
 COMMANDS = {
-    "synthetic": "forethought.experiments.synthetic",
-    "train": "forethought.experiments.train",
-    "myopia-gap": "forethought.experiments.myopia_gap",
-    "probe-sweep": "forethought.experiments.probe_sweep",
-    "compare": "forethought.experiments.compare",
+    "synthetic": ("forethought.experiments.synthetic", "the synthetic pre-caching task: vanilla vs myopic, probes"),
+    "train": ("forethought.experiments.train", "train one language model: vanilla, myopic, local-myopic, bigram"),
+    "myopia-gap": ("forethought.experiments.myopia_gap", "train every regime on the same text; the myopia gap"),
+    "probe-sweep": ("forethought.experiments.probe_sweep", "future-token probes at every layer x offset"),
+    "compare": ("forethought.experiments.compare", "compare trained regimes: losses by position and probes"),
 }
 
 
@@ -28,30 +39,56 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="forethought", description="Do language models plan ahead?")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
-    for name, module_name in COMMANDS.items():
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as error:
-            if error.name != module_name:
-                raise
+def _chosen_command(argv: Sequence[str]) -> str | None:
+    return next((word for word in argv if not word.startswith("-")), None)
+
+
+def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
+    """The parser for ``argv``: every subcommand is listed, only the one named in ``argv`` gets its options."""
+    parser = _Parser(prog="forethought", description="Do language models plan ahead?",
+                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"forethought {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    chosen = _chosen_command(argv)
+    for name, (module_name, summary) in COMMANDS.items():
+        if name != chosen:
+            commands.add_parser(name, help=summary)
             continue
-        sub = commands.add_parser(name, help=module.HELP, description=module.HELP)
+        module = importlib.import_module(module_name)
+        sub = commands.add_parser(name, help=summary, description=module.HELP,
+                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
         module.add_arguments(sub)
         sub.set_defaults(command_function=module.run)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def _quiet_libraries() -> None:
+    """Keep stderr for forethought's own messages: no third-party progress bars or warnings (unless -W is set)."""
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    if not sys.warnoptions:
+        warnings.simplefilter("ignore")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    _quiet_libraries()
+    parser = build_parser(argv)
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
     try:
         result = args.command_function(args)
     except ForethoughtError as error:
         message = str(error).splitlines()[0] if str(error) else type(error).__name__
         print(f"forethought {args.command}: error: {message}", file=sys.stderr)
         return 2
+    except OSError as error:
+        where = f"{error.filename}: " if error.filename else ""
+        print(f"forethought {args.command}: error: {where}{error.strerror or error}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"forethought {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -145,8 +145,12 @@ def test_patching_everything_at_the_last_layer_recovers_clean_logits(any_model):
     # cell by cell: the final residual at t fixes the prediction at t, so the KL there is 0 (normalised: 1)
     result = patch_positions(any_model, clean, corrupt, "kl", layers=[layer], read_offset=0, progress=False)
     assert result.values.abs().max() < 1e-5
-    changed = result.corrupt_baseline.mean(-1) > 1e-6
-    torch.testing.assert_close(result.normalized()[changed], torch.ones(int(changed.sum())))
+    # normalised = 1 - value / baseline: an error of 1e-5 in the value is 1e-5 / baseline in the ratio, so the
+    # ratio is only checked where the corrupt baseline is large enough for that to be meaningful
+    baseline = result.corrupt_baseline.mean(-1)
+    changed = baseline > 1e-3
+    assert changed.any(), "the corruption must change some predictions"
+    torch.testing.assert_close(result.normalized()[changed], torch.ones(int(changed.sum())), rtol=0, atol=1e-2)
 
 
 def test_result_frame_and_normalisation(native_model):
