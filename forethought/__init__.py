@@ -31,7 +31,17 @@ _EXPORTS = {
     "tiny_model": "forethought.models",
 }
 
-__all__ = ["ForethoughtError", *_EXPORTS]
+__all__ = [
+    "Activations",
+    "ForethoughtError",
+    "collect_activations",
+    "load_model",
+    "load_texts",
+    "make_token_splits",
+    "save_model",
+    "tiny_model",
+    "train_tokenizer",
+]
 
 if TYPE_CHECKING:
     from forethought.activations import Activations, collect_activations

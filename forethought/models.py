@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -135,16 +136,15 @@ def load_model(
         >>> load_model(folder).cfg.d_model
         16
     """
+    if not str(name_or_dir).strip():
+        raise InvalidArgumentError("the model name is empty; pass a hub name or a local model directory")
     path = Path(name_or_dir).expanduser()
     if isinstance(tokenizer, (str, os.PathLike)):
         tokenizer = _load_tokenizer(tokenizer)
     if path.is_dir() and (path / NATIVE_CONFIG).exists():
         return _load_native(path, tokenizer=tokenizer, device=device, dtype=dtype)
-    if path.is_dir() and not (path / "config.json").exists():
-        raise ModelNotAvailableError(
-            f"directory {str(name_or_dir)!r} holds no model: expected config.json (from save_pretrained) "
-            f"or {NATIVE_CONFIG} (from forethought.models.save_model)"
-        )
+    if path.is_dir():
+        _check_hf_directory(path, needs_tokenizer=tokenizer is None)
     if not path.is_dir() and _hub_offline():
         if not _in_local_cache(str(name_or_dir)):
             raise ModelNotAvailableError(_offline_message(name_or_dir))
@@ -153,6 +153,11 @@ def load_model(
         kwargs["dtype"] = dtype
     try:
         return TransformerBridge.boot_transformers(str(path) if path.is_dir() else str(name_or_dir), **kwargs)
+    except pickle.UnpicklingError as error:
+        raise CheckpointError(
+            f"the weights of {str(name_or_dir)!r} hold pickled objects beyond tensors; refusing to load them (they "
+            "may run code). Convert them to safetensors with the tools of their author"
+        ) from error
     except OSError as error:  # HF raises OSError (or subclasses) for missing files and failed downloads
         raise ModelNotAvailableError(f"{_offline_message(name_or_dir)} ({type(error).__name__})") from error
     except ValueError as error:
@@ -161,6 +166,32 @@ def load_model(
                 f"model {str(name_or_dir)!r} has no usable tokenizer; pass tokenizer=... to load_model"
             ) from error
         raise
+
+
+#: Files of which at least one makes a ``save_pretrained`` directory's tokenizer loadable.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
+
+
+def _check_hf_directory(path: Path, needs_tokenizer: bool) -> None:
+    """Refuse a local directory that cannot be a usable ``save_pretrained`` model, naming what is wrong."""
+    config = path / "config.json"
+    if not config.exists():
+        raise ModelNotAvailableError(
+            f"directory {str(path)!r} holds no model: expected config.json (from save_pretrained) "
+            f"or {NATIVE_CONFIG} (from forethought.models.save_model)"
+        )
+    try:
+        settings = json.loads(config.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise CheckpointError(f"{str(config)!r} is not valid JSON ({error}); write it again with save_pretrained"
+                              ) from error
+    if not isinstance(settings, dict) or "model_type" not in settings:
+        raise CheckpointError(f"{str(config)!r} is not a model config: it has no 'model_type'")
+    if needs_tokenizer and not any((path / name).exists() for name in TOKENIZER_FILES):
+        raise ModelNotAvailableError(
+            f"directory {str(path)!r} has no tokenizer files ({', '.join(TOKENIZER_FILES)}); save the tokenizer "
+            "beside the weights or pass tokenizer=... to load_model"
+        )
 
 
 def save_model(model: TransformerBridge, out_dir: str | os.PathLike) -> Path:

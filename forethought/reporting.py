@@ -13,10 +13,12 @@ Example:
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
 import platform
+import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -30,9 +32,35 @@ from forethought.errors import InvalidArgumentError
 PACKAGES = ("forethought", "torch", "transformer-lens", "transformers", "numpy", "scikit-learn", "accelerate")
 
 
+def check_out_dir(path: str | os.PathLike) -> Path:
+    """Raise :class:`InvalidArgumentError` unless ``path`` is, or can be created as, a writable directory.
+
+    Creates nothing, so that a run refused later leaves no trace.
+
+    Example:
+        >>> check_out_dir("")
+        Traceback (most recent call last):
+        ...
+        forethought.errors.InvalidArgumentError: --out is empty; pass the directory to write results in
+    """
+    if not str(path).strip():
+        raise InvalidArgumentError("--out is empty; pass the directory to write results in")
+    out = Path(path).expanduser().absolute()
+    if out.exists() and not out.is_dir():
+        raise InvalidArgumentError(f"--out {str(path)!r} is a file, not a directory; pass a directory")
+    ancestor = out
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK):
+        raise InvalidArgumentError(f"output directory {str(path)!r} is not writable ({str(ancestor)!r} "
+                                   f"{'is not a directory' if not ancestor.is_dir() else 'is read-only'}); "
+                                   "pass --out with a directory you can write to")
+    return out
+
+
 def prepare_out_dir(path: str | os.PathLike) -> Path:
-    """Create ``path`` if needed and check that it is a writable directory."""
-    out = Path(path).expanduser()
+    """Check ``path`` as :func:`check_out_dir` does, create it if needed and check that it takes files."""
+    out = check_out_dir(path)
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = tempfile.NamedTemporaryFile(dir=out, prefix=".write-test-")
@@ -44,13 +72,29 @@ def prepare_out_dir(path: str | os.PathLike) -> Path:
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
-    """Call ``write(tmp_path)`` and rename the result to ``path``; nothing is left behind on error."""
+    """Call ``write(tmp_path)`` and rename the result to ``path``; nothing is left behind on error.
+
+    The file gets the permissions the umask allows (0644 under umask 022). Temporary files that a killed
+    process left beside ``path`` are removed first. A failed write (a full disk, ...) raises an ``OSError``
+    that names ``path``.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
+    _sweep_stale_temporaries(path)
+    handle, tmp = tempfile.mkstemp(prefix=_temporary_prefix(path), suffix=path.suffix, dir=path.parent)
     os.close(handle)
     try:
-        write(Path(tmp))
+        try:
+            write(Path(tmp))
+        except OSError as error:
+            raise OSError(error.errno, error.strerror or str(error), str(path)) from error
+        except RuntimeError as error:  # torch.save reports a failed write as a RuntimeError
+            if "write" not in str(error):
+                raise
+            full = shutil.disk_usage(path.parent).free < 1 << 20
+            code = errno.ENOSPC if full else errno.EIO
+            raise OSError(code, os.strerror(code), str(path)) from error
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -62,19 +106,60 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
 def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary directory beside ``path`` that replaces ``path`` when the block succeeds.
 
-    On an error the temporary directory is removed and ``path`` is left as it was.
+    On an error the temporary directory is removed and ``path`` is left as it was. The directory gets the
+    permissions the umask allows (0755 under umask 022); temporaries of killed processes are removed first.
     """
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    _sweep_stale_temporaries(out)
+    tmp = Path(tempfile.mkdtemp(prefix=_temporary_prefix(out), dir=out.parent))
     try:
         yield tmp
+        os.chmod(tmp, 0o777 & ~_umask())
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _temporary_prefix(path: Path) -> str:
+    """``.NAME.tmp-PID-``: the writer's process id tells a live writer's temporary from a killed one's."""
+    return f".{path.name}.tmp-{os.getpid()}-"
+
+
+def _sweep_stale_temporaries(path: Path) -> None:
+    """Remove temporaries of ``path`` whose writing process no longer exists."""
+    pattern = re.compile(rf"^\.{re.escape(path.name)}\.tmp-(\d+)-")
+    try:
+        siblings = list(path.parent.iterdir())
+    except OSError:
+        return
+    for sibling in siblings:
+        match = pattern.match(sibling.name)
+        if match is None or _process_exists(int(match.group(1))):
+            continue
+        if sibling.is_dir() and not sibling.is_symlink():
+            shutil.rmtree(sibling, ignore_errors=True)
+        else:
+            sibling.unlink(missing_ok=True)
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_json(path: str | os.PathLike, data: Any) -> Path:

@@ -63,6 +63,7 @@ HELP = ("The synthetic pre-caching experiment: train a vanilla and a myopic tran
 
 REGIMES = ("vanilla", "myopic")
 MYOPIC_MODES = ("strict", "cutgrad")
+HISTORY_CHUNK = 65_536  # initial length of the loss buffer
 LOG_EVERY = 25  # steps between loss read-outs (each read-out waits for the device)
 CHECKPOINT_FORMAT = "forethought-synthetic-checkpoint-v1"
 CHECKPOINTS = "checkpoints"  # the folder of a run's training checkpoints, one file per regime
@@ -193,7 +194,7 @@ def train_regime(config: SyntheticConfig, regime: str, device: str | torch.devic
     scheduler = warmup_cosine_schedule(optimizer, config.steps, config.warmup_steps, config.min_lr_ratio)
     generator = torch.Generator(device=device).manual_seed(derive_seed(config.seed, "train"))
     task = config.task()
-    history = torch.zeros(config.steps, device=device)
+    history = torch.zeros(min(config.steps, HISTORY_CHUNK), device=device)  # grows as training goes
     state = _TrainingState(config, regime, model, optimizer, scheduler, generator, history)
     first, seconds = state.load(Path(checkpoint)) if checkpoint is not None and Path(checkpoint).exists() else (0, 0.0)
     gradients = myopic(model.bridge, mode=config.myopic_mode) if regime == "myopic" else nullcontext()
@@ -207,16 +208,17 @@ def train_regime(config: SyntheticConfig, regime: str, device: str | torch.devic
             loss.backward()
             optimizer.step()
             scheduler.step()
-            history[step] = loss.detach()
+            state.record(step, loss.detach())
             done = step + 1
             if done % LOG_EVERY == 0 or done == config.steps:
-                recent = history[max(0, done - LOG_EVERY) : done].mean().item()
+                recent = state.history[max(0, done - LOG_EVERY) : done].mean().item()
                 if not math.isfinite(recent):
                     raise NumericalError(f"the {regime} training loss became {recent} at step {done}; lower --lr")
                 bar.set_postfix(loss=f"{recent:.4f}")
             if checkpoint is not None and (done % checkpoint_every == 0 or done == config.steps):
                 state.save(Path(checkpoint), done, seconds + time.perf_counter() - start)
-    return TrainingRun(regime, model, history.cpu().numpy(), seconds + time.perf_counter() - start)
+    losses = state.history[: config.steps].cpu().numpy()
+    return TrainingRun(regime, model, losses, seconds + time.perf_counter() - start)
 
 
 @dataclass
@@ -231,7 +233,23 @@ class _TrainingState:
     generator: torch.Generator
     history: Tensor
 
+    def record(self, step: int, loss: Tensor) -> None:
+        """Store the loss of ``step`` in the loss buffer."""
+        self._reserve(step + 1)
+        self.history[step] = loss
+
+    def _reserve(self, size: int) -> None:
+        """Grow the loss buffer to hold ``size`` steps, doubling it (never sized by ``steps`` up front)."""
+        if size > len(self.history):
+            grown = self.history.new_zeros(min(self.config.steps, max(size, 2 * len(self.history))))
+            grown[: len(self.history)] = self.history
+            self.history = grown
+
     def save(self, path: Path, step: int, seconds: float) -> None:
+        bad = sum(int((~torch.isfinite(p)).sum()) for p in self.model.parameters())
+        if bad:
+            raise NumericalError(f"{bad} weights of the {self.regime} model are NaN or infinite at step {step}; "
+                                 "stopped before saving them. Lower --lr")
         state = {
             "format": CHECKPOINT_FORMAT,
             "config": asdict(self.config),
@@ -257,6 +275,7 @@ class _TrainingState:
             self.scheduler.load_state_dict(state["scheduler"])
             self.generator.set_state(state["generator"])
             step = int(state["step"])
+            self._reserve(step)
             self.history[:step] = state["losses"].to(self.history.device)
         except (RuntimeError, KeyError, TypeError, ValueError) as error:
             raise CheckpointError(f"checkpoint {str(path)!r} does not fit this run: {str(error).splitlines()[0]}; "

@@ -16,10 +16,8 @@ Example:
 from __future__ import annotations
 
 import argparse
-import os
 import time
 from dataclasses import asdict
-from pathlib import Path
 from typing import Any
 
 from forethought.data import TokenSplits, check_tokens_fit, load_texts, make_token_splits, train_tokenizer
@@ -28,7 +26,7 @@ from forethought.models import load_model, tiny_model
 from forethought.myopic_training.hooks import MODES
 from forethought.myopic_training.regimes import REGIMES
 from forethought.myopic_training.trainer import CHECKPOINT, DEVICES, TrainConfig, check_device, train
-from forethought.reporting import prepare_out_dir, provenance, save_figure, write_json
+from forethought.reporting import check_out_dir, prepare_out_dir, provenance, save_figure, write_json
 
 HELP = "Train a language model (from scratch or fine-tuning) as vanilla, myopic, local-myopic or transformer bigram."
 
@@ -89,22 +87,6 @@ def training_config(args: argparse.Namespace, **settings: Any) -> TrainConfig:
     settings.update({key: value for key, value in options.items() if value is not None})
     return TrainConfig(**settings, seed=args.seed, device=args.device, resume=args.resume,
                        progress=not args.no_progress)
-
-
-def check_out_dir(path: str | os.PathLike) -> Path:
-    """Raise :class:`InvalidArgumentError` unless ``path`` is, or can be created as, a writable directory; create
-    nothing (so that a run refused later leaves no trace)."""
-    out = Path(path).expanduser().absolute()
-    if out.exists() and not out.is_dir():
-        raise InvalidArgumentError(f"--out {str(path)!r} is a file, not a directory; pass a directory")
-    ancestor = out
-    while not ancestor.exists():
-        ancestor = ancestor.parent
-    if not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK):
-        raise InvalidArgumentError(f"output directory {str(path)!r} is not writable ({str(ancestor)!r} "
-                                   f"{'is not a directory' if not ancestor.is_dir() else 'is read-only'}); "
-                                   "pass --out with a directory you can write to")
-    return out
 
 
 def load_splits(args: argparse.Namespace, tokenizer: Any = None, vocab_size: int | None = None,

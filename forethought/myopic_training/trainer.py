@@ -150,6 +150,11 @@ class TrainConfig:
         if not self.weight_decay >= 0:
             raise InvalidArgumentError(f"weight_decay={self.weight_decay!r} is not allowed; expected >= 0")
         self.adam_betas = tuple(self.adam_betas)
+        if len(self.adam_betas) != 2 or not all(isinstance(b, (int, float)) and not isinstance(b, bool)
+                                                 and 0 <= b < 1 for b in self.adam_betas):
+            raise InvalidArgumentError(f"adam_betas={self.adam_betas!r} is not allowed; expected two numbers in [0, 1)")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
+            raise InvalidArgumentError(f"seed={self.seed!r} is not allowed; expected an integer in [0, 2**32)")
         if self.mixed_precision not in MIXED_PRECISION:
             raise InvalidArgumentError(
                 f"mixed_precision={self.mixed_precision!r} is unknown; choose one of {', '.join(MIXED_PRECISION)}"
@@ -292,6 +297,7 @@ def train(
             if on_step is not None:
                 on_step(record)
             if out is not None and (step % config.checkpoint_every == 0 or step == config.steps or stop.signum):
+                _check_finite_weights(model, step, out, last_checkpoint)
                 save_checkpoint(out / CHECKPOINT, accelerator, config, step, history, model, optimizer, scheduler,
                                 past_model, len(train_tokens))
                 last_checkpoint = step
@@ -530,6 +536,16 @@ def _evaluate(accelerator: Any, config: TrainConfig, model: Any, past_model: Any
     totals = torch.cat([sums, torch.tensor([float(len(shard))], dtype=torch.float64)]).to(accelerator.device)
     totals = accelerator.reduce(totals, reduction="sum").cpu()
     return (totals[:-1].sum() / (totals[-1] * (tokens.shape[1] - 1))).item()
+
+
+def _check_finite_weights(model: torch.nn.Module, step: int, out: Path | None, last_checkpoint: int | None) -> None:
+    """Raise :class:`NumericalError` before a poisoned state is written: every weight must be finite."""
+    bad = sum(int((~torch.isfinite(p)).sum()) for p in model.parameters())
+    if bad:
+        kept = (f"the last good checkpoint (step {last_checkpoint}) is kept in {str(out / CHECKPOINT)!r}"
+                if last_checkpoint else "no checkpoint was written")
+        raise NumericalError(f"{bad} weights are NaN or infinite after step {step}; stopped before saving them and "
+                             f"{kept}. Lower the learning rate or raise warmup_steps and start a new run")
 
 
 def _numerical_message(what: str, value: float, step: int, out: Path | None, last_checkpoint: int | None) -> str:
