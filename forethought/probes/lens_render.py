@@ -3,13 +3,16 @@
 The HTML is one ``<div class="fl-view">`` holding its own ``<style>`` and a table (depth down, position
 across); a cell's top 5 appear on hover through CSS alone, so the page needs no script, no server and no
 external file, and the same fragment displays inline in a notebook. Every token is HTML-escaped, and
-whitespace is made visible (``␣`` space, ``↵`` newline, ``⇥`` tab, ``∅`` the empty string).
+whitespace is made visible (``␣`` space, ``↵`` newline, ``⇥`` tab, ``∅`` the empty string; other control
+characters as ``\\xNN``).
 Each cell carries ``data-layer``, ``data-position``, ``data-top-id`` (``other`` for the pooled class) and
 ``data-hit`` (``1``, ``0``, or empty past the prompt's end) for scripts and tests.
 
 Example:
     >>> visible(" the\\n")
     '␣the↵'
+    >>> visible("\\x0f")
+    '\\\\x0f'
 """
 
 from __future__ import annotations
@@ -20,7 +23,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from forethought.probes.lens_view import LensView
 
-_VISIBLE = str.maketrans({" ": "␣", "\n": "↵", "\t": "⇥", "\r": "␍"})
+_VISIBLE = str.maketrans({**{chr(c): f"\\x{c:02x}" for c in [*range(32), 127]},
+                          " ": "␣", "\n": "↵", "\t": "⇥", "\r": "␍"})
 HIT_COLOUR = "#1a7f37"
 TRUE_ROW = ' class="fl-true"'
 OTHER_NOTE = '"<other>" is the pooled class of the tokens outside the probes\' top-k label space; it is never a hit.'
