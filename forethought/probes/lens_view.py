@@ -66,7 +66,7 @@ OTHER_ID = -1
 """The token id recorded for a prediction of "other" in :attr:`LensView.top_ids`."""
 
 
-@dataclass
+@dataclass(eq=False)
 class LensView:
     """Top predictions of token ``t + 1 + offset`` by every probed depth at every prompt position.
 
