@@ -92,8 +92,9 @@ def test_grid_is_the_linear_probes_own_prediction(native_model, restricted):
             assert row["top_token"] == (OTHER if expected == OTHER_ID else model.tokenizer.decode([expected]))
 
 
-def test_grid_is_the_future_lens_own_prediction(native_model, tmp_path):
-    model = native_model
+def test_grid_is_the_future_lens_own_prediction(any_model, tmp_path):
+    """On every backend: the lens's predicted residual, decoded by the model's final norm and unembedding."""
+    model = any_model
     g = torch.Generator().manual_seed(1)
     d = model.cfg.d_model
     lens = FutureLens(weight=torch.randn(len(LAYERS), len(TASKS), d, d, generator=g) * 0.5,
