@@ -29,6 +29,7 @@ COMMANDS = {
     "myopia-gap": ("forethought.experiments.myopia_gap", "train every regime on the same text; the myopia gap"),
     "probe-sweep": ("forethought.experiments.probe_sweep", "future-token probes at every layer x offset"),
     "compare": ("forethought.experiments.compare", "compare trained regimes: losses by position and probes"),
+    "lens-view": ("forethought.experiments.lens_view", "a Future Lens grid: probe predictions by depth x position"),
 }
 
 

@@ -10,6 +10,8 @@
 * Labels, baselines, metrics: :class:`LabelSpace` (whole vocabulary or top-k + "other"),
   :class:`UnigramBaseline`, :class:`BigramBaseline`, :func:`control_labels`, :class:`MetricAccumulator`.
 * :func:`save_probes` / :func:`load_probes`: safetensors + JSON.
+* :func:`lens_view`: a Future Lens view of one prompt (depth × position grid of top predictions) as a
+  :class:`LensView`: a tidy table, a self-contained HTML page, a notebook display and a PNG.
 
 Memory of the label-space choice, for ``L`` layers, ``O`` offsets (``T = 2·O`` tasks with controls),
 ``d`` = d_model, ``V`` = d_vocab, ``k`` = top_k: direct probes hold ``L·T·d·V`` floats for the whole
@@ -38,6 +40,7 @@ from forethought.probes.future_lens import (
     least_squares,
 )
 from forethought.probes.io import load_probes, save_probes
+from forethought.probes.lens_view import LensView, lens_view
 from forethought.probes.linear import LinearProbes, Task, feature_stats
 from forethought.probes.logistic import LogisticProbeConfig, fit_logistic_probes
 from forethought.probes.metrics import MetricAccumulator, cross_entropy, top_k_accuracy
@@ -52,6 +55,7 @@ __all__ = [
     "FutureLens",
     "FutureLensConfig",
     "LabelSpace",
+    "LensView",
     "LinearProbes",
     "LogisticProbeConfig",
     "MetricAccumulator",
@@ -73,6 +77,7 @@ __all__ = [
     "fit_vocab_probes",
     "future_labels",
     "least_squares",
+    "lens_view",
     "load_probes",
     "model_predictions",
     "probe_sweep",
