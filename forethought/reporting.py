@@ -89,7 +89,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
         except OSError as error:
             raise OSError(error.errno, error.strerror or str(error), str(path)) from error
         except RuntimeError as error:  # torch.save reports a failed write as a RuntimeError
-            if "write" not in str(error):
+            if "writ" not in str(error).lower():
                 raise
             full = shutil.disk_usage(path.parent).free < 1 << 20
             code = errno.ENOSPC if full else errno.EIO

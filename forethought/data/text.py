@@ -51,6 +51,8 @@ def load_texts(
     """
     if max_documents is not None and (not isinstance(max_documents, int) or max_documents <= 0):
         raise InvalidArgumentError(f"max_documents={max_documents!r} is not allowed; expected a positive integer")
+    if not str(source).strip():
+        raise InvalidArgumentError("the text source is empty; pass 'builtin', a file, a directory or a HF dataset name")
     path = Path(source).expanduser()
     if str(source) == BUILTIN:
         texts = builtin_corpus()
@@ -79,7 +81,13 @@ def _looks_like_hub_name(name: str) -> bool:
 
 
 def _read_file(path: Path, text_field: str) -> list[str]:
-    raw = path.read_text(encoding="utf-8", errors="replace")
+    data = path.read_bytes()
+    if b"\0" in data:
+        raise DataError(f"{str(path)!r} is a binary file, not text; pass UTF-8 .txt, .md or .jsonl files")
+    try:
+        raw = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise DataError(f"{str(path)!r} is not UTF-8 text (byte {error.start}); convert it to UTF-8") from error
     if path.suffix != ".jsonl":
         return [block.strip() for block in raw.split("\n\n") if block.strip()]
     texts = []

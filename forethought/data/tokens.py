@@ -32,6 +32,8 @@ def train_tokenizer(texts: list[str], vocab_size: int = 1024, min_frequency: int
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
+    if isinstance(vocab_size, bool) or not isinstance(vocab_size, int):
+        raise InvalidArgumentError(f"vocab_size={vocab_size!r} is not allowed; expected an integer of at least 258")
     if vocab_size < 257 + len(SPECIAL_TOKENS):
         raise InvalidArgumentError(f"vocab_size={vocab_size} is too small; a byte-level BPE needs at least 258")
     if not texts:

@@ -26,7 +26,7 @@ from typing import Any
 from safetensors.torch import load_file, save_file
 
 from forethought.errors import CheckpointError, InvalidArgumentError, VocabularyMismatchError
-from forethought.hook_names import RESID, hook_name
+from forethought.hook_names import RESID, hook_name, n_depths
 from forethought.probes.future_lens import FutureLens
 from forethought.probes.linear import LinearProbes
 from forethought.reporting import atomic_directory
@@ -98,6 +98,8 @@ def load_probes(directory: str | os.PathLike, model: Any = None) -> LinearProbes
         raise VocabularyMismatchError(
             f"probes in {str(directory)!r} were fitted on d_model={config['d_model']}, d_vocab={config['d_vocab']}"
             f"; this model has d_model={model.cfg.d_model}, d_vocab={model.cfg.d_vocab}")
+    if model is not None:
+        _check_fits_model(directory, config, model)
     if config["kind"] == FutureLens.kind and model is None:
         raise InvalidArgumentError("a Future-Lens probe decodes with its model's unembedding; pass model=")
     try:
@@ -106,3 +108,17 @@ def load_probes(directory: str | os.PathLike, model: Any = None) -> LinearProbes
         raise CheckpointError(f"probes in {str(directory)!r} lack {error}; the files are incomplete") from error
     except InvalidArgumentError as error:
         raise CheckpointError(f"probes in {str(directory)!r} are inconsistent: {error}") from error
+
+
+def _check_fits_model(directory: str | os.PathLike, config: dict[str, Any], model: Any) -> None:
+    """Refuse probes whose layers or hook names the model does not have."""
+    template = config.get("hook", RESID)
+    depths = n_depths(model, template)
+    outside = [layer for layer in config.get("layers", []) if not 0 <= int(layer) < depths]
+    if outside:
+        raise VocabularyMismatchError(f"probes in {str(directory)!r} read layers {outside} of {template!r}; this "
+                                      f"model has depths 0..{depths - 1}")
+    missing = [name for name in config.get("hook_names") or [] if name not in model.hook_dict]
+    if missing:
+        raise VocabularyMismatchError(f"probes in {str(directory)!r} read hooks {missing[:3]} that this model does "
+                                      "not have; load them with the model they were fitted on")
