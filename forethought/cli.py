@@ -6,7 +6,7 @@ answer at once. Bad input ends the command with exit code 2 and one line on stde
 (a full disk, a file that cannot be read) with exit code 1 and one line.
 
 Example:
-    >>> build_parser(["train"]).parse_args(["train", "--steps", "3"]).steps
+    >>> build_parser(["train"]).parse_args(["train", "--out", "run", "--steps", "3"]).steps
     3
 """
 

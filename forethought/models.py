@@ -114,6 +114,7 @@ def load_model(
     device: str | torch.device | None = None,
     dtype: torch.dtype | None = None,
     tokenizer: Any = None,
+    require_tokenizer: bool = True,
 ) -> TransformerBridge:
     """Load a model as a ``TransformerBridge``.
 
@@ -124,9 +125,13 @@ def load_model(
         dtype: parameter dtype (default float32).
         tokenizer: a tokenizer object or a path/name for ``AutoTokenizer``; needed for checkpoints saved
             without one (e.g. a randomly initialised Llama).
+        require_tokenizer: refuse a local ``save_pretrained`` directory without tokenizer files (unless
+            ``tokenizer`` is given); ``False`` for work on token ids alone, such as benchmarks.
 
     Raises:
         ModelNotAvailableError: the name is not a directory and cannot be fetched (e.g. offline).
+            A local directory without tokenizer files (see ``require_tokenizer``) is refused too.
+        CheckpointError: a local directory whose ``config.json`` is malformed or whose weights are pickled.
 
     Example:
         >>> import tempfile
@@ -144,7 +149,7 @@ def load_model(
     if path.is_dir() and (path / NATIVE_CONFIG).exists():
         return _load_native(path, tokenizer=tokenizer, device=device, dtype=dtype)
     if path.is_dir():
-        _check_hf_directory(path, needs_tokenizer=tokenizer is None)
+        _check_hf_directory(path, needs_tokenizer=require_tokenizer and tokenizer is None)
     if not path.is_dir() and _hub_offline():
         if not _in_local_cache(str(name_or_dir)):
             raise ModelNotAvailableError(_offline_message(name_or_dir))
@@ -339,7 +344,9 @@ def save_random_checkpoint(
 
     Example:
         >>> import tempfile
-        >>> folder = save_random_checkpoint("neox", tempfile.mkdtemp(), d_model=32, d_vocab=50)
+        >>> from forethought.data import train_tokenizer
+        >>> tokenizer = train_tokenizer(["a few words of text"] * 4, vocab_size=300)
+        >>> folder = save_random_checkpoint("neox", tempfile.mkdtemp(), d_model=32, tokenizer=tokenizer)
         >>> load_model(folder).cfg.d_model
         32
     """

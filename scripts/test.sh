@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Sets up forethought and runs the whole test suite offline, notebooks included.
+# Sets up forethought and runs its checks offline: ruff, then the whole test suite, notebooks included.
+# Arguments are passed to pytest instead of the default selection, e.g. `bash scripts/test.sh -m "not slow" tests`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 MPLBACKEND=Agg
+.venv/bin/ruff check forethought tests benchmarks
 if [ $# -eq 0 ]; then
     set -- --doctest-modules forethought tests notebooks
 fi
