@@ -66,6 +66,7 @@ def test_both_regimes_start_alike(smoke):
     assert len(losses) == 2 * SMOKE.steps
 
 
+@pytest.mark.slow
 def test_same_seed_same_training():
     config = replace(SMOKE, steps=5, warmup_steps=1)
     first, second = train_regime(config, "myopic", progress=False), train_regime(config, "myopic", progress=False)
@@ -76,6 +77,7 @@ def test_same_seed_same_training():
     assert not np.array_equal(other.losses, first.losses)
 
 
+@pytest.mark.slow
 def test_p_sweep(tmp_path):
     threads = torch.get_num_threads()
     assert _run("--preset", "smoke", "--steps", "3", "--p", "0.5", "1", "--out", str(tmp_path), "--no-progress",
@@ -106,6 +108,7 @@ def _interrupt_after(monkeypatch, n_batches):
     monkeypatch.setattr(PrecacheTask, "sample", interrupted)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("regime", ["vanilla", "myopic"])
 def test_resume_equals_an_uninterrupted_run(tmp_path, monkeypatch, regime):
     config = replace(SMOKE, steps=12, warmup_steps=2)
@@ -137,6 +140,7 @@ def test_finished_run_is_reused_and_other_settings_are_refused(tmp_path, monkeyp
         train_regime(config, "myopic", progress=False, checkpoint=checkpoint)
 
 
+@pytest.mark.slow
 def test_cli_refuses_an_existing_run_without_resume(tmp_path, capsys):
     argv = ("--preset", "smoke", "--steps", "3", "--out", str(tmp_path), "--no-progress")
     assert _run(*argv) == 0

@@ -56,6 +56,7 @@ def test_train_writes_a_run_and_a_report(tmp_path, capsys):
     assert "eval loss" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_myopia_gap_smoke_report_and_idempotent_resume(tmp_path, capsys):
     out = tmp_path / "gap"
     assert main(["myopia-gap", "--preset", "smoke", "--out", str(out), "--no-progress"]) == 0
@@ -161,6 +162,7 @@ def _wait_for_step(process, out, step, timeout=120):
 LONG_RUN = [*TINY, "--steps", "120", "--eval-every", "60", "--checkpoint-every", "10"]
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_ends_with_the_uninterrupted_loss(tmp_path):
     reference, killed = tmp_path / "reference", tmp_path / "killed"
     assert main(["train", "--out", str(reference), *LONG_RUN]) == 0
@@ -181,6 +183,7 @@ def test_sigkill_then_resume_ends_with_the_uninterrupted_loss(tmp_path):
     assert final == pytest.approx(json.loads((reference / "report.json").read_text())["eval_loss"], abs=1e-6)
 
 
+@pytest.mark.slow
 def test_sigint_writes_a_checkpoint_and_exits_130(tmp_path):
     from forethought.myopic_training.trainer import read_checkpoint
 
@@ -196,6 +199,7 @@ def test_sigint_writes_a_checkpoint_and_exits_130(tmp_path):
     assert read_checkpoint(out / "checkpoint.pt")["step"] == last
 
 
+@pytest.mark.slow
 def test_myopia_gap_killed_mid_regime_resumes_to_the_uninterrupted_report(tmp_path, monkeypatch):
     import forethought.experiments.myopia_gap as myopia_gap
 
@@ -224,6 +228,7 @@ def test_myopia_gap_killed_mid_regime_resumes_to_the_uninterrupted_report(tmp_pa
     assert ours["myopia_gap"] == pytest.approx(theirs["myopia_gap"], abs=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("start", ["gpt2 from scratch", "neox fine-tune"])
 def test_hf_backed_presets(tmp_path, checkpoint_dirs, start):
     from forethought.experiments.myopia_gap import Preset, run_experiment
