@@ -50,9 +50,7 @@ from forethought.myopic_training.attention import (
     qkv,
     rotate,
 )
-
-MODES = ("strict", "cutgrad")
-ABLATIONS = ("self", "zero", "mean")
+from forethought.options import ABLATIONS, MODES
 
 
 @contextmanager

@@ -56,8 +56,7 @@ from forethought.myopic_training.attention import (
     qkv,
 )
 from forethought.myopic_training.hooks import ablate_past
-
-REGIMES = ("vanilla", "myopic", "local-myopic", "bigram")
+from forethought.options import REGIMES
 
 
 @contextmanager

@@ -64,6 +64,7 @@ from forethought.models import save_model
 from forethought.myopic_training.evaluation import position_loss_sums
 from forethought.myopic_training.hooks import MODES, myopic
 from forethought.myopic_training.regimes import RegimeModel, check_regime, forward_context
+from forethought.options import DEVICES, MIXED_PRECISION
 from forethought.reporting import atomic_write, prepare_out_dir
 
 CHECKPOINT = "checkpoint.pt"
@@ -71,8 +72,6 @@ LOG = "log.jsonl"
 MODEL_DIR = "model"
 PAST_MODEL_DIR = "past_model"
 CHECKPOINT_FORMAT = "forethought-train-checkpoint-v1"
-MIXED_PRECISION = ("auto", "no", "bf16")
-DEVICES = ("auto", "cpu", "cuda", "mps")
 
 
 @dataclass

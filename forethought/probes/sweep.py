@@ -56,6 +56,7 @@ from forethought.activations import collect_activations
 from forethought.data.tokens import TokenSplits, split_sequences
 from forethought.errors import DataError, InvalidArgumentError, check_positive, choices_text
 from forethought.hook_names import RESID, hook_name, resolve_layers
+from forethought.options import METHODS
 from forethought.probes.baselines import BigramBaseline, UnigramBaseline, control_labels
 from forethought.probes.future_lens import (
     FutureLensConfig,
@@ -71,7 +72,6 @@ from forethought.probes.metrics import MetricAccumulator
 from forethought.probes.targets import LabelSpace, check_offsets, future_labels, model_predictions, n_positions
 from forethought.probes.vocabulary import VocabProbeConfig, fit_vocab_probes
 
-METHODS = ("vocab", "logistic", "future_lens", "ridge")
 LENS_METHODS = ("future_lens", "ridge")
 COLUMNS = [
     "model", "layer", "offset", "method", "hook", "label_space", "n_classes", "label_coverage",
