@@ -250,3 +250,38 @@ def test_bad_input_raises_one_clear_error(native_model):
         gradient_split(native_model, tokens, loss_fn=lambda m, b: m(b, return_type="loss", loss_per_token=True))
     with pytest.raises(InvalidArgumentError, match="no gradient split for group='nope'"):
         gradient_split(native_model, tokens[:1], modes="strict").share(group="nope")
+
+
+# -- in training -------------------------------------------------------------------------------------------------
+
+
+def test_trainer_records_the_split_at_evaluation_steps(tmp_path):
+    import json
+
+    from forethought.myopic_training import TrainConfig, train
+    from forethought.myopic_training.gradient_split import plot_gradient_split_over_training
+
+    model = tiny_model(n_layers=1, d_model=16, n_heads=2, d_vocab=20, n_ctx=8)
+    tokens = torch.randint(0, 20, (40, 8), generator=torch.Generator().manual_seed(0))
+    config = TrainConfig(steps=6, batch_size=8, eval_every=2, gradient_split_every=4, gradient_split_batches=1,
+                         checkpoint_every=6, progress=False, out_dir=tmp_path / "run")
+    result = train(config, model, (tokens[:32], tokens[32:]))
+    assert [r["step"] for r in result.history if "gradient_split" in r] == [4, 6]
+    logged = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert logged == json.loads(json.dumps(result.history))
+    frame = split_history(logged)
+    assert set(frame["mode"]) == set(MODES) and (frame.query("group == @TOTAL")["precaching_share"] != 0).all()
+    assert plot_gradient_split_over_training(logged).axes
+    with pytest.raises(InvalidArgumentError, match="not a multiple of eval_every=2"):
+        TrainConfig(steps=6, eval_every=2, gradient_split_every=3)
+
+
+def test_trainer_split_of_the_bigram_regime_is_zero():
+    from forethought.myopic_training import TrainConfig, train
+
+    model = tiny_model(n_layers=1, d_model=16, n_heads=2, d_vocab=20, n_ctx=8)
+    tokens = torch.randint(0, 20, (24, 8), generator=torch.Generator().manual_seed(0))
+    config = TrainConfig(regime="bigram", steps=2, batch_size=8, eval_every=2, gradient_split_every=2,
+                         gradient_split_batches=1, progress=False)
+    rows = train(config, model, (tokens[:16], tokens[16:])).history[-1]["gradient_split"]
+    assert all(row["precaching_share"] == 0 for row in rows)

@@ -355,7 +355,10 @@ def split_history(history: Iterable[dict[str, Any]]) -> pd.DataFrame:
     for record in history:
         for row in record.get("gradient_split") or ():
             rows.append({"step": record["step"], **({"run": record["run"]} if "run" in record else {}), **row})
-    return pd.DataFrame(rows)
+    frame = pd.DataFrame(rows)
+    for column in frame.columns.difference(["group", "component", "mode", "run"]):
+        frame[column] = pd.to_numeric(frame[column], errors="coerce")  # JSON nulls back to NaN
+    return frame
 
 
 # -- helpers ------------------------------------------------------------------------------------------------------
