@@ -18,6 +18,7 @@ COMMANDS = {
     "myopia-gap": "forethought.experiments.myopia_gap",
     "probe-sweep": "forethought.experiments.probe_sweep",
     "compare": "forethought.experiments.compare",
+    "gradient-split": "forethought.experiments.gradient_split",
 }
 
 

@@ -38,6 +38,7 @@ from forethought.experiments.train import (
     add_training_arguments,
     check_out_dir,
     load_splits,
+    save_gradient_split_plot,
     training_config,
 )
 from forethought.models import load_model, save_random_checkpoint, tiny_model
@@ -211,6 +212,7 @@ def run_experiment(preset: Preset, out: str | Path, config: TrainConfig, preset_
 
     history = [{**record, "run": regime} for regime, result in results.items() for record in result.history]
     save_figure(plot_training_curves(history, title="Training by regime"), out / "training_curves.png")
+    save_gradient_split_plot(history, out / "gradient_split.png", title="by regime")
     document = {
         "preset": preset_name,
         **report.to_dict(),
