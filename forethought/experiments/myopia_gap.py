@@ -12,7 +12,8 @@ validation loss by position of each regime and the gaps between them go to ``rep
   the trained vanilla model of the same run (from scratch) or the pretrained model (fine-tuning).
 
 Outputs in ``--out``: ``report.json``, ``loss_by_position.csv``, ``loss_by_position.png``, ``loss_difference.png``,
-``training_curves.png``, and ``runs/<regime>/`` (checkpoint, log, model) for each regime. A run killed at any
+``training_curves.png``, and ``runs/<regime>/`` (checkpoint, log, model) for each regime; with
+``--gradient-split-every K`` also ``gradient_split.png`` (each regime's pre-caching share over training). A run killed at any
 point continues with ``--resume``; finished regimes are not retrained.
 
 Presets (``--preset``): ``smoke`` (seconds, CI), ``cpu`` (builtin corpus, a few minutes on two cores, a small

@@ -6,7 +6,8 @@ local ``save_pretrained`` directory with its tokenizer.
 
 Outputs in ``--out``: ``checkpoint.pt`` (resume with ``--resume`` after a crash, SIGKILL or Ctrl-C),
 ``log.jsonl`` (one record per step), ``model/`` (load it with :func:`forethought.models.load_model`),
-``report.json`` (settings, final losses, provenance) and ``training_curve.png``.
+``report.json`` (settings, final losses, provenance) and ``training_curve.png``; with ``--gradient-split-every K``
+the log records the gradient split (pre-caching share) at those evaluation steps, plotted in ``gradient_split.png``.
 
 Example:
     $ forethought train --out runs/myopic --regime myopic --steps 300 --batch-size 16
