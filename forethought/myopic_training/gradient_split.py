@@ -412,7 +412,8 @@ def _fill(grads: dict[str, Tensor], named: list[tuple[str, torch.nn.Parameter]])
 
 
 def _check_same_loss(vanilla: Tensor, myopic_loss: Tensor) -> None:
-    if not torch.equal(vanilla, myopic_loss):
+    # Myopic forward values are the vanilla ones bit for bit; the tolerance only absorbs nondeterministic kernels.
+    if not torch.allclose(vanilla.float(), myopic_loss.float(), rtol=1e-5, atol=1e-7):
         raise InvalidArgumentError(
             f"loss_fn gave {vanilla.item()!r} and then {myopic_loss.item()!r} on the same batch; the gradient split "
             "needs a deterministic loss (no dropout, no sampling inside loss_fn)"
