@@ -13,8 +13,8 @@ validation loss by position of each regime and the gaps between them go to ``rep
 
 Outputs in ``--out``: ``report.json``, ``loss_by_position.csv``, ``loss_by_position.png``, ``loss_difference.png``,
 ``training_curves.png``, and ``runs/<regime>/`` (checkpoint, log, model) for each regime; with
-``--gradient-split-every K`` also ``gradient_split.png`` (each regime's pre-caching share over training). A run killed at any
-point continues with ``--resume``; finished regimes are not retrained.
+``--gradient-split-every K`` also ``gradient_split.png`` (each regime's pre-caching share over training). A run
+killed at any point continues with ``--resume``; finished regimes are not retrained.
 
 Presets (``--preset``): ``smoke`` (seconds, CI), ``cpu`` (builtin corpus, a few minutes on two cores, a small
 GPT-2-style model from scratch), ``gpt2-paper`` (GPT-2 124M from scratch on 64-token passages, batch 512, lr 6e-4;

@@ -298,7 +298,8 @@ def plot_gradient_split(frame: pd.DataFrame, per_batch: pd.DataFrame | None = No
     sns.barplot(data=frame, y="group", x="precaching_share", hue="mode", order=order, orient="h", ax=ax)
     if per_batch is not None and len(per_batch):
         sns.stripplot(data=per_batch, y="group", x="precaching_share", hue="mode", order=order, orient="h",
-                      dodge=True, color="black", size=2.5, alpha=0.6, legend=False, ax=ax)
+                      dodge=True, palette=dict.fromkeys(per_batch["mode"].unique(), "black"), size=2.5, alpha=0.6,
+                      legend=False, ax=ax)
     ax.axvline(0.0, color="0.4", linewidth=0.8)
     ax.set(xlabel="precaching_share = ⟨g_p, g⟩ / ‖g‖²", ylabel="", title=title or "Pre-caching share of the gradient")
     fig.tight_layout()
