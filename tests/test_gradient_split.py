@@ -276,12 +276,14 @@ def test_trainer_records_the_split_at_evaluation_steps(tmp_path):
         TrainConfig(steps=6, eval_every=2, gradient_split_every=3)
 
 
-def test_trainer_split_of_the_bigram_regime_is_zero():
+@pytest.mark.parametrize("regime", ["bigram", "local-myopic"])
+def test_trainer_split_is_zero_where_the_forward_gives_no_path_into_the_past(regime):
+    """The bigram sees no past; the local-myopic model reads a frozen model's past."""
     from forethought.myopic_training import TrainConfig, train
 
-    model = tiny_model(n_layers=1, d_model=16, n_heads=2, d_vocab=20, n_ctx=8)
+    model = tiny_model(n_layers=2, d_model=16, n_heads=2, d_vocab=20, n_ctx=8)
     tokens = torch.randint(0, 20, (24, 8), generator=torch.Generator().manual_seed(0))
-    config = TrainConfig(regime="bigram", steps=2, batch_size=8, eval_every=2, gradient_split_every=2,
+    config = TrainConfig(regime=regime, steps=2, batch_size=8, eval_every=2, gradient_split_every=2,
                          gradient_split_batches=1, progress=False)
     rows = train(config, model, (tokens[:16], tokens[16:])).history[-1]["gradient_split"]
     assert all(row["precaching_share"] == 0 for row in rows)
