@@ -22,7 +22,8 @@ A per-batch share is noisier, and on average not equal to the share of the expec
 
 Gradients are returned in float64, so ``g_m + g_p == g`` holds exactly. The model is run in eval mode (myopic
 gradients need attention dropout off) and its ``.grad`` fields are left untouched. Memory: float64 copies of the
-accumulated ``g`` and of each mode's ``g_m``, plus one batch's ``g`` and ``g_m``: about ``8 × n_params × (3 + modes)`` bytes.
+accumulated ``g`` and of each mode's ``g_m``, plus one batch's ``g`` and ``g_m``: about
+``8 × n_params × (3 + modes)`` bytes.
 
 Example:
     >>> import torch
