@@ -30,6 +30,7 @@ COMMANDS = {
     "probe-sweep": ("forethought.experiments.probe_sweep", "future-token probes at every layer x offset"),
     "compare": ("forethought.experiments.compare", "compare trained regimes: losses by position and probes"),
     "lens-view": ("forethought.experiments.lens_view", "a Future Lens grid: probe predictions by depth x position"),
+    "gradient-split": ("forethought.experiments.gradient_split", "the pre-caching share of the gradient"),
 }
 
 

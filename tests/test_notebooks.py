@@ -12,7 +12,8 @@ import nbformat
 import pytest
 
 NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
-NOTEBOOKS = ["01_future_token_probes.ipynb", "02_interventions.ipynb", "03_precaching_vs_breadcrumbs.ipynb"]
+NOTEBOOKS = ["01_future_token_probes.ipynb", "02_interventions.ipynb", "03_precaching_vs_breadcrumbs.ipynb",
+             "04_gradient_split.ipynb"]
 
 
 def _read(name: str) -> nbformat.NotebookNode:

@@ -12,8 +12,9 @@ validation loss by position of each regime and the gaps between them go to ``rep
   the trained vanilla model of the same run (from scratch) or the pretrained model (fine-tuning).
 
 Outputs in ``--out``: ``report.json``, ``loss_by_position.csv``, ``loss_by_position.png``, ``loss_difference.png``,
-``training_curves.png``, and ``runs/<regime>/`` (checkpoint, log, model) for each regime. A run killed at any
-point continues with ``--resume``; finished regimes are not retrained.
+``training_curves.png``, and ``runs/<regime>/`` (checkpoint, log, model) for each regime; with
+``--gradient-split-every K`` also ``gradient_split.png`` (each regime's pre-caching share over training). A run
+killed at any point continues with ``--resume``; finished regimes are not retrained.
 
 Presets (``--preset``): ``smoke`` (seconds, CI), ``cpu`` (builtin corpus, a few minutes on two cores, a small
 GPT-2-style model from scratch), ``gpt2-paper`` (GPT-2 124M from scratch on 64-token passages, batch 512, lr 6e-4;
@@ -38,6 +39,7 @@ from forethought.experiments.train import (
     add_training_arguments,
     check_out_dir,
     load_splits,
+    save_gradient_split_plot,
     training_config,
 )
 from forethought.models import load_model, save_random_checkpoint, tiny_model
@@ -211,6 +213,7 @@ def run_experiment(preset: Preset, out: str | Path, config: TrainConfig, preset_
 
     history = [{**record, "run": regime} for regime, result in results.items() for record in result.history]
     save_figure(plot_training_curves(history, title="Training by regime"), out / "training_curves.png")
+    save_gradient_split_plot(history, out / "gradient_split.png", title="by regime")
     document = {
         "preset": preset_name,
         **report.to_dict(),

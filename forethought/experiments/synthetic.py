@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import math
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -174,7 +175,8 @@ class TrainingRun:
 
 
 def train_regime(config: SyntheticConfig, regime: str, device: str | torch.device = "cpu", progress: bool = True,
-                 checkpoint: str | Path | None = None, checkpoint_every: int = 1000) -> TrainingRun:
+                 checkpoint: str | Path | None = None, checkpoint_every: int = 1000,
+                 on_step: Callable[[int, RegressionTransformer], None] | None = None) -> TrainingRun:
     """Train one model on the D_p stream, with vanilla or myopic gradients.
 
     Both regimes start from the same weights (``config.seed``) and see the same batches (a generator seeded from
@@ -184,6 +186,9 @@ def train_regime(config: SyntheticConfig, regime: str, device: str | torch.devic
     losses so far are written there atomically every ``checkpoint_every`` steps and after the last one. If the file
     exists, training continues from it (a finished run is returned at once); the result equals an uninterrupted
     run's. A checkpoint written with other settings raises :class:`~forethought.errors.CheckpointError`.
+
+    ``on_step(steps_done, model)``, if given, is called after every optimizer step (for ``"myopic"``, inside the
+    myopic-gradient context), e.g. to measure the model along the way.
     """
     if regime not in REGIMES:
         raise InvalidArgumentError(f"regime={regime!r} is unknown; choose one of {REGIMES}")
@@ -217,6 +222,8 @@ def train_regime(config: SyntheticConfig, regime: str, device: str | torch.devic
                 bar.set_postfix(loss=f"{recent:.4f}")
             if checkpoint is not None and (done % checkpoint_every == 0 or done == config.steps):
                 state.save(Path(checkpoint), done, seconds + time.perf_counter() - start)
+            if on_step is not None:
+                on_step(done, model)
     losses = state.history[: config.steps].cpu().numpy()
     return TrainingRun(regime, model, losses, seconds + time.perf_counter() - start)
 

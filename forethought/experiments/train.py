@@ -6,7 +6,8 @@ local ``save_pretrained`` directory with its tokenizer.
 
 Outputs in ``--out``: ``checkpoint.pt`` (resume with ``--resume`` after a crash, SIGKILL or Ctrl-C),
 ``log.jsonl`` (one record per step), ``model/`` (load it with :func:`forethought.models.load_model`),
-``report.json`` (settings, final losses, provenance) and ``training_curve.png``.
+``report.json`` (settings, final losses, provenance) and ``training_curve.png``; with ``--gradient-split-every K``
+the log records the gradient split (pre-caching share) at those evaluation steps, plotted in ``gradient_split.png``.
 
 Example:
     $ forethought train --out runs/myopic --regime myopic --steps 300 --batch-size 16
@@ -16,6 +17,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from dataclasses import asdict
 from typing import Any
@@ -73,6 +75,9 @@ def add_training_arguments(parser: argparse.ArgumentParser, steps: int | None, b
     group.add_argument("--grad-clip", type=float, help="global gradient-norm clip (default 1.0)")
     group.add_argument("--eval-every", type=int, help="steps between validation evaluations")
     group.add_argument("--checkpoint-every", type=int, help="steps between checkpoints")
+    group.add_argument("--gradient-split-every", type=int, metavar="K",
+                       help="record the gradient split (pre-caching share) every K steps, a multiple of --eval-every; "
+                            "plotted in gradient_split.png")
     group.add_argument("--seed", type=int, default=0, help="model initialisation, data split and order")
     group.add_argument("--device", choices=DEVICES, default="auto", help="where to train (default: accelerate's "
                                                                          "choice; bf16 autocast on a GPU)")
@@ -83,10 +88,21 @@ def training_config(args: argparse.Namespace, **settings: Any) -> TrainConfig:
     """A :class:`TrainConfig` from ``settings`` (defaults, e.g. a preset's) overridden by the given CLI options."""
     options = {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "warmup_steps": args.warmup_steps,
                "weight_decay": args.weight_decay, "grad_clip": args.grad_clip, "eval_every": args.eval_every,
-               "checkpoint_every": args.checkpoint_every}
+               "checkpoint_every": args.checkpoint_every,
+               "gradient_split_every": getattr(args, "gradient_split_every", None)}
     settings.update({key: value for key, value in options.items() if value is not None})
     return TrainConfig(**settings, seed=args.seed, device=args.device, resume=args.resume,
                        progress=not args.no_progress)
+
+
+def save_gradient_split_plot(history: list[dict[str, Any]], path: str | os.PathLike, title: str) -> None:
+    """Plot the gradient split recorded in a training log over the steps, if the run recorded one."""
+    from forethought.myopic_training.gradient_split import plot_gradient_split_over_training, split_history
+
+    frame = split_history(history)
+    if not frame.empty:
+        save_figure(plot_gradient_split_over_training(frame, title=f"Pre-caching share of the gradient: {title}"),
+                    path)
 
 
 def load_splits(args: argparse.Namespace, tokenizer: Any = None, vocab_size: int | None = None,
@@ -135,6 +151,7 @@ def run(args: argparse.Namespace) -> int:
     from forethought.plots import plot_training_curves
 
     save_figure(plot_training_curves(result.history, title=f"{config.regime} training"), out / "training_curve.png")
+    save_gradient_split_plot(result.history, out / "gradient_split.png", title=f"{config.regime} training")
     report = {
         "command": "train",
         "model": args.model or {"from_scratch": True, "n_layers": args.n_layers, "d_model": args.d_model,

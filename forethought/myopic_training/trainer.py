@@ -62,6 +62,7 @@ from forethought.data import TokenSplits, check_tokens_fit
 from forethought.errors import CheckpointError, DataError, InvalidArgumentError, NumericalError, check_positive
 from forethought.models import save_model
 from forethought.myopic_training.evaluation import position_loss_sums
+from forethought.myopic_training.gradient_split import gradient_split
 from forethought.myopic_training.hooks import MODES, myopic
 from forethought.myopic_training.regimes import RegimeModel, check_regime, forward_context
 from forethought.options import DEVICES, MIXED_PRECISION
@@ -100,6 +101,11 @@ class TrainConfig:
         mixed_precision: ``"auto"`` (bf16 autocast on a CUDA GPU that supports it, else none), ``"no"``, ``"bf16"``.
         device: ``"auto"`` (accelerate's choice), ``"cpu"``, ``"cuda"`` or ``"mps"``.
         progress: show a tqdm progress bar.
+        gradient_split_every: at evaluation steps that are multiples of this (a multiple of ``eval_every``) and
+            at the last step, record the gradient split (:func:`~forethought.myopic_training.gradient_split`,
+            both modes, on the validation sequences) in the log record's ``"gradient_split"`` entry (``None``: never).
+        gradient_split_batches: validation batches of ``batch_size`` sequences the split's expected gradient is
+            accumulated over.
     """
 
     regime: str = "vanilla"
@@ -122,6 +128,8 @@ class TrainConfig:
     mixed_precision: str = "auto"
     device: str = "auto"
     progress: bool = True
+    gradient_split_every: int | None = None
+    gradient_split_batches: int = 4
 
     def __post_init__(self) -> None:
         check_regime(self.regime)
@@ -160,10 +168,17 @@ class TrainConfig:
             )
         if self.device not in DEVICES:
             raise InvalidArgumentError(f"device={self.device!r} is unknown; choose one of {', '.join(DEVICES)}")
+        check_positive("gradient_split_batches", self.gradient_split_batches, integer=True)
+        if self.gradient_split_every is not None:
+            check_positive("gradient_split_every", self.gradient_split_every, integer=True)
+            if self.gradient_split_every % self.eval_every:
+                raise InvalidArgumentError(f"gradient_split_every={self.gradient_split_every} is not a multiple of "
+                                           f"eval_every={self.eval_every}; the split is recorded at evaluation steps")
 
     def curve_settings(self) -> dict[str, Any]:
         """The settings that determine the loss curve; a resumed run must use the same ones."""
-        ignored = {"eval_every", "eval_batches", "checkpoint_every", "out_dir", "resume", "progress", "device"}
+        ignored = {"eval_every", "eval_batches", "checkpoint_every", "out_dir", "resume", "progress", "device",
+                   "gradient_split_every", "gradient_split_batches"}
         return {f.name: _plain(getattr(self, f.name)) for f in fields(self) if f.name not in ignored}
 
 
@@ -217,7 +232,8 @@ def train(
         data: train and validation token sequences (a :class:`~forethought.data.TokenSplits` or a pair).
         past_model: the frozen model that supplies the past in the ``"local-myopic"`` regime; by default a frozen
             copy of ``model`` as it is before training (the pretrained model, when fine-tuning).
-        on_step: called with each step's log record (``step``, ``loss``, ``lr``, ``grad_norm``, ``eval_loss``).
+        on_step: called with each step's log record (``step``, ``loss``, ``lr``, ``grad_norm``, ``eval_loss``,
+            ``gradient_split``).
 
     Returns:
         A :class:`TrainResult`. With ``out_dir`` set, the directory holds ``checkpoint.pt``, ``log.jsonl`` and the
@@ -288,6 +304,8 @@ def train(
             record = {"step": step, "loss": mean_loss, "lr": lr, "grad_norm": grad_norm}
             if step % config.eval_every == 0 or step == config.steps:
                 record["eval_loss"] = _evaluate(accelerator, config, model, past_model, eval_tokens)
+                if config.gradient_split_every and (step % config.gradient_split_every == 0 or step == config.steps):
+                    record["gradient_split"] = _gradient_split(accelerator, config, model, past_model, eval_tokens)
             history.append(record)
             if log is not None:
                 log.append(record)
@@ -545,6 +563,18 @@ def _check_finite_weights(model: torch.nn.Module, step: int, out: Path | None, l
                 if last_checkpoint else "no checkpoint was written")
         raise NumericalError(f"{bad} weights are NaN or infinite after step {step}; stopped before saving them and "
                              f"{kept}. Lower the learning rate or raise warmup_steps and start a new run")
+
+
+def _gradient_split(accelerator: Any, config: TrainConfig, model: Any, past_model: Any,
+                    tokens: Tensor) -> list[dict[str, Any]]:
+    """The gradient split of the validation loss in the regime's forward, as JSON-ready rows (every process
+    computes it on the same sequences)."""
+    def loss_fn(bridge: Any, batch: Tensor) -> Tensor:
+        with accelerator.autocast(), forward_context(config.regime, bridge, past_model):
+            return bridge(batch, return_type="loss")
+
+    tokens = tokens[: config.gradient_split_batches * config.batch_size]
+    return gradient_split(model, tokens, loss_fn=loss_fn, batch_size=config.batch_size).records()
 
 
 def _numerical_message(what: str, value: float, step: int, out: Path | None, last_checkpoint: int | None) -> str:
