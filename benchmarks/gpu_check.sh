@@ -15,7 +15,7 @@
 # Options:
 #     --cpu-smoke        toy sizes, about two minutes on a CPU: checks the plumbing (install, parts, caps, JSON)
 #     --no-install       use the Python environment as it is (skip the offline install)
-#     --total-seconds N  wall-clock cap of the whole script (default 480); the parts share what the install leaves
+#     --total-seconds N  wall-clock cap of the whole script (default 470); the parts share what the install leaves
 # Environment: PYTHON (default: the first of python3, python that imports torch), GPU_CHECK_WHEELS (the wheels'
 # folder, default benchmarks/gpu_wheels), GPU_CHECK_SITE (where they are installed, default
 # /tmp/forethought-gpu-site).
@@ -30,7 +30,7 @@ cd "$(dirname "$0")/.." || exit 2
 repo=$PWD
 start=$SECONDS
 
-smoke=() install=1 total=480 out=""
+smoke=() install=1 total=470 out=""
 while (($#)); do
     case $1 in
         --cpu-smoke) smoke=(--cpu-smoke) ;;
