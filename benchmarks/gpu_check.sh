@@ -7,11 +7,10 @@
 # fails or runs out of time is recorded with its error without losing the others (benchmarks/gpu_check.py).
 #
 # Usage, on a machine with the package registry (once; the folder is gitignored):
-#     bash benchmarks/prepare_gpu_wheels.sh             # wheels the lent H200 image lacks (about 4 MiB)
+#     bash benchmarks/prepare_gpu_wheels.sh             # wheels a CUDA PyTorch image lacks (about 4 MiB)
 #     FULL=1 bash benchmarks/prepare_gpu_wheels.sh      # or all of forethought's dependencies but torch (~185 MiB)
-# then on the GPU machine, offline, from anywhere:
-#     bash benchmarks/gpu_check.sh [OUT.json]           # default: $OUT/gpu_check.json
-# (with the device tool: carry "benchmarks/gpu_wheels", command "bash benchmarks/gpu_check.sh", timeout >= 500 s).
+# then, with benchmarks/gpu_wheels copied beside this checkout on the GPU machine, offline, from anywhere:
+#     bash benchmarks/gpu_check.sh [OUT.json]           # default: $OUT/gpu_check.json; allow it 500 s
 # Options:
 #     --cpu-smoke        toy sizes, about two minutes on a CPU: checks the plumbing (install, parts, caps, JSON)
 #     --no-install       use the Python environment as it is (skip the offline install)
@@ -22,9 +21,9 @@
 #
 # The install: every wheel in benchmarks/gpu_wheels goes, without dependency resolution, into a folder put first
 # on PYTHONPATH (`pip install --no-index --no-deps --target`), above the machine's own packages; torch and
-# everything else come from the machine. (Not a `venv --system-site-packages`: on the lent H200 `python3` is itself
-# a virtual environment, whose packages, torch included, a nested venv would not see.) forethought itself is
-# imported from this checkout (PYTHONPATH), so the code measured is the code here.
+# everything else come from the machine. (Not a `venv --system-site-packages`: where `python3` is itself a
+# virtual environment, as in common CUDA images, a nested venv would not see its packages, torch included.)
+# forethought itself is imported from this checkout (PYTHONPATH), so the code measured is the code here.
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 2
 repo=$PWD
@@ -36,7 +35,7 @@ while (($#)); do
         --cpu-smoke) smoke=(--cpu-smoke) ;;
         --no-install) install=0 ;;
         --total-seconds) total=${2:?--total-seconds needs a number}; shift ;;
-        -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,26p' "$0"; exit 0 ;;
         -*) echo "gpu_check.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
         *) out=$1 ;;
     esac

@@ -31,7 +31,7 @@ def test_wheel_list_is_pinned_and_leaves_torch_to_the_machine():
     assert all(re.fullmatch(r"[a-z0-9-]+==[0-9][0-9a-z.]*", line) for line in lines)
     assert "transformer-lens" in names and not {"torch", "triton"} & set(names)
     assert not any(name.startswith("nvidia-") for name in names)
-    default = re.search(r'missing_on_h200="([^"]+)"', (BENCHMARKS / "prepare_gpu_wheels.sh").read_text())
+    default = re.search(r'missing_from_cuda_image="([^"]+)"', (BENCHMARKS / "prepare_gpu_wheels.sh").read_text())
     assert set(default.group(1).split()) <= set(names)
 
 
