@@ -373,8 +373,26 @@ def run_all(out: Path, total_seconds: float, smoke: bool, setup: dict[str, Any])
             print(f"{name}: {report[name]['error'] or 'ok'} ({report[name].get('wall_seconds', 0)} s)", flush=True)
             write_json(out, _finite(report))
     report["seconds"] = round(total_seconds - (deadline - time.monotonic()), 1)
+    report["headline"] = headline(report)
     write_json(out, _finite(report))
     return report
+
+
+def headline(report: dict[str, Any]) -> dict[str, Any]:
+    """The figures to read first, flattened from the parts (absent where a part failed)."""
+    figures: dict[str, Any] = {"device": report.get("environment", {}).get("device")}
+    for row in report.get("myopic_step", {}).get("rows", []):
+        for key in ("time_ratio", "peak_memory_ratio", "step_memory_ratio"):
+            if key in row:
+                figures[f"myopic_step {row['shape']} {row['mode']} {key}"] = round(row[key], 3)
+    sweep = report.get("probe_sweep", {})
+    for key in ("tokens_per_s", "peak_gpu_gib"):
+        if key in sweep:
+            figures[f"probe_sweep {key}"] = round(sweep[key], 1)
+    for regime, values in report.get("synthetic", {}).get("regimes", {}).items():
+        figures[f"synthetic {regime} steps_per_s"] = round(values["steps_per_s"], 1)
+        figures[f"synthetic {regime} loss_ratio"] = round(values["loss_ratio"], 3)
+    return figures
 
 
 def main() -> None:
@@ -403,7 +421,8 @@ def main() -> None:
     setup: dict[str, Any] = {"status": args.setup_status, "seconds": args.setup_seconds}
     if args.setup_log and args.setup_log.exists():
         setup["log_tail"] = args.setup_log.read_text(errors="replace").splitlines()[-20:]
-    run_all(args.out, args.total_seconds, args.cpu_smoke, setup)
+    report = run_all(args.out, args.total_seconds, args.cpu_smoke, setup)
+    print(json.dumps(report["headline"], indent=1))
     print(f"wrote {args.out}")
 
 

@@ -60,3 +60,4 @@ def test_parts_without_time_left_are_skipped_not_lost(gpu_check, tmp_path):
     report = json.loads(out.read_text())
     assert report["setup"] == {"status": "skipped"}
     assert all(report[name]["error"].startswith("skipped") for name in gpu_check.PARTS)
+    assert report["headline"] == {"device": None}
