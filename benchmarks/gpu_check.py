@@ -121,6 +121,9 @@ def environment(smoke: bool, budget: float, emit: Emit) -> None:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
                                 cwd=BENCHMARKS.parent)
         info["git_commit"] = commit.stdout.strip() if commit.returncode == 0 else None
+        changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                                 text=True, timeout=10, cwd=BENCHMARKS.parent)
+        info["git_changes"] = bool(changed.stdout.strip()) if changed.returncode == 0 else None
     emit(info)
 
 
