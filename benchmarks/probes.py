@@ -83,7 +83,7 @@ def compare(args: argparse.Namespace) -> None:
     print(f"{'time ratio (scikit-learn / ours)':<34}{sklearn_s / ours_s:>9.1f}x")
 
 
-def big_sweep(args: argparse.Namespace) -> None:
+def big_sweep(args: argparse.Namespace) -> dict:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     n_seq = max(2, args.big_tokens // args.big_seq_len)
     model = tiny_model(n_layers=args.big_layers, d_model=args.big_d_model, n_heads=max(1, args.big_d_model // 64),
@@ -109,11 +109,16 @@ def big_sweep(args: argparse.Namespace) -> None:
     print(f"{'seconds':<12}{'tokens/s':>12}{'mean top1':>11}{'mean bigram_top1':>18}")
     print(f"{seconds:<12.1f}{n_tokens / seconds:>12,.0f}{table['top1'].mean():>11.4f}"
           f"{table['bigram_top1'].mean():>18.4f}")
+    figures = {"device": device, "tokens": n_tokens, "seconds": seconds, "tokens_per_s": n_tokens / seconds,
+               "rows": len(table), "mean_top1": float(table["top1"].mean()),
+               "mean_bigram_top1": float(table["bigram_top1"].mean())}
     if device == "cuda":
-        print(f"peak GPU memory: {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
+        figures["peak_gpu_gib"] = torch.cuda.max_memory_allocated() / 2**30
+        print(f"peak GPU memory: {figures['peak_gpu_gib']:.1f} GiB")
+    return figures
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--layers", type=int, default=6, help="model blocks (depths probed: layers + 1)")
     parser.add_argument("--d-model", type=int, default=128)
@@ -132,7 +137,11 @@ def main() -> None:
     parser.add_argument("--big-top-k", type=int, default=1000)
     parser.add_argument("--big-epochs", type=int, default=3)
     parser.add_argument("--big-batch", type=int, default=64, help="sequences per forward pass in the large sweep")
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = build_parser().parse_args()
     if not args.no_compare:
         compare(args)
     if torch.cuda.is_available() or args.big:
