@@ -29,24 +29,43 @@ _EXPORTS = {
     "load_model": "forethought.models",
     "save_model": "forethought.models",
     "tiny_model": "forethought.models",
+    "TrainConfig": "forethought.myopic_training",
+    "gradient_split": "forethought.myopic_training",
+    "myopic": "forethought.myopic_training",
+    "train": "forethought.myopic_training",
+    "probe_sweep": "forethought.probes",
+    "lens_view": "forethought.probes",
+    "patch_positions": "forethought.interventions",
+    "transplant": "forethought.interventions",
 }
 
 __all__ = [
     "Activations",
     "ForethoughtError",
+    "TrainConfig",
     "collect_activations",
+    "gradient_split",
+    "lens_view",
     "load_model",
     "load_texts",
     "make_token_splits",
+    "myopic",
+    "patch_positions",
+    "probe_sweep",
     "save_model",
     "tiny_model",
+    "train",
     "train_tokenizer",
+    "transplant",
 ]
 
 if TYPE_CHECKING:
     from forethought.activations import Activations, collect_activations
     from forethought.data import load_texts, make_token_splits, train_tokenizer
+    from forethought.interventions import patch_positions, transplant
     from forethought.models import load_model, save_model, tiny_model
+    from forethought.myopic_training import TrainConfig, gradient_split, myopic, train
+    from forethought.probes import lens_view, probe_sweep
 
 
 def __getattr__(name: str) -> Any:

@@ -132,3 +132,17 @@ def test_pickled_weights_are_refused_without_advising_weights_only_false(tmp_pat
     line = _one_error_line(capsys, _probe_sweep(gpt2_dir, tmp_path / "out"))
     assert "weights_only" not in line and "refus" in line.lower()
     assert json.loads((gpt2_dir / "config.json").read_text())["model_type"] == "gpt2"
+
+
+def test_import_forethought_stays_light():
+    code = ("import sys, forethought; heavy = [m for m in ('transformer_lens', 'transformers', 'sklearn', "
+            "'matplotlib', 'datasets', 'accelerate') if m in sys.modules]; print(heavy)")
+    process = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert process.stdout.strip() == "[]"
+
+
+def test_every_public_name_resolves():
+    import forethought
+
+    for name in forethought.__all__:
+        assert getattr(forethought, name) is not None, name

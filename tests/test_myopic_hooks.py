@@ -169,13 +169,32 @@ def test_ablate_past_makes_outputs_independent_of_the_past(any_model, method):
 
 
 def test_ablate_past_self_equals_attending_to_self_only(native_model):
-    """Reference: a causal mask that keeps only the diagonal, applied at hook_pattern-free level via z = v."""
-    tokens = _tokens(native_model, batch=1, seq=1)
+    """Reference: a position that attends to itself alone outputs its own value, so hook_z is replaced by hook_v."""
+    tokens = _tokens(native_model, batch=2, seq=8)
+    values = {}
+
+    def keep_value(layer):
+        def hook(v, hook):
+            values[layer] = v
+            return v
+        return hook
+
+    def self_only(layer):
+        return lambda z, hook: values[layer]
+
+    layers = range(native_model.cfg.n_layers)
+    hooks = ([(f"blocks.{layer}.attn.hook_v", keep_value(layer)) for layer in layers]
+             + [(f"blocks.{layer}.attn.hook_z", self_only(layer)) for layer in layers])
     with torch.no_grad():
-        plain = native_model(tokens)  # with one position, attending to itself is all there is
+        plain = native_model(tokens)
+        reference = native_model.run_with_hooks(tokens, fwd_hooks=hooks)
         with ablate_past(native_model):
             ablated = native_model(tokens)
-    torch.testing.assert_close(plain, ablated, atol=1e-6, rtol=1e-6)
+            single = native_model(tokens[:, :1])
+    torch.testing.assert_close(ablated, reference, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(plain[:, 1:], reference[:, 1:], atol=1e-3), "the past must matter in the plain model"
+    # with one position, attending to itself is all there is
+    torch.testing.assert_close(single, plain[:, :1], atol=1e-6, rtol=1e-6)
 
 
 def test_bf16_autocast_is_accepted(checkpoint_dirs):
