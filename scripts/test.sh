@@ -9,4 +9,5 @@ export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 MPLBACKEND=Agg
 if [ $# -eq 0 ]; then
     set -- --doctest-modules forethought tests notebooks
 fi
-.venv/bin/python -m pytest --nbmake "$@"
+# a notebook cell may take up to 15 minutes on a busy machine (each notebook takes about 2 minutes alone)
+.venv/bin/python -m pytest --nbmake --nbmake-timeout=900 "$@"
