@@ -99,6 +99,11 @@ def peak_bytes(run: Callable[[], None], device: torch.device) -> int:
     return peak
 
 
+def _paired_ratio(values: list[float], vanilla: list[float]) -> float:
+    """Median over repeats of each step's time over the vanilla step beside it (they share the machine's load)."""
+    return statistics.median(a / b for a, b in zip(values, vanilla, strict=True))
+
+
 def scaling(args) -> None:
     """Time and peak-memory ratios myopic/vanilla at each context length, per family and mode."""
     device = torch.device(args.device)
@@ -109,9 +114,10 @@ def scaling(args) -> None:
     vocab = len(tokenizer)
     print(f"{args.layers} layers, d_model {args.d_model}, {args.heads} heads, vocab {vocab}, batch {args.batch_size}; "
           f"{device}, torch threads {torch.get_num_threads()}; time: medians of {args.repeats} interleaved steps, "
-          "ratio: median of each repeat's ratio to the vanilla step beside it; "
+          "ratios: median of each repeat's ratio to the vanilla step beside it, in wall time and in process CPU "
+          "time (which another process's load does not inflate); "
           "memory: peak tensor bytes allocated during one step")
-    header = (f"{'family':<7}{'mode':<8}{'T':>6}{'vanilla ms':>12}{'myopic ms':>11}{'time ratio':>12}"
+    header = (f"{'family':<7}{'mode':<8}{'T':>6}{'vanilla ms':>12}{'myopic ms':>11}{'time ratio':>12}{'cpu ratio':>11}"
               f"{'vanilla MiB':>13}{'myopic MiB':>12}{'memory ratio':>14}")
     if args.eager:
         header += f"{'eager time':>12}{'eager memory':>14}"
@@ -132,14 +138,17 @@ def scaling(args) -> None:
                 memory = {name: peak_bytes(partial(step, model, optimizer, tokens, mode), device)
                           for name, step in regimes.items()}
                 times = {name: [] for name in regimes}
+                cpu_times = {name: [] for name in regimes}
                 for _ in range(args.repeats):  # interleaved, so that load changes hit every regime alike
                     for name, step in regimes.items():
+                        cpu_start = time.process_time()
                         times[name].append(median_seconds(step, model, optimizer, tokens, mode, 1, device))
+                        cpu_times[name].append(time.process_time() - cpu_start)
                 ms = {name: 1e3 * statistics.median(values) for name, values in times.items()}
-                ratio = {name: statistics.median(a / b for a, b in zip(values, times["vanilla"], strict=True))
-                         for name, values in times.items()}  # neighbouring steps share the machine's load
+                ratio = {name: _paired_ratio(values, times["vanilla"]) for name, values in times.items()}
+                cpu_ratio = _paired_ratio(cpu_times["myopic"], cpu_times["vanilla"])
                 line = (f"{family:<7}{mode:<8}{seq_len:>6}{ms['vanilla']:>12.0f}{ms['myopic']:>11.0f}"
-                        f"{ratio['myopic']:>12.2f}{memory['vanilla'] / 2**20:>13.1f}"
+                        f"{ratio['myopic']:>12.2f}{cpu_ratio:>11.2f}{memory['vanilla'] / 2**20:>13.1f}"
                         f"{memory['myopic'] / 2**20:>12.1f}{memory['myopic'] / memory['vanilla']:>14.2f}")
                 if args.eager:
                     line += f"{ratio['eager']:>12.2f}{memory['eager'] / memory['vanilla']:>14.2f}"
