@@ -5,10 +5,11 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import forethought.myopic_training.fused_attention as fused_module
-from forethought.errors import InvalidArgumentError
+import forethought.myopic_training.hooks as hooks
+from forethought.errors import InvalidArgumentError, UnsupportedArchitectureError
 from forethought.myopic_training import myopic
 from forethought.myopic_training.attention import attend, expand_kv
-from forethought.myopic_training.fused_attention import causal_logsumexp, fused_attend
+from forethought.myopic_training.fused_attention import causal_logsumexp, fused_attend, fused_supported
 
 SEQ = 10
 VIEWS = [("strict", 0.0), ("cutgrad", 0.0), ("strict", 0.5), ("cutgrad", 0.5), ("strict", 1.0)]
@@ -54,6 +55,24 @@ def test_auto_is_fused(native_model, monkeypatch):
     native_model.eval()
     _step(native_model, _tokens(native_model), mode="strict")
     assert len(calls) == native_model.cfg.n_layers
+
+
+def test_auto_falls_back_to_eager_where_fused_cannot_run(native_model, monkeypatch):
+    native_model.eval()
+    tokens = _tokens(native_model)
+    _, eager = _step(native_model, tokens, mode="strict", attention="eager")
+    monkeypatch.setattr(hooks, "fused_supported", lambda *tensors: False)
+    _, auto = _step(native_model, tokens, mode="strict")
+    assert _max_relative_error(auto, eager) == 0
+    with pytest.raises(UnsupportedArchitectureError, match="attention='fused' cannot run"):
+        _step(native_model, tokens, mode="strict", attention="fused")
+
+
+def test_fused_supported_needs_one_dtype_and_whole_groups():
+    q, k = torch.zeros(1, 3, 4, 2), torch.zeros(1, 3, 2, 2)
+    assert fused_supported(q, k, k)
+    assert not fused_supported(q, k.double(), k.double())
+    assert not fused_supported(q, torch.zeros(1, 3, 3, 2), torch.zeros(1, 3, 3, 2))
 
 
 def _views(generator, n_heads=4, n_kv=2, seq=7, d=5, dtype=torch.float32):
