@@ -19,6 +19,9 @@ A step is forward + backward + AdamW update. Three tables:
 
     python benchmarks/myopic_step.py [--tables scaling reference] [--families gpt2 llama]
         [--seq-lens 64 256 1024 2048] [--modes strict] [--repeats 3] [--eager] [--threads 1]
+    python benchmarks/myopic_step.py --tables reference --layers 4 --d-model 256 --heads 8 --batch-size 8
+
+On a shared 2-core CPU one step at T = 2048 takes 25-50 s, so run that length with ``--repeats 1``.
 """
 
 from __future__ import annotations
