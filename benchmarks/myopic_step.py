@@ -1,15 +1,27 @@
-"""Cost of a myopic training step: vs a vanilla step on the same model and batch (goal <= 1.3x), and vs the slow
-per-position reference (goal >= 20x faster at T = 64).
+"""Cost of a myopic training step against a vanilla step on the same model and batch, measured in the same run.
 
-A step is forward + backward + AdamW update. The reference back-propagates each position's loss on its own, with
-the tensors the mode detaches cut at earlier positions in every layer (T forward/backward passes). Vanilla and
-myopic steps are interleaved and repeated; the table reports medians and ratios measured in the same run.
+A step is forward + backward + AdamW update. Three tables:
 
-With a CUDA GPU it then runs the ``gpt2-paper`` preset's training settings (GPT-2 124M from scratch, batch 512 of
-64 tokens, lr 6e-4, bf16 autocast) for a few hundred steps on random tokens, through :func:`train`, and prints
-steps/s for vanilla and myopic.
+* ``scaling`` (default): time and peak memory ratio myopic/vanilla at several context lengths on GPT-2- and
+  Llama-shaped stand-ins (random weights; 2 layers, d_model 768, 12 heads, batch 2 by default; goal <= 1.10 for
+  both). Peak memory is the peak of tensor bytes allocated and not yet freed during the step, above what was
+  live before it: on CPU from the torch profiler's allocation/free events, on CUDA from
+  ``torch.cuda.max_memory_allocated``. It counts activations, gradients and optimizer temporaries, not the
+  weights and optimizer state that exist before the step. Memory is measured on one (also warm-up) step per
+  regime; times are medians of interleaved unprofiled steps. ``--eager`` adds the eager ``[T, T]`` myopic
+  recomputation (``myopic(..., attention="eager")``) for comparison.
+* ``reference``: vs a vanilla step (goal <= 1.3x) and vs the slow per-position reference (goal >= 20x faster at
+  T = 64) on small native and GPT-2 models. The reference back-propagates each position's loss on its own, with
+  the tensors the mode detaches cut at earlier positions in every layer (T forward/backward passes).
+* ``paper`` (default with a CUDA GPU): the ``gpt2-paper`` preset's training settings (GPT-2 124M from scratch,
+  batch 512 of 64 tokens, lr 6e-4, bf16 autocast) for a few hundred steps on random tokens, through
+  :func:`train`; steps/s for vanilla and myopic.
 
-    python benchmarks/myopic_step.py [--layers 4] [--d-model 256] [--seq-len 64] [--batch-size 8] [--threads 1]
+    python benchmarks/myopic_step.py [--tables scaling reference] [--families gpt2 llama]
+        [--seq-lens 64 256 1024 2048] [--modes strict] [--repeats 3] [--eager] [--threads 1]
+    python benchmarks/myopic_step.py --tables reference --layers 4 --d-model 256 --heads 8 --batch-size 8
+
+On a shared 2-core CPU one step at T = 2048 takes 25-50 s, so run that length with ``--repeats 1``.
 """
 
 from __future__ import annotations
@@ -18,9 +30,12 @@ import argparse
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
+from functools import partial
 
 import torch
 
+from forethought.data import load_texts, train_tokenizer
 from forethought.models import load_model, save_random_checkpoint, tiny_model
 from forethought.myopic_training import myopic
 from forethought.myopic_training.reference import accumulate_per_position_gradients
@@ -35,8 +50,8 @@ def vanilla_step(model, optimizer, tokens, mode):
     optimizer.zero_grad(set_to_none=True)
 
 
-def myopic_step(model, optimizer, tokens, mode):
-    with myopic(model, mode=mode):
+def myopic_step(model, optimizer, tokens, mode, attention="auto"):
+    with myopic(model, mode=mode, attention=attention):
         loss = model(tokens, return_type="loss")
     loss.backward()
     optimizer.step()
@@ -50,13 +65,97 @@ def reference_step(model, optimizer, tokens, mode):
     optimizer.zero_grad(set_to_none=True)
 
 
-def median_seconds(step, model, optimizer, tokens, mode, repeats):
+def median_seconds(step, model, optimizer, tokens, mode, repeats, device=None):
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         step(model, optimizer, tokens, mode)
+        if device is not None and device.type == "cuda":
+            torch.cuda.synchronize(device)
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def eager_myopic_step(model, optimizer, tokens, mode):
+    myopic_step(model, optimizer, tokens, mode, attention="eager")
+
+
+def peak_bytes(run: Callable[[], None], device: torch.device) -> int:
+    """Peak of tensor bytes allocated on ``device`` and not yet freed while ``run()`` runs, above the start."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        before = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        run()
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device) - before
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        run()
+    events = [e for e in prof.profiler.kineto_results.events()
+              if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU]
+    live = peak = 0
+    for event in sorted(events, key=lambda e: e.start_ns()):
+        live += event.nbytes()  # positive for an allocation, negative for a free
+        peak = max(peak, live)
+    return peak
+
+
+def _paired_ratio(values: list[float], vanilla: list[float]) -> float:
+    """Median over repeats of each step's time over the vanilla step beside it (they share the machine's load)."""
+    return statistics.median(a / b for a, b in zip(values, vanilla, strict=True))
+
+
+def scaling(args) -> None:
+    """Time and peak-memory ratios myopic/vanilla at each context length, per family and mode."""
+    device = torch.device(args.device)
+    regimes = {"vanilla": vanilla_step, "myopic": myopic_step}
+    if args.eager:
+        regimes["eager"] = eager_myopic_step
+    tokenizer = train_tokenizer(load_texts("builtin"), vocab_size=VOCAB)  # Llama checkpoints need one
+    vocab = len(tokenizer)
+    print(f"{args.layers} layers, d_model {args.d_model}, {args.heads} heads, vocab {vocab}, batch {args.batch_size}; "
+          f"{device}, torch threads {torch.get_num_threads()}; time: medians of {args.repeats} interleaved steps, "
+          "ratios: median of each repeat's ratio to the vanilla step beside it, in wall time and in process CPU "
+          "time (which another process's load does not inflate); "
+          "memory: peak tensor bytes allocated during one step")
+    header = (f"{'family':<7}{'mode':<8}{'T':>6}{'vanilla ms':>12}{'myopic ms':>11}{'time ratio':>12}{'cpu ratio':>11}"
+              f"{'vanilla MiB':>13}{'myopic MiB':>12}{'memory ratio':>14}")
+    if args.eager:
+        header += f"{'eager time':>12}{'eager memory':>14}"
+    print(header, flush=True)
+    for family in args.families:
+        folder = save_random_checkpoint(family, tempfile.mkdtemp(), d_model=args.d_model, n_layers=args.layers,
+                                        n_heads=args.heads, n_ctx=max(args.seq_lens), tokenizer=tokenizer)
+        model = load_model(folder).to(device)
+        model.eval()  # dropout off, as the trainer does
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        warm = torch.randint(0, vocab, (1, 8), device=device)
+        for step in regimes.values():  # optimizer state and first-call costs outside every measurement
+            step(model, optimizer, warm, args.modes[0])
+        for mode in args.modes:
+            for seq_len in args.seq_lens:
+                tokens = torch.randint(0, vocab, (args.batch_size, seq_len),
+                                       generator=torch.Generator().manual_seed(seq_len)).to(device)
+                memory = {name: peak_bytes(partial(step, model, optimizer, tokens, mode), device)
+                          for name, step in regimes.items()}
+                times = {name: [] for name in regimes}
+                cpu_times = {name: [] for name in regimes}
+                for _ in range(args.repeats):  # interleaved, so that load changes hit every regime alike
+                    for name, step in regimes.items():
+                        cpu_start = time.process_time()
+                        times[name].append(median_seconds(step, model, optimizer, tokens, mode, 1, device))
+                        cpu_times[name].append(time.process_time() - cpu_start)
+                ms = {name: 1e3 * statistics.median(values) for name, values in times.items()}
+                ratio = {name: _paired_ratio(values, times["vanilla"]) for name, values in times.items()}
+                cpu_ratio = _paired_ratio(cpu_times["myopic"], cpu_times["vanilla"])
+                line = (f"{family:<7}{mode:<8}{seq_len:>6}{ms['vanilla']:>12.0f}{ms['myopic']:>11.0f}"
+                        f"{ratio['myopic']:>12.2f}{cpu_ratio:>11.2f}{memory['vanilla'] / 2**20:>13.1f}"
+                        f"{memory['myopic'] / 2**20:>12.1f}{memory['myopic'] / memory['vanilla']:>14.2f}")
+                if args.eager:
+                    line += f"{ratio['eager']:>12.2f}{memory['eager'] / memory['vanilla']:>14.2f}"
+                print(line, flush=True)
 
 
 def step_ratios(args) -> None:
@@ -127,25 +226,34 @@ def paper_throughput(steps: int, scale: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--layers", type=int, default=4)
-    parser.add_argument("--d-model", type=int, default=256)
-    parser.add_argument("--heads", type=int, default=8)
-    parser.add_argument("--seq-len", type=int, default=64)
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--tables", nargs="+", choices=("scaling", "reference", "paper"), default=None,
+                        help="which tables to print (default: scaling, and paper with CUDA)")
+    parser.add_argument("--families", nargs="+", choices=("gpt2", "llama", "neox"), default=["gpt2", "llama"])
+    parser.add_argument("--seq-lens", type=int, nargs="+", default=[64, 256, 1024, 2048])
+    parser.add_argument("--modes", nargs="+", choices=("strict", "cutgrad"), default=["strict"])
+    parser.add_argument("--eager", action="store_true", help="scaling: also time the eager [T, T] recomputation")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--d-model", type=int, default=768)
+    parser.add_argument("--heads", type=int, default=12)
+    parser.add_argument("--batch-size", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--seq-len", type=int, default=64, help="reference: context length")
     parser.add_argument("--reference-repeats", type=int, default=1)
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--paper-steps", type=int, default=300, help="steps of the gpt2-paper settings on CUDA")
-    parser.add_argument("--paper-scale", choices=("full", "tiny", "skip"), default=None,
-                        help="gpt2-paper run: full size (default with CUDA), tiny (any device), skip (default "
-                             "without CUDA)")
+    parser.add_argument("--paper-scale", choices=("full", "tiny"), default=None,
+                        help="gpt2-paper run: full size (default with CUDA) or tiny (any device)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    step_ratios(args)
-    scale = args.paper_scale or ("full" if torch.cuda.is_available() else "skip")
-    if scale != "skip":
-        paper_throughput(args.paper_steps, scale)
+    tables = args.tables or (["scaling", "paper"] if torch.cuda.is_available() else ["scaling"])
+    if "scaling" in tables:
+        scaling(args)
+    if "reference" in tables:
+        step_ratios(args)
+    if "paper" in tables:
+        paper_throughput(args.paper_steps, args.paper_scale or ("full" if torch.cuda.is_available() else "tiny"))
 
 
 if __name__ == "__main__":

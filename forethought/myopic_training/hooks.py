@@ -10,7 +10,9 @@ loss at position ``t`` reach only what position ``t`` computes itself (see DESIG
 
 It works by replacing each attention output ``z`` with ``z.detach() + (r - r.detach())``, where ``r`` is the
 attention recomputed from the hooked q, k, v with the myopic view of the past: the value is the model's own
-``z``, the gradient is ``r``'s.
+``z``, the gradient is ``r``'s. ``r`` comes from fused attention with a diagonal gradient correction
+(:func:`~forethought.myopic_training.fused_attention.fused_attend`, O(T) extra memory) or, as the reference and
+where that cannot run, from the eager ``[T, T]`` softmax of :func:`~forethought.myopic_training.attention.attend`.
 
 ``ablate_past(model)`` changes the forward: each position's attention sees only itself (the paper's
 "transformer bigram"), or zero / mean keys and values for the past.
@@ -50,11 +52,16 @@ from forethought.myopic_training.attention import (
     qkv,
     rotate,
 )
+from forethought.myopic_training.fused_attention import fused_attend, fused_supported
 from forethought.options import ABLATIONS, MODES
+
+#: How :func:`myopic` recomputes attention for the gradient.
+ATTENTION = ("auto", "fused", "eager")
 
 
 @contextmanager
-def myopic(model: Any, mode: Literal["strict", "cutgrad"] = "strict", beta: float = 0.0) -> Iterator[Any]:
+def myopic(model: Any, mode: Literal["strict", "cutgrad"] = "strict", beta: float = 0.0,
+           attention: Literal["auto", "fused", "eager"] = "auto") -> Iterator[Any]:
     """Make gradients myopic inside the ``with`` block; forward values stay exactly those of the model.
 
     Args:
@@ -62,13 +69,18 @@ def myopic(model: Any, mode: Literal["strict", "cutgrad"] = "strict", beta: floa
         mode: ``"strict"`` (past keys/values are constants) or ``"cutgrad"`` (past attention inputs are
             constants; ``W_K, W_V`` still learn through the past).
         beta: interpolation towards the vanilla gradient, in ``[0, 1]``.
+        attention: how the attention is recomputed for the gradient: ``"fused"`` (scaled-dot-product attention
+            plus a diagonal correction, O(T) extra memory), ``"eager"`` (a ``[T, T]`` softmax, the reference),
+            or ``"auto"``: fused wherever it can run (matching dtypes and devices), eager otherwise.
 
     Raises:
         UnsupportedArchitectureError: the model's attention cannot be recomputed exactly (checked on every
-            forward), or attention dropout is active in training mode.
+            forward), attention dropout is active in training mode, or ``attention="fused"`` cannot run.
     """
     if mode not in MODES:
         raise InvalidArgumentError(f"mode={mode!r} is unknown; choose one of {MODES}")
+    if attention not in ATTENTION:
+        raise InvalidArgumentError(f"attention={attention!r} is unknown; choose one of {ATTENTION}")
     if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not 0.0 <= beta <= 1.0:
         raise InvalidArgumentError(f"beta={beta!r} is not allowed; expected a number in [0, 1]")
     layers = list(range(model.cfg.n_layers))
@@ -87,8 +99,17 @@ def myopic(model: Any, mode: Literal["strict", "cutgrad"] = "strict", beta: floa
             k_past, v_past = _from_detached_input(model, layer, capture, geo)
         if beta:
             k_past, v_past = (1 - beta) * k_past + beta * k, (1 - beta) * v_past + beta * v
-        k_self, v_self, k_past, v_past = (expand_kv(x, geo.n_heads) for x in (k, v, k_past, v_past))
-        recomputed = attend(q, k_self, v_self, k_past, v_past, geo.scale)
+        fused = attention != "eager" and fused_supported(q, k_past, v_past)
+        if attention == "fused" and not fused:
+            raise UnsupportedArchitectureError(
+                f"attention='fused' cannot run layer {layer} of {geo.architecture} (q {q.dtype} on {q.device}, "
+                f"k {k_past.dtype} on {k_past.device}); use attention='auto' or 'eager'"
+            )
+        if fused:  # own and past keys/values are equal in value: the fused path applies
+            recomputed = fused_attend(q, k, v, k_past, v_past, geo.scale)
+        else:
+            k_self, v_self, k_past, v_past = (expand_kv(x, geo.n_heads) for x in (k, v, k_past, v_past))
+            recomputed = attend(q, k_self, v_self, k_past, v_past, geo.scale)
         check_matches(recomputed, z, layer, geo, f"myopic gradients ({mode})")
         return z.detach() + (recomputed - recomputed.detach())
 

@@ -265,6 +265,8 @@ def train(
     for module in (model, past_model):
         if module is not None:
             module.to(accelerator.device, print_details=False)
+    if accelerator.num_processes > 1 and accelerator.ddp_handler is not None:  # DDP searches only where needed
+        accelerator.ddp_handler.find_unused_parameters = _leaves_parameters_unused(config, model, past_model)
     wrapped, optimizer = accelerator.prepare(model, optimizer, device_placement=[False, False])
     model = accelerator.unwrap_model(wrapped)
 
@@ -509,7 +511,7 @@ def _accelerator(config: TrainConfig) -> Any:
     precision = config.mixed_precision
     if precision == "auto":
         precision = "bf16" if on_cuda and torch.cuda.is_bf16_supported() else "no"
-    # Fused-qkv bridges hold a fused weight that gets no gradient, and the bigram regime leaves W_Q, W_K unused.
+    # train() turns the search off where every parameter gets a gradient (see _leaves_parameters_unused).
     ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
     settings = {"cpu": config.device == "cpu", "mixed_precision": precision, "kwargs_handlers": [ddp]}
     try:
@@ -521,6 +523,18 @@ def _accelerator(config: TrainConfig) -> Any:
 
         AcceleratorState._reset_state()  # keeps the distributed (partial) state
         return Accelerator(**settings)
+
+
+def _leaves_parameters_unused(config: TrainConfig, model: Any, past_model: Any) -> bool:
+    """Whether a training forward leaves a trainable parameter without gradient (probed with one two-token
+    backward): DDP must then search the graph for unused parameters on every step. Fused-qkv bridges (GPT-2,
+    NeoX) hold a fused weight that gets no gradient and the bigram regime never uses W_Q, W_K; split-projection
+    models (native, Llama) in the other regimes use every parameter."""
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    tokens = torch.zeros(1, 2, dtype=torch.long, device=parameters[0].device)
+    with training_context(config, model, past_model):
+        loss = model(tokens, return_type="loss")
+    return any(grad is None for grad in torch.autograd.grad(loss, parameters, allow_unused=True))
 
 
 def _frozen_past_model(config: TrainConfig, model: Any, past_model: Any) -> Any:

@@ -1,0 +1,172 @@
+"""Myopic attention through fused scaled-dot-product attention: O(T) extra memory instead of ``[T, T]`` scores.
+
+:func:`~forethought.myopic_training.attention.attend` builds the myopic attention from an eager ``[batch, head,
+T, T]`` softmax. For :func:`~forethought.myopic_training.myopic` that is more than needed, because there the own
+and the past keys and values of every position are equal *in value* (the past ones are detached, recomputed from
+a detached input, or mixed with the live ones); only where gradients flow differs. The myopic gradient then has
+this structure:
+
+* the query gradient is the vanilla one (the scores do not depend on how the past is detached), and the past keys
+  and values receive the vanilla gradient *minus* the diagonal term (query ``t`` reading position ``t``);
+* position ``t``'s own key and value receive gradient only through that diagonal term.
+
+The diagonal term needs only ``p_tt``, the weight each query gives to its own position, which the log-sum-exp of
+the fused kernel yields in O(T·d): ``p_tt = exp(scale · q_t·k_t − lse_t)``. So :func:`fused_attend` runs one
+fused causal attention over the past keys and values (its backward gives the query and the full key/value
+gradients) and :class:`SplitDiagonal` moves the diagonal term from the past keys and values to the own ones.
+
+Example:
+    >>> import torch
+    >>> from forethought.myopic_training.attention import attend
+    >>> q, k, v = (torch.randn(1, 5, 2, 4, requires_grad=True) for _ in range(3))
+    >>> fused = fused_attend(q, k, v, k.detach(), v.detach(), scale=0.5)
+    >>> eager = attend(q, k, v, k.detach(), v.detach(), scale=0.5)
+    >>> torch.allclose(fused, eager, atol=1e-6)
+    True
+    >>> grads = [torch.autograd.grad(out.sum(), (q, k, v)) for out in (fused, eager)]
+    >>> all(torch.allclose(a, b, atol=1e-5) for a, b in zip(*grads))
+    True
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float
+from torch import Tensor
+
+#: The CPU flash-attention kernel behind ``scaled_dot_product_attention``; it also returns the log-sum-exp.
+_CPU_FLASH = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+
+
+def fused_supported(q: Tensor, k: Tensor, v: Tensor) -> bool:
+    """Whether :func:`fused_attend` can compute this attention (same dtype and device, whole kv-head groups)."""
+    return (
+        q.dtype == k.dtype == v.dtype
+        and q.device == k.device == v.device
+        and q.shape[-1] == k.shape[-1] == v.shape[-1]
+        and k.shape[2] == v.shape[2]
+        and q.shape[2] % k.shape[2] == 0
+    )
+
+
+def fused_attend(
+    q: Float[Tensor, "batch pos head d_head"],
+    k_self: Float[Tensor, "batch pos kv_head d_head"],
+    v_self: Float[Tensor, "batch pos kv_head d_head"],
+    k_past: Float[Tensor, "batch pos kv_head d_head"],
+    v_past: Float[Tensor, "batch pos kv_head d_head"],
+    scale: float,
+) -> Float[Tensor, "batch pos head d_head"]:
+    """Causal attention with the gradient of :func:`~forethought.myopic_training.attention.attend`, when
+    ``k_self == k_past`` and ``v_self == v_past`` in value (only their gradients differ).
+
+    Query ``t`` reads ``k_past[i], v_past[i]`` at ``i < t`` and ``k_self[t], v_self[t]`` at ``t``. Key/value
+    heads may be grouped (``head = kv_head * group``, head ``h`` reading kv head ``h // group``); they are never
+    expanded. The values are those of fused attention over ``k_past, v_past``; with ``k_self`` differing from
+    ``k_past`` in value the gradient would be wrong, so use ``attend`` there.
+    """
+    out, lse = attention_with_lse(*(x.transpose(1, 2) for x in (q, k_past, v_past)), scale=scale)
+    out = SplitDiagonal.apply(out, q.transpose(1, 2), k_self.transpose(1, 2), v_self.transpose(1, 2),
+                              k_past.transpose(1, 2), v_past.transpose(1, 2), lse, scale)
+    return out.transpose(1, 2)
+
+
+def attention_with_lse(
+    q: Float[Tensor, "batch head pos d_head"],
+    k: Float[Tensor, "batch kv_head pos d_head"],
+    v: Float[Tensor, "batch kv_head pos d_head"],
+    scale: float,
+) -> tuple[Float[Tensor, "batch head pos d_head"], Float[Tensor, "batch head pos"]]:
+    """Causal attention (differentiable) and each query's log-sum-exp of scores (a constant, float32).
+
+    On CPU one call of the flash-attention kernel gives both. Elsewhere the output comes from
+    ``scaled_dot_product_attention`` and the log-sum-exp from :func:`causal_logsumexp`.
+    """
+    if _CPU_FLASH is not None and q.device.type == "cpu":
+        out, lse = _CPU_FLASH(q, k, v, 0.0, True, scale=scale)
+        return out, lse.detach().float()
+    group = q.shape[1] // k.shape[1]
+    out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=group > 1)
+    return out, causal_logsumexp(q, k, scale)
+
+
+@torch.no_grad()
+def causal_logsumexp(
+    q: Float[Tensor, "batch head pos d_head"],
+    k: Float[Tensor, "batch kv_head pos d_head"],
+    scale: float,
+    block: int | None = None,
+) -> Float[Tensor, "batch head pos"]:
+    """``logsumexp_{i <= t}(scale · q_t·k_i)`` in float32, ``block`` queries at a time (default ``d_head``), so
+    that no more than ``[batch, head, block, pos]`` scores exist at once.
+
+    Example:
+        >>> q, k = torch.randn(1, 2, 6, 4), torch.randn(1, 1, 6, 4)
+        >>> scores = (q @ k.transpose(-1, -2) * 0.5).masked_fill(torch.ones(6, 6).triu(1).bool(), -float("inf"))
+        >>> torch.allclose(causal_logsumexp(q, k, 0.5, block=4), scores.logsumexp(-1))
+        True
+    """
+    batch, n_heads, n, d_head = q.shape
+    n_kv = k.shape[1]
+    block = block or max(d_head, 1)
+    grouped = q.float().unflatten(1, (n_kv, n_heads // n_kv))  # [batch, kv_head, group, pos, d]
+    keys = k.float().unsqueeze(2).transpose(-1, -2)  # [batch, kv_head, 1, d, pos]
+    out = []
+    for start in range(0, n, block):
+        stop = min(start + block, n)
+        scores = grouped[..., start:stop, :] @ keys[..., :stop] * scale  # [batch, kv_head, group, block, stop]
+        future = torch.arange(stop, device=q.device) > torch.arange(start, stop, device=q.device).unsqueeze(-1)
+        out.append(scores.masked_fill_(future, float("-inf")).logsumexp(-1))
+    return torch.cat(out, dim=-1).flatten(1, 2)
+
+
+class SplitDiagonal(torch.autograd.Function):
+    """Identity on the attention output whose backward moves the diagonal term from past to own keys/values.
+
+    ``apply(out, q, k_self, v_self, k_past, v_past, lse, scale)`` returns ``out``; ``out`` must be causal
+    attention over ``k_past, v_past`` (``[batch, head, pos, d]``; kv heads may be grouped) and ``lse`` its
+    log-sum-exp. In backward the gradient reaches ``out`` unchanged (so the fused attention backward adds the
+    vanilla query, past-key and past-value gradients), and with ``p_t = exp(scale · q_t·k_t − lse_t)`` and
+    ``ds_t = p_t · g_t·(v_t − out_t)``, the own value gets ``p_t g_t``, the own key ``scale · ds_t q_t``, and the
+    past value and key the negatives of those.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, out: Tensor, q: Tensor, k_self: Tensor, v_self: Tensor, k_past: Tensor, v_past: Tensor,
+                lse: Tensor, scale: float) -> Tensor:
+        ctx.save_for_backward(out, q, k_self, v_self, lse)
+        ctx.scale = scale
+        return out.view_as(out)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        out, q, k, v, lse = ctx.saved_tensors
+        n_kv = k.shape[1]
+        group = q.shape[1] // n_kv
+        wanted = ctx.needs_input_grad
+        if not any(wanted[2:6]):
+            return grad, None, None, None, None, None, None, None
+
+        def grouped(x: Tensor) -> Tensor:  # [batch, head, ...] -> [batch, kv_head, group, ...] in float32
+            return x.float().unflatten(1, (n_kv, group))
+
+        q_g, out_g, grad_g, lse_g = grouped(q), grouped(out), grouped(grad), grouped(lse)
+        k_g, v_g = k.float().unsqueeze(2), v.float().unsqueeze(2)  # [batch, kv_head, 1, pos, d]
+        own = ((q_g * k_g).sum(-1) * ctx.scale - lse_g).exp()  # p_tt, [batch, kv_head, group, pos]
+        d_v = (own.unsqueeze(-1) * grad_g).sum(2)  # [batch, kv_head, pos, d]
+        d_score = own * (grad_g * (v_g - out_g)).sum(-1)
+        d_k = (d_score.unsqueeze(-1) * q_g).sum(2) * ctx.scale
+        d_k, d_v = d_k.to(k.dtype), d_v.to(v.dtype)
+        return (
+            grad,
+            None,
+            d_k if wanted[2] else None,
+            d_v if wanted[3] else None,
+            -d_k if wanted[4] else None,
+            -d_v if wanted[5] else None,
+            None,
+            None,
+        )
