@@ -13,6 +13,7 @@ Example:
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import pickle
@@ -197,6 +198,23 @@ def _check_hf_directory(path: Path, needs_tokenizer: bool) -> None:
             f"directory {str(path)!r} has no tokenizer files ({', '.join(TOKENIZER_FILES)}); save the tokenizer "
             "beside the weights or pass tokenizer=... to load_model"
         )
+
+
+def copy_model(model: TransformerBridge) -> TransformerBridge:
+    """A deep copy of ``model`` (weights, config, tokenizer), e.g. the frozen past of a local-myopic run.
+
+    Tensors that HF-backed bridges keep on their modules from the last forward (the attention pattern, part of
+    an autograd graph, which ``copy.deepcopy`` refuses) are not copied.
+
+    Example:
+        >>> model = tiny_model(n_layers=1, d_model=16, n_heads=2, d_vocab=20, n_ctx=8)
+        >>> twin = copy_model(model)
+        >>> twin is not model and torch.equal(twin.W_E, model.W_E)
+        True
+    """
+    memo: dict[int, Any] = {id(value): None for module in model.modules() for value in vars(module).values()
+                            if isinstance(value, torch.Tensor) and not value.is_leaf}
+    return copy.deepcopy(model, memo)
 
 
 def save_model(model: TransformerBridge, out_dir: str | os.PathLike) -> Path:

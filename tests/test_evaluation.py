@@ -1,6 +1,5 @@
 """Loss by position against a per-position cross-entropy reference; regimes, gaps and figures."""
 
-import copy
 
 import numpy as np
 import pytest
@@ -8,6 +7,7 @@ import torch
 from torch.nn import functional as F
 
 from forethought.errors import InvalidArgumentError, NumericalError
+from forethought.models import copy_model
 from forethought.myopic_training import RegimeModel, ablate_past, evaluate_regimes, local_myopic, loss_by_position
 from forethought.myopic_training.evaluation import plot_report
 
@@ -47,7 +47,7 @@ def test_evaluation_switches_dropout_off_and_restores_the_mode(checkpoint_dirs):
 
 def test_regimes_run_in_their_own_forward(native_model):
     tokens = _tokens(native_model)
-    past = copy.deepcopy(native_model)
+    past = copy_model(native_model)
     with torch.no_grad():
         for p in past.parameters():
             p.mul_(0.9)
@@ -87,7 +87,7 @@ def test_bad_inputs(native_model):
         loss_by_position(native_model, _tokens(native_model, seq=1))
     with pytest.raises(InvalidArgumentError, match="batch_size=0"):
         loss_by_position(native_model, _tokens(native_model), batch_size=0)
-    broken = copy.deepcopy(native_model)
+    broken = copy_model(native_model)
     with torch.no_grad():
         broken.embed.W_E.fill_(float("nan"))
     with pytest.raises(NumericalError, match="NaN"):

@@ -206,3 +206,14 @@ def test_bf16_autocast_is_accepted(checkpoint_dirs):
         loss = model(_tokens(model), return_type="loss")
     loss.backward()
     assert torch.isfinite(loss)
+
+
+@pytest.mark.parametrize("kwargs", [{"mode": "lazy"}, {"beta": 2.0}, {"beta": True}, {"attention": "flash"}])
+def test_myopic_checks_its_arguments_when_called(native_model, kwargs):
+    with pytest.raises(InvalidArgumentError):
+        myopic(native_model, **kwargs)  # not entered: the error comes at the call
+
+
+def test_ablate_past_checks_its_method_when_called(native_model):
+    with pytest.raises(InvalidArgumentError, match="method"):
+        ablate_past(native_model, method="median")

@@ -1,11 +1,11 @@
 """Local myopia against a per-query reference, on every backend; regime forward contexts."""
 
-import copy
 
 import pytest
 import torch
 
 from forethought.errors import InvalidArgumentError
+from forethought.models import copy_model
 from forethought.myopic_training import ablate_past, myopic
 from forethought.myopic_training.regimes import RegimeModel, forward_context, local_myopic
 
@@ -29,7 +29,7 @@ def _grads(model, tokens, context):
 
 
 def _perturbed_copy(model, scale=0.05, seed=1):
-    other = copy.deepcopy(model).requires_grad_(False)
+    other = copy_model(model).requires_grad_(False)
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in other.parameters():
@@ -69,7 +69,7 @@ def test_local_myopic_forward_equals_per_position_reference(any_model):
 def test_local_myopic_with_an_exact_copy_is_vanilla_forward_and_strict_myopic_gradient(any_model):
     any_model.eval()
     tokens = _tokens(any_model)
-    past = copy.deepcopy(any_model).requires_grad_(False)
+    past = copy_model(any_model).requires_grad_(False)
     local_loss, local = _grads(any_model, tokens, local_myopic(any_model, past))
     strict_loss, strict = _grads(any_model, tokens, myopic(any_model, mode="strict"))
     torch.testing.assert_close(local_loss, strict_loss, atol=1e-6, rtol=1e-6)

@@ -32,7 +32,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any, Literal
 
 import torch
@@ -59,9 +59,8 @@ from forethought.options import ABLATIONS, MODES
 ATTENTION = ("auto", "fused", "eager")
 
 
-@contextmanager
 def myopic(model: Any, mode: Literal["strict", "cutgrad"] = "strict", beta: float = 0.0,
-           attention: Literal["auto", "fused", "eager"] = "auto") -> Iterator[Any]:
+           attention: Literal["auto", "fused", "eager"] = "auto") -> AbstractContextManager[Any]:
     """Make gradients myopic inside the ``with`` block; forward values stay exactly those of the model.
 
     Args:
@@ -113,7 +112,14 @@ def myopic(model: Any, mode: Literal["strict", "cutgrad"] = "strict", beta: floa
         check_matches(recomputed, z, layer, geo, f"myopic gradients ({mode})")
         return z.detach() + (recomputed - recomputed.detach())
 
-    with RecomputedAttention(model, layers, make_z, with_inputs=mode == "cutgrad"):
+    return _installed(RecomputedAttention(model, layers, make_z, with_inputs=mode == "cutgrad"), model)
+
+
+@contextmanager
+def _installed(hooks: RecomputedAttention, model: Any) -> Iterator[Any]:
+    """Hold ``hooks`` on the model inside the ``with`` block and give the block the model (arguments were checked
+    when the context manager was made, not when it is entered)."""
+    with hooks:
         yield model
 
 
@@ -135,12 +141,11 @@ def _from_detached_input(model: Any, layer: int, capture: LayerCapture, geo: Any
     return k_past, v_past
 
 
-@contextmanager
 def ablate_past(
     model: Any,
     layers: Any = "all",
     method: Literal["self", "zero", "mean"] = "self",
-) -> Iterator[Any]:
+) -> AbstractContextManager[Any]:
     """Remove each position's access to earlier positions' keys and values (changes the forward pass).
 
     Args:
@@ -177,5 +182,4 @@ def ablate_past(
             v_past = v.mean(dim=(0, 1), keepdim=True).expand_as(v)
         return attend(q, k, v, k_past, v_past, geo.scale).to(z.dtype)
 
-    with RecomputedAttention(model, layers, make_z):
-        yield model
+    return _installed(RecomputedAttention(model, layers, make_z), model)

@@ -22,10 +22,10 @@ changes the forward pass: a local-myopic model is always evaluated with its froz
 copy of ``θ`` the forward equals ``θ``'s vanilla forward and the gradient equals the strict myopic gradient.
 
 Example:
-    >>> import copy, torch
-    >>> from forethought.models import tiny_model
+    >>> import torch
+    >>> from forethought.models import copy_model, tiny_model
     >>> model = tiny_model(n_layers=2, d_model=16, n_heads=2, d_vocab=20, n_ctx=8)
-    >>> past = copy.deepcopy(model).requires_grad_(False)
+    >>> past = copy_model(model).requires_grad_(False)
     >>> tokens = torch.randint(0, 20, (2, 8))
     >>> with local_myopic(model, past):
     ...     loss = model(tokens, return_type="loss")

@@ -37,7 +37,6 @@ Example:
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import os
@@ -60,7 +59,7 @@ from tqdm.auto import tqdm
 
 from forethought.data import TokenSplits, check_tokens_fit
 from forethought.errors import CheckpointError, DataError, InvalidArgumentError, NumericalError, check_positive
-from forethought.models import save_model
+from forethought.models import copy_model, save_model
 from forethought.myopic_training.evaluation import position_loss_sums
 from forethought.myopic_training.gradient_split import gradient_split
 from forethought.myopic_training.hooks import MODES, myopic
@@ -540,7 +539,7 @@ def _leaves_parameters_unused(config: TrainConfig, model: Any, past_model: Any) 
 def _frozen_past_model(config: TrainConfig, model: Any, past_model: Any) -> Any:
     if config.regime != "local-myopic":
         return None
-    past = copy.deepcopy(model) if past_model is None else past_model
+    past = copy_model(model) if past_model is None else past_model
     return past.eval().requires_grad_(False)
 
 
