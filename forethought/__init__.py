@@ -13,14 +13,17 @@ from forethought.activations import Activations, collect_activations
 from forethought.data import load_texts, make_token_splits, train_tokenizer
 from forethought.errors import ForethoughtError
 from forethought.models import load_model, save_model, tiny_model
+from forethought.runs import Run, load_run
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Activations",
     "ForethoughtError",
+    "Run",
     "collect_activations",
     "load_model",
+    "load_run",
     "load_texts",
     "make_token_splits",
     "save_model",

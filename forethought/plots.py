@@ -381,12 +381,12 @@ def plot_probe_heatmap(frame, metric: str = "top1", method: str | None = None, t
                         ax=ax, cbar_kws={"label": f"Δ {metric}" if col == len(models) else metric})
             ax.set(title=label if row == 0 else "", xlabel="offset N (token t + 1 + N)" if row == len(methods) - 1
                    else "", ylabel=f"{name}: layer (resid)" if col == 0 else "")
-    fig.suptitle(title or f"Future-token probes: {metric}{_label_space_note(frame)}")
+    fig.suptitle(title or f"Future-token probes: {metric}{label_space_note(frame)}")
     fig.tight_layout()
     return fig
 
 
-def _label_space_note(frame) -> str:
+def label_space_note(frame) -> str:
     """`` — label space top64+other, coverage 0.59 (scored over all targets)`` for a restricted space."""
     if "label_space" not in frame or "coverage" not in frame:
         return ""

@@ -243,6 +243,14 @@ def evaluate_regimes(
                         gaps_by_position=by_position, n_resamples=n_resamples)
 
 
+def format_gap(report: MyopiaReport) -> str:
+    """``"+0.1760 [95% CI +0.1601, +0.1915]"``, or ``"n/a"`` without a myopic and a vanilla model."""
+    if report.myopia_gap is None:
+        return "n/a"
+    return (f"{report.myopia_gap:+.4f} [95% CI {report.myopia_gap_ci_low:+.4f}, "
+            f"{report.myopia_gap_ci_high:+.4f}]")
+
+
 def plot_report(report: MyopiaReport, baseline: str = "vanilla") -> dict[str, Any]:
     """The two figures of a report: loss by position per regime, and each regime's loss minus ``baseline``'s.
 
