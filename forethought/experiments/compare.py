@@ -45,7 +45,7 @@ from forethought.errors import InvalidArgumentError
 from forethought.experiments.probe_sweep import parse_ints, parse_models, shared_tokenizer
 from forethought.models import load_model
 from forethought.myopic_training.evaluation import MyopiaReport, evaluate_regimes, format_gap, plot_report
-from forethought.probes.sweep import METHODS, ProbeSweepConfig, probe_sweep
+from forethought.probes.sweep import METHODS, ProbeSweepConfig, label_space_summary, probe_sweep
 from forethought.reporting import prepare_out_dir, provenance, save_figure, write_csv, write_json
 from forethought.runs import load_run
 
@@ -137,15 +137,6 @@ def side_by_side(probes: pd.DataFrame, baseline: str, metric: str = "top1") -> p
     for name in order[1:]:
         table[f"{name}_minus_{baseline}"] = wide[metric][name] - wide[metric][baseline]
     return table.reset_index()
-
-
-def label_space_summary(probes: pd.DataFrame) -> dict[str, Any]:
-    """What the probe table's label space is and how much of the targets it covers, for report.json."""
-    coverage = probes.groupby("offset")["coverage"].first()
-    return {"label_space": sorted(set(probes["label_space"])), "n_classes": sorted(set(probes["n_classes"])),
-            "coverage_by_offset": {int(k): float(v) for k, v in coverage.items()},
-            "scoring": "over all targets: a target outside the kept tokens is a miss for every method, the greedy "
-                       "prediction and the baselines ('other' is never a hit); top1 <= coverage"}
 
 
 def _write(result: RegimeComparison, out: Path, baseline: str, settings: dict[str, Any], seed: int,

@@ -225,6 +225,37 @@ def add_gains(table: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
+def label_space_summary(table: pd.DataFrame) -> dict[str, Any]:
+    """What a probe table's label space is and how much of the targets it covers (for a report)."""
+    coverage = table.groupby("offset")["coverage"].first()
+    return {"label_space": sorted(set(table["label_space"])), "n_classes": sorted(int(n) for n in
+                                                                                 set(table["n_classes"])),
+            "coverage_by_offset": {int(k): float(v) for k, v in coverage.items()},
+            "scoring": "over all targets: a target outside the kept tokens is a miss for every method, the greedy "
+                       "prediction and the baselines ('other' is never a hit), so top1 <= coverage"}
+
+
+def seed_spread(table: pd.DataFrame, metrics: Sequence[str] = ("top1", "gain_over_baseline", "selectivity")
+                ) -> pd.DataFrame:
+    """The spread over probe seeds of a table holding several sweeps (column ``seed``): one row per (model, layer,
+    offset, method) with ``n_seeds`` and ``<metric>_mean``, ``_std``, ``_min``, ``_max`` for every metric.
+
+    Example:
+        >>> frame = pd.DataFrame({"model": "m", "layer": 0, "offset": 0, "method": "vocab", "seed": [0, 1],
+        ...                       "top1": [0.25, 0.75]})
+        >>> seed_spread(frame, metrics=["top1"])[["n_seeds", "top1_mean", "top1_std"]].values.tolist()
+        [[2.0, 0.5, 0.3535533905932738]]
+    """
+    keys = ["model", "layer", "offset", "method"]
+    groups = table.groupby(keys, sort=False)
+    out = groups["seed"].nunique().rename("n_seeds").to_frame()
+    for metric in metrics:
+        if metric in table:
+            stats = groups[metric].agg(["mean", "std", "min", "max"])
+            out = out.join(stats.add_prefix(f"{metric}_"))
+    return out.reset_index()
+
+
 def _split_data(data: Any, test_fraction: float, seed: int) -> tuple[Tensor, Tensor]:
     if isinstance(data, TokenSplits):
         train, test = data.train, data.validation
