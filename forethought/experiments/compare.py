@@ -78,6 +78,7 @@ def compare_regimes(
     progress: bool = True,
     trained_as: Mapping[str, str | None] | None = None,
     batch_size: int = 32,
+    bootstrap_seed: int | None = None,
 ) -> RegimeComparison:
     """Losses, myopia gap and probe accuracy of every model, side by side (see the module docstring).
 
@@ -88,10 +89,11 @@ def compare_regimes(
         out_dir: if given, write the tables, report and figures there.
         layers, offsets, method, config: passed to :func:`forethought.probes.probe_sweep`.
         baseline: the model every other one is compared with.
-        seed: seeds the probe sweep and the bootstrap intervals.
+        seed: seeds the probe sweep (and the bootstrap intervals, unless ``bootstrap_seed`` is given).
         progress: show progress bars.
         trained_as: name → how that model was trained, for the report (default: the name when it is a regime).
         batch_size: sequences per forward pass when scoring losses.
+        bootstrap_seed: seeds the loss intervals (default: ``seed``); a run's own seed reproduces its intervals.
 
     Example:
         >>> import torch
@@ -109,7 +111,7 @@ def compare_regimes(
         raise InvalidArgumentError(f"baseline={baseline!r} is not among the models {sorted(models)}; name one of "
                                    "them 'vanilla' or pass baseline=...")
     losses = evaluate_regimes(models, data, batch_size=batch_size, progress=progress, trained_as=trained_as,
-                              baseline=baseline, seed=seed)
+                              baseline=baseline, seed=seed if bootstrap_seed is None else bootstrap_seed)
     probed = {name: model for name, model in models.items() if name not in NOT_PROBED}
     probes = probe_sweep(probed, data, layers=layers, offsets=offsets, method=method, seed=seed, config=config,
                          progress=progress)
@@ -205,7 +207,7 @@ def run(args: argparse.Namespace) -> int:
         models = {name: model for name, model in run_dir.models.items() if name in RUN_REGIMES}
         if not models:
             raise InvalidArgumentError(f"--run {args.run!r} holds none of the models {', '.join(RUN_REGIMES)}")
-        splits, trained_as = run_dir.splits, run_dir.trained_as
+        splits, trained_as, bootstrap_seed = run_dir.splits, run_dir.trained_as, run_dir.manifest.get("seed")
     else:
         options = {name: getattr(args, name) if getattr(args, name) is not None else default
                    for name, default in DATA_DEFAULTS.items()}
@@ -217,12 +219,12 @@ def run(args: argparse.Namespace) -> int:
                                    text_field=options["text_field"], max_sequences=options["max_sequences"],
                                    val_fraction=options["val_fraction"], seed=args.seed)
         splits.manifest["models"] = sources
-        trained_as = None
+        trained_as, bootstrap_seed = None, None
     if args.baseline not in models:
         raise InvalidArgumentError(f"--baseline {args.baseline!r} is not among the models {sorted(models)}")
     prepare_out_dir(args.out)
     result = compare_regimes(models, splits, out_dir=args.out, layers=layers, offsets=offsets, method=args.method,
                              baseline=args.baseline, seed=args.seed, config=ProbeSweepConfig(top_k=args.top_k),
-                             progress=not args.no_progress, trained_as=trained_as)
+                             progress=not args.no_progress, trained_as=trained_as, bootstrap_seed=bootstrap_seed)
     print(f"myopia gap {format_gap(result.losses)} nats/token; wrote {args.out}")
     return 0
