@@ -37,16 +37,20 @@ _EXPORTS = {
     "lens_view": "forethought.probes",
     "patch_positions": "forethought.interventions",
     "transplant": "forethought.interventions",
+    "Run": "forethought.runs",
+    "load_run": "forethought.runs",
 }
 
 __all__ = [
     "Activations",
     "ForethoughtError",
+    "Run",
     "TrainConfig",
     "collect_activations",
     "gradient_split",
     "lens_view",
     "load_model",
+    "load_run",
     "load_texts",
     "make_token_splits",
     "myopic",
@@ -66,6 +70,7 @@ if TYPE_CHECKING:
     from forethought.models import load_model, save_model, tiny_model
     from forethought.myopic_training import TrainConfig, gradient_split, myopic, train
     from forethought.probes import lens_view, probe_sweep
+    from forethought.runs import Run, load_run
 
 
 def __getattr__(name: str) -> Any:

@@ -3,6 +3,31 @@
 
 from __future__ import annotations
 
+REGIME_COLORS = {"vanilla": "#1f77b4", "myopic": "#d62728", "bigram": "#7f7f7f", "local-myopic": "#ff7f0e",
+                 "random-init": "#9467bd"}
+SIGNED_PREFIXES = ("gain", "selectivity", "delta")
+
+
+def regime_palette(names) -> dict[str, str]:
+    """One colour per regime or model name, the same in every figure: the fixed colours of
+    :data:`REGIME_COLORS`, then other names in order from a colour-blind-safe palette.
+
+    Example:
+        >>> regime_palette(["myopic", "vanilla", "mine"])["vanilla"]
+        '#1f77b4'
+    """
+    import seaborn as sns
+
+    extra = [name for name in dict.fromkeys(names) if name not in REGIME_COLORS]
+    spare = [color for color in sns.color_palette("colorblind", len(extra) + len(REGIME_COLORS)).as_hex()
+             if color not in REGIME_COLORS.values()]
+    return {**{name: REGIME_COLORS[name] for name in dict.fromkeys(names) if name in REGIME_COLORS},
+            **dict(zip(extra, spare, strict=False))}
+
+
+def _signed(metric: str) -> bool:
+    return metric.startswith(SIGNED_PREFIXES) or "_minus_" in metric
+
 
 def plot_loss_by_position(frame, title: str = "Validation loss by position"):
     """One line per regime: next-token loss at each position (columns ``regime``, ``position``, ``loss``).
@@ -17,14 +42,17 @@ def plot_loss_by_position(frame, title: str = "Validation loss by position"):
     import seaborn as sns
 
     fig, ax = plt.subplots(figsize=(6.5, 4))
-    sns.lineplot(data=frame, x="position", y="loss", hue="regime", marker="o", markersize=3, ax=ax)
+    sns.lineplot(data=frame, x="position", y="loss", hue="regime", marker="o", markersize=3, ax=ax,
+                 palette=regime_palette(frame["regime"]))
     ax.set(xlabel="position t (predicting token t + 1)", ylabel="cross-entropy (nats)", title=title)
     fig.tight_layout()
     return fig
 
 
 def plot_loss_difference(frame, baseline: str = "vanilla", title: str | None = None):
-    """Each regime's loss minus ``baseline``'s at every position (columns ``regime``, ``position``, ``loss``).
+    """Each regime's loss minus ``baseline``'s at every position (columns ``regime``, ``position``, ``loss``),
+    with its 95 % bootstrap band when the frame has ``gap_ci_low`` and ``gap_ci_high``
+    (:meth:`forethought.myopic_training.MyopiaReport.to_frame`).
 
     Example:
         >>> import pandas as pd
@@ -39,8 +67,15 @@ def plot_loss_difference(frame, baseline: str = "vanilla", title: str | None = N
     reference = frame[frame["regime"] == baseline].set_index("position")["loss"]
     others = frame[frame["regime"] != baseline].copy()
     others["difference"] = others["loss"].to_numpy() - reference.reindex(others["position"]).to_numpy()
+    palette = regime_palette(frame["regime"])
     fig, ax = plt.subplots(figsize=(6.5, 4))
-    sns.lineplot(data=others, x="position", y="difference", hue="regime", marker="o", markersize=3, ax=ax)
+    sns.lineplot(data=others, x="position", y="difference", hue="regime", marker="o", markersize=3, ax=ax,
+                 palette={name: palette[name] for name in others["regime"].unique()})
+    if {"gap_ci_low", "gap_ci_high"} <= set(others.columns):
+        for name, part in others.groupby("regime", sort=False):
+            ax.fill_between(part["position"], part["gap_ci_low"], part["gap_ci_high"], color=palette[name],
+                            alpha=0.2, linewidth=0)
+        title = title or f"Loss relative to {baseline} (bands: 95 % bootstrap over sequences)"
     ax.axhline(0.0, color="0.5", linewidth=0.8, linestyle="--")
     ax.set(xlabel="position t (predicting token t + 1)", ylabel=f"loss − {baseline} loss (nats)",
            title=title or f"Loss relative to {baseline}")
@@ -65,11 +100,13 @@ def plot_training_curves(history, title: str = "Training"):
     frame = pd.DataFrame(history)
     if "run" not in frame:
         frame["run"] = "train"
+    palette = regime_palette(frame["run"])
     fig, ax = plt.subplots(figsize=(6.5, 4))
-    sns.lineplot(data=frame, x="step", y="loss", hue="run", alpha=0.6, linewidth=0.9, ax=ax)
+    sns.lineplot(data=frame, x="step", y="loss", hue="run", alpha=0.6, linewidth=0.9, ax=ax, palette=palette)
     if "eval_loss" in frame and frame["eval_loss"].notna().any():
         evals = frame.dropna(subset=["eval_loss"])
-        sns.lineplot(data=evals, x="step", y="eval_loss", hue="run", marker="o", linestyle="--", ax=ax, legend=False)
+        sns.lineplot(data=evals, x="step", y="eval_loss", hue="run", marker="o", linestyle="--", ax=ax, legend=False,
+                     palette={name: palette[name] for name in evals["run"].unique()})
     ax.set(xlabel="step", ylabel="cross-entropy (nats); dashed: validation", title=title)
     fig.tight_layout()
     return fig
@@ -94,7 +131,8 @@ def plot_regime_losses(curves, baseline: float | None = None, smooth: int = 25,
     frame = curves.sort_values(["regime", "step"]).copy()
     frame["loss"] = frame.groupby("regime")["loss"].transform(lambda s: s.rolling(smooth, min_periods=1).mean())
     fig, ax = plt.subplots(figsize=(6.5, 4))
-    sns.lineplot(data=frame, x="step", y="loss", hue="regime", hue_order=order, linewidth=1.2, ax=ax)
+    sns.lineplot(data=frame, x="step", y="loss", hue="regime", hue_order=order, linewidth=1.2, ax=ax,
+                 palette=regime_palette(order))
     if baseline is not None:
         ax.axhline(baseline, color="0.4", linewidth=1.0, linestyle="--", label="predict 0")
         ax.legend()
@@ -269,6 +307,13 @@ def plot_probe_heatmap(frame, metric: str = "top1", method: str | None = None, t
     ``frame`` is a :func:`forethought.probes.probe_sweep` table (columns ``model``, ``layer``, ``offset``,
     ``method`` and ``metric``); ``method`` keeps one method only.
 
+    Signed metrics (``gain_*``, ``selectivity``, ``*_minus_*``) and difference panels use a diverging map
+    centred at 0 with a symmetric scale (never narrower than a tenth of the largest score, so noise does not
+    saturate). A ``*`` marks cells that the 95 % intervals (``top1_ci_low``/``top1_ci_high``, when the table has
+    them) separate from 0: for ``gain_over_baseline``, the probe's interval excludes the best baseline; in a
+    difference panel of ``top1``, the two models' intervals do not overlap (a conservative test that the
+    difference's interval excludes 0). The title names the label space and its coverage.
+
     Example:
         >>> import pandas as pd
         >>> frame = pd.DataFrame({"model": ["a"] * 4 + ["b"] * 4, "method": "vocab", "layer": [0, 0, 1, 1] * 2,
@@ -277,6 +322,7 @@ def plot_probe_heatmap(frame, metric: str = "top1", method: str | None = None, t
         ['a', 'b', 'b − a']
     """
     import matplotlib.pyplot as plt
+    import numpy as np
     import seaborn as sns
 
     from forethought.errors import InvalidArgumentError
@@ -296,23 +342,57 @@ def plot_probe_heatmap(frame, metric: str = "top1", method: str | None = None, t
                              figsize=(min(1.6 + n_cols * (1.2 + 0.6 * n_offsets), 24),
                                       len(methods) * (1.0 + 0.4 * n_layers)))
     values = frame[metric].astype(float)
-    low, high = values.min(), values.max()
+    signed = _signed(metric)
+    scale = max(float(values.abs().max()), 1e-9)
+    low, high = (-scale, scale) if signed else (values.min(), values.max())
+    has_ci = {"top1_ci_low", "top1_ci_high"} <= set(frame.columns)
+
+    def grid(part, column):
+        return part.pivot_table(index="layer", columns="offset", values=column).sort_index(ascending=False)
+
     for row, name in enumerate(methods):
         part = frame[frame["method"] == name]
-        tables = {model: part[part["model"] == model].pivot_table(index="layer", columns="offset", values=metric)
-                  for model in models}
-        panels = [(model, tables[model], "viridis", low, high, None) for model in models]
+        per_model = {model: part[part["model"] == model] for model in models}
+        tables = {model: grid(per_model[model], metric) for model in models}
+        marks = {model: None for model in models}
+        if has_ci and metric == "gain_over_baseline":
+            for model in models:
+                lows, highs = grid(per_model[model], "top1_ci_low"), grid(per_model[model], "top1_ci_high")
+                best = grid(per_model[model], "best_baseline_top1")
+                marks[model] = (lows > best) | (highs < best)
+        panels = [(model, tables[model], "RdBu_r" if signed else "viridis", low, high, 0.0 if signed else None,
+                   marks[model]) for model in models]
         if difference:
             delta = tables[models[1]] - tables[models[0]]
-            bound = max(float(abs(delta).max().max()), 1e-9)
-            panels.append((f"{models[1]} − {models[0]}", delta, "RdBu_r", -bound, bound, 0.0))
-        for col, (label, table, cmap, vmin, vmax, center) in enumerate(panels):
+            bound = max(float(np.nanmax(np.abs(delta.to_numpy()))), 0.1 * scale, 1e-9)
+            mark = None
+            if has_ci and metric == "top1":
+                first, second = (per_model[m] for m in models)
+                mark = ((grid(second, "top1_ci_low") > grid(first, "top1_ci_high"))
+                        | (grid(second, "top1_ci_high") < grid(first, "top1_ci_low")))
+            panels.append((f"{models[1]} − {models[0]}", delta, "RdBu_r", -bound, bound, 0.0, mark))
+        for col, (label, table, cmap, vmin, vmax, center, mark) in enumerate(panels):
             ax = axes[row, col]
-            sns.heatmap(table.sort_index(ascending=False), cmap=cmap, vmin=vmin, vmax=vmax, center=center,
-                        annot=table.size <= 150, fmt=".2f", annot_kws={"size": 7}, ax=ax,
-                        cbar_kws={"label": metric if center is None else f"Δ {metric}"})
+            text = table.map(lambda v: f"{v:.2f}")
+            if mark is not None:
+                text = text + mark.reindex_like(table).fillna(False).map(lambda m: "*" if m else "")
+            sns.heatmap(table, cmap=cmap, vmin=vmin, vmax=vmax, center=center,
+                        annot=text.to_numpy() if table.size <= 150 else False, fmt="", annot_kws={"size": 7},
+                        ax=ax, cbar_kws={"label": f"Δ {metric}" if col == len(models) else metric})
             ax.set(title=label if row == 0 else "", xlabel="offset N (token t + 1 + N)" if row == len(methods) - 1
                    else "", ylabel=f"{name}: layer (resid)" if col == 0 else "")
-    fig.suptitle(title or f"Future-token probes: {metric}")
+    fig.suptitle(title or f"Future-token probes: {metric}{label_space_note(frame)}")
     fig.tight_layout()
     return fig
+
+
+def label_space_note(frame) -> str:
+    """`` — label space top64+other, coverage 0.59 (scored over all targets)`` for a restricted space."""
+    if "label_space" not in frame or "coverage" not in frame:
+        return ""
+    spaces = list(dict.fromkeys(frame["label_space"]))
+    if spaces == ["vocab"]:
+        return " (whole vocabulary)"
+    coverage = frame["coverage"].astype(float)
+    return (f"\nlabel space {', '.join(spaces)}, coverage {coverage.min():.2f}"
+            f"{'' if coverage.min() == coverage.max() else f'–{coverage.max():.2f}'}: 'other' is always a miss")

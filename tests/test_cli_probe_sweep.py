@@ -60,3 +60,30 @@ def test_missing_model_directory(tmp_path, capsys):
     args = ["probe-sweep", "--model", f"x={tmp_path / 'nothing-here'}", "--out", str(tmp_path / "out")]
     assert main(args) == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def test_run_is_probed_on_its_own_split_with_a_spread_over_seeds(tmp_path, capsys):
+    """probe-sweep --run DIR probes a `train` run on the run's own validation split; --seeds reports the spread
+    over probe seeds; data options that would redraw the data are refused."""
+    import forethought
+
+    run = tmp_path / "run"
+    assert main(["train", "--out", str(run), "--dataset", "builtin", "--max-documents", "12", "--seq-len", "16",
+                 "--vocab-size", "300", "--n-layers", "1", "--d-model", "16", "--n-heads", "2", "--batch-size", "4",
+                 "--steps", "2", "--regime", "myopic", "--no-progress"]) == 0
+    out = tmp_path / "probes"
+    assert main(["probe-sweep", "--run", str(run), "--offsets", "0,1", "--top-k", "10", "--max-epochs", "2",
+                 "--seeds", "0,1", "--no-control", "--no-progress", "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    loaded = forethought.load_run(run, models=False)
+    assert report["data"]["validation_sha256"] == loaded.manifest["validation_sha256"]
+    assert report["data"]["test_sequences"] == len(loaded.splits.validation)
+    assert report["models"]["model"]["trained"]["trained_as"] == "myopic"
+    assert report["label_space"]["label_space"] == ["top10+other"]
+    spread = pd.read_csv(out / "probe_seeds.csv")
+    assert (spread["n_seeds"] == 2).all() and (spread["top1_std"] >= 0).all()
+    assert set(pd.read_csv(out / "probes.csv")["seed"]) == {0, 1}
+    capsys.readouterr()
+    assert main(["probe-sweep", "--run", str(run), "--seq-len", "8", "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot be combined with --run" in err[0]

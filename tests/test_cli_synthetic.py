@@ -40,6 +40,13 @@ def test_smoke_writes_a_complete_report(smoke):
         assert {"eval_loss", "zero_baseline_loss", "steps", "loss_ratio"} <= set(values)
         assert values["steps"] == SMOKE.steps and values["eval_loss"] > 0
     assert report["regimes"]["vanilla"]["zero_baseline_loss"] == report["regimes"]["myopic"]["zero_baseline_loss"]
+    assert report["regimes"]["myopic"]["trained_as"] == "myopic"
+    from forethought.experiments.synthetic import _batch_sha256, held_out
+
+    data = report["data"]  # the held-out sets are a function of the seed: the recorded hash rebuilds them
+    n = data["eval"]["n_sequences"]
+    assert data["eval"]["sha256"] == _batch_sha256(held_out(SMOKE, "eval", n))
+    assert data["eval"]["sha256"] != _batch_sha256(held_out(replace(SMOKE, seed=1), "eval", n))
 
     probes = pd.DataFrame(report["probes"])
     assert list(probes.columns) == ["regime", "layer", "lag", "target", "r2"]

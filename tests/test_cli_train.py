@@ -245,7 +245,7 @@ def test_hf_backed_presets(tmp_path, checkpoint_dirs, start):
     assert set(report["regimes"]) == set(regimes) and report["local_myopia_gap"] is not None
     assert (tmp_path / "runs" / "local-myopic" / "past_model").is_dir()
     if start == "neox fine-tune":  # the frozen past is the pretrained model, and the tokenizer is the model's
-        assert report["data"]["vocab_size"] == 300
+        assert report["data"]["tokenizer"]["vocab_size"] == 300
         from forethought.models import load_model
 
         past, pretrained = (load_model(path).eval() for path in (tmp_path / "runs" / "local-myopic" / "past_model",

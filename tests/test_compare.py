@@ -70,4 +70,81 @@ def test_cli_bad_run_directory(tmp_path):
     done = subprocess.run([sys.executable, "-m", "forethought.cli", "compare", "--run", str(tmp_path), "--out",
                            str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
-    assert done.stderr.count("\n") == 1 and "holds no trained models" in done.stderr
+    assert done.stderr.count("\n") == 1 and "holds no run.json" in done.stderr
+
+
+def _one_error_line(capsys, argv):
+    from forethought.cli import main
+
+    capsys.readouterr()
+    try:
+        code = main(argv)
+    except SystemExit as exit:
+        code = exit.code
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if "error" in line]
+    assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    """A smoke myopia-gap run on a local text file (so that the test can change the file afterwards)."""
+    from forethought.cli import main
+    from forethought.data import load_texts
+
+    folder = tmp_path_factory.mktemp("smoke")
+    corpus = folder / "corpus.txt"
+    corpus.write_text("\n\n".join(load_texts("builtin")[:12]))
+    assert main(["myopia-gap", "--preset", "smoke", "--dataset", str(corpus), "--out", str(folder / "run"),
+                 "--no-progress"]) == 0
+    return folder / "run", corpus
+
+
+def test_load_run_rebuilds_the_exact_training_data_and_models(smoke_run):
+    import forethought
+    from forethought.models import load_model
+
+    run_dir, _ = smoke_run
+    run = forethought.load_run(run_dir)
+    assert set(run.models) == {"vanilla", "myopic", "bigram", "local-myopic"}
+    assert run.trained_as["myopic"] == "myopic" and run.trained["myopic"]["mode"] == "strict"
+    from forethought.data import load_texts, make_token_splits, train_tokenizer
+
+    texts = load_texts(smoke_run[1], max_documents=12)  # what the smoke preset trained on, rebuilt by hand
+    used = make_token_splits(texts, train_tokenizer(texts, vocab_size=300), seq_len=16, val_fraction=0.05, seed=0)
+    assert torch.equal(run.splits.train, used.train) and torch.equal(run.splits.validation, used.validation)
+    report = json.loads((run_dir / "report.json").read_text())
+    assert report["data"]["validation_sha256"] == run.manifest["validation_sha256"]
+    assert len(run.splits.validation) == report["data"]["n_validation"]
+    saved = load_model(run_dir / "runs" / "myopic" / "model")
+    for ours, theirs in zip(run.models["myopic"].state_dict().values(), saved.state_dict().values(), strict=True):
+        torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
+    assert run.tokenizer.get_vocab() == saved.tokenizer.get_vocab()
+
+
+def test_compare_run_reproduces_the_myopia_gap_and_refuses_changed_data(smoke_run, tmp_path, capsys):
+    from forethought.cli import main
+
+    run_dir, corpus = smoke_run
+    trained = json.loads((run_dir / "report.json").read_text())
+    assert main(["compare", "--run", str(run_dir), "--out", str(tmp_path / "cmp"), "--offsets", "0,1", "--top-k",
+                 "20", "--no-progress"]) == 0
+    compared = json.loads((tmp_path / "cmp" / "report.json").read_text())
+    for name in ("vanilla", "myopic", "bigram"):
+        assert compared["regimes"][name]["eval_loss"] == pytest.approx(trained["regimes"][name]["eval_loss"],
+                                                                       abs=1e-6)
+        assert compared["regimes"][name]["trained_as"] == name
+    assert compared["regimes"]["myopic"]["forward"] == "vanilla"
+    for key in ("myopia_gap", "myopia_gap_ci_low", "myopia_gap_ci_high", "bigram_gap"):
+        assert compared[key] == pytest.approx(trained[key], abs=1e-6), key
+    assert compared["myopia_gap_ci_low"] <= compared["myopia_gap"] <= compared["myopia_gap_ci_high"]
+    assert compared["data"]["validation_sha256"] == trained["data"]["validation_sha256"]
+    assert compared["label_space"]["label_space"] == ["top20+other"]
+    assert f"{trained['myopia_gap']:+.4f}" in capsys.readouterr().out
+
+    assert "cannot be combined with --run" in _one_error_line(
+        capsys, ["compare", "--run", str(run_dir), "--dataset", "builtin", "--out", str(tmp_path / "x")])
+    corpus.write_text(corpus.read_text().replace("the", "a"))
+    line = _one_error_line(capsys, ["compare", "--run", str(run_dir), "--out", str(tmp_path / "refused")])
+    assert "changed since the run" in line

@@ -109,3 +109,28 @@ def test_tokens_must_fit_the_model():
         check_tokens_fit(model, torch.full((1, 4), 25))
     with pytest.raises(InvalidArgumentError):
         check_tokens_fit(model, torch.zeros(4))
+
+
+def test_manifest_rebuilds_the_exact_split_and_refuses_changed_data(tmp_path, tokenizer):
+    """load_token_splits records how the data was made; rebuild_splits repeats it, and refuses a changed file,
+    another tokenizer or a manifest that no longer matches the tokens it produces."""
+    from forethought.data import load_token_splits, rebuild_splits, train_tokenizer
+
+    corpus = tmp_path / "docs.jsonl"
+    corpus.write_text("\n".join(json.dumps({"body": text}) for text in load_texts("builtin")[:15]))
+    splits = load_token_splits(corpus, tokenizer, seq_len=16, text_field="body", max_sequences=60,
+                               val_fraction=0.25, seed=3)
+    manifest = splits.manifest
+    assert manifest["dataset"] == str(corpus.resolve()) and manifest["text_field"] == "body"
+    assert (manifest["n_train"], manifest["n_validation"]) == (45, 15)
+    again = rebuild_splits(manifest, tokenizer)
+    assert torch.equal(again.train, splits.train) and torch.equal(again.validation, splits.validation)
+
+    other = train_tokenizer(load_texts("builtin")[20:40], vocab_size=300)
+    with pytest.raises(DataError, match="tokenizer differs"):
+        rebuild_splits(manifest, other)
+    with pytest.raises(DataError, match="cannot be rebuilt identically"):
+        rebuild_splits({**manifest, "validation_sha256": "0" * 64}, tokenizer)
+    corpus.write_text(corpus.read_text().replace("the", "a"))
+    with pytest.raises(DataError, match="changed since the run"):
+        rebuild_splits(manifest, tokenizer)

@@ -63,13 +63,22 @@ def test_regimes_run_in_their_own_forward(native_model):
               report.regimes.items()}
     for name, reference in {"vanilla": vanilla, "myopic": vanilla, "bigram": bigram, "local-myopic": local}.items():
         torch.testing.assert_close(losses[name], reference, atol=1e-5, rtol=1e-5)
-    assert report.regimes["bigram"].regime == "bigram"
+    assert report.regimes["bigram"].forward == "bigram"
+    assert report.regimes["myopic"].trained_as == "myopic" and report.regimes["myopic"].forward == "vanilla"
     assert report.myopia_gap == 0.0
+    assert report.myopia_gap_ci_low == report.myopia_gap_ci_high == 0.0  # paired: the same model gives no spread
+    assert report.bigram_gap_ci_low < report.bigram_gap < report.bigram_gap_ci_high
+    by_position = report.gaps_by_position["bigram"]
+    torch.testing.assert_close(torch.tensor(by_position.gap, dtype=torch.float64), bigram - vanilla, atol=1e-5,
+                               rtol=1e-5)
+    assert all(low <= gap <= high for low, gap, high in zip(by_position.ci_low, by_position.gap,
+                                                            by_position.ci_high, strict=True))
     assert report.bigram_gap == pytest.approx((bigram.mean() - vanilla.mean()).item(), abs=1e-5)
     assert report.local_myopia_gap == pytest.approx((local.mean() - vanilla.mean()).item(), abs=1e-5)
     assert report.myopia_gap_fraction == 0.0
     frame = report.to_frame()
-    assert list(frame.columns) == ["regime", "position", "loss"] and len(frame) == 4 * 8
+    assert list(frame.columns) == ["regime", "position", "loss", "gap", "gap_ci_low", "gap_ci_high"]
+    assert len(frame) == 4 * 8 and frame[frame.regime == "vanilla"]["gap"].isna().all()
     as_dict = report.to_dict()
     assert set(as_dict["regimes"]["vanilla"]) >= {"eval_loss", "loss_by_position"}
     assert "myopia_gap" in as_dict and "extra" not in as_dict

@@ -83,3 +83,22 @@ def test_empty_training_split_raises():
         BigramBaseline.fit(empty[0], empty, 3, 3)
     with pytest.raises(DataError):
         control_labels(empty[0], 3)
+
+
+def test_baselines_never_hit_other_in_a_top_k_space():
+    """With most targets outside the kept tokens, both baselines would predict "other"; that is never a hit, so
+    their top-1 is at most the share of kept targets, and their cross-entropy is over the vocabulary."""
+    from forethought.probes.targets import LabelSpace
+
+    current, tokens = _stream(vocab=20, classes=12)
+    space = LabelSpace.top_k(tokens, k=2, d_vocab=20)
+    labels = space.encode(tokens)
+    coverage = space.in_space(labels).double().mean(-1)
+    unigram = UnigramBaseline.fit(labels, space.n_classes)
+    bigram = BigramBaseline.fit(current, labels, space.n_classes, d_vocab=20)
+    for scores, pooled in ((unigram.score(labels, space), unigram.score(labels)),
+                           (bigram.score(current, labels, space), bigram.score(current, labels))):
+        assert torch.all(scores["top1"] <= coverage + 1e-12)
+        assert torch.all(scores["top1"] < pooled["top1"])  # scored inside the space, "other" looked like a hit
+        assert torch.all(scores["cross_entropy"] > pooled["cross_entropy"])
+    assert unigram.score(labels, space)["top1"].max() == 0  # "other" is the most frequent class

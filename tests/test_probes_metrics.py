@@ -51,3 +51,22 @@ def test_k_larger_than_classes_and_bad_shapes():
         top_k_accuracy(logits, labels[:, :10])
     with pytest.raises(InvalidArgumentError, match="empty"):
         MetricAccumulator().result()
+
+
+def test_a_constant_other_predictor_scores_zero_under_a_top_k_space():
+    """Predicting "other" is never a hit: in a top-2 space of 10 tokens, a predictor that always says "other"
+    scores 0 top-1 even though most targets are "other"; its cross-entropy is over the vocabulary."""
+    import math
+
+    from forethought.probes.targets import LabelSpace
+
+    space = LabelSpace(d_vocab=10, token_ids=(0, 1))
+    labels = space.encode(torch.tensor([[0, 5, 6, 7, 8, 9]]))  # one kept target, five "other"
+    logits = torch.zeros(1, 6, 3)
+    logits[..., space.other] = 50.0  # certain of "other"
+    accumulator = MetricAccumulator(space=space)
+    accumulator.add(logits, labels)
+    result = accumulator.result()
+    assert result["top1"].item() == 0 and result["top5"].item() == 1 / 6  # top-5 holds the kept token 0
+    assert result["top1_in_space"].item() == 0
+    assert result["cross_entropy"].item() == pytest.approx((50 + 5 * math.log(8)) / 6, rel=1e-4)

@@ -3,6 +3,7 @@
 Synthetic tasks live in submodules (``forethought.data.synthetic``).
 """
 
+from forethought.data.manifest import load_token_splits, rebuild_splits
 from forethought.data.text import BUILTIN, builtin_corpus, load_texts
 from forethought.data.tokens import (
     TokenSplits,
@@ -19,7 +20,9 @@ __all__ = [
     "builtin_corpus",
     "check_tokens_fit",
     "load_texts",
+    "load_token_splits",
     "make_token_splits",
+    "rebuild_splits",
     "split_sequences",
     "tokenize_and_chunk",
     "train_tokenizer",

@@ -106,11 +106,16 @@ def split_sequences(
 
 @dataclass
 class TokenSplits:
-    """Train and validation token sequences and the tokenizer that made them."""
+    """Train and validation token sequences and the tokenizer that made them.
+
+    ``manifest`` (when the splits came from :func:`forethought.data.load_token_splits` or a run) records how to
+    rebuild them exactly (see :mod:`forethought.data.manifest`).
+    """
 
     train: Int[Tensor, "n_train seq_len"]
     validation: Int[Tensor, "n_val seq_len"]
     tokenizer: Any
+    manifest: dict[str, Any] | None = None
 
     @property
     def seq_len(self) -> int:

@@ -9,11 +9,20 @@ same held-out text
   (:func:`forethought.probes.probe_sweep`), and each model's difference to the baseline model (``"vanilla"``):
   how much of what a vanilla model's hidden state says about later tokens survives myopic training.
 
-Outputs in ``out_dir`` (all written atomically): ``report.json`` (losses, gaps, the probe comparison, config,
-provenance), ``loss_by_position.csv``, ``probes.csv`` (one row per model × layer × offset × method),
-``probe_comparison.csv`` (one row per layer × offset × method: each model's top-1 and its difference to the
-baseline), ``loss_by_position.png``, ``loss_difference.png`` and ``probe_top1.png`` (heatmaps with a difference
-panel).
+With ``--run DIR`` the models, the tokenizer and the exact train/validation split come from the run
+(:func:`forethought.load_run`): the losses and the myopia gap are those ``myopia-gap`` reported, and the command
+refuses (exit 2) when the run's data cannot be rebuilt identically. With ``--model``/``--dataset`` the data is
+cut afresh and its manifest recorded.
+
+With ``--top-k`` the probes predict the k most frequent future tokens plus "other", but every score is over all
+targets ("other" is never a hit; see :mod:`forethought.probes.sweep`), and the coverage is reported beside it.
+
+Outputs in ``out_dir`` (all written atomically): ``report.json`` (losses and gaps with bootstrap intervals,
+how each model was trained, the probe comparison, the data manifest, the label space, config, provenance),
+``loss_by_position.csv`` (with each gap and its interval by position), ``probes.csv`` (one row per model × layer
+× offset × method), ``probe_comparison.csv`` (one row per layer × offset × method: each model's top-1 with its
+interval, its gain over the best baseline and its difference to the baseline model), ``loss_by_position.png``,
+``loss_difference.png``, ``probe_top1.png`` and ``probe_gain.png`` (heatmaps with a difference panel).
 
 Example:
     $ forethought myopia-gap --preset cpu --out results/myopia_cpu
@@ -23,7 +32,6 @@ Example:
 from __future__ import annotations
 
 import argparse
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,15 +40,14 @@ from typing import Any
 import pandas as pd
 
 from forethought import plots
-from forethought.data import TokenSplits, load_texts, make_token_splits
+from forethought.data import TokenSplits, load_token_splits
 from forethought.errors import InvalidArgumentError
-from forethought.experiments.myopia_gap import RUNS
 from forethought.experiments.probe_sweep import parse_ints, parse_models, shared_tokenizer
 from forethought.models import load_model
-from forethought.myopic_training.evaluation import MyopiaReport, evaluate_regimes, plot_report
-from forethought.myopic_training.trainer import MODEL_DIR
-from forethought.probes.sweep import METHODS, ProbeSweepConfig, probe_sweep
+from forethought.myopic_training.evaluation import MyopiaReport, evaluate_regimes, format_gap, plot_report
+from forethought.probes.sweep import METHODS, ProbeSweepConfig, label_space_summary, probe_sweep
 from forethought.reporting import prepare_out_dir, provenance, save_figure, write_csv, write_json
+from forethought.runs import load_run
 
 HELP = ("Compare a vanilla and a myopic model (and a transformer bigram) side by side: losses by position, "
         "the myopia gap, and probe accuracy by layer x offset with its difference.")
@@ -69,6 +76,9 @@ def compare_regimes(
     seed: int = 0,
     config: ProbeSweepConfig | None = None,
     progress: bool = True,
+    trained_as: Mapping[str, str | None] | None = None,
+    batch_size: int = 32,
+    bootstrap_seed: int | None = None,
 ) -> RegimeComparison:
     """Losses, myopia gap and probe accuracy of every model, side by side (see the module docstring).
 
@@ -79,8 +89,11 @@ def compare_regimes(
         out_dir: if given, write the tables, report and figures there.
         layers, offsets, method, config: passed to :func:`forethought.probes.probe_sweep`.
         baseline: the model every other one is compared with.
-        seed: seeds the probe sweep.
+        seed: seeds the probe sweep (and the bootstrap intervals, unless ``bootstrap_seed`` is given).
         progress: show progress bars.
+        trained_as: name → how that model was trained, for the report (default: the name when it is a regime).
+        batch_size: sequences per forward pass when scoring losses.
+        bootstrap_seed: seeds the loss intervals (default: ``seed``); a run's own seed reproduces its intervals.
 
     Example:
         >>> import torch
@@ -91,35 +104,45 @@ def compare_regimes(
         >>> models = {name: tiny_model(n_layers=1, d_model=16, n_heads=2, d_vocab=12, n_ctx=16, seed=seed)
         ...           for seed, name in enumerate(["vanilla", "myopic"])}
         >>> result = compare_regimes(models, data, offsets=[0, 1], progress=False)
-        >>> list(result.comparison.columns)[:5]
-        ['layer', 'offset', 'method', 'vanilla_top1', 'myopic_top1']
+        >>> [column for column in result.comparison.columns if column.endswith(("_top1", "_vanilla"))]
+        ['vanilla_top1', 'myopic_top1', 'myopic_minus_vanilla']
     """
     if baseline not in models:
         raise InvalidArgumentError(f"baseline={baseline!r} is not among the models {sorted(models)}; name one of "
                                    "them 'vanilla' or pass baseline=...")
-    losses = evaluate_regimes(models, data, progress=progress)
+    losses = evaluate_regimes(models, data, batch_size=batch_size, progress=progress, trained_as=trained_as,
+                              baseline=baseline, seed=seed if bootstrap_seed is None else bootstrap_seed)
     probed = {name: model for name, model in models.items() if name not in NOT_PROBED}
     probes = probe_sweep(probed, data, layers=layers, offsets=offsets, method=method, seed=seed, config=config,
                          progress=progress)
     comparison = side_by_side(probes, baseline)
     result = RegimeComparison(losses=losses, probes=probes, comparison=comparison)
     if out_dir is not None:
+        top_k = (config or ProbeSweepConfig()).top_k
         _write(result, Path(out_dir), baseline, {"layers": layers, "offsets": list(offsets), "method": method,
-                                                 "baseline": baseline, "seed": seed}, seed)
+                                                 "baseline": baseline, "seed": seed, "top_k": top_k},
+               seed, getattr(data, "manifest", None))
     return result
 
 
 def side_by_side(probes: pd.DataFrame, baseline: str, metric: str = "top1") -> pd.DataFrame:
-    """One row per (layer, offset, method): each model's ``metric`` and its difference to ``baseline``'s."""
-    wide = probes.pivot_table(index=["layer", "offset", "method"], columns="model", values=metric, sort=False)
+    """One row per (layer, offset, method): each model's ``metric`` (with its ``_ci_low``/``_ci_high`` interval
+    and ``gain_over_baseline`` when the table has them) and its difference to ``baseline``'s."""
+    index = ["layer", "offset", "method"]
     order = [baseline] + [name for name in probes["model"].unique() if name != baseline]
-    table = pd.DataFrame({f"{name}_{metric}": wide[name] for name in order})
+    extras = [column for column in (f"{metric}_ci_low", f"{metric}_ci_high", "gain_over_baseline")
+              if column in probes]
+    wide = {column: probes.pivot_table(index=index, columns="model", values=column, sort=False)
+            for column in [metric, *extras]}
+    table = pd.DataFrame({f"{name}_{column}": wide[column][name] for name in order
+                          for column in [metric, *extras]})
     for name in order[1:]:
-        table[f"{name}_minus_{baseline}"] = wide[name] - wide[baseline]
+        table[f"{name}_minus_{baseline}"] = wide[metric][name] - wide[metric][baseline]
     return table.reset_index()
 
 
-def _write(result: RegimeComparison, out: Path, baseline: str, settings: dict[str, Any], seed: int) -> None:
+def _write(result: RegimeComparison, out: Path, baseline: str, settings: dict[str, Any], seed: int,
+           manifest: dict[str, Any] | None) -> None:
     out = prepare_out_dir(out)
     write_csv(out / "loss_by_position.csv", result.losses.to_frame())
     write_csv(out / "probes.csv", result.probes)
@@ -127,12 +150,17 @@ def _write(result: RegimeComparison, out: Path, baseline: str, settings: dict[st
     for name, figure in plot_report(result.losses, baseline=baseline).items():
         save_figure(figure, out / f"{name}.png")
     save_figure(plots.plot_probe_heatmap(result.probes, metric="top1"), out / "probe_top1.png")
+    save_figure(plots.plot_probe_heatmap(result.probes, metric="gain_over_baseline",
+                                         title="Probe top-1 gain over the stronger of unigram and bigram"
+                                         + plots.label_space_note(result.probes)), out / "probe_gain.png")
     write_json(out / "report.json", {
         **result.losses.to_dict(),
         "probe_comparison": result.comparison.to_dict(orient="records"),
+        "label_space": label_space_summary(result.probes),
+        "data": manifest,
         "config": settings,
         "files": ["report.json", "loss_by_position.csv", "probes.csv", "probe_comparison.csv",
-                  "loss_by_position.png", "loss_difference.png", "probe_top1.png"],
+                  "loss_by_position.png", "loss_difference.png", "probe_top1.png", "probe_gain.png"],
         "provenance": provenance(seed),
     })
 
@@ -140,55 +168,63 @@ def _write(result: RegimeComparison, out: Path, baseline: str, settings: dict[st
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--run", help="a `forethought myopia-gap` output directory: compares its vanilla, myopic "
-                        "and bigram models")
+                        "and bigram models on the run's own validation split")
     source.add_argument("--model", action="append", metavar="NAME=DIR_OR_HUB_NAME",
                         help="a model to compare, named (repeat; one must be named like --baseline)")
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("--baseline", default="vanilla", help="the model the others are compared with")
-    parser.add_argument("--dataset", default="builtin", help="'builtin', a .txt/.jsonl file or directory, or a HF "
-                        "dataset name (default: %(default)s)")
-    parser.add_argument("--text-field", default="text", help="text column of .jsonl files and HF datasets")
-    parser.add_argument("--seq-len", type=int, help="tokens per sequence (default: the run's, else 64)")
-    parser.add_argument("--max-sequences", type=int, default=2000, help="use at most this many sequences")
-    parser.add_argument("--val-fraction", type=float, default=0.2, help="share of sequences held out for scoring")
+    data = parser.add_argument_group("data (with --model only; --run uses the run's own data)")
+    data.add_argument("--dataset", help="'builtin', a .txt/.jsonl file or directory, or a HF dataset name "
+                      "(default: builtin)")
+    data.add_argument("--text-field", help="text column of .jsonl files and HF datasets (default: text)")
+    data.add_argument("--seq-len", type=int, help="tokens per sequence (default: 64)")
+    data.add_argument("--max-sequences", type=int, help="use at most this many sequences (default: 2000)")
+    data.add_argument("--val-fraction", type=float, help="share of sequences held out for scoring (default: 0.2)")
     parser.add_argument("--layers", default="all", help="'all' or comma-separated residual depths")
     parser.add_argument("--offsets", default="0,1,2,3", help="comma-separated future offsets (0 = next token)")
     parser.add_argument("--method", default="vocab", choices=METHODS, help="probe method (default: %(default)s)")
-    parser.add_argument("--top-k", type=int, help="predict the k most frequent future tokens plus 'other'")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--top-k", type=int, help="probes predict the k most frequent future tokens plus 'other' "
+                        "(scored over all targets: 'other' is never a hit)")
+    parser.add_argument("--seed", type=int, default=0, help="probe training and bootstrap (and the split, with "
+                        "--model)")
     parser.add_argument("--device", help="where to run models and probes")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
+DATA_DEFAULTS = {"dataset": "builtin", "text_field": "text", "seq_len": 64, "max_sequences": 2000,
+                 "val_fraction": 0.2}
+
+
 def run(args: argparse.Namespace) -> int:
-    sources, seq_len = _run_models(Path(args.run)) if args.run else (parse_models(args.model), None)
-    seq_len = args.seq_len or seq_len or 64
     layers: Any = "all" if args.layers.strip() == "all" else parse_ints(args.layers, "layers")
     offsets = parse_ints(args.offsets, "offsets")
-    if args.baseline not in sources:
-        raise InvalidArgumentError(f"--baseline {args.baseline!r} is not among the models {sorted(sources)}")
+    if args.run:
+        given = [f"--{name.replace('_', '-')}" for name in DATA_DEFAULTS if getattr(args, name) is not None]
+        if given:
+            raise InvalidArgumentError(f"{', '.join(given)} cannot be combined with --run: a run is scored on its own "
+                                       "data and split; pass --model NAME=DIR to score other text")
+        run_dir = load_run(args.run, device=args.device)
+        models = {name: model for name, model in run_dir.models.items() if name in RUN_REGIMES}
+        if not models:
+            raise InvalidArgumentError(f"--run {args.run!r} holds none of the models {', '.join(RUN_REGIMES)}")
+        splits, trained_as, bootstrap_seed = run_dir.splits, run_dir.trained_as, run_dir.manifest.get("seed")
+    else:
+        options = {name: getattr(args, name) if getattr(args, name) is not None else default
+                   for name, default in DATA_DEFAULTS.items()}
+        sources = parse_models(args.model)
+        if args.baseline not in sources:
+            raise InvalidArgumentError(f"--baseline {args.baseline!r} is not among the models {sorted(sources)}")
+        models = {name: load_model(source, device=args.device) for name, source in sources.items()}
+        splits = load_token_splits(options["dataset"], shared_tokenizer(models), options["seq_len"],
+                                   text_field=options["text_field"], max_sequences=options["max_sequences"],
+                                   val_fraction=options["val_fraction"], seed=args.seed)
+        splits.manifest["models"] = sources
+        trained_as, bootstrap_seed = None, None
+    if args.baseline not in models:
+        raise InvalidArgumentError(f"--baseline {args.baseline!r} is not among the models {sorted(models)}")
     prepare_out_dir(args.out)
-    models = {name: load_model(source, device=args.device) for name, source in sources.items()}
-    tokenizer = shared_tokenizer(models)
-    splits = make_token_splits(load_texts(args.dataset, text_field=args.text_field), tokenizer, seq_len,
-                               val_fraction=args.val_fraction, seed=args.seed, max_sequences=args.max_sequences)
     result = compare_regimes(models, splits, out_dir=args.out, layers=layers, offsets=offsets, method=args.method,
                              baseline=args.baseline, seed=args.seed, config=ProbeSweepConfig(top_k=args.top_k),
-                             progress=not args.no_progress)
-    gap = result.losses.myopia_gap
-    print(f"myopia gap {'n/a' if gap is None else f'{gap:+.4f}'} nats/token; wrote {args.out}")
+                             progress=not args.no_progress, trained_as=trained_as, bootstrap_seed=bootstrap_seed)
+    print(f"myopia gap {format_gap(result.losses)} nats/token; wrote {args.out}")
     return 0
-
-
-def _run_models(run: Path) -> tuple[dict[str, str], int | None]:
-    """The regime models saved by ``forethought myopia-gap`` in ``run`` and its sequence length."""
-    models = {regime: str(run / RUNS / regime / MODEL_DIR) for regime in RUN_REGIMES
-              if (run / RUNS / regime / MODEL_DIR).is_dir()}
-    if not models:
-        raise InvalidArgumentError(f"--run {str(run)!r} holds no trained models (expected runs/<regime>/model from "
-                                   "`forethought myopia-gap`)")
-    try:
-        seq_len = json.loads((run / "report.json").read_text())["data"]["seq_len"]
-    except (OSError, KeyError, ValueError):
-        seq_len = None
-    return models, seq_len

@@ -43,11 +43,12 @@ from forethought.experiments.train import (
     training_config,
 )
 from forethought.models import load_model, save_random_checkpoint, tiny_model
-from forethought.myopic_training.evaluation import evaluate_regimes, plot_report
+from forethought.myopic_training.evaluation import evaluate_regimes, format_gap, plot_report
 from forethought.myopic_training.hooks import MODES
 from forethought.myopic_training.regimes import REGIMES
-from forethought.myopic_training.trainer import CHECKPOINT, TrainConfig, check_device, train
+from forethought.myopic_training.trainer import CHECKPOINT, MODEL_DIR, PAST_MODEL_DIR, TrainConfig, check_device, train
 from forethought.reporting import atomic_directory, prepare_out_dir, provenance, save_figure, write_csv, write_json
+from forethought.runs import write_run
 
 HELP = ("Train vanilla, myopic and transformer-bigram models on the same text and measure the myopia gap "
         "(validation loss by position for each regime).")
@@ -203,7 +204,8 @@ def run_experiment(preset: Preset, out: str | Path, config: TrainConfig, preset_
         results[regime] = train(regime_config, new_model(), splits, past_model=past_model)
 
     models = {regime: result.regime_model() for regime, result in results.items()}
-    report = evaluate_regimes(models, splits, batch_size=config.batch_size, progress=config.progress)
+    report = evaluate_regimes(models, splits, batch_size=config.batch_size, progress=config.progress,
+                              seed=config.seed)
 
     frame = report.to_frame()
     write_csv(out / "loss_by_position.csv", frame)
@@ -221,25 +223,34 @@ def run_experiment(preset: Preset, out: str | Path, config: TrainConfig, preset_
             "eval_loss": "mean next-token cross-entropy (nats) over all predicted tokens of the validation sequences",
             "loss_by_position": "entry t: mean loss of predicting token t+1 from tokens 0..t",
             "myopia_gap": "eval_loss(myopic) - eval_loss(vanilla)",
+            "*_ci_low, *_ci_high": "95 % paired bootstrap interval over validation sequences",
+            "trained_as": "the regime the model was trained in; forward: how it was run for scoring",
             "bigram_gap": "eval_loss(bigram) - eval_loss(vanilla)",
             "myopia_gap_fraction": "myopia_gap / bigram_gap",
             "local_myopia_gap": "eval_loss(local-myopic) - eval_loss(vanilla)",
         },
-        "training": {regime: {"steps": len(result.history), "final_train_loss": result.losses[-1],
+        "training": {regime: {"trained_as": regime, "mode": config.mode if regime == "myopic" else None,
+                              "beta": config.beta if regime == "myopic" else None,
+                              "steps": len(result.history), "final_train_loss": result.losses[-1],
                               "eval_loss_history": [(r["step"], r["eval_loss"]) for r in result.history
                                                     if "eval_loss" in r]}
                      for regime, result in results.items()},
-        "data": {"dataset": preset.dataset, "seq_len": preset.seq_len, "n_train": len(splits.train),
-                 "n_validation": len(splits.validation), "vocab_size": len(splits.tokenizer)},
+        "data": splits.manifest,
         "config": {"preset": asdict(preset), "train": {key: value for key, value in asdict(config).items()
                                                        if key not in ("out_dir", "progress", "regime")}},
         "wall_time_s": time.perf_counter() - started,
         "provenance": provenance(config.seed),
     }
     write_json(out / "report.json", document)
+    write_run(out, "myopia-gap", splits, {
+        regime: {"path": f"{RUNS}/{regime}/{MODEL_DIR}", "trained_as": regime,
+                 "mode": config.mode if regime == "myopic" else None,
+                 "beta": config.beta if regime == "myopic" else None,
+                 **({"past_model": f"{RUNS}/{regime}/{PAST_MODEL_DIR}"}
+                    if (out / RUNS / regime / PAST_MODEL_DIR).is_dir() else {})}
+        for regime in results})
     lines = [f"{name}: eval loss {result.eval_loss:.4f}" for name, result in report.regimes.items()]
-    gap = "n/a" if report.myopia_gap is None else f"{report.myopia_gap:+.4f}"
-    print("; ".join(lines) + f"; myopia gap {gap} nats/token; wrote {out}")
+    print("; ".join(lines) + f"; myopia gap {format_gap(report)} nats/token; wrote {out}")
     return document
 
 

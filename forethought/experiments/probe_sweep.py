@@ -2,8 +2,14 @@
 
 Every ``--model NAME=DIR_OR_HUB_NAME`` is loaded, the text of ``--dataset`` is tokenised with the first model's
 tokenizer (all models must share it) and cut into ``--seq-len`` sequences, split by sequence into training
-and test sets, and :func:`forethought.probes.probe_sweep` probes every requested residual depth and offset
-with every ``--method``.
+and test sets (the data manifest is recorded), and :func:`forethought.probes.probe_sweep` probes every
+requested residual depth and offset with every ``--method``. With ``--run DIR`` (a ``train`` or ``myopia-gap``
+output) the run's models are probed on the run's own split (:func:`forethought.load_run`; its validation
+sequences are the test set), or the command refuses when that data cannot be rebuilt identically.
+
+With ``--top-k`` the probes predict the k most frequent future tokens plus "other", but every score is over all
+targets ("other" is never a hit) and ``coverage`` is reported beside it. ``--seeds 0,1,2`` repeats the sweep
+with each probe seed (same data) and writes the spread over seeds.
 
 Outputs in ``--out`` (all written atomically):
 
@@ -11,8 +17,11 @@ Outputs in ``--out`` (all written atomically):
   token; greedy_* against the model's own prediction; unigram_* and bigram_* baselines; control_top1 and
   selectivity; r2 (lens methods); n_train, n_test (see :mod:`forethought.probes.sweep`);
 * ``probe_top1.png``: top-1 accuracy heatmaps (layer × offset) per model, with a difference panel for two models;
-* ``report.json``: the configuration, the models, the data sizes, the best (layer, offset) per model and
-  method, and provenance;
+  ``probe_gain.png``: the probe's top-1 gain over the stronger of unigram and bigram;
+* with ``--seeds``: ``probe_seeds.csv``, the mean, std, min and max over probe seeds of every cell
+  (:func:`forethought.probes.seed_spread`);
+* ``report.json``: the configuration, the models (and how they were trained, from a run), the data manifest,
+  the label space, the best (layer, offset) per model and method, and provenance;
 * with ``--save-probes``: ``probes/<model>/<method>[_control]/`` (safetensors + JSON, see
   :mod:`forethought.probes.io`).
 
@@ -28,29 +37,34 @@ import time
 from dataclasses import asdict, replace
 from typing import Any
 
+import pandas as pd
+
 from forethought import plots
-from forethought.data import load_texts, make_token_splits
+from forethought.data import load_token_splits
 from forethought.errors import InvalidArgumentError, ModelNotAvailableError, VocabularyMismatchError
 from forethought.models import load_model
-from forethought.probes.sweep import METHODS, ProbeSweepConfig, probe_sweep
+from forethought.probes.sweep import METHODS, ProbeSweepConfig, label_space_summary, probe_sweep, seed_spread
 from forethought.reporting import prepare_out_dir, provenance, save_figure, write_csv, write_json
+from forethought.runs import load_run
 
 HELP = ("Train future-token probes at every layer x offset of one or more models and compare them with "
         "unigram, bigram-at-distance-N and control-task baselines.")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", action="append", required=True, metavar="NAME=DIR_OR_HUB_NAME",
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model", action="append", metavar="NAME=DIR_OR_HUB_NAME",
                         help="a model to probe, named (repeat for several; e.g. vanilla=runs/vanilla/model)")
+    source.add_argument("--run", help="a `forethought train` or `myopia-gap` output directory: probe its models "
+                        "(not the bigram ones) on the run's own split")
     parser.add_argument("--out", required=True, help="output directory")
-    data = parser.add_argument_group("data")
-    data.add_argument("--dataset", default="builtin", help="'builtin', a .txt/.jsonl file or directory, or a HF "
-                      "dataset name (default: %(default)s)")
-    data.add_argument("--text-field", default="text", help="text column of .jsonl files and HF datasets")
-    data.add_argument("--seq-len", type=int, default=64, help="tokens per sequence (default: %(default)s)")
-    data.add_argument("--max-sequences", type=int, default=2000, help="use at most this many sequences "
-                      "(default: %(default)s)")
-    data.add_argument("--test-fraction", type=float, default=0.2, help="share of sequences held out for scoring")
+    data = parser.add_argument_group("data (with --model only; --run uses the run's own data)")
+    data.add_argument("--dataset", help="'builtin', a .txt/.jsonl file or directory, or a HF dataset name "
+                      "(default: builtin)")
+    data.add_argument("--text-field", help="text column of .jsonl files and HF datasets (default: text)")
+    data.add_argument("--seq-len", type=int, help="tokens per sequence (default: 64)")
+    data.add_argument("--max-sequences", type=int, help="use at most this many sequences (default: 2000)")
+    data.add_argument("--test-fraction", type=float, help="share of sequences held out for scoring (default: 0.2)")
     probes = parser.add_argument_group("probes")
     probes.add_argument("--layers", default="all", help="'all' or comma-separated residual depths "
                         "(0 = embeddings, n_layers = last block's output)")
@@ -65,6 +79,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     probes.add_argument("--save-probes", action="store_true", help="also save the fitted probes under OUT/probes")
     run_group = parser.add_argument_group("run")
     run_group.add_argument("--seed", type=int, default=0, help="splits, control task and probe training")
+    run_group.add_argument("--seeds", help="comma-separated probe seeds: repeat the sweep with each (same data) and "
+                           "report the spread over seeds")
     run_group.add_argument("--device", help="where to run models and probes (default: where each model loads)")
     run_group.add_argument("--batch-size", type=int, default=32, help="sequences per forward pass")
     run_group.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -94,47 +110,84 @@ def parse_ints(text: str, what: str) -> list[int]:
     return values
 
 
+DATA_DEFAULTS = {"dataset": "builtin", "text_field": "text", "seq_len": 64, "max_sequences": 2000,
+                 "test_fraction": 0.2}
+NOT_PROBED = ("bigram", "local-myopic")  # their forward is not the plain one a probe reads
+
+
 def run(args: argparse.Namespace) -> int:
-    sources = parse_models(args.model)
     layers: Any = "all" if args.layers.strip() == "all" else parse_ints(args.layers, "layers")
     offsets = parse_ints(args.offsets, "offsets")
+    seeds = parse_ints(args.seeds, "seeds") if args.seeds else [args.seed]
     methods = [m.strip() for m in args.method.split(",") if m.strip()]
     unknown = [m for m in methods if m not in METHODS]
     if unknown or not methods:
         raise InvalidArgumentError(f"--method {args.method!r} is unknown; choose from {', '.join(METHODS)}")
-    config = ProbeSweepConfig(top_k=args.top_k, control=not args.no_control, test_fraction=args.test_fraction,
+    options = {name: getattr(args, name) if getattr(args, name) is not None else default
+               for name, default in DATA_DEFAULTS.items()}
+    if args.run:
+        given = [f"--{name.replace('_', '-')}" for name in DATA_DEFAULTS if getattr(args, name) is not None]
+        if given:
+            raise InvalidArgumentError(f"{', '.join(given)} cannot be combined with --run: a run is probed on its own "
+                                       "data and split; pass --model NAME=DIR to probe other text")
+    config = ProbeSweepConfig(top_k=args.top_k, control=not args.no_control, test_fraction=options["test_fraction"],
                               batch_size=args.batch_size)
     if args.max_epochs is not None:
         config = replace(config, vocab=replace(config.vocab, max_epochs=args.max_epochs),
                          future_lens=replace(config.future_lens, max_epochs=args.max_epochs))
     out = prepare_out_dir(args.out)
 
-    models = {name: load_model(source, device=args.device) for name, source in sources.items()}
-    tokenizer = shared_tokenizer(models)
-    texts = load_texts(args.dataset, text_field=args.text_field)
-    splits = make_token_splits(texts, tokenizer, args.seq_len, val_fraction=args.test_fraction, seed=args.seed,
-                               max_sequences=args.max_sequences)
+    if args.run:
+        loaded = load_run(args.run, device=args.device)
+        trained = {name: entry for name, entry in loaded.trained.items() if entry.get("trained_as") not in NOT_PROBED}
+        models = {name: loaded.models[name] for name in trained}
+        if not models:
+            raise InvalidArgumentError(f"--run {args.run!r} holds no model to probe (bigram and local-myopic models "
+                                       "are not probed)")
+        sources = {name: str(loaded.directory / entry["path"]) for name, entry in trained.items()}
+        splits = loaded.splits
+    else:
+        sources, trained = parse_models(args.model), {}
+        models = {name: load_model(source, device=args.device) for name, source in sources.items()}
+        splits = load_token_splits(options["dataset"], shared_tokenizer(models), options["seq_len"],
+                                   text_field=options["text_field"], max_sequences=options["max_sequences"],
+                                   val_fraction=options["test_fraction"], seed=args.seed)
     start = time.perf_counter()
-    table = probe_sweep(models, splits, layers=layers, offsets=offsets, method=methods, seed=args.seed,
-                        device=args.device, config=config, save_dir=out / "probes" if args.save_probes else None,
-                        progress=not args.no_progress)
+    tables = [probe_sweep(models, splits, layers=layers, offsets=offsets, method=methods, seed=seed,
+                          device=args.device, config=config,
+                          save_dir=out / "probes" / (f"seed{seed}" if len(seeds) > 1 else "")
+                          if args.save_probes else None, progress=not args.no_progress) for seed in seeds]
     seconds = time.perf_counter() - start
+    table = pd.concat(tables, ignore_index=True)
+    files = ["probes.csv", "probe_top1.png", "probe_gain.png", "report.json"]
 
     write_csv(out / "probes.csv", table)
-    save_figure(plots.plot_probe_heatmap(table, metric="top1"), out / "probe_top1.png")
-    best = (table.sort_values("top1", ascending=False).groupby(["model", "method"], sort=False).head(1)
-            [["model", "method", "layer", "offset", "top1", "bigram_top1", "selectivity"]])
+    headline = tables[0]
+    if len(seeds) > 1:
+        spread = seed_spread(table)
+        write_csv(out / "probe_seeds.csv", spread)
+        files.insert(1, "probe_seeds.csv")
+    save_figure(plots.plot_probe_heatmap(headline, metric="top1"), out / "probe_top1.png")
+    save_figure(plots.plot_probe_heatmap(headline, metric="gain_over_baseline",
+                                         title="Probe top-1 gain over the stronger of unigram and bigram"
+                                         + plots.label_space_note(headline)), out / "probe_gain.png")
+    best = (headline.sort_values("top1", ascending=False).groupby(["model", "method"], sort=False).head(1)
+            [["model", "method", "layer", "offset", "top1", "top1_ci_low", "top1_ci_high", "coverage",
+              "best_baseline_top1", "gain_over_baseline", "selectivity"]])
     write_json(out / "report.json", {
         "config": {**{key: value for key, value in vars(args).items() if key != "command_function"},
-                   "sweep": {**asdict(config), "feature_dtype": str(config.feature_dtype)}},
-        "models": {name: {"source": sources[name], "n_layers": model.cfg.n_layers, "d_model": model.cfg.d_model,
-                          "d_vocab": model.cfg.d_vocab} for name, model in models.items()},
-        "data": {"train_sequences": len(splits.train), "test_sequences": len(splits.validation),
-                 "seq_len": splits.seq_len, "n_train": int(table["n_train"].iloc[0]),
-                 "n_test": int(table["n_test"].iloc[0])},
+                   "seeds": seeds, "sweep": {**asdict(config), "feature_dtype": str(config.feature_dtype)}},
+        "models": {name: {"source": sources[name], "trained": trained.get(name), "n_layers": model.cfg.n_layers,
+                          "d_model": model.cfg.d_model, "d_vocab": model.cfg.d_vocab}
+                   for name, model in models.items()},
+        "data": {**(splits.manifest or {}), "test_sequences": len(splits.validation),
+                 "n_train": int(headline["n_train"].iloc[0]), "n_test": int(headline["n_test"].iloc[0]),
+                 "source": "run" if args.run else "dataset"},
+        "label_space": label_space_summary(headline),
         "best": best.to_dict(orient="records"),
+        "seed_spread": seed_spread(table).to_dict(orient="records") if len(seeds) > 1 else None,
         "seconds": seconds,
-        "files": ["probes.csv", "probe_top1.png", "report.json"],
+        "files": files,
         "provenance": provenance(args.seed),
     })
     return 0

@@ -380,6 +380,7 @@ def run_experiment(config: SyntheticConfig, out_dir: str | Path, device: str | t
         run = train_regime(config, regime, device=device, progress=progress, checkpoint=checkpoints[regime],
                            checkpoint_every=checkpoint_every)
         regimes[regime] = {
+            "trained_as": regime,
             **evaluate(run.model, evaluation, config.huber_delta),
             "steps": config.steps,
             "sequences": config.steps * config.batch_size,
@@ -392,6 +393,7 @@ def run_experiment(config: SyntheticConfig, out_dir: str | Path, device: str | t
     report = {
         "config": {**asdict(config), **(extra_config or {}), "device": str(device)},
         "regimes": regimes,
+        "data": synthetic_manifest(config, {"eval": evaluation, "probe": probing}),
         "probes": [
             {"regime": row.regime, "layer": int(row.layer), "lag": None if pd.isna(row.lag) else int(row.lag),
              "target": row.target, "r2": float(row.r2)}
@@ -407,6 +409,26 @@ def run_experiment(config: SyntheticConfig, out_dir: str | Path, device: str | t
     write_csv(out / "probes.csv", probe_frame)
     write_json(out / "report.json", report)
     return report
+
+
+def synthetic_manifest(config: SyntheticConfig, held: dict[str, PrecacheBatch]) -> dict[str, Any]:
+    """How the synthetic data is drawn (all of it is a function of the config and ``config.seed``), with a SHA-256
+    of each held-out set so that a rebuild can be checked."""
+    return {"source": "synthetic pre-caching task D_p", "task": asdict(config.task()), "seed": config.seed,
+            "train": {"seed": derive_seed(config.seed, "train"), "sequences_per_step": config.batch_size,
+                      "note": "fresh sequences every step from a generator seeded once"},
+            **{purpose: {"seed": derive_seed(config.seed, purpose), "n_sequences": len(batch.x),
+                         "sha256": _batch_sha256(batch)} for purpose, batch in held.items()}}
+
+
+def _batch_sha256(batch: PrecacheBatch) -> str:
+    """SHA-256 of a batch's inputs and targets (float32 bytes)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for tensor in (batch.x, batch.z, batch.targets):
+        digest.update(tensor.detach().cpu().float().contiguous().numpy().tobytes())
+    return digest.hexdigest()
 
 
 def summary(regimes: dict[str, dict[str, Any]], probes: pd.DataFrame) -> dict[str, float]:

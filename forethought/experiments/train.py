@@ -22,13 +22,14 @@ import time
 from dataclasses import asdict
 from typing import Any
 
-from forethought.data import TokenSplits, check_tokens_fit, load_texts, make_token_splits, train_tokenizer
+from forethought.data import TokenSplits, check_tokens_fit, load_token_splits, train_tokenizer
 from forethought.errors import InvalidArgumentError
 from forethought.models import load_model, tiny_model
 from forethought.myopic_training.hooks import MODES
 from forethought.myopic_training.regimes import REGIMES
-from forethought.myopic_training.trainer import CHECKPOINT, DEVICES, TrainConfig, check_device, train
+from forethought.myopic_training.trainer import CHECKPOINT, DEVICES, MODEL_DIR, TrainConfig, check_device, train
 from forethought.reporting import check_out_dir, prepare_out_dir, provenance, save_figure, write_json
+from forethought.runs import write_run
 
 HELP = "Train a language model (from scratch or fine-tuning) as vanilla, myopic, local-myopic or transformer bigram."
 
@@ -108,12 +109,14 @@ def save_gradient_split_plot(history: list[dict[str, Any]], path: str | os.PathL
 def load_splits(args: argparse.Namespace, tokenizer: Any = None, vocab_size: int | None = None,
                 max_sequences: int | None = None, val_fraction: float = 0.1) -> TokenSplits:
     """Texts from ``--dataset``, tokenised (with ``tokenizer``, or a BPE of ``vocab_size`` trained on them) and
-    cut into ``--seq-len`` sequences, split into train and validation with ``--seed``."""
-    texts = load_texts(args.dataset, text_field=args.text_field, max_documents=args.max_documents)
+    cut into ``--seq-len`` sequences, split into train and validation with ``--seed``; the splits carry their
+    data manifest (:func:`forethought.data.load_token_splits`)."""
     if tokenizer is None:
-        tokenizer = train_tokenizer(texts, vocab_size=vocab_size)
-    return make_token_splits(texts, tokenizer, seq_len=args.seq_len, val_fraction=val_fraction, seed=args.seed,
-                             min_doc_tokens=args.min_doc_tokens, max_sequences=max_sequences)
+        def tokenizer(texts: list[str]) -> Any:
+            return train_tokenizer(texts, vocab_size=vocab_size)
+    return load_token_splits(args.dataset, tokenizer, args.seq_len, text_field=args.text_field,
+                             max_documents=args.max_documents, min_doc_tokens=args.min_doc_tokens,
+                             max_sequences=max_sequences, val_fraction=val_fraction, seed=args.seed)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -156,8 +159,7 @@ def run(args: argparse.Namespace) -> int:
         "command": "train",
         "model": args.model or {"from_scratch": True, "n_layers": args.n_layers, "d_model": args.d_model,
                                 "n_heads": args.n_heads, "vocab_size": len(splits.tokenizer)},
-        "data": {"dataset": args.dataset, "seq_len": args.seq_len, "n_train": len(splits.train),
-                 "n_validation": len(splits.validation)},
+        "data": splits.manifest,
         "config": {key: value for key, value in asdict(config).items() if key not in ("out_dir", "progress")},
         "final_train_loss": result.losses[-1] if result.losses else None,
         "eval_loss": result.eval_loss,
@@ -165,5 +167,7 @@ def run(args: argparse.Namespace) -> int:
         "provenance": provenance(config.seed),
     }
     write_json(out / "report.json", report)
+    write_run(out, "train", splits, {"model": {"path": MODEL_DIR, "trained_as": config.regime, "mode": config.mode,
+                                               "beta": config.beta}})
     print(f"{config.regime}: eval loss {result.eval_loss:.4f} after {config.steps} steps; wrote {out}")
     return 0

@@ -11,6 +11,11 @@ Definitions (all losses are next-token cross-entropies in nats, on validation se
 * ``myopia_gap_fraction = myopia_gap / bigram_gap``: the share of that worth lost to myopia.
 * ``local_myopia_gap = eval_loss(local-myopic) - eval_loss(vanilla)``.
 
+Every gap is paired (the same validation sequences for every model) and carries a 95 % bootstrap interval over
+sequences (``myopia_gap_ci_low``, ``myopia_gap_ci_high``, ...), overall and at every position
+(:attr:`MyopiaReport.gaps_by_position`); each regime's entry records how the model was trained (``trained_as``)
+and how it was run for scoring (``forward``: ``"vanilla"`` is a plain forward, ``"bigram"`` ablates the past).
+
 Example:
     >>> import torch
     >>> from forethought.models import tiny_model
@@ -34,6 +39,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from forethought.bootstrap import N_RESAMPLES, bootstrap_ci
 from forethought.data import TokenSplits, check_tokens_fit
 from forethought.errors import InvalidArgumentError, NumericalError, check_positive
 from forethought.myopic_training.regimes import REGIMES, RegimeModel
@@ -50,6 +56,17 @@ def position_loss_sums(
     ``model`` is a ``TransformerBridge`` (run as it is) or a :class:`RegimeModel` (run in its regime's forward).
     The model is put in eval mode for the pass and restored afterwards.
     """
+    return sequence_losses(model, tokens, batch_size=batch_size, progress=progress).sum(0)
+
+
+def sequence_losses(
+    model: Any | RegimeModel,
+    tokens: Int[Tensor, "n_seq pos"],
+    batch_size: int = 32,
+    progress: bool = False,
+) -> Float[Tensor, "n_seq targets"]:
+    """The next-token loss of every sequence at every position (float64, on CPU): the unit a bootstrap over
+    sequences resamples. See :func:`position_loss_sums` for ``model``."""
     regime_model = model if isinstance(model, RegimeModel) else RegimeModel(model)
     bridge = regime_model.model
     check_positive("batch_size", batch_size, integer=True)
@@ -57,7 +74,7 @@ def position_loss_sums(
     if tokens.shape[1] < 2:
         raise InvalidArgumentError(f"sequences of {tokens.shape[1]} token(s) have no next token; need at least 2")
     device = next(bridge.parameters()).device
-    sums = torch.zeros(tokens.shape[1] - 1, dtype=torch.float64)
+    losses = []
     was_training = bridge.training
     bridge.eval()
     try:
@@ -65,12 +82,13 @@ def position_loss_sums(
             for start in tqdm(range(0, len(tokens), batch_size), desc="eval", disable=not progress, leave=False):
                 batch = tokens[start : start + batch_size].to(device)
                 per_token = bridge(batch, return_type="loss", loss_per_token=True)
-                sums += per_token.detach().double().sum(0).cpu()
+                losses.append(per_token.detach().double().cpu())
     finally:
         bridge.train(was_training)
-    if not torch.isfinite(sums).all():
+    result = torch.cat(losses)
+    if not torch.isfinite(result).all():
         raise NumericalError("the validation loss is NaN or infinite; the model's weights or inputs are not finite")
-    return sums
+    return result
 
 
 def loss_by_position(
@@ -92,12 +110,29 @@ def loss_by_position(
 
 @dataclass
 class RegimeLoss:
-    """Validation loss of one model: overall and by position."""
+    """Validation loss of one model: overall (with a bootstrap interval over sequences) and by position.
+
+    Attributes:
+        trained_as: how the model was trained (``"vanilla"``, ``"myopic"``, ...; None when not known).
+        forward: how it was run for scoring (``"vanilla"``: a plain forward; ``"bigram"``: past ablated; ...).
+    """
 
     eval_loss: float
     loss_by_position: list[float]
-    regime: str = "vanilla"
+    trained_as: str | None = None
+    forward: str = "vanilla"
     n_sequences: int = 0
+    eval_loss_ci_low: float | None = None
+    eval_loss_ci_high: float | None = None
+
+
+@dataclass
+class PositionGap:
+    """One model's loss minus the baseline's at every position, with 95 % bootstrap intervals over sequences."""
+
+    gap: list[float]
+    ci_low: list[float]
+    ci_high: list[float]
 
 
 @dataclass
@@ -106,9 +141,18 @@ class MyopiaReport:
 
     regimes: dict[str, RegimeLoss]
     myopia_gap: float | None = None
+    myopia_gap_ci_low: float | None = None
+    myopia_gap_ci_high: float | None = None
     bigram_gap: float | None = None
+    bigram_gap_ci_low: float | None = None
+    bigram_gap_ci_high: float | None = None
     myopia_gap_fraction: float | None = None
     local_myopia_gap: float | None = None
+    local_myopia_gap_ci_low: float | None = None
+    local_myopia_gap_ci_high: float | None = None
+    baseline: str = "vanilla"
+    gaps_by_position: dict[str, PositionGap] = field(default_factory=dict)
+    n_resamples: int = N_RESAMPLES
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -118,12 +162,20 @@ class MyopiaReport:
         return result
 
     def to_frame(self) -> Any:
-        """A tidy ``pandas.DataFrame``: one row per (regime, position) with its loss."""
+        """A tidy ``pandas.DataFrame``: one row per (regime, position) with its loss, its gap to the baseline and
+        the gap's bootstrap interval (``gap``, ``gap_ci_low``, ``gap_ci_high``; NaN for the baseline itself)."""
         import pandas as pd
 
-        rows = [{"regime": name, "position": position, "loss": loss}
-                for name, result in self.regimes.items() for position, loss in enumerate(result.loss_by_position)]
-        return pd.DataFrame(rows, columns=["regime", "position", "loss"])
+        nan = float("nan")
+        rows = []
+        for name, result in self.regimes.items():
+            gaps = self.gaps_by_position.get(name)
+            for position, loss in enumerate(result.loss_by_position):
+                rows.append({"regime": name, "position": position, "loss": loss,
+                             "gap": gaps.gap[position] if gaps else nan,
+                             "gap_ci_low": gaps.ci_low[position] if gaps else nan,
+                             "gap_ci_high": gaps.ci_high[position] if gaps else nan})
+        return pd.DataFrame(rows, columns=["regime", "position", "loss", "gap", "gap_ci_low", "gap_ci_high"])
 
 
 def evaluate_regimes(
@@ -131,8 +183,12 @@ def evaluate_regimes(
     data: TokenSplits | Int[Tensor, "n_seq pos"],
     batch_size: int = 32,
     progress: bool = False,
+    trained_as: Mapping[str, str | None] | None = None,
+    baseline: str = "vanilla",
+    n_resamples: int = N_RESAMPLES,
+    seed: int = 0,
 ) -> MyopiaReport:
-    """Validation loss (overall and by position) of each model, and the myopia gap.
+    """Validation loss (overall and by position) of each model, and the myopia gap with bootstrap intervals.
 
     Args:
         models: name → ``TransformerBridge`` or :class:`RegimeModel`. A bare model whose name is a regime
@@ -141,6 +197,9 @@ def evaluate_regimes(
             when present.
         data: validation token sequences, or a :class:`~forethought.data.TokenSplits` (its validation split).
         batch_size: sequences per forward pass.
+        trained_as: name → how that model was trained, for the report (default: the name when it is a regime).
+        baseline: the model every per-position gap is taken against.
+        n_resamples, seed: the bootstrap over validation sequences.
 
     Returns:
         A :class:`MyopiaReport`.
@@ -148,23 +207,48 @@ def evaluate_regimes(
     if not models:
         raise InvalidArgumentError("models is empty; pass at least one model, e.g. {'vanilla': model}")
     tokens = data.validation if isinstance(data, TokenSplits) else data
-    results = {}
+    trained_as = dict(trained_as or {})
+    results, losses = {}, {}
     for name, model in models.items():
         if not isinstance(model, RegimeModel):
             model = RegimeModel(model, name if name in REGIMES and name != "myopic" else "vanilla")
-        by_position = loss_by_position(model, tokens, batch_size=batch_size, progress=progress)
+        losses[name] = sequence_losses(model, tokens, batch_size=batch_size, progress=progress)  # [seq, pos]
+        by_position = losses[name].mean(0)
+        low, high = bootstrap_ci(losses[name].mean(1), n_resamples=n_resamples, seed=seed)
         results[name] = RegimeLoss(eval_loss=by_position.mean().item(), loss_by_position=by_position.tolist(),
-                                   regime=model.regime, n_sequences=len(tokens))
+                                   trained_as=trained_as.get(name, name if name in REGIMES else None),
+                                   forward=model.regime, n_sequences=len(tokens), eval_loss_ci_low=low.item(),
+                                   eval_loss_ci_high=high.item())
 
-    def gap(name: str) -> float | None:
-        if name in results and "vanilla" in results:
-            return results[name].eval_loss - results["vanilla"].eval_loss
-        return None
+    def gap(name: str, reference: str = "vanilla") -> tuple[float | None, float | None, float | None]:
+        if name not in results or reference not in results:
+            return None, None, None
+        low, high = bootstrap_ci((losses[name] - losses[reference]).mean(1), n_resamples=n_resamples, seed=seed)
+        return results[name].eval_loss - results[reference].eval_loss, low.item(), high.item()
 
-    myopia_gap, bigram_gap = gap("myopic"), gap("bigram")
-    fraction = myopia_gap / bigram_gap if myopia_gap is not None and bigram_gap else None
-    return MyopiaReport(regimes=results, myopia_gap=myopia_gap, bigram_gap=bigram_gap,
-                        myopia_gap_fraction=fraction, local_myopia_gap=gap("local-myopic"))
+    by_position = {}
+    if baseline in losses:
+        for name in losses:
+            if name != baseline:
+                difference = (losses[name] - losses[baseline]).T  # [pos, seq]
+                low, high = bootstrap_ci(difference, n_resamples=n_resamples, seed=seed)
+                by_position[name] = PositionGap(gap=difference.mean(1).tolist(), ci_low=low.tolist(),
+                                                ci_high=high.tolist())
+    myopia, bigram, local = gap("myopic"), gap("bigram"), gap("local-myopic")
+    fraction = myopia[0] / bigram[0] if myopia[0] is not None and bigram[0] else None
+    return MyopiaReport(regimes=results, myopia_gap=myopia[0], myopia_gap_ci_low=myopia[1],
+                        myopia_gap_ci_high=myopia[2], bigram_gap=bigram[0], bigram_gap_ci_low=bigram[1],
+                        bigram_gap_ci_high=bigram[2], myopia_gap_fraction=fraction, local_myopia_gap=local[0],
+                        local_myopia_gap_ci_low=local[1], local_myopia_gap_ci_high=local[2], baseline=baseline,
+                        gaps_by_position=by_position, n_resamples=n_resamples)
+
+
+def format_gap(report: MyopiaReport) -> str:
+    """``"+0.1760 [95% CI +0.1601, +0.1915]"``, or ``"n/a"`` without a myopic and a vanilla model."""
+    if report.myopia_gap is None:
+        return "n/a"
+    return (f"{report.myopia_gap:+.4f} [95% CI {report.myopia_gap_ci_low:+.4f}, "
+            f"{report.myopia_gap_ci_high:+.4f}]")
 
 
 def plot_report(report: MyopiaReport, baseline: str = "vanilla") -> dict[str, Any]:

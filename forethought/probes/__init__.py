@@ -45,7 +45,7 @@ from forethought.probes.linear import LinearProbes, Task, feature_stats
 from forethought.probes.logistic import LogisticProbeConfig, fit_logistic_probes
 from forethought.probes.metrics import MetricAccumulator, cross_entropy, top_k_accuracy
 from forethought.probes.regression import RidgeProbeResult, fit_ridge_probe
-from forethought.probes.sweep import METHODS, ProbeSweepConfig, probe_sweep
+from forethought.probes.sweep import METHODS, ProbeSweepConfig, add_gains, probe_sweep, seed_spread
 from forethought.probes.targets import LabelSpace, future_labels, model_predictions
 from forethought.probes.vocabulary import VocabProbeConfig, describe_memory, fit_vocab_probes
 
@@ -64,6 +64,7 @@ __all__ = [
     "Task",
     "UnigramBaseline",
     "VocabProbeConfig",
+    "add_gains",
     "control_labels",
     "cross_entropy",
     "decode",
@@ -82,5 +83,6 @@ __all__ = [
     "model_predictions",
     "probe_sweep",
     "save_probes",
+    "seed_spread",
     "top_k_accuracy",
 ]

@@ -33,6 +33,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from forethought.errors import DataError
+from forethought.probes.targets import LabelSpace
 
 TOP_K = (1, 5)
 
@@ -42,9 +43,17 @@ def _laplace_unigram(labels: Int[Tensor, " n"], n_classes: int) -> Float[Tensor,
     return (counts + 1.0) / (counts.sum() + n_classes)
 
 
-def _scores(log_probs_of_label: Tensor, ranks_ok: dict[int, Tensor]) -> dict[str, Tensor]:
+def _scores(log_probs_of_label: Tensor, ranks_ok: dict[int, Tensor], labels: Tensor,
+            space: LabelSpace | None) -> dict[str, Tensor]:
+    """Means over all targets; under a restricted ``space`` an ``"other"`` target is a miss and its
+    cross-entropy is over the vocabulary (see :mod:`forethought.probes.targets`)."""
+    loss = -log_probs_of_label.double()
+    if space is not None and space.restricted:
+        inside = space.in_space(labels)
+        ranks_ok = {k: ok & inside for k, ok in ranks_ok.items()}
+        loss = loss + space.out_of_space_nats(labels)
     out = {f"top{k}": ok.double().mean() for k, ok in ranks_ok.items()}
-    out["cross_entropy"] = -log_probs_of_label.mean()
+    out["cross_entropy"] = loss.mean()
     return out
 
 
@@ -60,12 +69,14 @@ class UnigramBaseline:
             raise DataError("cannot fit a unigram baseline on an empty training split")
         return cls(torch.stack([_laplace_unigram(row, n_classes) for row in labels.cpu()]))
 
-    def score(self, labels: Int[Tensor, "offset n"]) -> dict[str, Float[Tensor, " offset"]]:
-        """Top-1, top-5 accuracy and cross-entropy (nats) on ``labels``, one value per offset."""
+    def score(self, labels: Int[Tensor, "offset n"], space: LabelSpace | None = None
+              ) -> dict[str, Float[Tensor, " offset"]]:
+        """Top-1, top-5 accuracy and cross-entropy (nats) on ``labels``, one value per offset (over all
+        targets of a restricted ``space``: ``"other"`` is never a hit)."""
         rows = []
         for probs, row in zip(self.probs, labels.cpu().long(), strict=True):
             order = torch.sort(-probs, stable=True).indices
-            rows.append(_scores(probs[row].log(), {k: torch.isin(row, order[:k]) for k in TOP_K}))
+            rows.append(_scores(probs[row].log(), {k: torch.isin(row, order[:k]) for k in TOP_K}, row, space))
         return {name: torch.stack([r[name] for r in rows]) for name in rows[0]}
 
 
@@ -139,14 +150,16 @@ class BigramBaseline:
         """The ``k`` most likely labels for each input token."""
         return self.tables[offset_index].top[current.long(), :k]
 
-    def score(self, current: Int[Tensor, " n"], labels: Int[Tensor, "offset n"]) -> dict[str, Float[Tensor, " offset"]]:
-        """Top-1, top-5 accuracy and cross-entropy (nats) on ``labels``, one value per offset."""
+    def score(self, current: Int[Tensor, " n"], labels: Int[Tensor, "offset n"], space: LabelSpace | None = None
+              ) -> dict[str, Float[Tensor, " offset"]]:
+        """Top-1, top-5 accuracy and cross-entropy (nats) on ``labels``, one value per offset (over all
+        targets of a restricted ``space``: ``"other"`` is never a hit)."""
         current = current.cpu().long()
         rows = []
         for i, row in enumerate(labels.cpu().long()):
             top = self.predict(current, i, k=max(TOP_K))
             ok = {k: (top[:, :k] == row[:, None]).any(1) for k in TOP_K}
-            rows.append(_scores(self.log_prob(current, row, i), ok))
+            rows.append(_scores(self.log_prob(current, row, i), ok, row, space))
         return {name: torch.stack([r[name] for r in rows]) for name in rows[0]}
 
 

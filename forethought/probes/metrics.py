@@ -22,6 +22,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from forethought.errors import InvalidArgumentError
+from forethought.probes.targets import LabelSpace
 
 
 def _check(logits: Tensor, labels: Tensor) -> None:
@@ -63,28 +64,71 @@ def cross_entropy(logits: Float[Tensor, "*batch n n_classes"],
 class MetricAccumulator:
     """Sums top-1, top-5 and cross-entropy over chunks of examples, for data too large to score at once.
 
+    With a restricted ``space`` (top-k + ``"other"``) the scores are over all targets, as the label space
+    demands (see :mod:`forethought.probes.targets`): a label ``"other"`` is a miss whatever is predicted, its
+    cross-entropy adds :meth:`~forethought.probes.targets.LabelSpace.out_of_space_nats`, and
+    ``top1_in_space`` (top-1 over the targets inside the space only) is added to the result. With
+    ``n_groups``, the top-1 hits are also summed per group (e.g. per sequence, for a bootstrap over
+    sequences): :attr:`group_hits` ``[..., n_groups]`` and :attr:`group_counts` ``[n_groups]``.
+
     Example:
         >>> acc = MetricAccumulator()
         >>> acc.add(torch.tensor([[[2.0, 0.0], [0.0, 1.0]]]), torch.tensor([[0, 0]]))
         >>> acc.result()["top1"].tolist()
         [0.5]
+        >>> from forethought.probes.targets import LabelSpace
+        >>> acc = MetricAccumulator(space=LabelSpace(d_vocab=5, token_ids=(0,)))  # class 1 is "other"
+        >>> acc.add(torch.tensor([[[0.0, 9.0]]]), torch.tensor([[1]]))  # "other" predicted for an "other" target
+        >>> acc.result()["top1"].tolist()
+        [0.0]
     """
 
-    def __init__(self, ks: tuple[int, ...] = (1, 5)):
+    def __init__(self, ks: tuple[int, ...] = (1, 5), space: LabelSpace | None = None, n_groups: int | None = None):
         self.ks = ks
+        self.space = space if space is not None and space.restricted else None
+        self.n_groups = n_groups
         self.sums: dict[str, Tensor] = {}
         self.count = 0
+        self.in_space_count: Tensor | None = None
+        self.group_hits: Tensor | None = None
+        self.group_counts: Tensor | None = None
 
-    def add(self, logits: Float[Tensor, "*batch n n_classes"], labels: Int[Tensor, "*batch n"]) -> None:
-        parts = {f"top{k}": correct_at_k(logits, labels, k).sum(-1) for k in self.ks}
-        parts["cross_entropy"] = token_cross_entropy(logits, labels).sum(-1)
-        for name, value in parts.items():
-            value = value.double().cpu()
-            self.sums[name] = self.sums[name] + value if name in self.sums else value
+    def _sum(self, name: str, value: Tensor) -> None:
+        value = value.double().cpu()
+        self.sums[name] = self.sums[name] + value if name in self.sums else value
+
+    def add(self, logits: Float[Tensor, "*batch n n_classes"], labels: Int[Tensor, "*batch n"],
+            groups: Int[Tensor, " n"] | None = None) -> None:
+        hits = {k: correct_at_k(logits, labels, k) for k in self.ks}
+        loss = token_cross_entropy(logits, labels)
+        if self.space is not None:
+            inside = self.space.in_space(labels.to(logits.device)).expand(logits.shape[:-1])
+            hits = {k: hit * inside for k, hit in hits.items()}
+            loss = loss + self.space.out_of_space_nats(labels.to(logits.device)).to(loss)
+            self._sum("top1_in_space", hits[self.ks[0]].sum(-1))
+            count = inside.sum(-1).double().cpu()
+            self.in_space_count = count if self.in_space_count is None else self.in_space_count + count
+        for k, hit in hits.items():
+            self._sum(f"top{k}", hit.sum(-1))
+        self._sum("cross_entropy", loss.sum(-1))
+        if self.n_groups is not None:
+            if groups is None:
+                raise InvalidArgumentError("this accumulator sums per group; pass groups=... to add()")
+            hit = hits[self.ks[0]].double().cpu()
+            index = groups.cpu().long().expand(hit.shape)
+            per_group = torch.zeros((*hit.shape[:-1], self.n_groups), dtype=torch.float64).scatter_add_(-1, index, hit)
+            counts = torch.bincount(groups.cpu().long(), minlength=self.n_groups).double()
+            self.group_hits = per_group if self.group_hits is None else self.group_hits + per_group
+            self.group_counts = counts if self.group_counts is None else self.group_counts + counts
         self.count += logits.shape[-2]
 
     def result(self) -> dict[str, Tensor]:
-        """Means over every example added so far."""
+        """Means over every example added so far (``top1_in_space`` over the in-space ones; NaN if none)."""
         if self.count == 0:
             raise InvalidArgumentError("no examples were scored; the test split is empty")
-        return {name: total / self.count for name, total in self.sums.items()}
+        out = {name: total / self.count for name, total in self.sums.items() if name != "top1_in_space"}
+        if "top1_in_space" in self.sums:
+            count = self.in_space_count
+            out["top1_in_space"] = torch.where(count > 0, self.sums["top1_in_space"] / count.clamp(min=1),
+                                               torch.full_like(count, float("nan")))
+        return out

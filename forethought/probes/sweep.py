@@ -17,14 +17,23 @@ Methods (``method=``):
 * ``"ridge"``: the least-squares lens alone, fitted by the ridge-regression probes of
   :mod:`forethought.probes.regression` (penalty chosen per coordinate on held-out sequences); no control.
 
-Columns: ``model, layer, offset, method, hook, label_space, n_classes, label_coverage``; the probe's
-``top1, top5, cross_entropy`` against the true token ``t + 1 + N``; ``greedy_top1, greedy_top5,
-greedy_cross_entropy`` against the model's own prediction of that token (the argmax of its next-token
-distribution at ``t + N``, pooled into the label space);
-``unigram_*`` and ``bigram_*`` baselines (top1, top5, cross_entropy); ``control_top1`` and
-``selectivity = top1 - control_top1``; ``r2`` of the lens methods' predicted final-layer residual (mean
-over coordinates; NaN for direct probes; after the Future Lens's KL fine-tuning it can be negative, as the
-final norm ignores the residual's mean and scale); ``n_train`` and ``n_test`` examples; ``seed``.
+Columns: ``model, layer, offset, method, hook, label_space, n_classes, coverage``; the probe's
+``top1`` (with ``top1_ci_low``, ``top1_ci_high``: a 95 % bootstrap interval over test sequences), ``top5``,
+``cross_entropy`` against the true token ``t + 1 + N``; ``greedy_top1, greedy_top5, greedy_cross_entropy``
+against the model's own prediction of that token (the argmax of its next-token distribution at ``t + N``);
+``unigram_*`` and ``bigram_*`` baselines (top1, top5, cross_entropy); ``best_baseline_top1`` (the stronger of
+the two), ``gain_over_baseline = top1 − best_baseline_top1`` and ``gain_over_depth0 = top1 − top1 at depth 0``
+(see :func:`add_gains`); ``control_top1`` and ``selectivity = top1 - control_top1``; ``r2`` of the lens
+methods' predicted final-layer residual (mean over coordinates; NaN for direct probes; after the Future Lens's
+KL fine-tuning it can be negative, as the final norm ignores the residual's mean and scale); ``n_train`` and
+``n_test`` examples; ``seed``.
+
+**Label space.** With ``top_k`` the probes predict the ``k`` most frequent future tokens plus ``"other"``
+(``label_space = "top{k}+other"``), but every score is over all targets (see
+:mod:`forethought.probes.targets`): a target outside the kept tokens is a miss for every method, the greedy
+prediction and the baselines, so ``top1 <= coverage`` (the share of test targets inside the space);
+``top1_in_space`` is top-1 over the in-space targets only (equal to ``top1`` for the whole vocabulary), a
+diagnostic, never a headline.
 
 Splits are by sequence: ``TokenSplits.validation`` (or ``test_fraction`` of a token tensor) is the test set;
 ``val_fraction`` of the remaining sequences is held out for early stopping.
@@ -53,6 +62,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from forethought.activations import collect_activations
+from forethought.bootstrap import N_RESAMPLES, bootstrap_ci
 from forethought.data.tokens import TokenSplits, split_sequences
 from forethought.errors import DataError, InvalidArgumentError, check_positive, choices_text
 from forethought.hook_names import RESID, hook_name, resolve_layers
@@ -74,9 +84,11 @@ from forethought.probes.vocabulary import VocabProbeConfig, fit_vocab_probes
 
 LENS_METHODS = ("future_lens", "ridge")
 COLUMNS = [
-    "model", "layer", "offset", "method", "hook", "label_space", "n_classes", "label_coverage",
-    "top1", "top5", "cross_entropy", "greedy_top1", "greedy_top5", "greedy_cross_entropy",
+    "model", "layer", "offset", "method", "hook", "label_space", "n_classes", "coverage",
+    "top1", "top1_ci_low", "top1_ci_high", "top5", "cross_entropy", "top1_in_space",
+    "greedy_top1", "greedy_top5", "greedy_cross_entropy",
     "unigram_top1", "unigram_top5", "unigram_cross_entropy", "bigram_top1", "bigram_top5", "bigram_cross_entropy",
+    "best_baseline_top1", "gain_over_baseline", "gain_over_depth0",
     "control_top1", "selectivity", "r2", "n_train", "n_test", "seed",
 ]
 
@@ -93,6 +105,7 @@ class ProbeSweepConfig:
         val_fraction: share of the training sequences held out for early stopping.
         batch_size: sequences per forward pass when collecting activations.
         eval_batch_size: examples per chunk when scoring.
+        n_resamples: bootstrap resamples (over test sequences) for the ``top1_ci_low/high`` interval (95 %).
         feature_dtype: dtype the activations are stored in (e.g. ``torch.bfloat16`` halves their memory).
         vocab, logistic, future_lens: settings of each method (their seeds and devices are set from the sweep).
     """
@@ -103,6 +116,7 @@ class ProbeSweepConfig:
     val_fraction: float = 0.1
     batch_size: int = 32
     eval_batch_size: int = 2048
+    n_resamples: int = N_RESAMPLES
     feature_dtype: torch.dtype = torch.float32
     vocab: VocabProbeConfig = field(default_factory=VocabProbeConfig)
     logistic: LogisticProbeConfig = field(default_factory=LogisticProbeConfig)
@@ -111,6 +125,7 @@ class ProbeSweepConfig:
     def __post_init__(self) -> None:
         check_positive("batch_size", self.batch_size, integer=True)
         check_positive("eval_batch_size", self.eval_batch_size, integer=True)
+        check_positive("n_resamples", self.n_resamples, integer=True)
         if self.top_k is not None:
             check_positive("top_k", self.top_k, integer=True)
         for name in ("test_fraction", "val_fraction"):
@@ -192,7 +207,53 @@ def probe_sweep(
     for name, model in models.items():
         rows += _sweep_model(name, model, (fit, val, test), layers, offsets, methods, config, seed, device,
                              save_dir, progress)
-    return pd.DataFrame(rows, columns=COLUMNS)
+    return add_gains(pd.DataFrame(rows, columns=COLUMNS))
+
+
+def add_gains(table: pd.DataFrame) -> pd.DataFrame:
+    """Fill ``best_baseline_top1 = max(unigram_top1, bigram_top1)``, ``gain_over_baseline = top1 −
+    best_baseline_top1`` and ``gain_over_depth0 = top1 − top1 of the same model, method and offset at depth 0``
+    (NaN when depth 0 was not probed). Depth 0 reads the current token's embedding alone: it is the
+    current-token reference at the probe's own capacity."""
+    table = table.copy()
+    table["best_baseline_top1"] = table[["unigram_top1", "bigram_top1"]].max(axis=1)
+    table["gain_over_baseline"] = table["top1"] - table["best_baseline_top1"]
+    keys = ["model", "method", "offset"]
+    depth0 = table[table["layer"] == 0].set_index(keys)["top1"]
+    reference = depth0.reindex(pd.MultiIndex.from_frame(table[keys])).to_numpy()
+    table["gain_over_depth0"] = table["top1"].to_numpy() - reference
+    return table
+
+
+def label_space_summary(table: pd.DataFrame) -> dict[str, Any]:
+    """What a probe table's label space is and how much of the targets it covers (for a report)."""
+    coverage = table.groupby("offset")["coverage"].first()
+    return {"label_space": sorted(set(table["label_space"])), "n_classes": sorted(int(n) for n in
+                                                                                 set(table["n_classes"])),
+            "coverage_by_offset": {int(k): float(v) for k, v in coverage.items()},
+            "scoring": "over all targets: a target outside the kept tokens is a miss for every method, the greedy "
+                       "prediction and the baselines ('other' is never a hit), so top1 <= coverage"}
+
+
+def seed_spread(table: pd.DataFrame, metrics: Sequence[str] = ("top1", "gain_over_baseline", "selectivity")
+                ) -> pd.DataFrame:
+    """The spread over probe seeds of a table holding several sweeps (column ``seed``): one row per (model, layer,
+    offset, method) with ``n_seeds`` and ``<metric>_mean``, ``_std``, ``_min``, ``_max`` for every metric.
+
+    Example:
+        >>> frame = pd.DataFrame({"model": "m", "layer": 0, "offset": 0, "method": "vocab", "seed": [0, 1],
+        ...                       "top1": [0.25, 0.75]})
+        >>> seed_spread(frame, metrics=["top1"])[["n_seeds", "top1_mean", "top1_std"]].values.tolist()
+        [[2.0, 0.5, 0.3535533905932738]]
+    """
+    keys = ["model", "layer", "offset", "method"]
+    groups = table.groupby(keys, sort=False)
+    out = groups["seed"].nunique().rename("n_seeds").to_frame()
+    for metric in metrics:
+        if metric in table:
+            stats = groups[metric].agg(["mean", "std", "min", "max"])
+            out = out.join(stats.add_prefix(f"{metric}_"))
+    return out.reset_index()
 
 
 def _split_data(data: Any, test_fraction: float, seed: int) -> tuple[Tensor, Tensor]:
@@ -230,11 +291,13 @@ def _sweep_model(name: str, model: Any, splits: tuple[Tensor, Tensor, Tensor], l
                             for i in range(len(offsets))])  # [offset, d_vocab]
     baselines = _baselines(fit.cat(val), test, space)
     coverage = space.coverage(future_labels(splits[2], offsets))
+    n_test_sequences = len(splits[2])
     rows = []
     for method in methods:
         probes, control = _fit(method, model, fit, val, controls, layers, offsets, space, config, seed, device,
                                progress)
-        scores = _score(probes, control, test, controls, config.eval_batch_size)
+        scores = _score(probes, control, test, controls, space, n_test_sequences, config.eval_batch_size,
+                        config.n_resamples, seed)
         if save_dir is not None:
             for fitted, suffix in ((probes, ""), (control, "_control")):
                 if fitted is not None:
@@ -244,7 +307,7 @@ def _sweep_model(name: str, model: Any, splits: tuple[Tensor, Tensor, Tensor], l
             for j, offset in enumerate(offsets):
                 row = {"model": name, "layer": layer, "offset": offset, "method": method,
                        "hook": hook_name(model, RESID, layer), "label_space": space.name,
-                       "n_classes": space.n_classes, "label_coverage": coverage,
+                       "n_classes": space.n_classes, "coverage": coverage,
                        **{key: float(value[i, j]) for key, value in scores.items()},
                        **{key: float(value[j]) for key, value in baselines.items()},
                        "n_train": fit.n + val.n, "n_test": test.n, "seed": seed}
@@ -259,8 +322,8 @@ def _examples(model: Any, tokens: Tensor, layers: list[int], offsets: list[int],
     """One activation pass over ``tokens`` → the probe examples of every offset (all share positions).
 
     Labels are classes of ``space``; the model's own prediction is the argmax of its next-token distribution
-    pooled into ``space`` (with a top-k space, "other" when the tokens outside the top k together outweigh
-    its most likely kept token), so that it is scored exactly as a probe's prediction is."""
+    over the whole vocabulary, encoded into ``space`` (``"other"`` when that token is outside the top k, which
+    no prediction can then hit), so that it is scored exactly as the true token is."""
     final = model.cfg.n_layers
     collected = sorted({*layers, final})
     acts = collect_activations(model, tokens, hooks=[RESID], layers=collected, batch_size=config.batch_size,
@@ -271,8 +334,8 @@ def _examples(model: Any, tokens: Tensor, layers: list[int], offsets: list[int],
     features = acts[index, :, :n_pos].reshape(len(layers), n_seq * n_pos, -1)
     last = acts[collected.index(final)]  # [seq, pos, d]: the input of the final norm
     step = max(1, 2**24 // (seq_len * model.cfg.d_vocab))  # sequences per read-out chunk (~64 MB of logits)
-    predictions = torch.cat([space.project_logits(decode(model, last[start : start + step].to(device).float()))
-                             .argmax(-1).cpu() for start in range(0, n_seq, step)])
+    predictions = torch.cat([space.encode(decode(model, last[start : start + step].to(device).float()).argmax(-1))
+                             .cpu() for start in range(0, n_seq, step)])
     future_resid = None
     if with_resid:
         future_resid = torch.stack([last[:, offset : offset + n_pos] for offset in offsets]).reshape(
@@ -286,9 +349,9 @@ def _examples(model: Any, tokens: Tensor, layers: list[int], offsets: list[int],
 
 
 def _baselines(train: _Split, test: _Split, space: LabelSpace) -> dict[str, Tensor]:
-    unigram = UnigramBaseline.fit(train.labels, space.n_classes).score(test.labels)
+    unigram = UnigramBaseline.fit(train.labels, space.n_classes).score(test.labels, space)
     bigram = BigramBaseline.fit(train.current, train.labels, space.n_classes, space.d_vocab).score(
-        test.current, test.labels)
+        test.current, test.labels, space)
     return {**{f"unigram_{k}": v for k, v in unigram.items()}, **{f"bigram_{k}": v for k, v in bigram.items()}}
 
 
@@ -331,9 +394,12 @@ def _fit(method: str, model: Any, fit: _Split, val: _Split, controls: Tensor, la
 
 
 @torch.no_grad()
-def _score(probes: Any, control: Any, test: _Split, controls: Tensor, chunk: int) -> dict[str, Tensor]:
-    """Metrics ``[layer, offset]`` of the probes (and their controls) on the test split, chunk by chunk."""
-    true, greedy, ctrl = MetricAccumulator(), MetricAccumulator(), MetricAccumulator(ks=(1,))
+def _score(probes: Any, control: Any, test: _Split, controls: Tensor, space: LabelSpace, n_sequences: int,
+           chunk: int, n_resamples: int, seed: int) -> dict[str, Tensor]:
+    """Metrics ``[layer, offset]`` of the probes (and their controls) on the test split, chunk by chunk, over all
+    targets of ``space``, with a bootstrap interval (over test sequences) of the probe's top-1."""
+    true = MetricAccumulator(space=space, n_groups=n_sequences)
+    greedy, ctrl = MetricAccumulator(space=space), MetricAccumulator(ks=(1,), space=space)
     lens = test.future_resid is not None and hasattr(probes, "predict_resid")
     n_layers, n_tasks, d_model = len(probes.layers), len(probes.tasks), probes.d_model
     squared_error = torch.zeros(n_layers, n_tasks, d_model, dtype=torch.float64)
@@ -343,7 +409,7 @@ def _score(probes: Any, control: Any, test: _Split, controls: Tensor, chunk: int
         part = slice(start, start + chunk)
         features = test.features[:, part]
         logits = probes.logits(features).float()
-        true.add(logits, test.labels[:, part])
+        true.add(logits, test.labels[:, part], groups=test.sequence[part])
         greedy.add(logits, test.greedy[:, part])
         if control is not None:
             ctrl.add(control.logits(features).float(), controls[:, test.current[part]])
@@ -353,7 +419,10 @@ def _score(probes: Any, control: Any, test: _Split, controls: Tensor, chunk: int
             squared_error += error.square().sum(2).cpu()
             target_sum += target.sum(1).cpu()
             target_square += target.square().sum(1).cpu()
-    out = {**true.result(), **{f"greedy_{k}": v for k, v in greedy.result().items()}}
+    out = {**true.result(), **{f"greedy_{k}": v for k, v in greedy.result().items() if k != "top1_in_space"}}
+    out.setdefault("top1_in_space", out["top1"])
+    out["top1_ci_low"], out["top1_ci_high"] = bootstrap_ci(true.group_hits, true.group_counts,
+                                                           n_resamples=n_resamples, seed=seed)
     out["control_top1"] = ctrl.result()["top1"] if control is not None else torch.full((n_layers, n_tasks), math.nan)
     out["r2"] = torch.full((n_layers, n_tasks), math.nan)
     if lens:  # R² of every coordinate of the predicted residual, averaged over coordinates

@@ -6,10 +6,13 @@ share the positions ``t = 0 .. seq_len - 2 - max(offsets)`` so that every (layer
 the same examples.
 
 A :class:`LabelSpace` maps tokens to the classes a probe predicts: the whole vocabulary, or the ``k`` most
-frequent future tokens of the training split plus one ``"other"`` class (index ``k``) for the rest. With the
-restricted space every method and every baseline is scored in that same space: ``"other"`` is a class like
-any other, so a prediction of ``"other"`` is correct when the true token lies outside the top ``k``. Report
-:meth:`LabelSpace.coverage` beside such numbers.
+frequent future tokens of the training split plus one ``"other"`` class (index ``k``) for the rest. The
+restricted space saves memory; it never changes what counts as right. Every method, the model's own greedy
+prediction and every baseline are scored against the true token over *all* targets: a target outside the
+kept tokens is a miss whatever is predicted (a prediction of ``"other"`` is never a hit), and its
+cross-entropy is that of the vocabulary distribution that spreads the ``"other"`` probability evenly over
+the pooled tokens (:meth:`LabelSpace.out_of_space_nats`). Report :meth:`LabelSpace.coverage` (the share of
+targets inside the space, an upper bound on any top-1) beside such numbers.
 
 Example:
     >>> import torch
@@ -23,6 +26,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -157,11 +161,37 @@ class LabelSpace:
             torch.full_like(logits[..., :1], float("-inf"))
         return torch.cat([logits[..., kept], other], dim=-1)
 
+    @property
+    def n_pooled(self) -> int:
+        """How many vocabulary tokens the ``"other"`` class pools (0 for the whole vocabulary)."""
+        return 0 if self.token_ids is None else self.d_vocab - len(self.token_ids)
+
+    def in_space(self, labels: Int[Tensor, "*shape"]) -> Tensor:
+        """True where a class label is a kept token (not ``"other"``): the only targets a prediction can hit."""
+        if self.token_ids is None:
+            return torch.ones_like(labels, dtype=torch.bool)
+        return labels != self.other
+
+    def out_of_space_nats(self, labels: Int[Tensor, "*shape"]) -> Float[Tensor, "*shape"]:
+        """What to add to a class cross-entropy to make it a cross-entropy over the vocabulary.
+
+        ``log(n_pooled)`` where the label is ``"other"`` (its probability is spread evenly over the pooled
+        tokens), 0 elsewhere.
+
+        Example:
+            >>> space = LabelSpace(d_vocab=10, token_ids=(3, 4))
+            >>> space.out_of_space_nats(torch.tensor([0, 2])).tolist()  # 8 tokens pooled in class 2
+            [0.0, 2.0794415416798357]
+        """
+        if self.token_ids is None:
+            return torch.zeros(labels.shape, dtype=torch.float64, device=labels.device)
+        return (~self.in_space(labels)).double() * math.log(max(self.n_pooled, 1))
+
     def coverage(self, tokens: Int[Tensor, "..."]) -> float:
         """The fraction of ``tokens`` that are not in the ``"other"`` class (1.0 for the whole vocabulary)."""
         if self.token_ids is None or tokens.numel() == 0:
             return 1.0
-        return float((self.encode(tokens) != self.other).float().mean())
+        return float((self.encode(tokens) != self.other).double().mean())
 
     def to_dict(self) -> dict:
         return {"d_vocab": self.d_vocab, "token_ids": None if self.token_ids is None else list(self.token_ids)}
