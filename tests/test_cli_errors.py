@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from forethought import __version__
 from forethought.cli import main
@@ -146,3 +147,20 @@ def test_every_public_name_resolves():
 
     for name in forethought.__all__:
         assert getattr(forethought, name) is not None, name
+
+
+@pytest.mark.parametrize("device", ["cuda", "gpu", "cuda:7", ""])
+def test_probe_sweep_refuses_a_bad_device_before_creating_out(tmp_path, capsys, gpt2_dir, device):
+    line = _one_error_line(capsys, [*_probe_sweep(gpt2_dir, tmp_path / "out"), "--device", device])
+    assert "device" in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_probe_sweep_function_checks_its_device(native_model):
+    from forethought.data import TokenSplits
+    from forethought.errors import InvalidArgumentError
+    from forethought.probes import probe_sweep
+
+    tokens = torch.zeros(8, 8, dtype=torch.long)
+    with pytest.raises(InvalidArgumentError, match="device"):
+        probe_sweep(native_model, TokenSplits(train=tokens, validation=tokens, tokenizer=None), device="tpu", progress=False)

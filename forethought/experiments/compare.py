@@ -41,12 +41,13 @@ import pandas as pd
 
 from forethought import plots
 from forethought.data import TokenSplits, load_token_splits
+from forethought.devices import resolve_device
 from forethought.errors import InvalidArgumentError
 from forethought.experiments.probe_sweep import parse_ints, parse_models, shared_tokenizer
 from forethought.models import load_model
 from forethought.myopic_training.evaluation import MyopiaReport, evaluate_regimes, format_gap, plot_report
 from forethought.probes.sweep import METHODS, ProbeSweepConfig, label_space_summary, probe_sweep
-from forethought.reporting import prepare_out_dir, provenance, save_figure, write_csv, write_json
+from forethought.reporting import check_out_dir, prepare_out_dir, provenance, save_figure, write_csv, write_json
 from forethought.runs import load_run
 
 HELP = ("Compare a vanilla and a myopic model (and a transformer bigram) side by side: losses by position, "
@@ -198,6 +199,8 @@ DATA_DEFAULTS = {"dataset": "builtin", "text_field": "text", "seq_len": 64, "max
 def run(args: argparse.Namespace) -> int:
     layers: Any = "all" if args.layers.strip() == "all" else parse_ints(args.layers, "layers")
     offsets = parse_ints(args.offsets, "offsets")
+    check_out_dir(args.out)
+    resolve_device(args.device)
     if args.run:
         given = [f"--{name.replace('_', '-')}" for name in DATA_DEFAULTS if getattr(args, name) is not None]
         if given:

@@ -40,6 +40,7 @@ import torch
 from torch.nn import functional as F
 
 from forethought.data.synthetic import PrecacheBatch
+from forethought.devices import resolve_device
 from forethought.errors import InvalidArgumentError, check_positive
 from forethought.experiments import synthetic
 from forethought.experiments.train import add_data_arguments, check_out_dir, load_splits
@@ -95,7 +96,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     for name in ("batches", "batch_size", "every", "threads"):
         check_positive(f"--{name.replace('_', '-')}", getattr(args, name), integer=True)
-    device = synthetic.resolve_device(args.device)
+    device = resolve_device(args.device)
     out = check_out_dir(args.out)
     threads = torch.get_num_threads()
     if device.type == "cpu":

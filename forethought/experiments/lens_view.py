@@ -22,12 +22,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from forethought.devices import resolve_device
 from forethought.errors import InvalidArgumentError
 from forethought.experiments.probe_sweep import parse_ints
 from forethought.models import load_model
 from forethought.probes.io import CONFIG
 from forethought.probes.lens_view import lens_view
-from forethought.reporting import prepare_out_dir, provenance, write_json
+from forethought.reporting import check_out_dir, prepare_out_dir, provenance, write_json
 
 HELP = ("Show what future-token probes predict at every depth and position of one prompt: an HTML grid "
         "(hover for the top 5), a PNG, and a CSV.")
@@ -66,6 +67,8 @@ def run(args: argparse.Namespace) -> int:
     layers = parse_ints(args.layers, "layers") if args.layers else None
     if not args.prompt:
         raise InvalidArgumentError("--prompt is empty; pass the text to view")
+    check_out_dir(args.out)
+    resolve_device(args.device)
     model = load_model(args.model, device=args.device)
     view = lens_view(model, probe_dir, args.prompt, offset=args.offset, layers=layers)
 

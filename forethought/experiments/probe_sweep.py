@@ -41,10 +41,11 @@ import pandas as pd
 
 from forethought import plots
 from forethought.data import load_token_splits
+from forethought.devices import resolve_device
 from forethought.errors import InvalidArgumentError, ModelNotAvailableError, VocabularyMismatchError
 from forethought.models import load_model
 from forethought.probes.sweep import METHODS, ProbeSweepConfig, label_space_summary, probe_sweep, seed_spread
-from forethought.reporting import prepare_out_dir, provenance, save_figure, write_csv, write_json
+from forethought.reporting import check_out_dir, prepare_out_dir, provenance, save_figure, write_csv, write_json
 from forethought.runs import load_run
 
 HELP = ("Train future-token probes at every layer x offset of one or more models and compare them with "
@@ -135,7 +136,8 @@ def run(args: argparse.Namespace) -> int:
     if args.max_epochs is not None:
         config = replace(config, vocab=replace(config.vocab, max_epochs=args.max_epochs),
                          future_lens=replace(config.future_lens, max_epochs=args.max_epochs))
-    out = prepare_out_dir(args.out)
+    out = check_out_dir(args.out)
+    resolve_device(args.device)
 
     if args.run:
         loaded = load_run(args.run, device=args.device)
@@ -152,6 +154,7 @@ def run(args: argparse.Namespace) -> int:
         splits = load_token_splits(options["dataset"], shared_tokenizer(models), options["seq_len"],
                                    text_field=options["text_field"], max_sequences=options["max_sequences"],
                                    val_fraction=options["test_fraction"], seed=args.seed)
+    prepare_out_dir(out)
     start = time.perf_counter()
     tables = [probe_sweep(models, splits, layers=layers, offsets=offsets, method=methods, seed=seed,
                           device=args.device, config=config,

@@ -52,12 +52,21 @@ from tqdm.auto import tqdm
 
 from forethought import plots
 from forethought.data.synthetic import PAPER_PS, PrecacheBatch, PrecacheTask, derive_seed, probe_targets
+from forethought.devices import resolve_device
 from forethought.errors import CheckpointError, InvalidArgumentError, NumericalError, check_positive
 from forethought.myopic_training import myopic
 from forethought.myopic_training.trainer import check_same_settings, read_checkpoint, warmup_cosine_schedule
 from forethought.probes.regression import fit_ridge_probe
 from forethought.regression_model import RegressionModelConfig, RegressionTransformer
-from forethought.reporting import atomic_write, prepare_out_dir, provenance, save_figure, write_csv, write_json
+from forethought.reporting import (
+    atomic_write,
+    check_out_dir,
+    prepare_out_dir,
+    provenance,
+    save_figure,
+    write_csv,
+    write_json,
+)
 
 HELP = ("The synthetic pre-caching experiment: train a vanilla and a myopic transformer on D_p and probe "
         "their residual streams for sin(F x) of past inputs.")
@@ -468,21 +477,6 @@ def run_sweep(config: SyntheticConfig, ps: list[float], out_dir: str | Path, dev
     return report
 
 
-def resolve_device(name: str) -> torch.device:
-    """``"auto"`` (CUDA when available, else CPU) or a torch device string that exists on this machine."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as error:
-        raise InvalidArgumentError(f"--device {name!r} is not a device; use auto, cpu, cuda or cuda:N") from error
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise InvalidArgumentError(f"--device {name!r} is not available on this machine; use auto or cpu")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise InvalidArgumentError(f"--device {name!r} is not available on this machine; use auto or cpu")
-    return device
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu",
                         help="smoke: seconds (CI); cpu: the default main job, minutes on a CPU; paper: the paper's "
@@ -530,7 +524,7 @@ def run(args: argparse.Namespace) -> int:
     check_positive("threads", args.threads, integer=True)
     check_positive("checkpoint-every", args.checkpoint_every, integer=True)
     checkpointing = {"resume": args.resume, "checkpoint_every": args.checkpoint_every}
-    out = prepare_out_dir(args.out)
+    out = check_out_dir(args.out)  # run_experiment creates it once the arguments are all checked
     extra = {"preset": args.preset, **({"threads": args.threads} if device.type == "cpu" else {})}
     progress = not args.no_progress
     threads = torch.get_num_threads()

@@ -58,6 +58,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from forethought.data import TokenSplits, check_tokens_fit
+from forethought.devices import resolve_device
 from forethought.errors import CheckpointError, DataError, InvalidArgumentError, NumericalError, check_positive
 from forethought.models import copy_model, save_model
 from forethought.myopic_training.evaluation import position_loss_sums
@@ -334,9 +335,7 @@ def check_device(device: str) -> None:
     """Raise :class:`InvalidArgumentError` unless ``device`` is one of :data:`DEVICES` and available here."""
     if device not in DEVICES:
         raise InvalidArgumentError(f"device={device!r} is unknown; choose one of {', '.join(DEVICES)}")
-    available = {"cuda": torch.cuda.is_available, "mps": torch.backends.mps.is_available}
-    if device in available and not available[device]():
-        raise InvalidArgumentError(f"device={device!r} is not available on this machine; use 'cpu' or 'auto'")
+    resolve_device(device)
 
 
 def training_context(config: TrainConfig, model: Any, past_model: Any = None) -> AbstractContextManager:

@@ -64,6 +64,7 @@ from torch import Tensor
 from forethought.activations import collect_activations
 from forethought.bootstrap import N_RESAMPLES, bootstrap_ci
 from forethought.data.tokens import TokenSplits, split_sequences
+from forethought.devices import resolve_device
 from forethought.errors import DataError, InvalidArgumentError, check_positive, choices_text
 from forethought.hook_names import RESID, hook_name, resolve_layers
 from forethought.options import METHODS
@@ -192,6 +193,7 @@ def probe_sweep(
     config = config or ProbeSweepConfig()
     if top_k is not None:
         config = replace(config, top_k=top_k)
+    device = resolve_device(device)
     models = dict(models) if isinstance(models, Mapping) else {"model": models}
     if not models:
         raise InvalidArgumentError("models is empty; pass {'name': model, ...}")
