@@ -19,15 +19,17 @@ import os
 import pickle
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors.torch import load_file, save_file
-from transformer_lens import TransformerBridgeConfig
-from transformer_lens.model_bridge import TransformerBridge
 
 from forethought.errors import CheckpointError, InvalidArgumentError, ModelNotAvailableError
 from forethought.reporting import atomic_directory
+
+if TYPE_CHECKING:  # transformer_lens is imported when a model is made: `import forethought.models` stays light
+    from transformer_lens import TransformerBridgeConfig
+    from transformer_lens.model_bridge import TransformerBridge
 
 NATIVE_CONFIG = "forethought_native.json"
 NATIVE_WEIGHTS = "model.safetensors"
@@ -83,6 +85,8 @@ def tiny_model(
         raise InvalidArgumentError(
             f"d_vocab={d_vocab} is smaller than the tokenizer's {len(tokenizer)} tokens; pass d_vocab=len(tokenizer)"
         )
+    from transformer_lens import TransformerBridgeConfig
+
     cfg = TransformerBridgeConfig(
         d_model=d_model,
         d_head=d_model // n_heads,
@@ -101,6 +105,8 @@ def tiny_model(
 
 
 def _boot_native(cfg: TransformerBridgeConfig, tokenizer: Any, device: Any, dtype: Any) -> TransformerBridge:
+    from transformer_lens.model_bridge import TransformerBridge
+
     model = TransformerBridge.boot_native(cfg, tokenizer=tokenizer, device=device, dtype=dtype)
     return model
 
@@ -157,6 +163,8 @@ def load_model(
     kwargs: dict[str, Any] = {"device": device, "tokenizer": tokenizer}
     if dtype is not None:
         kwargs["dtype"] = dtype
+    from transformer_lens.model_bridge import TransformerBridge
+
     try:
         return TransformerBridge.boot_transformers(str(path) if path.is_dir() else str(name_or_dir), **kwargs)
     except pickle.UnpicklingError as error:
@@ -294,6 +302,8 @@ def _load_native(path: Path, tokenizer: Any, device: Any, dtype: Any) -> Transfo
         raise CheckpointError(f"cannot read native model in {str(path)!r}: {error}") from error
     if tokenizer is None and (path / "tokenizer.json").exists():
         tokenizer = _load_tokenizer(path)
+    from transformer_lens import TransformerBridgeConfig
+
     model = _boot_native(TransformerBridgeConfig.from_dict(config), tokenizer=tokenizer, device=device, dtype=dtype)
     try:
         model.load_state_dict(state)

@@ -163,4 +163,5 @@ def test_probe_sweep_function_checks_its_device(native_model):
 
     tokens = torch.zeros(8, 8, dtype=torch.long)
     with pytest.raises(InvalidArgumentError, match="device"):
-        probe_sweep(native_model, TokenSplits(train=tokens, validation=tokens, tokenizer=None), device="tpu", progress=False)
+        probe_sweep(native_model, TokenSplits(train=tokens, validation=tokens, tokenizer=None), device="tpu",
+                    progress=False)

@@ -25,10 +25,6 @@ from typing import Any
 
 import numpy as np
 from jaxtyping import Float
-from sklearn.linear_model import Ridge
-from sklearn.metrics import r2_score
-from sklearn.pipeline import Pipeline, make_pipeline
-from sklearn.preprocessing import StandardScaler
 
 from forethought.errors import DataError, InvalidArgumentError, NumericalError
 
@@ -53,7 +49,7 @@ class RidgeProbeResult:
     r2_raw: float | np.ndarray
     alpha: float | np.ndarray
     validation_r2: float | np.ndarray
-    estimator: Pipeline
+    estimator: Any  # sklearn.pipeline.Pipeline
     n_train: int
     n_validation: int
     n_test: int
@@ -109,6 +105,11 @@ def fit_ridge_probe(
     if alphas.size == 0 or not (alphas > 0).all():
         raise InvalidArgumentError(f"alphas={alphas.tolist()!r} is not allowed; expected positive penalties")
     train, validation, test = split_rows(len(x), groups, validation_fraction, test_fraction, seed)
+    from sklearn.linear_model import Ridge  # imported here: scikit-learn is slow to import
+    from sklearn.metrics import r2_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
 
     columns = y.reshape(len(y), -1)
     scaler = StandardScaler().fit(x[train])
