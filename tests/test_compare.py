@@ -25,6 +25,7 @@ def _splits(vocab):
     return TokenSplits(train=tokens[:40], validation=tokens[40:], tokenizer=None)
 
 
+@pytest.mark.slow
 def test_compare_writes_every_artefact(regime_models, tokenizer, tmp_path):
     result = compare_regimes(regime_models, _splits(len(tokenizer)), out_dir=tmp_path, offsets=[0, 1],
                              progress=False)
@@ -54,6 +55,7 @@ def test_unknown_baseline(regime_models, tokenizer):
         compare_regimes(regime_models, _splits(len(tokenizer)), baseline="base", progress=False)
 
 
+@pytest.mark.slow
 def test_cli_from_saved_models(regime_models, tmp_path):
     for name in ("vanilla", "myopic"):
         save_model(regime_models[name], tmp_path / name)
@@ -66,6 +68,7 @@ def test_cli_from_saved_models(regime_models, tmp_path):
     assert (out / "probe_comparison.csv").exists() and (out / "probe_top1.png").exists()
 
 
+@pytest.mark.slow
 def test_cli_bad_run_directory(tmp_path):
     done = subprocess.run([sys.executable, "-m", "forethought.cli", "compare", "--run", str(tmp_path), "--out",
                            str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
@@ -123,6 +126,7 @@ def test_load_run_rebuilds_the_exact_training_data_and_models(smoke_run):
     assert run.tokenizer.get_vocab() == saved.tokenizer.get_vocab()
 
 
+@pytest.mark.slow
 def test_compare_run_reproduces_the_myopia_gap_and_refuses_changed_data(smoke_run, tmp_path, capsys):
     from forethought.cli import main
 
