@@ -43,7 +43,7 @@ from forethought import plots
 from forethought.data import TokenSplits, load_token_splits
 from forethought.devices import resolve_device
 from forethought.errors import InvalidArgumentError
-from forethought.experiments.probe_sweep import parse_ints, parse_models, shared_tokenizer
+from forethought.experiments.common import parse_ints, parse_models, shared_tokenizer
 from forethought.models import load_model
 from forethought.myopic_training.evaluation import MyopiaReport, evaluate_regimes, format_gap, plot_report
 from forethought.probes.sweep import METHODS, ProbeSweepConfig, label_space_summary, probe_sweep

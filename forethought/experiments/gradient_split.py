@@ -43,7 +43,7 @@ from forethought.data.synthetic import PrecacheBatch
 from forethought.devices import resolve_device
 from forethought.errors import InvalidArgumentError, check_positive
 from forethought.experiments import synthetic
-from forethought.experiments.train import add_data_arguments, check_out_dir, load_splits
+from forethought.experiments.common import add_data_arguments, load_splits
 from forethought.models import load_model
 from forethought.myopic_training.gradient_split import (
     TOTAL,
@@ -54,7 +54,7 @@ from forethought.myopic_training.gradient_split import (
 from forethought.myopic_training.hooks import MODES
 from forethought.myopic_training.trainer import read_checkpoint
 from forethought.regression_model import RegressionTransformer
-from forethought.reporting import prepare_out_dir, provenance, save_figure, write_csv, write_json
+from forethought.reporting import check_out_dir, prepare_out_dir, provenance, save_figure, write_csv, write_json
 
 HELP = ("Split a model's gradient into its myopic and pre-caching parts: the pre-caching share per parameter "
         "group, for a language model, a synthetic-task model, or over synthetic training.")

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from forethought.devices import resolve_device
 from forethought.errors import InvalidArgumentError
-from forethought.experiments.probe_sweep import parse_ints
+from forethought.experiments.common import parse_ints
 from forethought.models import load_model
 from forethought.probes.io import CONFIG
 from forethought.probes.lens_view import lens_view

@@ -34,10 +34,9 @@ from typing import Any
 
 from forethought.data import check_tokens_fit
 from forethought.errors import ContextLengthError, InvalidArgumentError, ModelNotAvailableError, check_positive
-from forethought.experiments.train import (
+from forethought.experiments.common import (
     add_data_arguments,
     add_training_arguments,
-    check_out_dir,
     load_splits,
     save_gradient_split_plot,
     training_config,
@@ -47,7 +46,15 @@ from forethought.myopic_training.evaluation import evaluate_regimes, format_gap,
 from forethought.myopic_training.hooks import MODES
 from forethought.myopic_training.regimes import REGIMES
 from forethought.myopic_training.trainer import CHECKPOINT, MODEL_DIR, PAST_MODEL_DIR, TrainConfig, check_device, train
-from forethought.reporting import atomic_directory, prepare_out_dir, provenance, save_figure, write_csv, write_json
+from forethought.reporting import (
+    atomic_directory,
+    check_out_dir,
+    prepare_out_dir,
+    provenance,
+    save_figure,
+    write_csv,
+    write_json,
+)
 from forethought.runs import write_run
 
 HELP = ("Train vanilla, myopic and transformer-bigram models on the same text and measure the myopia gap "

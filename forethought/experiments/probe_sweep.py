@@ -42,7 +42,8 @@ import pandas as pd
 from forethought import plots
 from forethought.data import load_token_splits
 from forethought.devices import resolve_device
-from forethought.errors import InvalidArgumentError, ModelNotAvailableError, VocabularyMismatchError
+from forethought.errors import InvalidArgumentError
+from forethought.experiments.common import parse_ints, parse_models, shared_tokenizer
 from forethought.models import load_model
 from forethought.probes.sweep import METHODS, ProbeSweepConfig, label_space_summary, probe_sweep, seed_spread
 from forethought.reporting import check_out_dir, prepare_out_dir, provenance, save_figure, write_csv, write_json
@@ -85,30 +86,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run_group.add_argument("--device", help="where to run models and probes (default: where each model loads)")
     run_group.add_argument("--batch-size", type=int, default=32, help="sequences per forward pass")
     run_group.add_argument("--no-progress", action="store_true", help="no progress bars")
-
-
-def parse_models(specs: list[str]) -> dict[str, str]:
-    """``["a=dir", ...]`` → ``{"a": "dir"}``, with one-line errors for malformed or repeated names."""
-    models: dict[str, str] = {}
-    for spec in specs:
-        name, sep, source = spec.partition("=")
-        if not sep or not name.strip() or not source.strip():
-            raise InvalidArgumentError(f"--model {spec!r} is not NAME=DIR_OR_HUB_NAME (e.g. vanilla=runs/vanilla)")
-        if name in models:
-            raise InvalidArgumentError(f"--model name {name!r} is used twice; give every model its own name")
-        models[name.strip()] = source.strip()
-    return models
-
-
-def parse_ints(text: str, what: str) -> list[int]:
-    """``"0,1,3"`` → ``[0, 1, 3]``."""
-    try:
-        values = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise InvalidArgumentError(f"--{what} {text!r} is not a comma-separated list of integers") from None
-    if not values:
-        raise InvalidArgumentError(f"--{what} is empty; pass comma-separated integers")
-    return values
 
 
 DATA_DEFAULTS = {"dataset": "builtin", "text_field": "text", "seq_len": 64, "max_sequences": 2000,
@@ -196,17 +173,3 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def shared_tokenizer(models: dict[str, Any]) -> Any:
-    """The first model's tokenizer, after checking every model has one with the same vocabulary."""
-    names = list(models)
-    tokenizer = models[names[0]].tokenizer
-    if tokenizer is None:
-        raise ModelNotAvailableError(f"model {names[0]!r} has no tokenizer to cut --dataset with; save one "
-                                     "beside its weights")
-    vocab = tokenizer.get_vocab()
-    for name in names[1:]:
-        other = models[name].tokenizer
-        if other is None or other.get_vocab() != vocab:
-            raise VocabularyMismatchError(f"models {names[0]!r} and {name!r} use different tokenizers; probe "
-                                          "models that share one, or run them separately")
-    return tokenizer

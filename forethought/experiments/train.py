@@ -17,17 +17,22 @@ Example:
 from __future__ import annotations
 
 import argparse
-import os
 import time
 from dataclasses import asdict
-from typing import Any
 
-from forethought.data import TokenSplits, check_tokens_fit, load_token_splits, train_tokenizer
+from forethought.data import check_tokens_fit
 from forethought.errors import InvalidArgumentError
+from forethought.experiments.common import (
+    add_data_arguments,
+    add_training_arguments,
+    load_splits,
+    save_gradient_split_plot,
+    training_config,
+)
 from forethought.models import load_model, tiny_model
 from forethought.myopic_training.hooks import MODES
 from forethought.myopic_training.regimes import REGIMES
-from forethought.myopic_training.trainer import CHECKPOINT, DEVICES, MODEL_DIR, TrainConfig, check_device, train
+from forethought.myopic_training.trainer import CHECKPOINT, MODEL_DIR, check_device, train
 from forethought.reporting import check_out_dir, prepare_out_dir, provenance, save_figure, write_json
 from forethought.runs import write_run
 
@@ -51,72 +56,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     regime.add_argument("--past-model", help="local-myopic: the frozen vanilla model that supplies the past "
                                              "(default when fine-tuning: a frozen copy of --model)")
     add_training_arguments(parser, steps=500, batch_size=32, lr=1e-3)
-
-
-def add_data_arguments(parser: argparse.ArgumentParser, dataset: str | None = "builtin",
-                       seq_len: int | None = 64, text_field: str | None = "text") -> None:
-    data = parser.add_argument_group("data (defaults: the preset's)" if dataset is None else "data")
-    data.add_argument("--dataset", default=dataset, help="'builtin', a .txt/.jsonl file or directory, or a HF "
-                                                         "dataset name[:config]")
-    data.add_argument("--text-field", default=text_field, help="text column of .jsonl files and HF datasets")
-    data.add_argument("--max-documents", type=int, help="use at most this many documents")
-    data.add_argument("--seq-len", type=int, default=seq_len, help="tokens per sequence")
-    data.add_argument("--min-doc-tokens", type=int, help="keep only documents this long; sequences never cross "
-                                                         "documents (the paper's passages)")
-
-
-def add_training_arguments(parser: argparse.ArgumentParser, steps: int | None, batch_size: int | None,
-                           lr: float | None) -> None:
-    group = parser.add_argument_group("training")
-    group.add_argument("--steps", type=int, default=steps, help="optimizer steps")
-    group.add_argument("--batch-size", type=int, default=batch_size, help="sequences per step")
-    group.add_argument("--lr", type=float, default=lr, help="peak learning rate (AdamW)")
-    group.add_argument("--warmup-steps", type=int, help="linear warmup steps (default: min(100, steps / 10))")
-    group.add_argument("--weight-decay", type=float, help="AdamW weight decay on matrices (default 0.1)")
-    group.add_argument("--grad-clip", type=float, help="global gradient-norm clip (default 1.0)")
-    group.add_argument("--eval-every", type=int, help="steps between validation evaluations")
-    group.add_argument("--checkpoint-every", type=int, help="steps between checkpoints")
-    group.add_argument("--gradient-split-every", type=int, metavar="K",
-                       help="record the gradient split (pre-caching share) every K steps, a multiple of --eval-every; "
-                            "plotted in gradient_split.png")
-    group.add_argument("--seed", type=int, default=0, help="model initialisation, data split and order")
-    group.add_argument("--device", choices=DEVICES, default="auto", help="where to train (default: accelerate's "
-                                                                         "choice; bf16 autocast on a GPU)")
-    group.add_argument("--no-progress", action="store_true", help="no progress bars")
-
-
-def training_config(args: argparse.Namespace, **settings: Any) -> TrainConfig:
-    """A :class:`TrainConfig` from ``settings`` (defaults, e.g. a preset's) overridden by the given CLI options."""
-    options = {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "warmup_steps": args.warmup_steps,
-               "weight_decay": args.weight_decay, "grad_clip": args.grad_clip, "eval_every": args.eval_every,
-               "checkpoint_every": args.checkpoint_every,
-               "gradient_split_every": getattr(args, "gradient_split_every", None)}
-    settings.update({key: value for key, value in options.items() if value is not None})
-    return TrainConfig(**settings, seed=args.seed, device=args.device, resume=args.resume,
-                       progress=not args.no_progress)
-
-
-def save_gradient_split_plot(history: list[dict[str, Any]], path: str | os.PathLike, title: str) -> None:
-    """Plot the gradient split recorded in a training log over the steps, if the run recorded one."""
-    from forethought.myopic_training.gradient_split import plot_gradient_split_over_training, split_history
-
-    frame = split_history(history)
-    if not frame.empty:
-        save_figure(plot_gradient_split_over_training(frame, title=f"Pre-caching share of the gradient: {title}"),
-                    path)
-
-
-def load_splits(args: argparse.Namespace, tokenizer: Any = None, vocab_size: int | None = None,
-                max_sequences: int | None = None, val_fraction: float = 0.1) -> TokenSplits:
-    """Texts from ``--dataset``, tokenised (with ``tokenizer``, or a BPE of ``vocab_size`` trained on them) and
-    cut into ``--seq-len`` sequences, split into train and validation with ``--seed``; the splits carry their
-    data manifest (:func:`forethought.data.load_token_splits`)."""
-    if tokenizer is None:
-        def tokenizer(texts: list[str]) -> Any:
-            return train_tokenizer(texts, vocab_size=vocab_size)
-    return load_token_splits(args.dataset, tokenizer, args.seq_len, text_field=args.text_field,
-                             max_documents=args.max_documents, min_doc_tokens=args.min_doc_tokens,
-                             max_sequences=max_sequences, val_fraction=val_fraction, seed=args.seed)
 
 
 def run(args: argparse.Namespace) -> int:
