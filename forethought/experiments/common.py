@@ -132,3 +132,34 @@ def load_splits(args: argparse.Namespace, tokenizer: Any = None, vocab_size: int
     return load_token_splits(args.dataset, tokenizer, args.seq_len, text_field=args.text_field,
                              max_documents=args.max_documents, min_doc_tokens=args.min_doc_tokens,
                              max_sequences=max_sequences, val_fraction=val_fraction, seed=args.seed)
+
+
+#: Defaults of the options that cut fresh text for ``--model`` models (a ``--run`` is scored on its own data).
+DATA_DEFAULTS = {"dataset": "builtin", "text_field": "text", "seq_len": 64, "max_sequences": 2000}
+HELD_OUT_DEFAULT = 0.2
+
+
+def add_scoring_data_arguments(parser: argparse.ArgumentParser, held_out: str) -> None:
+    """The data options of a command that scores ``--model`` models on fresh text; ``held_out`` names the option
+    for the share of sequences held out (``"val_fraction"``, ``"test_fraction"``)."""
+    data = parser.add_argument_group("data (with --model only; --run uses the run's own data)")
+    data.add_argument("--dataset", help="'builtin', a .txt/.jsonl file or directory, or a HF dataset name "
+                      "(default: builtin)")
+    data.add_argument("--text-field", help="text column of .jsonl files and HF datasets (default: text)")
+    data.add_argument("--seq-len", type=int, help="tokens per sequence (default: 64)")
+    data.add_argument("--max-sequences", type=int, help="use at most this many sequences (default: 2000)")
+    data.add_argument(f"--{held_out.replace('_', '-')}", type=float,
+                      help=f"share of sequences held out for scoring (default: {HELD_OUT_DEFAULT})")
+
+
+def scoring_data_options(args: argparse.Namespace, held_out: str, verb: str) -> dict[str, Any]:
+    """The data options with their defaults filled in; refuses them beside ``--run`` (a run is ``verb``-d on its
+    own data and split)."""
+    defaults = {**DATA_DEFAULTS, held_out: HELD_OUT_DEFAULT}
+    if args.run:
+        given = [f"--{name.replace('_', '-')}" for name in defaults if getattr(args, name) is not None]
+        if given:
+            raise InvalidArgumentError(f"{', '.join(given)} cannot be combined with --run: a run is {verb}d on its own "
+                                       f"data and split; pass --model NAME=DIR to {verb} other text")
+    return {name: getattr(args, name) if getattr(args, name) is not None else default
+            for name, default in defaults.items()}

@@ -43,7 +43,13 @@ from forethought import plots
 from forethought.data import TokenSplits, load_token_splits
 from forethought.devices import resolve_device
 from forethought.errors import InvalidArgumentError
-from forethought.experiments.common import parse_ints, parse_models, shared_tokenizer
+from forethought.experiments.common import (
+    add_scoring_data_arguments,
+    parse_ints,
+    parse_models,
+    scoring_data_options,
+    shared_tokenizer,
+)
 from forethought.models import load_model
 from forethought.myopic_training.evaluation import MyopiaReport, evaluate_regimes, format_gap, plot_report
 from forethought.probes.sweep import METHODS, ProbeSweepConfig, label_space_summary, probe_sweep
@@ -174,13 +180,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="a model to compare, named (repeat; one must be named like --baseline)")
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("--baseline", default="vanilla", help="the model the others are compared with")
-    data = parser.add_argument_group("data (with --model only; --run uses the run's own data)")
-    data.add_argument("--dataset", help="'builtin', a .txt/.jsonl file or directory, or a HF dataset name "
-                      "(default: builtin)")
-    data.add_argument("--text-field", help="text column of .jsonl files and HF datasets (default: text)")
-    data.add_argument("--seq-len", type=int, help="tokens per sequence (default: 64)")
-    data.add_argument("--max-sequences", type=int, help="use at most this many sequences (default: 2000)")
-    data.add_argument("--val-fraction", type=float, help="share of sequences held out for scoring (default: 0.2)")
+    add_scoring_data_arguments(parser, held_out="val_fraction")
     parser.add_argument("--layers", default="all", help="'all' or comma-separated residual depths")
     parser.add_argument("--offsets", default="0,1,2,3", help="comma-separated future offsets (0 = next token)")
     parser.add_argument("--method", default="vocab", choices=METHODS, help="probe method (default: %(default)s)")
@@ -192,8 +192,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
-DATA_DEFAULTS = {"dataset": "builtin", "text_field": "text", "seq_len": 64, "max_sequences": 2000,
-                 "val_fraction": 0.2}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -201,19 +199,14 @@ def run(args: argparse.Namespace) -> int:
     offsets = parse_ints(args.offsets, "offsets")
     check_out_dir(args.out)
     resolve_device(args.device)
+    options = scoring_data_options(args, held_out="val_fraction", verb="score")
     if args.run:
-        given = [f"--{name.replace('_', '-')}" for name in DATA_DEFAULTS if getattr(args, name) is not None]
-        if given:
-            raise InvalidArgumentError(f"{', '.join(given)} cannot be combined with --run: a run is scored on its own "
-                                       "data and split; pass --model NAME=DIR to score other text")
         run_dir = load_run(args.run, device=args.device)
         models = {name: model for name, model in run_dir.models.items() if name in RUN_REGIMES}
         if not models:
             raise InvalidArgumentError(f"--run {args.run!r} holds none of the models {', '.join(RUN_REGIMES)}")
         splits, trained_as, bootstrap_seed = run_dir.splits, run_dir.trained_as, run_dir.manifest.get("seed")
     else:
-        options = {name: getattr(args, name) if getattr(args, name) is not None else default
-                   for name, default in DATA_DEFAULTS.items()}
         sources = parse_models(args.model)
         if args.baseline not in sources:
             raise InvalidArgumentError(f"--baseline {args.baseline!r} is not among the models {sorted(sources)}")

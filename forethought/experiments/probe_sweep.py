@@ -43,7 +43,13 @@ from forethought import plots
 from forethought.data import load_token_splits
 from forethought.devices import resolve_device
 from forethought.errors import InvalidArgumentError
-from forethought.experiments.common import parse_ints, parse_models, shared_tokenizer
+from forethought.experiments.common import (
+    add_scoring_data_arguments,
+    parse_ints,
+    parse_models,
+    scoring_data_options,
+    shared_tokenizer,
+)
 from forethought.models import load_model
 from forethought.probes.sweep import METHODS, ProbeSweepConfig, label_space_summary, probe_sweep, seed_spread
 from forethought.reporting import check_out_dir, prepare_out_dir, provenance, save_figure, write_csv, write_json
@@ -60,13 +66,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--run", help="a `forethought train` or `myopia-gap` output directory: probe its models "
                         "(not the bigram ones) on the run's own split")
     parser.add_argument("--out", required=True, help="output directory")
-    data = parser.add_argument_group("data (with --model only; --run uses the run's own data)")
-    data.add_argument("--dataset", help="'builtin', a .txt/.jsonl file or directory, or a HF dataset name "
-                      "(default: builtin)")
-    data.add_argument("--text-field", help="text column of .jsonl files and HF datasets (default: text)")
-    data.add_argument("--seq-len", type=int, help="tokens per sequence (default: 64)")
-    data.add_argument("--max-sequences", type=int, help="use at most this many sequences (default: 2000)")
-    data.add_argument("--test-fraction", type=float, help="share of sequences held out for scoring (default: 0.2)")
+    add_scoring_data_arguments(parser, held_out="test_fraction")
     probes = parser.add_argument_group("probes")
     probes.add_argument("--layers", default="all", help="'all' or comma-separated residual depths "
                         "(0 = embeddings, n_layers = last block's output)")
@@ -88,8 +88,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run_group.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
-DATA_DEFAULTS = {"dataset": "builtin", "text_field": "text", "seq_len": 64, "max_sequences": 2000,
-                 "test_fraction": 0.2}
 NOT_PROBED = ("bigram", "local-myopic")  # their forward is not the plain one a probe reads
 
 
@@ -101,13 +99,7 @@ def run(args: argparse.Namespace) -> int:
     unknown = [m for m in methods if m not in METHODS]
     if unknown or not methods:
         raise InvalidArgumentError(f"--method {args.method!r} is unknown; choose from {', '.join(METHODS)}")
-    options = {name: getattr(args, name) if getattr(args, name) is not None else default
-               for name, default in DATA_DEFAULTS.items()}
-    if args.run:
-        given = [f"--{name.replace('_', '-')}" for name in DATA_DEFAULTS if getattr(args, name) is not None]
-        if given:
-            raise InvalidArgumentError(f"{', '.join(given)} cannot be combined with --run: a run is probed on its own "
-                                       "data and split; pass --model NAME=DIR to probe other text")
+    options = scoring_data_options(args, held_out="test_fraction", verb="probe")
     config = ProbeSweepConfig(top_k=args.top_k, control=not args.no_control, test_fraction=options["test_fraction"],
                               batch_size=args.batch_size)
     if args.max_epochs is not None:
