@@ -41,6 +41,16 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
+class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Show each option's default, unless its help already states it or there is none (``None``)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default is None or "default" in text:
+            return text
+        return super()._get_help_string(action)
+
+
 def _chosen_command(argv: Sequence[str]) -> str | None:
     return next((word for word in argv if not word.startswith("-")), None)
 
@@ -48,7 +58,7 @@ def _chosen_command(argv: Sequence[str]) -> str | None:
 def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     """The parser for ``argv``: every subcommand is listed, only the one named in ``argv`` gets its options."""
     parser = _Parser(prog="forethought", description="Do language models plan ahead?",
-                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                     formatter_class=_DefaultsFormatter)
     parser.add_argument("--version", action="version", version=f"forethought {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     chosen = _chosen_command(argv)
@@ -58,7 +68,7 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
             continue
         module = importlib.import_module(module_name)
         sub = commands.add_parser(name, help=summary, description=module.HELP,
-                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                  formatter_class=_DefaultsFormatter)
         module.add_arguments(sub)
         sub.set_defaults(command_function=module.run)
     return parser
