@@ -49,11 +49,23 @@ def test_writes_table_figure_and_report(model_dirs, tmp_path):
     (["--method", "telepathy"], "telepathy"),
     (["--offsets", "a,b"], "comma-separated"),
     (["--model", "no-equals-sign"], "NAME=DIR_OR_HUB_NAME"),
+    (["--stream", "--method", "vocab,ridge"], "stream=True"),
+    (["--stream-dir", "no-such-dir"], "stream_dir"),
 ])
 def test_bad_input_exits_2_with_one_line(model_dirs, tmp_path, capsys, extra, message):
     assert main(_args(model_dirs, tmp_path / "out", *extra)) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
+
+
+def test_streaming_writes_the_same_table(model_dirs, tmp_path):
+    tables = {}
+    for flag in ("--stream", "--no-stream"):
+        out = tmp_path / flag.strip("-")
+        assert main(_args(model_dirs, out, flag, "--stream-dir", str(tmp_path))) == 0
+        tables[flag] = pd.read_csv(out / "probes.csv")
+    pd.testing.assert_frame_equal(tables["--stream"], tables["--no-stream"], rtol=1e-5)
+    assert json.loads((tmp_path / "stream" / "report.json").read_text())["config"]["stream"] is True
 
 
 def test_missing_model_directory(tmp_path, capsys):

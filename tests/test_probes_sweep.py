@@ -1,6 +1,8 @@
 """probe_sweep on tasks with known answers, its table, its plot and its errors."""
 
 import math
+from dataclasses import replace
+from unittest.mock import patch
 
 import pytest
 import torch
@@ -10,6 +12,7 @@ from forethought.errors import DataError, ForethoughtError, InvalidArgumentError
 from forethought.models import tiny_model
 from forethought.plots import plot_probe_heatmap
 from forethought.probes import load_probes
+from forethought.probes.feature_store import FeatureStore
 from forethought.probes.sweep import COLUMNS, ProbeSweepConfig, probe_sweep
 from forethought.probes.vocabulary import VocabProbeConfig
 
@@ -156,3 +159,42 @@ def test_an_iid_stream_with_a_small_top_k_gives_chance_top1():
         assert table[column].max() < 2 / 40, column
     assert (table["top1"] <= table["coverage"]).all() and (table["coverage"] < 0.1).all()
     assert (table["top1_ci_low"] <= table["top1"]).all() and (table["top1"] <= table["top1_ci_high"]).all()
+
+
+@pytest.mark.parametrize("top_k", [None, 5])
+def test_a_streamed_sweep_equals_the_in_memory_sweep(model, tmp_path, top_k):
+    """Features written to disk batch by batch and read back a minibatch at a time give the same table."""
+    tokens = skip_one_chain(120)
+    config = ProbeSweepConfig(batch_size=7, eval_batch_size=300, stream_dir=str(tmp_path),
+                              vocab=VocabProbeConfig(max_epochs=4, batch_size=128))
+    kwargs = {"offsets": [0, 1, 2], "top_k": top_k, "config": config, "progress": False}
+    in_memory = probe_sweep({"random": model}, tokens, stream=False, **kwargs)
+    streamed = probe_sweep({"random": model}, tokens, stream=True, **kwargs)
+    assert list(streamed.columns) == list(in_memory.columns)
+    numeric = [column for column in COLUMNS if in_memory[column].dtype.kind == "f"]
+    assert (streamed.drop(columns=numeric) == in_memory.drop(columns=numeric)).all().all()
+    torch.testing.assert_close(torch.tensor(streamed[numeric].to_numpy()), torch.tensor(in_memory[numeric].to_numpy()),
+                               rtol=1e-5, atol=1e-6, equal_nan=True)
+    assert not list(tmp_path.iterdir())  # the temporary feature files are gone
+
+
+def test_streaming_chooses_itself_and_refuses_methods_it_cannot_run(model, tmp_path):
+    tokens = skip_one_chain(30)
+    tiny_budget = ProbeSweepConfig(stream_above_gib=1e-9, stream_dir=str(tmp_path / "missing"),
+                                   vocab=VocabProbeConfig(max_epochs=1))
+    with pytest.raises(InvalidArgumentError, match="stream_dir"):
+        probe_sweep(model, tokens, offsets=[0], config=tiny_budget, progress=False)
+    tiny_budget.stream_dir = str(tmp_path)
+    seen = []
+    create = FeatureStore.create
+    with patch.object(FeatureStore, "create", side_effect=lambda *a, **k: seen.append(a) or create(*a, **k)):
+        probe_sweep(model, tokens, offsets=[0], config=tiny_budget, progress=False)
+        assert len(seen) == 3  # "auto" streamed fit, val and test: they exceed the budget
+        probe_sweep(model, tokens, offsets=[0], config=replace(tiny_budget, stream_above_gib=1.0), progress=False)
+        assert len(seen) == 3  # ... and keeps data within it in memory
+        table = probe_sweep(model, tokens, offsets=[0], method="ridge", config=tiny_budget, progress=False)
+        assert len(table) == 3 and len(seen) == 3  # ridge cannot stream, so "auto" keeps it in memory
+    with pytest.raises(InvalidArgumentError, match="stream=True"):
+        probe_sweep(model, tokens, method=["vocab", "ridge"], stream=True, progress=False)
+    with pytest.raises(InvalidArgumentError, match="stream="):
+        probe_sweep(model, tokens, stream="yes", progress=False)

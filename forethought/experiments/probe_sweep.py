@@ -51,7 +51,14 @@ from forethought.experiments.common import (
     shared_tokenizer,
 )
 from forethought.models import load_model
-from forethought.probes.sweep import METHODS, ProbeSweepConfig, label_space_summary, probe_sweep, seed_spread
+from forethought.probes.sweep import (
+    METHODS,
+    ProbeSweepConfig,
+    check_stream,
+    label_space_summary,
+    probe_sweep,
+    seed_spread,
+)
 from forethought.reporting import check_out_dir, prepare_out_dir, provenance, save_figure, write_csv, write_json
 from forethought.runs import load_run
 
@@ -85,6 +92,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                            "report the spread over seeds")
     run_group.add_argument("--device", help="where to run models and probes (default: where each model loads)")
     run_group.add_argument("--batch-size", type=int, default=32, help="sequences per forward pass")
+    run_group.add_argument("--stream", action=argparse.BooleanOptionalAction, default=None,
+                           help="write activations to temporary files and train vocab probes from them, so memory "
+                           "does not grow with the data (default: only when they would exceed --stream-above-gib)")
+    run_group.add_argument("--stream-above-gib", type=float, default=4.0,
+                           help="streaming threshold: activations larger than this (GiB) stream")
+    run_group.add_argument("--stream-dir", help="where streamed activations go (default: the system temp directory)")
     run_group.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -101,7 +114,10 @@ def run(args: argparse.Namespace) -> int:
         raise InvalidArgumentError(f"--method {args.method!r} is unknown; choose from {', '.join(METHODS)}")
     options = scoring_data_options(args, held_out="test_fraction", verb="probe")
     config = ProbeSweepConfig(top_k=args.top_k, control=not args.no_control, test_fraction=options["test_fraction"],
-                              batch_size=args.batch_size)
+                              batch_size=args.batch_size, stream_above_gib=args.stream_above_gib,
+                              stream_dir=args.stream_dir)
+    stream = "auto" if args.stream is None else args.stream
+    check_stream(stream, methods, config)
     if args.max_epochs is not None:
         config = replace(config, vocab=replace(config.vocab, max_epochs=args.max_epochs),
                          future_lens=replace(config.future_lens, max_epochs=args.max_epochs))
@@ -128,7 +144,8 @@ def run(args: argparse.Namespace) -> int:
     tables = [probe_sweep(models, splits, layers=layers, offsets=offsets, method=methods, seed=seed,
                           device=args.device, config=config,
                           save_dir=out / "probes" / (f"seed{seed}" if len(seeds) > 1 else "")
-                          if args.save_probes else None, progress=not args.no_progress) for seed in seeds]
+                          if args.save_probes else None, stream=stream, progress=not args.no_progress)
+              for seed in seeds]
     seconds = time.perf_counter() - start
     table = pd.concat(tables, ignore_index=True)
     files = ["probes.csv", "probe_top1.png", "probe_gain.png", "report.json"]

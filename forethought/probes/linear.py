@@ -33,6 +33,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from forethought.errors import InvalidArgumentError
+from forethought.probes.feature_store import FeatureStore, feature_chunks
 from forethought.probes.targets import LabelSpace
 
 
@@ -56,16 +57,18 @@ class Task:
 
 
 def feature_stats(
-    features: Float[Tensor, "layer n d_model"], chunk: int = 65536
+    features: Float[Tensor, "layer n d_model"] | FeatureStore, chunk: int = 65536
 ) -> tuple[Float[Tensor, "layer d_model"], Float[Tensor, "layer d_model"]]:
-    """Per-layer mean and standard deviation over examples, accumulated in float64 chunk by chunk.
+    """Per-layer mean and standard deviation over examples, accumulated in float64 chunk by chunk (from memory
+    or from a :class:`~forethought.probes.feature_store.FeatureStore`).
 
     Dimensions with (near) zero variance get scale 1, so they stay zero instead of blowing up.
     """
-    total = torch.zeros(features.shape[0], features.shape[2], dtype=torch.float64, device=features.device)
+    device = features.device if isinstance(features, Tensor) else "cpu"
+    total = torch.zeros(features.shape[0], features.shape[2], dtype=torch.float64, device=device)
     square = torch.zeros_like(total)
-    for start in range(0, features.shape[1], chunk):
-        part = features[:, start : start + chunk].double()
+    for part in feature_chunks(features, chunk):
+        part = part.double()
         total += part.sum(1)
         square += part.square().sum(1)
     n = max(features.shape[1], 1)

@@ -52,14 +52,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from tempfile import TemporaryDirectory
 from typing import Any
 
 import pandas as pd
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from forethought.activations import collect_activations
 from forethought.bootstrap import N_RESAMPLES, bootstrap_ci
@@ -69,6 +72,7 @@ from forethought.errors import DataError, InvalidArgumentError, check_positive, 
 from forethought.hook_names import RESID, hook_name, resolve_layers
 from forethought.options import METHODS
 from forethought.probes.baselines import BigramBaseline, UnigramBaseline, control_labels
+from forethought.probes.feature_store import FeatureStore, feature_chunks
 from forethought.probes.future_lens import (
     FutureLensConfig,
     decode,
@@ -84,6 +88,7 @@ from forethought.probes.targets import LabelSpace, check_offsets, future_labels,
 from forethought.probes.vocabulary import VocabProbeConfig, fit_vocab_probes
 
 LENS_METHODS = ("future_lens", "ridge")
+STREAMING_METHODS = ("vocab",)
 COLUMNS = [
     "model", "layer", "offset", "method", "hook", "label_space", "n_classes", "coverage",
     "top1", "top1_ci_low", "top1_ci_high", "top5", "cross_entropy", "top1_in_space",
@@ -108,6 +113,9 @@ class ProbeSweepConfig:
         eval_batch_size: examples per chunk when scoring.
         n_resamples: bootstrap resamples (over test sequences) for the ``top1_ci_low/high`` interval (95 %).
         feature_dtype: dtype the activations are stored in (e.g. ``torch.bfloat16`` halves their memory).
+        stream_above_gib: with ``stream="auto"``, stream when the activations would take more than this (GiB).
+        stream_dir: where a streaming sweep writes its temporary feature files (default: the system's
+            temporary directory); they are deleted when the sweep ends.
         vocab, logistic, future_lens: settings of each method (their seeds and devices are set from the sweep).
     """
 
@@ -119,6 +127,8 @@ class ProbeSweepConfig:
     eval_batch_size: int = 2048
     n_resamples: int = N_RESAMPLES
     feature_dtype: torch.dtype = torch.float32
+    stream_above_gib: float = 4.0
+    stream_dir: str | None = None
     vocab: VocabProbeConfig = field(default_factory=VocabProbeConfig)
     logistic: LogisticProbeConfig = field(default_factory=LogisticProbeConfig)
     future_lens: FutureLensConfig = field(default_factory=FutureLensConfig)
@@ -127,6 +137,7 @@ class ProbeSweepConfig:
         check_positive("batch_size", self.batch_size, integer=True)
         check_positive("eval_batch_size", self.eval_batch_size, integer=True)
         check_positive("n_resamples", self.n_resamples, integer=True)
+        check_positive("stream_above_gib", self.stream_above_gib)
         if self.top_k is not None:
             check_positive("top_k", self.top_k, integer=True)
         for name in ("test_fraction", "val_fraction"):
@@ -139,7 +150,7 @@ class ProbeSweepConfig:
 class _Split:
     """The probe examples of one split: features at probe positions and every label the sweep scores."""
 
-    features: Float[Tensor, "layer n d_model"]
+    features: Float[Tensor, "layer n d_model"] | FeatureStore
     current: Int[Tensor, " n"]
     labels: Int[Tensor, "offset n"]  # class labels of the true future tokens
     greedy: Int[Tensor, "offset n"]  # class labels of the model's own predictions
@@ -169,6 +180,7 @@ def probe_sweep(
     device: str | torch.device | None = None,
     config: ProbeSweepConfig | None = None,
     save_dir: str | Path | None = None,
+    stream: bool | str = "auto",
     progress: bool = True,
 ) -> pd.DataFrame:
     """Probe every (layer, offset) of every model with every method; one row per measurement.
@@ -185,6 +197,10 @@ def probe_sweep(
         device: where to run the models and train the probes (default: each model's device).
         config: further settings (:class:`ProbeSweepConfig`).
         save_dir: if given, fitted probes are saved to ``save_dir/<model>/<method>``.
+        stream: ``True`` writes the activations to temporary files batch by batch and trains the probes from
+            them a minibatch at a time, so host memory is set by the batch sizes instead of the number of
+            tokens (``"vocab"`` only; the results equal the in-memory sweep's). ``"auto"`` streams when every
+            method is ``"vocab"`` and the activations would exceed ``config.stream_above_gib``.
         progress: show progress bars.
 
     Returns:
@@ -202,13 +218,15 @@ def probe_sweep(
     if unknown or not methods:
         raise InvalidArgumentError(f"method={unknown[0] if unknown else method!r} is unknown; choose from "
                                    f"{choices_text(METHODS)}")
+    check_stream(stream, methods, config)
     train, test = _split_data(data, config.test_fraction, seed)
     offsets = check_offsets(offsets, train.shape[1])
     fit, val = split_sequences(train, val_fraction=config.val_fraction, seed=seed + 1)
     rows = []
     for name, model in models.items():
+        streamed = _should_stream(stream, model, layers, methods, len(train) + len(test), train.shape[1], config)
         rows += _sweep_model(name, model, (fit, val, test), layers, offsets, methods, config, seed, device,
-                             save_dir, progress)
+                             save_dir, progress, streamed)
     return add_gains(pd.DataFrame(rows, columns=COLUMNS))
 
 
@@ -277,9 +295,35 @@ def _split_data(data: Any, test_fraction: float, seed: int) -> tuple[Tensor, Ten
     return train, test
 
 
+def check_stream(stream: bool | str, methods: Sequence[str], config: ProbeSweepConfig) -> None:
+    """Refuse a ``stream`` setting that cannot run: an unknown value, methods that cannot stream, a missing
+    ``stream_dir``."""
+    if stream not in (True, False, "auto"):
+        raise InvalidArgumentError(f"stream={stream!r} is not allowed; expected True, False or 'auto'")
+    if stream is True and set(methods) - set(STREAMING_METHODS):
+        raise InvalidArgumentError(f"stream=True trains {choices_text(STREAMING_METHODS)} probes only; got "
+                                   f"method={list(methods)}; run the other methods with stream=False")
+    if stream is not False and config.stream_dir is not None and not Path(config.stream_dir).is_dir():
+        raise InvalidArgumentError(f"stream_dir={config.stream_dir!r} is not a directory; create it or leave "
+                                   "stream_dir unset for the system's temporary directory")
+
+
+def _should_stream(stream: bool | str, model: Any, layers: Any, methods: list[str], n_seq: int, seq_len: int,
+                   config: ProbeSweepConfig) -> bool:
+    """Whether this model's sweep streams: as asked, or (``"auto"``) when its activations would not fit the
+    memory budget and every method can stream."""
+    if stream != "auto":
+        return bool(stream)
+    if set(methods) - set(STREAMING_METHODS):
+        return False
+    depths = len({*resolve_layers(model, layers, RESID), model.cfg.n_layers})
+    element = torch.empty((), dtype=config.feature_dtype).element_size()
+    return depths * n_seq * seq_len * model.cfg.d_model * element > config.stream_above_gib * 2**30
+
+
 def _sweep_model(name: str, model: Any, splits: tuple[Tensor, Tensor, Tensor], layers: Any, offsets: list[int],
                  methods: list[str], config: ProbeSweepConfig, seed: int, device: Any, save_dir: Any,
-                 progress: bool) -> list[dict[str, Any]]:
+                 progress: bool, streamed: bool = False) -> list[dict[str, Any]]:
     layers = resolve_layers(model, layers, RESID)
     device = torch.device(device) if device is not None else next(model.parameters()).device
     if device != next(model.parameters()).device:
@@ -287,13 +331,33 @@ def _sweep_model(name: str, model: Any, splits: tuple[Tensor, Tensor, Tensor], l
     with_resid = any(m in LENS_METHODS for m in methods)
     space = (LabelSpace.top_k(future_labels(splits[0], offsets), config.top_k, model.cfg.d_vocab)
              if config.top_k is not None else LabelSpace.full(model.cfg.d_vocab))
-    fit, val, test = (_examples(model, tokens, layers, offsets, space, config, device, with_resid, progress)
-                      for tokens in splits)
+    with ExitStack() as cleanup:
+        if streamed:
+            directory = Path(cleanup.enter_context(TemporaryDirectory(prefix="forethought-features-",
+                                                                      dir=config.stream_dir)))
+            fit, val, test = (_streamed_examples(model, tokens, layers, offsets, space, config, device,
+                                                 directory / f"{part}.bin", progress)
+                              for part, tokens in zip(("fit", "val", "test"), splits, strict=True))
+            for split in (fit, val, test):
+                cleanup.callback(split.features.close)
+        else:
+            fit, val, test = (_examples(model, tokens, layers, offsets, space, config, device, with_resid, progress)
+                              for tokens in splits)
+        return _fit_and_score(name, model, (fit, val, test), len(splits[2]), future_labels(splits[2], offsets),
+                              layers, offsets, methods, space, config, seed, device, save_dir, progress)
+
+
+def _fit_and_score(name: str, model: Any, examples: tuple[_Split, _Split, _Split], n_test_sequences: int,
+                   test_targets: Tensor, layers: list[int], offsets: list[int], methods: list[str],
+                   space: LabelSpace, config: ProbeSweepConfig, seed: int, device: torch.device, save_dir: Any,
+                   progress: bool) -> list[dict[str, Any]]:
+    """Baselines, then every method's probes fitted and scored: one row per (layer, offset, method)."""
+    fit, val, test = examples
     controls = torch.stack([control_labels(fit.labels[i], model.cfg.d_vocab, seed=seed + 7919 * (i + 1))
                             for i in range(len(offsets))])  # [offset, d_vocab]
-    baselines = _baselines(fit.cat(val), test, space)
-    coverage = space.coverage(future_labels(splits[2], offsets))
-    n_test_sequences = len(splits[2])
+    baselines = _baselines(torch.cat([fit.current, val.current]), torch.cat([fit.labels, val.labels], 1), test,
+                           space)
+    coverage = space.coverage(test_targets)
     rows = []
     for method in methods:
         probes, control = _fit(method, model, fit, val, controls, layers, offsets, space, config, seed, device,
@@ -335,14 +399,50 @@ def _examples(model: Any, tokens: Tensor, layers: list[int], offsets: list[int],
     index = [collected.index(layer) for layer in layers]
     features = acts[index, :, :n_pos].reshape(len(layers), n_seq * n_pos, -1)
     last = acts[collected.index(final)]  # [seq, pos, d]: the input of the final norm
-    step = max(1, 2**24 // (seq_len * model.cfg.d_vocab))  # sequences per read-out chunk (~64 MB of logits)
-    predictions = torch.cat([space.encode(decode(model, last[start : start + step].to(device).float()).argmax(-1))
-                             .cpu() for start in range(0, n_seq, step)])
+    predictions = _greedy(model, last, space, device)
     future_resid = None
     if with_resid:
         future_resid = torch.stack([last[:, offset : offset + n_pos] for offset in offsets]).reshape(
             len(offsets), n_seq * n_pos, -1)
     del acts
+    return _labelled(features, tokens, offsets, space, predictions, future_resid)
+
+
+@torch.no_grad()
+def _streamed_examples(model: Any, tokens: Tensor, layers: list[int], offsets: list[int], space: LabelSpace,
+                       config: ProbeSweepConfig, device: torch.device, path: Path, progress: bool) -> _Split:
+    """:func:`_examples` one activation batch at a time: features go to a :class:`FeatureStore` at ``path``
+    (in the same example order), so memory holds one batch; no future residuals (no lens methods)."""
+    final = model.cfg.n_layers
+    collected = sorted({*layers, final})
+    index = [collected.index(layer) for layer in layers]
+    n_pos = n_positions(tokens.shape[1], offsets)
+    store = FeatureStore.create(path, len(layers), model.cfg.d_model, config.feature_dtype)
+    predictions = []
+    batches = range(0, len(tokens), config.batch_size)
+    for start in tqdm(batches, desc=f"activations → {path.stem}", disable=not progress, unit="batch"):
+        batch = tokens[start : start + config.batch_size]
+        acts = collect_activations(model, batch, hooks=[RESID], layers=collected, batch_size=len(batch),
+                                   device=device, dtype=config.feature_dtype, progress=False)[RESID]
+        store.append(acts[index, :, :n_pos].permute(1, 2, 0, 3).reshape(-1, len(layers), acts.shape[-1]))
+        predictions.append(_greedy(model, acts[collected.index(final)], space, device))
+    return _labelled(store, tokens, offsets, space, torch.cat(predictions), None)
+
+
+def _greedy(model: Any, last: Float[Tensor, "seq pos d_model"], space: LabelSpace, device: torch.device
+            ) -> Int[Tensor, "seq pos"]:
+    """The model's own next-token predictions (argmax over the vocabulary) from its final residual, as classes
+    of ``space``, read out a chunk of sequences at a time (~64 MB of logits)."""
+    step = max(1, 2**24 // (last.shape[1] * model.cfg.d_vocab))
+    return torch.cat([space.encode(decode(model, last[start : start + step].to(device).float()).argmax(-1)).cpu()
+                      for start in range(0, len(last), step)])
+
+
+def _labelled(features: Tensor | FeatureStore, tokens: Tensor, offsets: list[int], space: LabelSpace,
+              predictions: Tensor, future_resid: Tensor | None) -> _Split:
+    """A split's examples: its features and every label of the probe positions of ``tokens``."""
+    n_seq, seq_len = tokens.shape
+    n_pos = n_positions(seq_len, offsets)
     return _Split(features=features, current=tokens[:, :n_pos].reshape(-1),
                   labels=space.encode(future_labels(tokens, offsets)).reshape(len(offsets), -1),
                   greedy=model_predictions(predictions, offsets).reshape(len(offsets), -1),
@@ -350,9 +450,10 @@ def _examples(model: Any, tokens: Tensor, layers: list[int], offsets: list[int],
                   sequence=torch.arange(n_seq).repeat_interleave(n_pos))
 
 
-def _baselines(train: _Split, test: _Split, space: LabelSpace) -> dict[str, Tensor]:
-    unigram = UnigramBaseline.fit(train.labels, space.n_classes).score(test.labels, space)
-    bigram = BigramBaseline.fit(train.current, train.labels, space.n_classes, space.d_vocab).score(
+def _baselines(current: Tensor, labels: Tensor, test: _Split, space: LabelSpace) -> dict[str, Tensor]:
+    """Unigram and bigram baselines counted on the training examples (``current`` tokens, ``labels``)."""
+    unigram = UnigramBaseline.fit(labels, space.n_classes).score(test.labels, space)
+    bigram = BigramBaseline.fit(current, labels, space.n_classes, space.d_vocab).score(
         test.current, test.labels, space)
     return {**{f"unigram_{k}": v for k, v in unigram.items()}, **{f"bigram_{k}": v for k, v in bigram.items()}}
 
@@ -407,9 +508,8 @@ def _score(probes: Any, control: Any, test: _Split, controls: Tensor, space: Lab
     squared_error = torch.zeros(n_layers, n_tasks, d_model, dtype=torch.float64)
     target_sum = torch.zeros(n_tasks, d_model, dtype=torch.float64)
     target_square = torch.zeros(n_tasks, d_model, dtype=torch.float64)
-    for start in range(0, test.n, chunk):
+    for start, features in zip(range(0, test.n, chunk), feature_chunks(test.features, chunk), strict=True):
         part = slice(start, start + chunk)
-        features = test.features[:, part]
         logits = probes.logits(features).float()
         true.add(logits, test.labels[:, part], groups=test.sequence[part])
         greedy.add(logits, test.greedy[:, part])

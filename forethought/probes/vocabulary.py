@@ -28,7 +28,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -40,6 +40,7 @@ from tqdm.auto import tqdm
 
 from forethought.errors import DataError, InvalidArgumentError, NumericalError
 from forethought.probes.early_stopping import MinibatchFitConfig, PerProbeEarlyStopping
+from forethought.probes.feature_store import FeatureStore
 from forethought.probes.linear import LinearProbes, Task, feature_stats
 from forethought.probes.targets import LabelSpace
 
@@ -105,10 +106,10 @@ def split_held_out(
 
 
 def fit_vocab_probes(
-    features: Float[Tensor, "layer n d_model"],
+    features: Float[Tensor, "layer n d_model"] | FeatureStore,
     labels: Int[Tensor, "task n"],
     n_classes: int | None = None,
-    val_features: Float[Tensor, "layer n_val d_model"] | None = None,
+    val_features: Float[Tensor, "layer n_val d_model"] | FeatureStore | None = None,
     val_labels: Int[Tensor, "task n_val"] | None = None,
     config: VocabProbeConfig | None = None,
     layers: Sequence[int] | None = None,
@@ -118,7 +119,9 @@ def fit_vocab_probes(
     """Train one softmax-regression probe per (layer, task) pair, all at once.
 
     Args:
-        features: hidden states ``[layer, n, d_model]`` (any float dtype; kept as they are).
+        features: hidden states ``[layer, n, d_model]`` (any float dtype; kept as they are), or a
+            :class:`~forethought.probes.feature_store.FeatureStore` on disk, read a minibatch at a time (then
+            ``val_features`` must be given); both give the same probes.
         labels: class labels ``[task, n]``; every layer learns every task.
         n_classes: the number of classes (default: ``label_space.n_classes``, else ``labels.max() + 1``).
         val_features, val_labels: the held-out split for early stopping; without them ``val_fraction`` of
@@ -134,15 +137,20 @@ def fit_vocab_probes(
     label_space, layers, tasks = probe_axes(features, labels, n_classes, label_space, layers, tasks)
     n_classes = label_space.n_classes
     n_layers, _, d_model = features.shape
-    device = torch.device(config.device) if config.device is not None else features.device
+    stored_on = features.device if isinstance(features, Tensor) else torch.device("cpu")
+    device = torch.device(config.device) if config.device is not None else stored_on
 
+    if isinstance(features, FeatureStore) and (val_features is None or val_labels is None):
+        raise InvalidArgumentError("features on disk (a FeatureStore) need an explicit held-out split; pass "
+                                   "val_features and val_labels")
     features, labels, val_features, val_labels = split_held_out(features, labels, val_features, val_labels, config)
     check_features(val_features, val_labels, "held-out")
 
     mean, scale = feature_stats(features)
-    x, y = _example_major(features, labels, mean, scale, device)
+    y = labels.T.contiguous().to(device).long()
     trainer = _StackedSoftmax(n_layers, d_model, n_classes, y, config)
-    trainer.fit(x, y, *_example_major(val_features, val_labels, mean, scale, device))
+    trainer.fit(_rows(features, mean, scale, device), y, _rows(val_features, mean, scale, device),
+                val_labels.T.contiguous().to(device).long())
     weight, bias = trainer.best_weights()
     meta = {"method": "vocab", "config": asdict(config), "epochs": trainer.stopper.epochs,
             "best_epoch": trainer.stopper.best_epoch.tolist()}
@@ -150,19 +158,55 @@ def fit_vocab_probes(
                         label_space=label_space, meta=meta)
 
 
-def _example_major(features: Tensor, labels: Tensor, mean: Tensor, scale: Tensor, device: torch.device,
-                   chunk: int = 65536) -> tuple[Tensor, Tensor]:
-    """Standardised ``[n, layer, d]`` features (in their own dtype) and ``[n, task]`` labels on ``device``.
+def _standardised(part: Tensor, mean: Tensor, scale: Tensor, device: torch.device) -> Tensor:
+    """Example-major ``part [n, layer, d]`` standardised on ``device``, back in its own dtype."""
+    return ((part.to(device).float() - mean) / scale).to(part.dtype)
+
+
+class _InMemoryRows:
+    """Standardised example-major features ``[n, layer, d]`` on the device, built once.
 
     Example-major rows make a minibatch a gather of whole rows, much faster than gathering along the middle
     axis; standardising once here keeps it out of every training step.
     """
-    rows = torch.empty(features.shape[1], features.shape[0], features.shape[2], dtype=features.dtype, device=device)
+
+    def __init__(self, features: Tensor, mean: Tensor, scale: Tensor, device: torch.device, chunk: int = 65536):
+        n_layers, n, d_model = features.shape
+        self.x = torch.empty(n, n_layers, d_model, dtype=features.dtype, device=device)
+        for start in range(0, n, chunk):
+            part = features[:, start : start + chunk].transpose(0, 1)
+            self.x[start : start + chunk] = _standardised(part, mean, scale, device)
+        self.n, self.device = n, device
+
+    def gather(self, index: Tensor) -> Tensor:
+        return self.x.index_select(0, index.to(self.device))
+
+    def chunks(self, size: int) -> Iterator[Tensor]:
+        for start in range(0, self.n, size):
+            yield self.x[start : start + size]
+
+
+class _StoredRows:
+    """The same rows read from a :class:`FeatureStore` a minibatch at a time, standardised on the fly (the
+    values :class:`_InMemoryRows` would hold, so training on either is the same computation)."""
+
+    def __init__(self, store: FeatureStore, mean: Tensor, scale: Tensor, device: torch.device):
+        self.store, self.mean, self.scale, self.device, self.n = store, mean, scale, device, store.n
+
+    def gather(self, index: Tensor) -> Tensor:
+        return _standardised(self.store.rows(index), self.mean, self.scale, self.device)
+
+    def chunks(self, size: int) -> Iterator[Tensor]:
+        for part in self.store.chunks(size):
+            yield _standardised(part.transpose(0, 1), self.mean, self.scale, self.device)
+
+
+def _rows(features: Tensor | FeatureStore, mean: Tensor, scale: Tensor, device: torch.device
+          ) -> _InMemoryRows | _StoredRows:
     mean, scale = mean.to(device), scale.to(device)
-    for start in range(0, features.shape[1], chunk):
-        part = features[:, start : start + chunk].to(device).float().transpose(0, 1)
-        rows[start : start + chunk] = ((part - mean) / scale).to(features.dtype)
-    return rows, labels.T.contiguous().to(device).long()
+    if isinstance(features, FeatureStore):
+        return _StoredRows(features, mean, scale, device)
+    return _InMemoryRows(features, mean, scale, device)
 
 
 class _StackedSoftmax:
@@ -195,16 +239,17 @@ class _StackedSoftmax:
         losses = F.cross_entropy(logits.reshape(-1, n_classes), target.reshape(-1), reduction="none")
         return losses.view(n_layers, n, n_tasks).sum(1)
 
-    def fit(self, x: Tensor, y: Tensor, val_x: Tensor, val_y: Tensor) -> None:
+    def fit(self, x: _InMemoryRows | _StoredRows, y: Tensor, val_x: _InMemoryRows | _StoredRows,
+            val_y: Tensor) -> None:
         config = self.config
-        n = x.shape[0]
+        n = x.n
         generator = torch.Generator().manual_seed(config.seed)
         self.stopper.best = self.held_out_loss(val_x, val_y)  # epoch 0, the unigram start, is a candidate too
         epochs = tqdm(range(config.max_epochs), desc="probes", disable=not config.progress, unit="epoch")
         for epoch in epochs:
             for batch in torch.randperm(n, generator=generator).split(config.batch_size):
-                batch = batch.to(x.device)
-                loss = self.per_probe_loss(x.index_select(0, batch), y.index_select(0, batch)).sum() / len(batch)
+                batch = batch.to(y.device)
+                loss = self.per_probe_loss(x.gather(batch), y.index_select(0, batch)).sum() / len(batch)
                 if not torch.isfinite(loss):
                     raise NumericalError(f"probe training loss became {loss.item()} at epoch {epoch}; "
                                          "lower lr or check the features for NaN/inf")
@@ -217,12 +262,12 @@ class _StackedSoftmax:
                 break
 
     @torch.no_grad()
-    def held_out_loss(self, x: Tensor, y: Tensor) -> Tensor:
+    def held_out_loss(self, x: _InMemoryRows | _StoredRows, y: Tensor) -> Tensor:
         total = torch.zeros(self.shape[0], self.shape[2], device=self.weight.device)
-        for start in range(0, x.shape[0], self.config.eval_batch_size):
-            stop = start + self.config.eval_batch_size
-            total += self.per_probe_loss(x[start:stop], y[start:stop])
-        return total / x.shape[0]
+        size = self.config.eval_batch_size
+        for start, part in zip(range(0, x.n, size), x.chunks(size), strict=True):
+            total += self.per_probe_loss(part, y[start : start + size])
+        return total / x.n
 
     @torch.no_grad()
     def update_best(self, held_out: Tensor) -> bool:
