@@ -57,16 +57,18 @@ class Task:
 
 
 def feature_stats(
-    features: Float[Tensor, "layer n d_model"] | FeatureStore, chunk: int = 65536
+    features: Float[Tensor, "layer n d_model"] | FeatureStore, chunk: int | None = None
 ) -> tuple[Float[Tensor, "layer d_model"], Float[Tensor, "layer d_model"]]:
     """Per-layer mean and standard deviation over examples, accumulated in float64 chunk by chunk (from memory
-    or from a :class:`~forethought.probes.feature_store.FeatureStore`).
+    or from a :class:`~forethought.probes.feature_store.FeatureStore`); a chunk holds ``chunk`` examples (by
+    default as many as make 64 MiB of float64), so the extra memory does not grow with the examples.
 
     Dimensions with (near) zero variance get scale 1, so they stay zero instead of blowing up.
     """
     device = features.device if isinstance(features, Tensor) else "cpu"
     total = torch.zeros(features.shape[0], features.shape[2], dtype=torch.float64, device=device)
     square = torch.zeros_like(total)
+    chunk = chunk or max(1, 2**23 // (features.shape[0] * features.shape[2]))
     for part in feature_chunks(features, chunk):
         part = part.double()
         total += part.sum(1)
