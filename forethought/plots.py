@@ -396,3 +396,41 @@ def label_space_note(frame) -> str:
     coverage = frame["coverage"].astype(float)
     return (f"\nlabel space {', '.join(spaces)}, coverage {coverage.min():.2f}"
             f"{'' if coverage.min() == coverage.max() else f'–{coverage.max():.2f}'}: 'other' is always a miss")
+
+
+GAP_REGIMES = {"myopia_gap": "myopic", "bigram_gap": "bigram", "local_myopia_gap": "local-myopic"}
+
+
+def plot_gap_by_size(table, gap: str = "myopia_gap", title: str | None = None):
+    """A gap of every model against its parameter count (log scale), with its 95 % interval as error bars and a
+    line at zero (columns ``model``, ``n_parameters``, ``gap`` and, when present, ``{gap}_ci_low`` and
+    ``{gap}_ci_high``: a :func:`forethought.experiments.size_sweep.run_size_sweep` table).
+
+    Example:
+        >>> import pandas as pd
+        >>> table = pd.DataFrame({"model": ["small", "large"], "n_parameters": [1e6, 1e8], "myopia_gap": [0.05, 0.02],
+        ...                       "myopia_gap_ci_low": [0.03, 0.0], "myopia_gap_ci_high": [0.07, 0.04]})
+        >>> plot_gap_by_size(table).axes[0].get_xscale()
+        'log'
+    """
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    frame = table.dropna(subset=[gap]).sort_values("n_parameters", kind="stable")
+    values = frame[gap].to_numpy(dtype=float)
+    low, high = f"{gap}_ci_low", f"{gap}_ci_high"
+    errors = None
+    if {low, high} <= set(frame.columns):
+        errors = np.clip(np.vstack([values - frame[low].to_numpy(dtype=float),
+                                    frame[high].to_numpy(dtype=float) - values]), 0.0, None)
+    color = REGIME_COLORS.get(GAP_REGIMES.get(gap, ""), "0.2")
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.errorbar(frame["n_parameters"].to_numpy(dtype=float), values, yerr=errors, fmt="o-", color=color, capsize=3,
+                linewidth=1.2, markersize=5)
+    for name, x, y in zip(frame["model"], frame["n_parameters"], values, strict=True):
+        ax.annotate(str(name), (float(x), y), textcoords="offset points", xytext=(5, 5), fontsize=8)
+    ax.axhline(0.0, color="0.5", linewidth=0.8, linestyle="--")
+    ax.set(xscale="log", xlabel="parameters", ylabel=f"{gap.replace('_', ' ')} (nats / token)",
+           title=title or f"{gap.replace('_', ' ').capitalize()} by model size (bars: 95 % paired bootstrap)")
+    fig.tight_layout()
+    return fig

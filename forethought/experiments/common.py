@@ -59,8 +59,9 @@ def shared_tokenizer(models: dict[str, Any]) -> Any:
     for name in names[1:]:
         other = models[name].tokenizer
         if other is None or other.get_vocab() != vocab:
-            raise VocabularyMismatchError(f"models {names[0]!r} and {name!r} use different tokenizers; probe "
-                                          "models that share one, or run them separately")
+            raise VocabularyMismatchError(f"models {names[0]!r} and {name!r} use different tokenizers; pass "
+                                          "models that share one (they are compared on the same tokens), or run "
+                                          "them separately")
     return tokenizer
 
 

@@ -16,12 +16,20 @@ Outputs in ``--out``: ``report.json``, ``loss_by_position.csv``, ``loss_by_posit
 ``--gradient-split-every K`` also ``gradient_split.png`` (each regime's pre-caching share over training). A run
 killed at any point continues with ``--resume``; finished regimes are not retrained.
 
+With ``--models NAME=DIR_OR_HUB_NAME ...`` the command is a sweep over model sizes
+(:mod:`~forethought.experiments.size_sweep`): every listed model (they must share a tokenizer) is trained in every
+regime with the preset's data and settings into ``--out/models/NAME/``, an ordinary run directory as above, and
+``size_sweep.csv``, ``size_sweep.json`` and ``myopia_gap_by_size.png`` give the myopia gap with its interval
+against the parameter count; ``--resume`` skips finished models and continues an interrupted one.
+
 Presets (``--preset``): ``smoke`` (seconds, CI), ``cpu`` (builtin corpus, a few minutes on two cores, a small
 GPT-2-style model from scratch), ``gpt2-paper`` (GPT-2 124M from scratch on 64-token passages, batch 512, lr 6e-4;
 a GPU and a HF dataset), ``pythia-finetune`` (fine-tune Pythia with the same lr in every regime; a GPU).
 
 Example:
     $ forethought myopia-gap --preset cpu --out results/myopia_cpu
+    $ forethought myopia-gap --preset pythia-finetune --models EleutherAI/pythia-14m EleutherAI/pythia-70m \\
+        --device cuda --out results/pythia_sizes
 """
 
 from __future__ import annotations
@@ -143,6 +151,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--regimes", help=f"comma-separated subset of {', '.join(REGIMES)} (default: the preset's)")
     parser.add_argument("--mode", choices=MODES, default="strict", help="myopic gradient mode")
     parser.add_argument("--beta", type=float, default=0.0, help="myopic: 0 = myopic ... 1 = vanilla gradient")
+    parser.add_argument("--models", nargs="+", action="extend", metavar="NAME=DIR_OR_HUB_NAME",
+                        help="a sweep over model sizes: train each model (NAME=DIR_OR_HUB_NAME, or a directory or hub "
+                             "name, named after its last part; they must share a tokenizer) in every regime with the "
+                             "preset's data and settings into --out/models/NAME, then tabulate the myopia gap by "
+                             "parameter count (size_sweep.csv/.json, myopia_gap_by_size.png)")
     add_data_arguments(parser, dataset=None, seq_len=None, text_field=None)
     add_training_arguments(parser, steps=None, batch_size=None, lr=None)
 
@@ -163,7 +176,8 @@ def preset_from_args(args: argparse.Namespace) -> Preset:
             raise InvalidArgumentError(f"--regimes {args.regimes!r} is not allowed; choose from {', '.join(REGIMES)}")
         changes["regimes"] = tuple(name for name in REGIMES if name in regimes)  # vanilla first
     preset = replace(preset, **changes)
-    if "local-myopic" in preset.regimes and preset.model is None and "vanilla" not in preset.regimes:
+    from_scratch = preset.model is None and not getattr(args, "models", None)
+    if "local-myopic" in preset.regimes and from_scratch and "vanilla" not in preset.regimes:
         raise InvalidArgumentError("regime local-myopic from scratch uses the trained vanilla model as its past; "
                                    "include vanilla in --regimes")
     return preset
@@ -174,6 +188,11 @@ def run(args: argparse.Namespace) -> int:
     config = training_config(args, **preset.train, mode=args.mode, beta=args.beta)
     check_device(config.device)
     out = check_out_dir(args.out)
+    if args.models:
+        from forethought.experiments.size_sweep import parse_model_list, run_size_sweep
+
+        run_size_sweep(parse_model_list(args.models), preset, out, config, preset_name=args.preset)
+        return 0
     if (out / RUNS).exists() and any((out / RUNS).glob(f"*/{CHECKPOINT}")) and not args.resume:
         raise InvalidArgumentError(f"{args.out!r} already holds a myopia-gap run; pass --resume to continue it or "
                                    "choose another --out")
