@@ -63,12 +63,13 @@ def compare(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     with threadpool_limits(args.threads):
         start = time.perf_counter()
-        ours = fit_vocab_probes(x, y, space.n_classes, vx, vy, VocabProbeConfig(progress=False), label_space=space)
+        ours = fit_vocab_probes(x, y, n_classes=space.n_classes, val_features=vx, val_labels=vy,
+                                config=VocabProbeConfig(progress=False), label_space=space)
         ours_s = time.perf_counter() - start
         start = time.perf_counter()
         # scikit-learn gets the held-out sequences as training data too: it has no use for early stopping
-        reference = fit_logistic_probes(torch.cat([x, vx], 1), torch.cat([y, vy], 1), space.n_classes,
-                                        LogisticProbeConfig(progress=False), label_space=space)
+        reference = fit_logistic_probes(torch.cat([x, vx], 1), torch.cat([y, vy], 1), n_classes=space.n_classes,
+                                        config=LogisticProbeConfig(progress=False), label_space=space)
         sklearn_s = time.perf_counter() - start
     ours_acc = (ours.predict(tx) == ty).float().mean(-1)
     sklearn_acc = (reference.predict(tx) == ty).float().mean(-1)

@@ -50,10 +50,12 @@ def test_vocab_probes_from_disk_equal_probes_from_memory(tmp_path):
         store.append(part.transpose(0, 1))
         stores.append(store)
     config = VocabProbeConfig(max_epochs=6, batch_size=64, eval_batch_size=50, progress=False)
-    in_memory = fit_vocab_probes(x[:, :600], y[:, :600], 3, x[:, 600:], y[:, 600:], config)
-    on_disk = fit_vocab_probes(stores[0], y[:, :600], 3, stores[1], y[:, 600:], config)
+    in_memory = fit_vocab_probes(x[:, :600], y[:, :600], n_classes=3, val_features=x[:, 600:], val_labels=y[:, 600:],
+                                 config=config)
+    on_disk = fit_vocab_probes(stores[0], y[:, :600], n_classes=3, val_features=stores[1], val_labels=y[:, 600:],
+                               config=config)
     for name in ("weight", "bias", "mean", "scale"):
         torch.testing.assert_close(getattr(on_disk, name), getattr(in_memory, name), rtol=1e-5, atol=1e-6)
     assert on_disk.meta["best_epoch"] == in_memory.meta["best_epoch"]
     with pytest.raises(InvalidArgumentError, match="held-out"):
-        fit_vocab_probes(stores[0], y[:, :600], 3, config=config)
+        fit_vocab_probes(stores[0], y[:, :600], n_classes=3, config=config)

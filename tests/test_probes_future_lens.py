@@ -37,7 +37,8 @@ def test_last_layer_offset_zero_recovers_the_model(any_model):
     """Least squares from the final residual to itself is the identity: the lens reproduces the model."""
     _, resid = _resid(any_model)
     final = resid[-1].flatten(0, 1)[None]  # [1, n, d]
-    lens = fit_future_lens(any_model, final, final, config=FutureLensConfig(ridge=0.0, max_epochs=0, progress=False))
+    lens = fit_future_lens(final, final, model=any_model,
+                           config=FutureLensConfig(ridge=0.0, max_epochs=0, progress=False))
     with torch.no_grad():
         torch.testing.assert_close(lens.vocab_logits(final)[0, 0], decode(any_model, final[0]), rtol=1e-3, atol=1e-3)
 
@@ -84,9 +85,10 @@ def test_fine_tuning_never_loses_to_least_squares_and_leaves_the_model_alone(mod
     future = torch.stack([resid[-1][:, o : o + n_pos] for o in (0, 1)]).flatten(1, 2)
     train, held_out = slice(0, 90 * n_pos), slice(90 * n_pos, None)
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
-    initial = fit_future_lens(model, features[:, train], future[:, train],
+    initial = fit_future_lens(features[:, train], future[:, train], model=model,
                               config=FutureLensConfig(max_epochs=0, progress=False))
-    tuned = fit_future_lens(model, features[:, train], future[:, train], features[:, held_out], future[:, held_out],
+    tuned = fit_future_lens(features[:, train], future[:, train], model=model, val_features=features[:, held_out],
+                            val_future_resid=future[:, held_out],
                             config=FutureLensConfig(max_epochs=4, lr=3e-3, batch_size=64, progress=False),
                             offsets=[0, 1])
     assert tuned.tasks == [Task(0), Task(1)]
@@ -103,7 +105,7 @@ def test_label_lens_learns_a_readable_mapping(model):
     features = resid[:1].flatten(1, 2)  # embeddings: the current token is readable
     space = LabelSpace(d_vocab=model.cfg.d_vocab, token_ids=(5, 6, 7))
     labels = (tokens.flatten() % 4)[None]  # 4 classes: tokens 5, 6, 7 and "other"
-    lens = fit_label_lens(model, features, labels, space, [Task(0, control=True)],
+    lens = fit_label_lens(features, labels, model=model, label_space=space, tasks=[Task(0, control=True)],
                           init_resid=resid[-1].flatten(0, 1).mean(0),
                           config=FutureLensConfig(max_epochs=30, lr=3e-2, batch_size=64, progress=False))
     with torch.no_grad():
@@ -116,7 +118,7 @@ def test_ridge_lens_wraps_the_ridge_probes(native_model):
     final = resid[-1].flatten(0, 1)
     features = torch.stack([final, torch.randn_like(final)])  # layer 0 holds the target, layer 1 is noise
     groups = torch.arange(30).repeat_interleave(resid.shape[2])
-    lens = fit_ridge_lens(native_model, features, final[None], groups=groups, layers=[2, 0], progress=False)
+    lens = fit_ridge_lens(features, final[None], model=native_model, groups=groups, layers=[2, 0], progress=False)
     r2 = torch.tensor(lens.meta["ridge_r2"])
     assert r2[0, 0] > 0.99 and r2[1, 0] < 0.1 and lens.layers == [2, 0] and lens.meta["method"] == "ridge"
     with torch.no_grad():
@@ -126,9 +128,9 @@ def test_ridge_lens_wraps_the_ridge_probes(native_model):
 def test_bad_inputs(native_model):
     x = torch.randn(1, 10, 32)
     with pytest.raises(InvalidArgumentError, match="same examples"):
-        fit_future_lens(native_model, x, torch.randn(1, 9, 32))
+        fit_future_lens(x, torch.randn(1, 9, 32), model=native_model)
     with pytest.raises(VocabularyMismatchError, match="d_model"):
-        fit_future_lens(native_model, torch.randn(1, 10, 16), torch.randn(1, 10, 16))
+        fit_future_lens(torch.randn(1, 10, 16), torch.randn(1, 10, 16), model=native_model)
     with pytest.raises(InvalidArgumentError, match="max_epochs"):
         FutureLensConfig(max_epochs=-1)
 

@@ -19,7 +19,7 @@ def linear_probes(native_model):
     x = torch.randn(2, 200, native_model.cfg.d_model, generator=torch.Generator().manual_seed(0))
     space = LabelSpace(d_vocab=native_model.cfg.d_vocab, token_ids=(4, 9, 1))
     y = torch.randint(0, 4, (2, 200), generator=torch.Generator().manual_seed(1))
-    probes = fit_vocab_probes(x, y, 4, config=VocabProbeConfig(max_epochs=2, progress=False), layers=[0, 2],
+    probes = fit_vocab_probes(x, y, n_classes=4, config=VocabProbeConfig(max_epochs=2, progress=False), layers=[0, 2],
                               tasks=[Task(1), Task(1, control=True)], label_space=space)
     return probes, x
 
@@ -40,7 +40,7 @@ def test_linear_round_trip(linear_probes, native_model, tmp_path):
 
 def test_future_lens_round_trip(native_model, tmp_path):
     h = torch.randn(2, 120, 32, generator=torch.Generator().manual_seed(0))
-    lens = fit_future_lens(native_model, h, h[:1].expand(3, -1, -1), offsets=[0, 1, 3],
+    lens = fit_future_lens(h, h[:1].expand(3, -1, -1), model=native_model, offsets=[0, 1, 3],
                            config=FutureLensConfig(max_epochs=1, progress=False))
     loaded = load_probes(save_probes(lens, tmp_path / "lens", model=native_model), model=native_model)
     assert isinstance(loaded, FutureLens) and [t.offset for t in loaded.tasks] == [0, 1, 3]

@@ -29,7 +29,7 @@ def _data(classes, n=400, seed=0):
 @pytest.mark.parametrize("classes", [2, 4])
 def test_probabilities_match_the_sklearn_pipeline(classes):
     x, y = _data(classes)
-    probes = fit_logistic_probes(x, y, classes, LogisticProbeConfig(progress=False))
+    probes = fit_logistic_probes(x, y, n_classes=classes, config=LogisticProbeConfig(progress=False))
     probs = probes.logits(x).softmax(-1)
     for layer in range(2):
         for task in range(2):
@@ -43,7 +43,7 @@ def test_probabilities_match_the_sklearn_pipeline(classes):
 def test_absent_and_constant_classes():
     x = torch.randn(1, 50, 3)
     y = torch.stack([torch.tensor([0, 2] * 25), torch.full((50,), 3)])  # class 1 and 3 unseen / constant task
-    probes = fit_logistic_probes(x, y, 4, LogisticProbeConfig(progress=False))
+    probes = fit_logistic_probes(x, y, n_classes=4, config=LogisticProbeConfig(progress=False))
     probs = probes.logits(x).softmax(-1)
     assert torch.all(probs[0, 0, :, [1, 3]] == 0)
     assert torch.all(probs[0, 1].argmax(-1) == 3) and torch.allclose(probs[0, 1, :, 3], torch.ones(50))
@@ -52,6 +52,6 @@ def test_absent_and_constant_classes():
 def test_bad_inputs():
     x, y = _data(3)
     with pytest.raises(InvalidArgumentError, match="labels must lie"):
-        fit_logistic_probes(x, y, 2)
+        fit_logistic_probes(x, y, n_classes=2)
     with pytest.raises(InvalidArgumentError, match="C=0"):
         LogisticProbeConfig(C=0)

@@ -54,11 +54,12 @@ def probe_data():
 def test_batched_equals_each_probe_trained_alone(probe_data):
     (x, y), (vx, vy) = probe_data["train"], probe_data["val"]
     config = VocabProbeConfig(max_epochs=6, patience=2, batch_size=256, progress=False)
-    stacked = fit_vocab_probes(x, y, 5, vx, vy, config)
+    stacked = fit_vocab_probes(x, y, n_classes=5, val_features=vx, val_labels=vy, config=config)
     for layer in range(3):
         for task in range(2):
-            alone = fit_vocab_probes(x[layer : layer + 1], y[task : task + 1], 5, vx[layer : layer + 1],
-                                     vy[task : task + 1], config)
+            alone = fit_vocab_probes(x[layer : layer + 1], y[task : task + 1], n_classes=5,
+                                     val_features=vx[layer : layer + 1], val_labels=vy[task : task + 1],
+                                     config=config)
             torch.testing.assert_close(stacked.weight[layer, task], alone.weight[0, 0], atol=1e-4, rtol=1e-4)
             torch.testing.assert_close(stacked.bias[layer, task], alone.bias[0, 0], atol=1e-4, rtol=1e-4)
             assert stacked.meta["best_epoch"][layer][task] == alone.meta["best_epoch"][0][0]
@@ -67,8 +68,9 @@ def test_batched_equals_each_probe_trained_alone(probe_data):
 def test_matches_sklearn_logistic_regression_within_one_point(probe_data):
     (x, y), (vx, vy), (tx, ty) = probe_data["train"], probe_data["val"], probe_data["test"]
     space = probe_data["space"]
-    ours = fit_vocab_probes(x, y, space.n_classes, vx, vy, VocabProbeConfig(progress=False), label_space=space)
-    reference = fit_logistic_probes(x, y, space.n_classes, LogisticProbeConfig(progress=False))
+    ours = fit_vocab_probes(x, y, n_classes=space.n_classes, val_features=vx, val_labels=vy,
+                            config=VocabProbeConfig(progress=False), label_space=space)
+    reference = fit_logistic_probes(x, y, n_classes=space.n_classes, config=LogisticProbeConfig(progress=False))
     accuracy = (ours.predict(tx) == ty).float().mean(-1)
     expected = (reference.predict(tx) == ty).float().mean(-1)
     assert accuracy.min() > 0.4  # above the majority class (0.38) everywhere: agreement is not trivial
@@ -79,7 +81,7 @@ def test_early_stopping_is_per_probe():
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(2, 3000, 8, generator=generator)
     y = torch.stack([(x[0, :, 0] > 0).long(), torch.randint(0, 2, (3000,), generator=generator)])
-    probes = fit_vocab_probes(x[:1], y, 2, config=VocabProbeConfig(max_epochs=30, patience=2, progress=False))
+    probes = fit_vocab_probes(x[:1], y, n_classes=2, config=VocabProbeConfig(max_epochs=30, patience=2, progress=False))
     learnable, noise = probes.meta["best_epoch"][0]
     assert noise < learnable
     assert probes.layers == [0] and probes.tasks == [Task(0), Task(1)]
@@ -88,11 +90,11 @@ def test_early_stopping_is_per_probe():
 def test_bad_inputs():
     x, y = torch.randn(2, 10, 4), torch.randint(0, 3, (1, 10))
     with pytest.raises(InvalidArgumentError, match="examples"):
-        fit_vocab_probes(x, y[:, :9], 3)
+        fit_vocab_probes(x, y[:, :9], n_classes=3)
     with pytest.raises(DataError, match="empty"):
-        fit_vocab_probes(x[:, :0], y[:, :0], 3)
+        fit_vocab_probes(x[:, :0], y[:, :0], n_classes=3)
     with pytest.raises(InvalidArgumentError, match="labels must lie"):
-        fit_vocab_probes(x, y + 5, 3)
+        fit_vocab_probes(x, y + 5, n_classes=3)
     with pytest.raises(InvalidArgumentError, match="batch_size=0"):
         VocabProbeConfig(batch_size=0)
     with pytest.raises(InvalidArgumentError, match="val_fraction"):

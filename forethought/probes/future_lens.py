@@ -28,7 +28,7 @@ Example:
     >>> from forethought.models import tiny_model
     >>> model = tiny_model(n_layers=1, d_model=16, n_heads=2, d_vocab=20, n_ctx=8)
     >>> h = torch.randn(1, 64, 16)  # the final-layer residual at 64 positions, as the probed "layer"
-    >>> lens = fit_future_lens(model, h, h, config=FutureLensConfig(ridge=0.0, max_epochs=0, progress=False))
+    >>> lens = fit_future_lens(h, h, model=model, config=FutureLensConfig(ridge=0.0, max_epochs=0, progress=False))
     >>> torch.allclose(lens.vocab_logits(h)[0, 0], decode(model, h[0]), atol=1e-3)  # offset 0 of the last layer
     True
 """
@@ -37,7 +37,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -56,6 +56,9 @@ from forethought.probes.early_stopping import MinibatchFitConfig, PerProbeEarlyS
 from forethought.probes.linear import AffineProbes, Task, feature_stats
 from forethought.probes.targets import LabelSpace
 from forethought.probes.vocabulary import check_features, split_held_out
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
 
 
 def decode(model: Any, resid: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_vocab"]:
@@ -194,9 +197,10 @@ def least_squares(
 
 
 def fit_future_lens(
-    model: Any,
     features: Float[Tensor, "layer n d_model"],
     future_resid: Float[Tensor, "offset n d_model"],
+    *,
+    model: TransformerBridge,
     val_features: Float[Tensor, "layer n_val d_model"] | None = None,
     val_future_resid: Float[Tensor, "offset n_val d_model"] | None = None,
     config: FutureLensConfig | None = None,
@@ -247,9 +251,10 @@ def fit_future_lens(
 
 
 def fit_label_lens(
-    model: Any,
     features: Float[Tensor, "layer n d_model"],
     labels: Int[Tensor, "task n"],
+    *,
+    model: TransformerBridge,
     label_space: LabelSpace,
     tasks: Sequence[Task],
     init_resid: Float[Tensor, " d_model"],
@@ -346,9 +351,10 @@ def _check_resid(features: Tensor, resid: Tensor, model: Any, what: str = "train
 
 
 def fit_ridge_lens(
-    model: Any,
     features: Float[Tensor, "layer n d_model"],
     future_resid: Float[Tensor, "offset n d_model"],
+    *,
+    model: TransformerBridge,
     groups: Int[Tensor, " n"] | None = None,
     layers: Sequence[int] | None = None,
     offsets: Sequence[int] | None = None,

@@ -58,6 +58,7 @@ class LogisticProbeConfig:
 def fit_logistic_probes(
     features: Float[Tensor, "layer n d_model"],
     labels: Int[Tensor, "task n"],
+    *,
     n_classes: int | None = None,
     config: LogisticProbeConfig | None = None,
     layers: Sequence[int] | None = None,

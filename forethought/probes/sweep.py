@@ -471,26 +471,28 @@ def _fit(method: str, model: Any, fit: _Split, val: _Split, controls: Tensor, la
         if method == "vocab":
             trainer = replace(config.vocab, seed=seed, device=str(device), progress=progress)
             val_labels = torch.cat([val.labels, val_control]) if config.control else val.labels
-            probes = fit_vocab_probes(fit.features, labels, space.n_classes, val.features, val_labels, trainer,
-                                      layers, tasks + control_tasks, space)
+            probes = fit_vocab_probes(fit.features, labels, n_classes=space.n_classes, val_features=val.features,
+                                      val_labels=val_labels, config=trainer, layers=layers,
+                                      tasks=tasks + control_tasks, label_space=space)
         else:
             both = fit.cat(val)
             labels = torch.cat([both.labels, controls[:, both.current]]) if config.control else both.labels
-            probes = fit_logistic_probes(both.features, labels, space.n_classes,
-                                         replace(config.logistic, progress=progress), layers,
-                                         tasks + control_tasks, space).to(device)
+            probes = fit_logistic_probes(both.features, labels, n_classes=space.n_classes,
+                                         config=replace(config.logistic, progress=progress), layers=layers,
+                                         tasks=tasks + control_tasks, label_space=space).to(device)
         real = probes.select(tasks=tasks)
         return real, (probes.select(tasks=control_tasks) if config.control else None)
     lens_config = replace(config.future_lens, seed=seed, device=str(device), progress=progress)
     if method == "ridge":
         both = fit.cat(val)
-        return fit_ridge_lens(model, both.features, both.future_resid, groups=both.sequence, layers=layers,
+        return fit_ridge_lens(both.features, both.future_resid, model=model, groups=both.sequence, layers=layers,
                               offsets=offsets, label_space=space, seed=seed, progress=progress), None
-    lens = fit_future_lens(model, fit.features, fit.future_resid, val.features, val.future_resid, lens_config,
-                           layers, offsets, space)
+    lens = fit_future_lens(fit.features, fit.future_resid, model=model, val_features=val.features,
+                           val_future_resid=val.future_resid, config=lens_config, layers=layers, offsets=offsets,
+                           label_space=space)
     control = None
     if config.control:
-        control = fit_label_lens(model, fit.features, fit_control, space, control_tasks,
+        control = fit_label_lens(fit.features, fit_control, model=model, label_space=space, tasks=control_tasks,
                                  init_resid=fit.future_resid.float().mean((0, 1)), val_features=val.features,
                                  val_labels=val_control, config=lens_config, layers=layers)
     return lens, control

@@ -108,6 +108,7 @@ def split_held_out(
 def fit_vocab_probes(
     features: Float[Tensor, "layer n d_model"] | FeatureStore,
     labels: Int[Tensor, "task n"],
+    *,
     n_classes: int | None = None,
     val_features: Float[Tensor, "layer n_val d_model"] | FeatureStore | None = None,
     val_labels: Int[Tensor, "task n_val"] | None = None,
