@@ -4,6 +4,19 @@ Only the requested hooks are captured (a ``names_filter`` on the forward), the f
 deepest requested block, and every batch is moved to the CPU (in the requested dtype) before the next one
 runs, so memory holds what was asked for and nothing else.
 
+Several processes. Under ``torchrun`` or ``accelerate launch`` (or any initialised ``torch.distributed``
+group), every process calls ``collect_activations`` with the same arguments and runs the model over its own
+contiguous share of the batches (the first processes take one batch more when they do not divide evenly);
+give each process its own device, e.g. ``model.to(PartialState().device)``. With ``out_dir``, process 0 makes
+the temporary directory, every process writes its shards into it under their global batch index, and after
+all have finished process 0 writes the meta file and renames the directory into place, once: the directory is
+the one a single process writes, file for file. In memory, process 0 receives the other processes' rows and
+returns the whole result; each other process returns only the sequences it computed (``acts.tokens`` and
+``acts.meta["sequences"] == [start, stop)`` say which; no tensors when it had no batch), so no process holds
+more than one copy. A failure on any process raises on every process and leaves ``out_dir`` untouched.
+``split_between_processes=False`` makes every process compute everything, as a lone process does. In a
+single process nothing of this runs (and ``accelerate`` is not imported).
+
 Example:
     >>> import torch
     >>> from forethought.models import tiny_model
