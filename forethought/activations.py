@@ -319,7 +319,7 @@ def _write_split(world: World, out_dir: str | os.PathLike, write: Callable[[Path
         elif stage == "finish":  # the others wait for the rename
             agree(world, failed=True)
         raise
-    _all_or_none(world, None, "")
+    agree(world, failed=False)  # the others return only once the directory is in place
 
 
 def _attempt(work: Callable[[], None]) -> Exception | None:
