@@ -4,6 +4,19 @@ Only the requested hooks are captured (a ``names_filter`` on the forward), the f
 deepest requested block, and every batch is moved to the CPU (in the requested dtype) before the next one
 runs, so memory holds what was asked for and nothing else.
 
+Several processes. Under ``torchrun`` or ``accelerate launch`` (or any initialised ``torch.distributed``
+group), every process calls ``collect_activations`` with the same arguments and runs the model over its own
+contiguous share of the batches (the first processes take one batch more when they do not divide evenly);
+give each process its own device, e.g. ``model.to(PartialState().device)``. With ``out_dir``, process 0 makes
+the temporary directory, every process writes its shards into it under their global batch index, and after
+all have finished process 0 writes the meta file and renames the directory into place, once: the directory is
+the one a single process writes, file for file. In memory, process 0 receives the other processes' rows and
+returns the whole result; each other process returns only the sequences it computed (``acts.tokens`` and
+``acts.meta["sequences"] == [start, stop)`` say which; no tensors when it had no batch), so no process holds
+more than one copy. A failure on any process raises on every process and leaves ``out_dir`` untouched.
+``split_between_processes=False`` makes every process compute everything, as a lone process does. In a
+single process nothing of this runs (and ``accelerate`` is not imported).
+
 Example:
     >>> import torch
     >>> from forethought.models import tiny_model
@@ -21,8 +34,8 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Sequence
-from contextlib import nullcontext
+import zlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,7 +48,23 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from forethought.data.tokens import check_tokens_fit
-from forethought.errors import CheckpointError, InvalidArgumentError, NumericalError, check_positive
+from forethought.distributed import (
+    World,
+    agree,
+    broadcast_text,
+    current_world,
+    gather_ints,
+    receive_into,
+    send_to_main,
+    share,
+)
+from forethought.errors import (
+    CheckpointError,
+    DistributedError,
+    InvalidArgumentError,
+    NumericalError,
+    check_positive,
+)
 from forethought.hook_names import RESID, hook_name, resolve_layers
 from forethought.reporting import atomic_directory
 
@@ -96,13 +125,18 @@ class Activations:
     @classmethod
     def load(cls, directory: str | os.PathLike) -> Activations:
         """Reopen activations written by ``collect_activations(..., out_dir=...)``, without the model."""
+        return cls._read(directory)
+
+    @classmethod
+    def _read(cls, directory: str | os.PathLike, shards: range | None = None) -> Activations:
+        """Reopen the given shards (default: all) of a directory written by ``collect_activations``."""
         directory = Path(directory)
         try:
             meta = json.loads((directory / META).read_text())
-            shards = [directory / SHARD.format(i) for i in range(meta["n_shards"])]
+            shards = range(meta["n_shards"]) if shards is None else shards
             parts: dict[str, list[Tensor]] = {name: [] for name in [*meta["hooks"], "tokens"]}
-            for shard in shards:
-                with safe_open(str(shard), framework="pt") as handle:
+            for index in shards:
+                with safe_open(str(directory / SHARD.format(index)), framework="pt") as handle:
                     for name in parts:
                         parts[name].append(handle.get_tensor(name))
         except (OSError, KeyError, ValueError) as error:
@@ -123,6 +157,7 @@ def collect_activations(
     dtype: torch.dtype = torch.float32,
     out_dir: str | os.PathLike | None = None,
     progress: bool = True,
+    split_between_processes: bool = True,
 ) -> Activations:
     """Run ``model`` over ``tokens`` in batches and keep the activations of ``hooks`` at ``layers``.
 
@@ -138,7 +173,10 @@ def collect_activations(
         dtype: dtype of the stored activations.
         out_dir: if given, write one safetensors shard per batch there (atomically, as a directory renamed
             into place) and return the activations reopened from disk.
-        progress: show a progress bar.
+        progress: show a progress bar (on the first process only, when there are several).
+        split_between_processes: when several processes run this call (``torchrun``, ``accelerate launch``),
+            each runs its own contiguous share of the batches and process 0 returns the whole result (see the
+            module docstring). ``False``: every process computes everything on its own.
     """
     check_positive("batch_size", batch_size, integer=True)
     check_tokens_fit(model, tokens)
@@ -150,6 +188,11 @@ def collect_activations(
     wanted = {name: (template, i) for template, (_, names) in plan.items() for i, name in enumerate(names)}
     device = _place(model, device)
     stop_at = _stop_layer(model, wanted)
+    world = current_world() if split_between_processes else None
+    n_batches = -(-len(tokens) // batch_size)
+    model_name = str(getattr(model.cfg, "model_name", ""))
+    meta = {"hooks": hooks, "layers_by_hook": layers_by_hook, "model_name": model_name, "dtype": str(dtype),
+            "n_seq": len(tokens), "n_shards": n_batches}
 
     buffers: dict[str, Tensor] = {}  # allocated on the first batch, once trailing shapes are known
     captured: dict[str, Tensor] = {}
@@ -164,35 +207,157 @@ def collect_activations(
         return capture
 
     fwd_hooks = [(name, capture_as(name)) for name in wanted]
-    batches = range(0, len(tokens), batch_size)
-    model_name = str(getattr(model.cfg, "model_name", ""))
-    # shards go to a temporary directory beside out_dir, renamed into place only when every batch is written
-    shard_dir = atomic_directory(out_dir) if out_dir is not None else nullcontext()
-    with shard_dir as tmp, torch.inference_mode(), model.hooks(fwd_hooks=fwd_hooks):
-        for index, start in enumerate(tqdm(batches, desc="activations", disable=not progress, unit="batch")):
-            batch = tokens[start : start + batch_size]
-            captured.clear()
-            model(batch.to(device), return_type=None, stop_at_layer=stop_at)
-            stacked = {
-                template: torch.stack([captured[name] for name in names])
-                for template, (_, names) in plan.items()
-            }
-            if tmp is not None:
-                shard = {**stacked, "tokens": batch.cpu()}
-                save_file({k: v.contiguous() for k, v in shard.items()}, str(tmp / SHARD.format(index)))
-                continue
-            for template, value in stacked.items():
-                if template not in buffers:
-                    buffers[template] = torch.empty((value.shape[0], len(tokens), *value.shape[2:]), dtype=dtype)
-                buffers[template][:, start : start + len(batch)] = value
-        if tmp is not None:
-            meta = {"hooks": hooks, "layers_by_hook": layers_by_hook, "model_name": model_name, "dtype": str(dtype),
-                    "n_seq": len(tokens), "n_shards": len(batches)}
-            (tmp / META).write_text(json.dumps(meta, indent=1))
 
+    def run(batches: range, tmp: Path | None, first_row: int = 0, n_rows: int = len(tokens)) -> None:
+        """Capture ``batches`` (global indices) into shards in ``tmp``, or into rows ``first_row ...`` of buffers."""
+        show = progress and (world is None or world.is_main)
+        with torch.inference_mode(), model.hooks(fwd_hooks=fwd_hooks):
+            for index in tqdm(batches, desc="activations", disable=not show, unit="batch"):
+                start = index * batch_size
+                batch = tokens[start : start + batch_size]
+                captured.clear()
+                model(batch.to(device), return_type=None, stop_at_layer=stop_at)
+                stacked = {
+                    template: torch.stack([captured[name] for name in names])
+                    for template, (_, names) in plan.items()
+                }
+                if tmp is not None:
+                    shard = {**stacked, "tokens": batch.cpu()}
+                    save_file({k: v.contiguous() for k, v in shard.items()}, str(tmp / SHARD.format(index)))
+                    continue
+                for template, value in stacked.items():
+                    if template not in buffers:
+                        buffers[template] = torch.empty((value.shape[0], n_rows, *value.shape[2:]), dtype=dtype)
+                    buffers[template][:, start - first_row : start - first_row + len(batch)] = value
+
+    if world is not None:
+        return _collect_split(world, run, tokens, batch_size, plan, meta, buffers, out_dir)
+    # shards go to a temporary directory beside out_dir, renamed into place only when every batch is written
     if out_dir is not None:
+        with atomic_directory(out_dir) as tmp:
+            run(range(n_batches), tmp)
+            (tmp / META).write_text(json.dumps(meta, indent=1))
         return Activations.load(out_dir)
+    run(range(n_batches), None)
     return Activations(tensors=buffers, tokens=tokens.cpu(), layers_by_hook=layers_by_hook, model_name=model_name)
+
+
+def _collect_split(
+    world: World,
+    run: Callable[..., None],
+    tokens: Int[Tensor, "n_seq pos"],
+    batch_size: int,
+    plan: dict[str, tuple[list[int], list[str]]],
+    meta: dict[str, Any],
+    buffers: dict[str, Tensor],
+    out_dir: str | os.PathLike | None,
+) -> Activations:
+    """``collect_activations`` with the batches split between the processes of ``world``."""
+    _check_same_call(world, tokens, batch_size, plan, meta, out_dir)
+    batch_shares = [share(meta["n_shards"], rank, world.size) for rank in range(world.size)]
+    row_shares = [range(min(b.start * batch_size, len(tokens)), min(b.stop * batch_size, len(tokens)))
+                  for b in batch_shares]
+    mine, rows = batch_shares[world.rank], row_shares[world.rank]
+    if out_dir is not None:
+        _write_split(world, out_dir, lambda tmp: run(mine, tmp), meta)
+        if world.is_main:
+            return Activations.load(out_dir)
+        acts = Activations._read(out_dir, mine) if len(mine) else _nothing(meta, tokens)
+        acts.meta = {**acts.meta, "sequences": [rows.start, rows.stop]}
+        return acts
+    n_rows = len(tokens) if world.is_main else len(rows)
+    _all_or_none(world, _attempt(lambda: run(mine, None, rows.start, n_rows)), "capturing its batches")
+    if world.is_main:
+        for source, source_rows in enumerate(row_shares[1:], start=1):
+            for buffer in buffers.values() if len(source_rows) else ():  # a process without batches sends nothing
+                for layer in range(buffer.shape[0]):
+                    receive_into(world, buffer[layer, source_rows.start : source_rows.stop], source)
+        return Activations(tensors=buffers, tokens=tokens.cpu(), layers_by_hook=meta["layers_by_hook"],
+                           model_name=meta["model_name"])
+    for buffer in buffers.values():  # empty when this process had no batch
+        for layer in range(buffer.shape[0]):
+            send_to_main(world, buffer[layer])
+    acts = Activations(tensors=buffers, tokens=tokens[rows.start : rows.stop].cpu(),
+                       layers_by_hook=meta["layers_by_hook"], model_name=meta["model_name"])
+    acts.meta = {"sequences": [rows.start, rows.stop]}
+    return acts
+
+
+def _write_split(world: World, out_dir: str | os.PathLike, write: Callable[[Path], None], meta: dict) -> None:
+    """Every process writes its shards into one temporary directory; process 0 adds the meta file and renames it.
+
+    Process 0 creates the temporary directory and tells the others its path; after every process has
+    written (a collective), process 0 writes the meta file and renames the directory into place, once; the
+    others wait for that before returning. A failure anywhere leaves ``out_dir`` as it was on every process.
+    """
+    if not world.is_main:
+        path = broadcast_text(world, None)
+        if path is None:
+            raise DistributedError(f"process 0 could not prepare a temporary directory beside {str(out_dir)!r}")
+
+        def write_there() -> None:
+            if not Path(path).is_dir():
+                raise DistributedError(f"{path!r} (made by process 0) is not visible from process {world.rank}; "
+                                       "out_dir must be on a file system every process shares")
+            write(Path(path))
+
+        _all_or_none(world, _attempt(write_there), "writing its shards")
+        _all_or_none(world, None, f"writing the meta file or renaming into {str(out_dir)!r}")
+        return
+    stage = "prepare"
+    try:
+        with atomic_directory(out_dir) as tmp:
+            stage = "broadcast"
+            broadcast_text(world, str(tmp))
+            stage = "write"
+            _all_or_none(world, _attempt(lambda: write(tmp)), "writing its shards")
+            stage = "finish"
+            (tmp / META).write_text(json.dumps(meta, indent=1))
+    except Exception:
+        if stage == "prepare":
+            broadcast_text(world, None)
+        elif stage == "finish":  # the others wait for the rename
+            agree(world, failed=True)
+        raise
+    agree(world, failed=False)  # the others return only once the directory is in place
+
+
+def _attempt(work: Callable[[], None]) -> Exception | None:
+    """Run ``work``; return what it raised instead of raising, so every process can be told first."""
+    try:
+        work()
+    except Exception as error:
+        return error
+    return None
+
+
+def _all_or_none(world: World, error: Exception | None, doing: str) -> None:
+    """A collective: raise this process's ``error``, or a DistributedError if another process failed."""
+    failed = agree(world, failed=error is not None)
+    if error is not None:
+        raise error
+    if failed is not None:
+        raise DistributedError(f"collect_activations failed on process {failed} ({doing}); see its error")
+
+
+def _check_same_call(world: World, tokens: Tensor, batch_size: int, plan: dict, meta: dict, out_dir: Any) -> None:
+    """Refuse (on every process) when processes pass different tokens, batch sizes or hooks."""
+    flat = tokens.reshape(-1).long()
+    checksum = int((flat * torch.arange(1, flat.numel() + 1)).sum()) if flat.numel() else 0
+    setup = zlib.crc32(json.dumps([plan, meta["dtype"], out_dir is None]).encode())
+    every = gather_ints(world, [len(tokens), flat.numel(), checksum, batch_size, setup])
+    what = ["tokens", "tokens", "tokens", "batch_size", "hooks, layers, dtype or out_dir"]
+    for rank, values in enumerate(every[1:], start=1):
+        if values != every[0]:
+            differing = sorted({what[i] for i, (a, b) in enumerate(zip(values, every[0], strict=True)) if a != b})
+            raise DistributedError(f"process {rank} called collect_activations with other {', '.join(differing)} "
+                                   "than process 0; every process must pass the same arguments")
+
+
+def _nothing(meta: dict, tokens: Tensor) -> Activations:
+    """What a process with no batch (more processes than batches) returns."""
+    return Activations(tensors={}, tokens=tokens[:0].cpu(), layers_by_hook=meta["layers_by_hook"],
+                       model_name=meta["model_name"], meta=dict(meta))
 
 
 def _place(model: Any, device: str | torch.device | None) -> torch.device:

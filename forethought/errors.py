@@ -58,6 +58,10 @@ class NumericalError(ForethoughtError):
     """A NaN or infinite value where a finite one is required (a loss, activations)."""
 
 
+class DistributedError(ForethoughtError):
+    """The processes of a multi-process run were called differently, or another process failed."""
+
+
 def check_positive(name: str, value: float, *, integer: bool = False) -> None:
     """Raise :class:`InvalidArgumentError` unless ``value`` is a positive (integer) number.
 

@@ -71,3 +71,89 @@ def test_non_finite_activations_are_refused(tmp_path):
     with pytest.raises(NumericalError, match="blocks.1"):
         collect_activations(model, tokens, hooks="resid", batch_size=2, out_dir=tmp_path / "acts", progress=False)
     assert list(tmp_path.iterdir()) == []
+
+
+TWO_PROCESS_SCRIPT = """
+import json, os, sys, torch
+from safetensors.torch import save_file
+from forethought.activations import collect_activations
+from forethought.errors import ForethoughtError
+from forethought.models import tiny_model
+torch.set_num_threads(1)
+out = sys.argv[1]
+rank = int(os.environ.get("RANK", 0))
+model = tiny_model(n_layers=2, d_model=16, n_heads=2, d_vocab=40, n_ctx=8, seed=0)
+tokens = torch.randint(0, 40, (9, 8), generator=torch.Generator().manual_seed(0))
+# 5 batches (3 + 2 per process), 3 batches of a 8 in bfloat16, one batch (the second process gets none)
+CASES = {"uneven": (9, 2, torch.float32), "bf16": (8, 3, torch.bfloat16), "one": (3, 4, torch.float32)}
+
+def dump(acts, name):
+    save_file({"tokens": acts.tokens, **acts.tensors}, os.path.join(out, name + ".safetensors"))
+    json.dump(acts.meta.get("sequences"), open(os.path.join(out, name + ".json"), "w"))
+
+for case, (n, batch_size, dtype) in CASES.items():
+    kwargs = dict(hooks=["resid", "attn.hook_z"], batch_size=batch_size, dtype=dtype, progress=False)
+    dump(collect_activations(model, tokens[:n], **kwargs), f"{case}_memory_{rank}")
+    dump(collect_activations(model, tokens[:n], out_dir=os.path.join(out, case), **kwargs), f"{case}_disk_{rank}")
+if os.environ.get("WORLD_SIZE"):
+    errors = {}
+    try:  # the processes disagree on the tokens
+        collect_activations(model, tokens[rank:], out_dir=os.path.join(out, "refused"), progress=False)
+    except ForethoughtError as error:
+        errors["tokens"] = type(error).__name__
+    if rank == 1:  # one process fails half-way: nothing is written, every process raises
+        with torch.no_grad():
+            model.blocks[1].attn.o._original_component.bias.fill_(float("nan"))
+    try:
+        collect_activations(model, tokens, batch_size=2, out_dir=os.path.join(out, "failed"), progress=False)
+    except ForethoughtError as error:
+        errors["nan"] = type(error).__name__
+    json.dump(errors, open(os.path.join(out, f"errors_{rank}.json"), "w"))
+"""
+
+
+@pytest.mark.slow
+def test_two_processes_capture_what_one_process_does(tmp_path):
+    """Under torchrun (gloo, CPU) the batches are split between 2 processes: the shard directory is byte for byte
+    the one a single process writes, process 0 returns the whole in-memory result, process 1 its share."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    script = tmp_path / "capture.py"
+    script.write_text(TWO_PROCESS_SCRIPT)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    single, double = tmp_path / "single", tmp_path / "double"
+    single.mkdir(), double.mkdir()
+    subprocess.run([sys.executable, str(script), str(single)], check=True, env=env, timeout=600)
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                    str(script), str(double)], check=True, env=env, timeout=600, capture_output=True)
+    # 5 batches over 2 processes: 3 + 2 (6 + 3 sequences); 3 batches: 2 + 1 (6 + 2); 1 batch: 1 + 0
+    shares = {"uneven": [0, 6, 9], "bf16": [0, 6, 8], "one": [0, 3, 3]}
+    for case, (_, middle, end) in shares.items():
+        files = sorted(p.name for p in (single / case).iterdir())
+        assert files == sorted(p.name for p in (double / case).iterdir())
+        assert all((single / case / f).read_bytes() == (double / case / f).read_bytes() for f in files)
+        reference, split = Activations.load(single / case), Activations.load(double / case)
+        assert split.meta == reference.meta and torch.equal(split.tokens, reference.tokens)
+        for hook in ("resid", "attn.hook_z"):
+            assert torch.equal(split[hook], reference[hook])
+        whole = load_file(single / f"{case}_memory_0.safetensors")
+        for kind in ("memory", "disk"):
+            assert json.loads((double / f"{case}_{kind}_1.json").read_text()) == [middle, end]
+            main, other = (load_file(double / f"{case}_{kind}_{rank}.safetensors") for rank in (0, 1))
+            assert main.keys() == whole.keys()
+            for name, tensor in whole.items():
+                assert torch.equal(main[name], tensor), (case, kind, name)
+                if middle < end:
+                    assert torch.equal(other[name], tensor[middle:end] if name == "tokens" else tensor[:, middle:end])
+            assert middle < end or other.keys() == {"tokens"}  # no batch, no activations
+    assert json.loads((double / "errors_0.json").read_text()) == {"tokens": "DistributedError",
+                                                                  "nan": "DistributedError"}
+    assert json.loads((double / "errors_1.json").read_text()) == {"tokens": "DistributedError",
+                                                                  "nan": "NumericalError"}
+    assert not (double / "refused").exists() and not (double / "failed").exists()
+    assert not [p.name for p in double.iterdir() if p.name.startswith(".")]  # no temporaries left behind

@@ -1,0 +1,19 @@
+import pytest
+
+from forethought.distributed import current_world, share
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 7])
+@pytest.mark.parametrize("n_items", [0, 1, 5, 6, 20])
+def test_shares_cover_everything_in_order_and_differ_by_at_most_one(n_items, size):
+    parts = [share(n_items, rank, size) for rank in range(size)]
+    assert [i for part in parts for i in part] == list(range(n_items))
+    assert max(map(len, parts)) - min(map(len, parts)) <= 1
+    assert sorted(map(len, parts), reverse=True) == list(map(len, parts))  # the first processes take more
+
+
+def test_a_plain_process_is_no_world(monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert current_world() is None
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert current_world() is None
