@@ -105,6 +105,18 @@ def broadcast_text(world: World, text: str | None) -> str | None:
     return box[0]
 
 
+def gather_objects(world: World, value: Any, to_main: bool = False) -> list[Any] | None:
+    """Every process's picklable ``value``, in rank order: on every process, or (``to_main``) on process 0 only
+    (the others get ``None``). For small things such as table rows; tensors travel with :func:`send_to_main`."""
+    if not to_main:
+        values: list[Any] = [None] * world.size
+        dist.all_gather_object(values, value, group=world.group)
+        return values
+    values = [None] * world.size if world.is_main else None
+    dist.gather_object(value, values, dst=0, group=world.group)
+    return values
+
+
 def send_to_main(world: World, tensor: torch.Tensor) -> None:
     """Send a contiguous CPU tensor to process 0, which receives it with :func:`receive_into`."""
     dist.send(_bytes(tensor), dst=0, group=world.group)

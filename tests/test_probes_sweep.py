@@ -1,5 +1,6 @@
 """probe_sweep on tasks with known answers, its table, its plot and its errors."""
 
+import json
 import math
 from dataclasses import replace
 from unittest.mock import patch
@@ -198,3 +199,59 @@ def test_streaming_chooses_itself_and_refuses_methods_it_cannot_run(model, tmp_p
         probe_sweep(model, tokens, method=["vocab", "ridge"], stream=True, progress=False)
     with pytest.raises(InvalidArgumentError, match="stream="):
         probe_sweep(model, tokens, stream="yes", progress=False)
+
+
+TWO_PROCESS_SWEEP = """
+import os, sys
+import torch
+from forethought.models import tiny_model
+from forethought.probes.sweep import ProbeSweepConfig, probe_sweep
+from forethought.probes.vocabulary import VocabProbeConfig
+from forethought.probes.future_lens import FutureLensConfig
+
+torch.manual_seed(0)
+out = sys.argv[1]
+rank = int(os.environ.get("RANK", 0))
+model = tiny_model(n_layers=2, d_model=16, n_heads=2, d_vocab=12, n_ctx=12, seed=0)
+tokens = torch.randint(0, 12, (60, 12), generator=torch.Generator().manual_seed(1))
+tokens[:, 2::2] = (tokens[:, :-2:2] * 5 + 1) % 12  # something to read two tokens ahead
+config = ProbeSweepConfig(vocab=VocabProbeConfig(max_epochs=3), future_lens=FutureLensConfig(max_epochs=1))
+table = probe_sweep(model, tokens, offsets=[0, 1], method=["vocab", "future_lens"], config=config,
+                    save_dir=os.path.join(out, "probes"), progress=False)
+table.to_csv(os.path.join(out, f"table_{rank}.csv"), index=False)
+"""
+
+
+@pytest.mark.slow
+def test_two_processes_sweep_what_one_process_does(tmp_path):
+    """Under torchrun (gloo, CPU) each process probes its own depths (3 over 2: 2 + 1); the gathered table and
+    the saved probes, joined along the layers, equal a single process's."""
+    import os
+    import subprocess
+    import sys
+
+    import pandas as pd
+    from safetensors.torch import load_file
+
+    script = tmp_path / "sweep.py"
+    script.write_text(TWO_PROCESS_SWEEP)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    single, double = tmp_path / "single", tmp_path / "double"
+    single.mkdir(), double.mkdir()
+    subprocess.run([sys.executable, str(script), str(single)], check=True, env=env, timeout=600)
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                    str(script), str(double)], check=True, env=env, timeout=600, capture_output=True)
+    reference = pd.read_csv(single / "table_0.csv")
+    assert len(reference) == 3 * 2 * 2
+    for rank in (0, 1):  # every process gets the whole table
+        pd.testing.assert_frame_equal(pd.read_csv(double / f"table_{rank}.csv"), reference, rtol=1e-5)
+    saved = sorted(str(p.relative_to(single)) for p in (single / "probes").rglob("*") if p.is_file())
+    assert saved == sorted(str(p.relative_to(double)) for p in (double / "probes").rglob("*") if p.is_file())
+    for path in saved:
+        if path.endswith(".safetensors"):
+            expected, joined = load_file(single / path), load_file(double / path)
+            for name, tensor in expected.items():
+                torch.testing.assert_close(joined[name], tensor, rtol=1e-5, atol=1e-6)
+        else:
+            layers = [json.loads((root / path).read_text())["layers"] for root in (single, double)]
+            assert layers[0] == layers[1]

@@ -25,6 +25,11 @@ Outputs in ``--out`` (all written atomically):
 * with ``--save-probes``: ``probes/<model>/<method>[_control]/`` (safetensors + JSON, see
   :mod:`forethought.probes.io`).
 
+Large sweeps: ``--stream`` writes the activations to temporary files and trains the probes from them, so memory
+does not grow with the tokens (automatic above ``--stream-above-gib``); under ``torchrun`` or ``accelerate
+launch`` every process probes its own share of the depths over all the data and process 0 writes the outputs,
+the same files a single process writes.
+
 Example:
     forethought probe-sweep --model vanilla=runs/vanilla/model --model myopic=runs/myopic/model \\
         --dataset builtin --layers all --offsets 0,1,2,3 --top-k 255 --out results/probes
@@ -42,6 +47,7 @@ import pandas as pd
 from forethought import plots
 from forethought.data import load_token_splits
 from forethought.devices import resolve_device
+from forethought.distributed import current_world
 from forethought.errors import InvalidArgumentError
 from forethought.experiments.common import (
     add_scoring_data_arguments,
@@ -139,7 +145,9 @@ def run(args: argparse.Namespace) -> int:
         splits = load_token_splits(options["dataset"], shared_tokenizer(models), options["seq_len"],
                                    text_field=options["text_field"], max_sequences=options["max_sequences"],
                                    val_fraction=options["test_fraction"], seed=args.seed)
-    prepare_out_dir(out)
+    world = current_world()  # under torchrun / accelerate launch each process probes some depths; process 0 writes
+    if world is None or world.is_main:
+        prepare_out_dir(out)
     start = time.perf_counter()
     tables = [probe_sweep(models, splits, layers=layers, offsets=offsets, method=methods, seed=seed,
                           device=args.device, config=config,
@@ -147,6 +155,8 @@ def run(args: argparse.Namespace) -> int:
                           if args.save_probes else None, stream=stream, progress=not args.no_progress)
               for seed in seeds]
     seconds = time.perf_counter() - start
+    if world is not None and not world.is_main:
+        return 0
     table = pd.concat(tables, ignore_index=True)
     files = ["probes.csv", "probe_top1.png", "probe_gain.png", "report.json"]
 

@@ -243,7 +243,8 @@ def lens_view(
         raise InvalidArgumentError(f"layers={shown!r} are not all among the probes' depths {list(probes.layers)}")
     resolve_layers(model, shown, RESID)  # raises for a depth the model does not have
 
-    acts = collect_activations(model, tokens, hooks=[RESID], layers=shown, batch_size=1, progress=False)
+    acts = collect_activations(model, tokens, hooks=[RESID], layers=shown, batch_size=1, progress=False,
+                               split_between_processes=False)
     collected = acts.layers_by_hook[RESID]
     features = acts[RESID][[collected.index(layer) for layer in shown], 0]  # [layer, pos, d_model]
     probe = _one_task(probes, shown, task)

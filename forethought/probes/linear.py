@@ -25,7 +25,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -139,6 +139,37 @@ class AffineProbes:
                 "layers": [int(layer) for layer in config["layers"]],
                 "tasks": [Task.from_dict(task) for task in config["tasks"]],
                 "label_space": LabelSpace.from_dict(config["label_space"]), "meta": dict(config.get("meta", {}))}
+
+
+def concat_layers(parts: Sequence[AffineProbes]) -> AffineProbes:
+    """Probes of disjoint layers (the same kind, tasks and label space) as one stack, in the order given.
+
+    Per-layer lists in ``meta`` (one entry per layer, e.g. ``best_epoch``) are joined too; ``epochs`` becomes the
+    largest; every other entry is the first part's.
+
+    Example:
+        >>> from forethought.probes.targets import LabelSpace
+        >>> a, b = (LinearProbes.zeros(layers=[layer], tasks=[Task(0)], d_model=4, label_space=LabelSpace.full(3))
+        ...         for layer in (0, 2))
+        >>> concat_layers([a, b]).layers
+        [0, 2]
+    """
+    first = parts[0]
+    for other in parts[1:]:
+        if type(other) is not type(first) or other.tasks != first.tasks or other.label_space != first.label_space:
+            raise InvalidArgumentError("only probes of one kind, with the same tasks and label space, can be joined")
+    if len({layer for part in parts for layer in part.layers}) != sum(len(part.layers) for part in parts):
+        raise InvalidArgumentError(f"the parts' layers overlap: {[part.layers for part in parts]}")
+    meta = dict(first.meta)
+    for key, value in first.meta.items():
+        values = [part.meta.get(key) for part in parts]
+        if isinstance(value, list) and all(isinstance(v, list) and len(v) == len(part.layers)
+                                           for v, part in zip(values, parts, strict=True)):
+            meta[key] = [entry for v in values for entry in v]
+    if all(isinstance(part.meta.get("epochs"), int) for part in parts):
+        meta["epochs"] = max(part.meta["epochs"] for part in parts)
+    joined = {name: torch.cat([getattr(part, name) for part in parts]) for name in ("weight", "bias", "mean", "scale")}
+    return replace(first, **joined, layers=[layer for part in parts for layer in part.layers], meta=meta)
 
 
 @dataclass

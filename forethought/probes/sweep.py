@@ -35,6 +35,13 @@ prediction and the baselines, so ``top1 <= coverage`` (the share of test targets
 ``top1_in_space`` is top-1 over the in-space targets only (equal to ``top1`` for the whole vocabulary), a
 diagnostic, never a headline.
 
+**Scale.** ``stream=True`` (automatic above ``config.stream_above_gib``) writes the activations to an on-disk
+:class:`~forethought.probes.feature_store.FeatureStore` one batch at a time and trains the vocab probes from it
+a minibatch at a time (the same probes, the same table). Under several processes (``torchrun``, ``accelerate
+launch``) every process probes its own contiguous share of the depths over all the data, the rows are gathered
+(every process returns the whole table) and process 0 saves the probes, joined along the depths: probes of one
+depth never depend on another's, so the table equals a single process's.
+
 Splits are by sequence: ``TokenSplits.validation`` (or ``test_fraction`` of a token tensor) is the test set;
 ``val_fraction`` of the remaining sequences is held out for early stopping.
 
@@ -68,6 +75,7 @@ from forethought.activations import collect_activations
 from forethought.bootstrap import N_RESAMPLES, bootstrap_ci
 from forethought.data.tokens import TokenSplits, split_sequences
 from forethought.devices import resolve_device
+from forethought.distributed import World, current_world, gather_objects, share
 from forethought.errors import DataError, InvalidArgumentError, check_positive, choices_text
 from forethought.hook_names import RESID, hook_name, resolve_layers
 from forethought.options import METHODS
@@ -81,7 +89,7 @@ from forethought.probes.future_lens import (
     fit_ridge_lens,
 )
 from forethought.probes.io import save_probes
-from forethought.probes.linear import Task
+from forethought.probes.linear import Task, concat_layers
 from forethought.probes.logistic import LogisticProbeConfig, fit_logistic_probes
 from forethought.probes.metrics import MetricAccumulator
 from forethought.probes.targets import LabelSpace, check_offsets, future_labels, model_predictions, n_positions
@@ -222,12 +230,21 @@ def probe_sweep(
     train, test = _split_data(data, config.test_fraction, seed)
     offsets = check_offsets(offsets, train.shape[1])
     fit, val = split_sequences(train, val_fraction=config.val_fraction, seed=seed + 1)
+    world = current_world()
     rows = []
     for name, model in models.items():
         streamed = _should_stream(stream, model, layers, methods, len(train) + len(test), train.shape[1], config)
         rows += _sweep_model(name, model, (fit, val, test), layers, offsets, methods, config, seed, device,
-                             save_dir, progress, streamed)
+                             save_dir, progress and (world is None or world.is_main), streamed, world)
+    if world is not None:
+        rows = sorted((row for part in gather_objects(world, rows) for row in part), key=_row_order(models, methods))
     return add_gains(pd.DataFrame(rows, columns=COLUMNS))
+
+
+def _row_order(models: Mapping[str, Any], methods: list[str]) -> Any:
+    """The order of a single process's rows: model, method, layer, offset."""
+    model_index, method_index = {name: i for i, name in enumerate(models)}, {m: i for i, m in enumerate(methods)}
+    return lambda row: (model_index[row["model"]], method_index[row["method"]], row["layer"], row["offset"])
 
 
 def add_gains(table: pd.DataFrame) -> pd.DataFrame:
@@ -323,8 +340,13 @@ def _should_stream(stream: bool | str, model: Any, layers: Any, methods: list[st
 
 def _sweep_model(name: str, model: Any, splits: tuple[Tensor, Tensor, Tensor], layers: Any, offsets: list[int],
                  methods: list[str], config: ProbeSweepConfig, seed: int, device: Any, save_dir: Any,
-                 progress: bool, streamed: bool = False) -> list[dict[str, Any]]:
+                 progress: bool, streamed: bool = False, world: World | None = None) -> list[dict[str, Any]]:
     layers = resolve_layers(model, layers, RESID)
+    if world is not None:  # each process probes its own depths over all the data (probes of a depth are independent)
+        layers = [layers[i] for i in share(len(layers), world.rank, world.size)]
+        if not layers:
+            _save_gathered(world, [], name, methods, model, save_dir)
+            return []
     device = torch.device(device) if device is not None else next(model.parameters()).device
     if device != next(model.parameters()).device:
         model = model.to(device)
@@ -343,32 +365,53 @@ def _sweep_model(name: str, model: Any, splits: tuple[Tensor, Tensor, Tensor], l
         else:
             fit, val, test = (_examples(model, tokens, layers, offsets, space, config, device, with_resid, progress)
                               for tokens in splits)
-        return _fit_and_score(name, model, (fit, val, test), len(splits[2]), future_labels(splits[2], offsets),
-                              layers, offsets, methods, space, config, seed, device, save_dir, progress)
+        rows, fitted = _fit_and_score(name, model, (fit, val, test), len(splits[2]), future_labels(splits[2], offsets),
+                                      layers, offsets, methods, space, config, seed, device, progress)
+    if world is not None:
+        _save_gathered(world, fitted, name, methods, model, save_dir)
+    elif save_dir is not None:
+        for path, probes in fitted:
+            save_probes(probes, Path(save_dir) / name / path, model=model)
+    return rows
+
+
+def _save_gathered(world: World, fitted: list[tuple[str, Any]], name: str, methods: list[str], model: Any,
+                   save_dir: Any) -> None:
+    """Process 0 saves every process's probes of one model, joined along the layer axis."""
+    if save_dir is None:
+        return
+    parts = gather_objects(world, [(path, replace(probes, model=None) if hasattr(probes, "model") else probes)
+                                   for path, probes in fitted], to_main=True)
+    if world.is_main:
+        by_path: dict[str, list[Any]] = {}
+        for path, probes in (item for part in parts for item in part):
+            by_path.setdefault(path, []).append(probes)
+        for path, pieces in by_path.items():
+            save_probes(concat_layers(pieces), Path(save_dir) / name / path, model=model)
 
 
 def _fit_and_score(name: str, model: Any, examples: tuple[_Split, _Split, _Split], n_test_sequences: int,
                    test_targets: Tensor, layers: list[int], offsets: list[int], methods: list[str],
-                   space: LabelSpace, config: ProbeSweepConfig, seed: int, device: torch.device, save_dir: Any,
-                   progress: bool) -> list[dict[str, Any]]:
-    """Baselines, then every method's probes fitted and scored: one row per (layer, offset, method)."""
+                   space: LabelSpace, config: ProbeSweepConfig, seed: int, device: torch.device,
+                   progress: bool) -> tuple[list[dict[str, Any]], list[tuple[str, Any]]]:
+    """Baselines, then every method's probes fitted and scored: one row per (layer, offset, method), and the
+    fitted probes with the directory name each is saved under (``method``, ``method_control``)."""
     fit, val, test = examples
     controls = torch.stack([control_labels(fit.labels[i], model.cfg.d_vocab, seed=seed + 7919 * (i + 1))
                             for i in range(len(offsets))])  # [offset, d_vocab]
     baselines = _baselines(torch.cat([fit.current, val.current]), torch.cat([fit.labels, val.labels], 1), test,
                            space)
     coverage = space.coverage(test_targets)
-    rows = []
+    rows, saved = [], []
     for method in methods:
         probes, control = _fit(method, model, fit, val, controls, layers, offsets, space, config, seed, device,
                                progress)
         scores = _score(probes, control, test, controls, space, n_test_sequences, config.eval_batch_size,
                         config.n_resamples, seed)
-        if save_dir is not None:
-            for fitted, suffix in ((probes, ""), (control, "_control")):
-                if fitted is not None:
-                    fitted.meta.update(model_name=name, hook=RESID, seed=seed)
-                    save_probes(fitted, Path(save_dir) / name / f"{method}{suffix}", model=model)
+        for fitted, suffix in ((probes, ""), (control, "_control")):
+            if fitted is not None:
+                fitted.meta.update(model_name=name, hook=RESID, seed=seed)
+                saved.append((f"{method}{suffix}", fitted))
         for i, layer in enumerate(layers):
             for j, offset in enumerate(offsets):
                 row = {"model": name, "layer": layer, "offset": offset, "method": method,
@@ -379,7 +422,7 @@ def _fit_and_score(name: str, model: Any, examples: tuple[_Split, _Split, _Split
                        "n_train": fit.n + val.n, "n_test": test.n, "seed": seed}
                 row["selectivity"] = row["top1"] - row["control_top1"]
                 rows.append(row)
-    return rows
+    return rows, saved
 
 
 @torch.no_grad()
@@ -393,7 +436,8 @@ def _examples(model: Any, tokens: Tensor, layers: list[int], offsets: list[int],
     final = model.cfg.n_layers
     collected = sorted({*layers, final})
     acts = collect_activations(model, tokens, hooks=[RESID], layers=collected, batch_size=config.batch_size,
-                               device=device, dtype=config.feature_dtype, progress=progress)[RESID]
+                               device=device, dtype=config.feature_dtype, progress=progress,
+                               split_between_processes=False)[RESID]
     n_seq, seq_len = tokens.shape
     n_pos = n_positions(seq_len, offsets)
     index = [collected.index(layer) for layer in layers]
@@ -423,7 +467,8 @@ def _streamed_examples(model: Any, tokens: Tensor, layers: list[int], offsets: l
     for start in tqdm(batches, desc=f"activations → {path.stem}", disable=not progress, unit="batch"):
         batch = tokens[start : start + config.batch_size]
         acts = collect_activations(model, batch, hooks=[RESID], layers=collected, batch_size=len(batch),
-                                   device=device, dtype=config.feature_dtype, progress=False)[RESID]
+                                   device=device, dtype=config.feature_dtype, progress=False,
+                                   split_between_processes=False)[RESID]
         store.append(acts[index, :, :n_pos].permute(1, 2, 0, 3).reshape(-1, len(layers), acts.shape[-1]))
         predictions.append(_greedy(model, acts[collected.index(final)], space, device))
     return _labelled(store, tokens, offsets, space, torch.cat(predictions), None)
