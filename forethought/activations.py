@@ -38,7 +38,7 @@ import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from jaxtyping import Float, Int
@@ -67,6 +67,9 @@ from forethought.errors import (
 )
 from forethought.hook_names import RESID, hook_name, resolve_layers
 from forethought.reporting import atomic_directory
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
 
 META = "activations.json"
 SHARD = "shard_{:05d}.safetensors"
@@ -148,7 +151,7 @@ class Activations:
 
 
 def collect_activations(
-    model: Any,
+    model: TransformerBridge,
     tokens: Int[Tensor, "n_seq pos"],
     hooks: Sequence[str] | str = ("resid",),
     layers: Sequence[int] | int | str = "all",
@@ -360,7 +363,7 @@ def _nothing(meta: dict, tokens: Tensor) -> Activations:
                        model_name=meta["model_name"], meta=dict(meta))
 
 
-def _place(model: Any, device: str | torch.device | None) -> torch.device:
+def _place(model: TransformerBridge, device: str | torch.device | None) -> torch.device:
     current = next(model.parameters()).device
     if device is None or torch.device(device) == current:
         return current
@@ -368,14 +371,14 @@ def _place(model: Any, device: str | torch.device | None) -> torch.device:
     return torch.device(device)
 
 
-def _names_for(model: Any, template: str, layers: Any) -> tuple[list[int], list[str]]:
+def _names_for(model: TransformerBridge, template: str, layers: Any) -> tuple[list[int], list[str]]:
     if template != RESID and (template.startswith("blocks.") or template in model.hook_dict):
         return [0], [hook_name(model, template)]
     layer_list = resolve_layers(model, layers, template)
     return layer_list, [hook_name(model, template, layer) for layer in layer_list]
 
 
-def _stop_layer(model: Any, names: Any) -> int | None:
+def _stop_layer(model: TransformerBridge, names: Any) -> int | None:
     """The block index after the deepest requested hook, or None when a hook lies past the last block."""
     deepest = -1
     for name in names:

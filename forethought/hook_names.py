@@ -16,19 +16,22 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from forethought.errors import OutOfRangeError, UnknownHookError, choices_text
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
 
 RESID = "resid"
 
 
-def n_depths(model: Any, template: str) -> int:
+def n_depths(model: TransformerBridge, template: str) -> int:
     """How many layers a template has: ``n_layers + 1`` for ``"resid"``, else ``n_layers``."""
     return model.cfg.n_layers + 1 if template == RESID else model.cfg.n_layers
 
 
-def check_layer(model: Any, layer: int, template: str = "") -> int:
+def check_layer(model: TransformerBridge, layer: int, template: str = "") -> int:
     """Return ``layer`` (negative counts from the end) or raise :class:`OutOfRangeError`."""
     n = n_depths(model, template)
     if isinstance(layer, bool) or not isinstance(layer, int) or not -n <= layer < n:
@@ -37,7 +40,7 @@ def check_layer(model: Any, layer: int, template: str = "") -> int:
     return layer % n
 
 
-def resolve_layers(model: Any, layers: Any, template: str = "") -> list[int]:
+def resolve_layers(model: TransformerBridge, layers: Any, template: str = "") -> list[int]:
     """``"all"``, an int or a list of ints → a sorted list of valid layer indices."""
     if layers == "all" or layers is None:
         return list(range(n_depths(model, template)))
@@ -46,7 +49,7 @@ def resolve_layers(model: Any, layers: Any, template: str = "") -> list[int]:
     return sorted({check_layer(model, layer, template) for layer in layers})
 
 
-def hook_name(model: Any, template: str, layer: int | None = None) -> str:
+def hook_name(model: TransformerBridge, template: str, layer: int | None = None) -> str:
     """Full hook name for a template at a layer (or a full, layer-less name such as ``"ln_final.hook_out"``)."""
     if template == RESID:
         layer = check_layer(model, layer, RESID)

@@ -12,13 +12,16 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from jaxtyping import Int
 from torch import Tensor
 
 from forethought.errors import ContextLengthError, DataError, InvalidArgumentError, VocabularyMismatchError
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
 
 SPECIAL_TOKENS = ["<|endoftext|>"]
 
@@ -138,7 +141,7 @@ def make_token_splits(
     return TokenSplits(train=train, validation=validation, tokenizer=tokenizer)
 
 
-def check_tokens_fit(model: Any, tokens: Tensor) -> None:
+def check_tokens_fit(model: TransformerBridge, tokens: Tensor) -> None:
     """Raise a clear error unless ``tokens`` can be fed to ``model`` (ids in vocabulary, length in context)."""
     if tokens.dtype not in (torch.int64, torch.int32) or tokens.ndim != 2:
         raise InvalidArgumentError(

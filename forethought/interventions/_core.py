@@ -9,7 +9,7 @@ result is that of ``n`` separate forwards.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from jaxtyping import Float, Int
@@ -18,11 +18,14 @@ from torch import Tensor
 from forethought.data.tokens import check_tokens_fit
 from forethought.errors import InvalidArgumentError, OutOfRangeError, check_positive
 
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
+
 #: An edit takes one copy's activation ``[batch, pos, ...]`` and returns its replacement (same shape).
 Edit = Callable[[Tensor], Tensor]
 
 
-def require_deterministic(model: Any) -> None:
+def require_deterministic(model: TransformerBridge) -> None:
     """Raise unless the forward is deterministic: no dropout that is active in the current mode.
 
     ``boot_native`` models have no dropout, so their default training mode is fine; HF checkpoints usually
@@ -43,7 +46,7 @@ def require_deterministic(model: Any) -> None:
         )
 
 
-def check_tokens(model: Any, tokens: Any, name: str = "tokens") -> Int[Tensor, "batch pos"]:
+def check_tokens(model: TransformerBridge, tokens: Any, name: str = "tokens") -> Int[Tensor, "batch pos"]:
     """Check an integer ``[batch, pos]`` tensor (a 1-D tensor becomes a batch of one) against the model."""
     if not isinstance(tokens, Tensor):
         raise InvalidArgumentError(f"{name} must be an integer torch.Tensor [batch, pos]; got {type(tokens).__name__}")
@@ -53,7 +56,7 @@ def check_tokens(model: Any, tokens: Any, name: str = "tokens") -> Int[Tensor, "
     return tokens
 
 
-def check_pair(model: Any, clean: Any, corrupt: Any) -> tuple[Tensor, Tensor]:
+def check_pair(model: TransformerBridge, clean: Any, corrupt: Any) -> tuple[Tensor, Tensor]:
     """Check clean and corrupted tokens: both valid for the model, and of the same shape."""
     clean, corrupt = check_tokens(model, clean, "clean_tokens"), check_tokens(model, corrupt, "corrupt_tokens")
     if clean.shape != corrupt.shape:
@@ -84,12 +87,12 @@ def resolve_indices(values: Any, size: int, what: str) -> list[int]:
     return sorted({resolve_index(value, size, what) for value in values})
 
 
-def device_of(model: Any) -> torch.device:
+def device_of(model: TransformerBridge) -> torch.device:
     return next(model.parameters()).device
 
 
 def run_variants(
-    model: Any,
+    model: TransformerBridge,
     tokens: Int[Tensor, "batch pos"],
     edits: Sequence[tuple[str, Edit]],
     batch_size: int = 32,

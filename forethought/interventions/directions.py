@@ -28,7 +28,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -49,6 +49,9 @@ from forethought.interventions._core import (
     run_variants,
 )
 from forethought.interventions.metrics import kl_divergence
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
 
 MODES = ("project_out", "add")
 
@@ -181,7 +184,7 @@ def addition_edit(vector: Float[Tensor, " d_model"], positions: list[int] | None
 
 @contextmanager
 def project_out(
-    model: Any,
+    model: TransformerBridge,
     directions: Any,
     layer: int,
     *,
@@ -215,7 +218,7 @@ def project_out(
 
 @contextmanager
 def add_direction(
-    model: Any,
+    model: TransformerBridge,
     direction: Any,
     layer: int,
     *,
@@ -272,7 +275,7 @@ class DirectionEffect:
 
 
 def direction_effect(
-    model: Any,
+    model: TransformerBridge,
     tokens: Int[Tensor, "batch pos"],
     directions: Any,
     layer: int,
@@ -370,7 +373,8 @@ def direction_effect(
 
 
 @contextmanager
-def _editing(model: Any, hook: str, layer: int, edit: Edit, d_model: int, positions: Any) -> Iterator[None]:
+def _editing(model: TransformerBridge, hook: str, layer: int, edit: Edit, d_model: int,
+             positions: Any) -> Iterator[None]:
     name = hook_name(model, hook, layer)
 
     def apply(activation: Tensor, hook: Any) -> Tensor:

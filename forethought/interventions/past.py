@@ -21,7 +21,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import torch
@@ -35,10 +35,14 @@ from forethought.interventions._core import check_tokens, device_of, require_det
 from forethought.myopic_training import ablate_past
 from forethought.myopic_training.hooks import ABLATIONS
 
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
+
 __all__ = ["ablate_past", "past_ablation_effect", "per_position_loss"]
 
 
-def per_position_loss(model: Any, tokens: Int[Tensor, "batch pos"], batch_size: int = 32) -> Float[Tensor, " pos"]:
+def per_position_loss(model: TransformerBridge, tokens: Int[Tensor, "batch pos"],
+                      batch_size: int = 32) -> Float[Tensor, " pos"]:
     """Mean cross-entropy of predicting token ``t + 1`` at each position ``t`` (``pos - 1`` values).
 
     Runs in batches under whatever hooks are active, e.g. inside ``ablate_past``.
@@ -63,7 +67,7 @@ def per_position_loss(model: Any, tokens: Int[Tensor, "batch pos"], batch_size: 
 
 
 def past_ablation_effect(
-    model: Any,
+    model: TransformerBridge,
     tokens: Int[Tensor, "batch pos"],
     *,
     layer_sets: Sequence[Any] | str = ("all",),
@@ -114,7 +118,7 @@ def past_ablation_effect(
     return pd.DataFrame(rows)
 
 
-def _label(model: Any, layers: Any) -> str:
+def _label(model: TransformerBridge, layers: Any) -> str:
     if isinstance(layers, str) and layers == "all":
         return "all"
     return ",".join(str(layer) for layer in resolve_layers(model, layers))

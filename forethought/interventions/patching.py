@@ -36,7 +36,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from itertools import product
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import pandas as pd
 import torch
@@ -55,6 +55,9 @@ from forethought.interventions._core import (
     run_variants,
 )
 from forethought.interventions.metrics import Metric, Readout, resolve_metric
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
 
 DIRECTIONS = ("denoise", "noise")
 
@@ -134,7 +137,7 @@ class PatchResult:
 
 @contextmanager
 def patch_activation(
-    model: Any,
+    model: TransformerBridge,
     hook: str,
     source: Float[Tensor, "batch pos ..."],
     *,
@@ -207,7 +210,7 @@ def _axis_mask(indices: list[int] | None, size: int, axis: int, ndim: int, devic
 
 
 def patch_positions(
-    model: Any,
+    model: TransformerBridge,
     clean_tokens: Int[Tensor, "batch pos"],
     corrupt_tokens: Int[Tensor, "batch pos"],
     metric: Metric | str | Any = "logit_diff",
@@ -261,7 +264,7 @@ def patch_positions(
 
 
 def patch_heads(
-    model: Any,
+    model: TransformerBridge,
     clean_tokens: Int[Tensor, "batch pos"],
     corrupt_tokens: Int[Tensor, "batch pos"],
     metric: Metric | str | Any = "logit_diff",
@@ -331,7 +334,7 @@ def _patched_positions(positions: Sequence[int] | int | str, seq: int, offset: i
 
 
 def _sweep(
-    model: Any,
+    model: TransformerBridge,
     clean: Tensor,
     corrupt: Tensor,
     metric: Any,
@@ -397,7 +400,7 @@ def _sweep(
     )
 
 
-def capture(model: Any, tokens: Tensor, names: list[str]) -> tuple[Tensor, dict[str, Tensor]]:
+def capture(model: TransformerBridge, tokens: Tensor, names: list[str]) -> tuple[Tensor, dict[str, Tensor]]:
     """Logits of ``tokens`` and the activations at ``names`` (bound by the names asked for, not aliases)."""
     acts: dict[str, Tensor] = {}
 
@@ -428,7 +431,7 @@ def _check_offset(read_offset: Any, seq: int) -> int | None:
     return read_offset
 
 
-def _head_count(model: Any, hook: str, layer: int) -> int:
+def _head_count(model: TransformerBridge, hook: str, layer: int) -> int:
     name = hook_name(model, hook, layer)
     if name.rsplit(".", 1)[-1] not in ("hook_z", "hook_q", "hook_k", "hook_v"):
         raise InvalidArgumentError(f"hook={hook!r} has no head axis; patch heads at 'attn.hook_z', 'attn.hook_q', "
@@ -438,7 +441,7 @@ def _head_count(model: Any, hook: str, layer: int) -> int:
     return model.cfg.n_heads
 
 
-def _labels(model: Any, tokens: Tensor) -> list[str] | None:
+def _labels(model: TransformerBridge, tokens: Tensor) -> list[str] | None:
     tokenizer = getattr(model, "tokenizer", None)
     if tokenizer is None:
         return None

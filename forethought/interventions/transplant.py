@@ -32,7 +32,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import torch
@@ -51,6 +51,9 @@ NEUTRAL_PROMPTS: tuple[str, ...] = (
     "The following is a short text:",
     "Here is a sentence:",
 )
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
 
 Prompt = str | Int[Tensor, " pos"] | Sequence[int]
 
@@ -114,7 +117,7 @@ class TransplantResult:
 
 
 def transplant(
-    model: Any,
+    model: TransformerBridge,
     tokens: Int[Tensor, "source pos"],
     *,
     position: int = -1,
@@ -199,7 +202,7 @@ def transplant(
 
 
 def greedy(
-    model: Any,
+    model: TransformerBridge,
     tokens: Int[Tensor, "batch pos"],
     n_steps: int,
     fwd_hooks: Sequence[tuple[str, Any]] = (),
@@ -228,7 +231,7 @@ def greedy(
     return torch.stack(steps, 1), torch.stack(step_logits, 1)
 
 
-def _states(model: Any, prefix: Tensor, names: list[str]) -> dict[str, Float[Tensor, "batch d_model"]]:
+def _states(model: TransformerBridge, prefix: Tensor, names: list[str]) -> dict[str, Float[Tensor, "batch d_model"]]:
     """The residual stream at the last position of ``prefix`` at every hook in ``names``."""
     states: dict[str, Tensor] = {}
 
@@ -258,7 +261,7 @@ def _ranks(logits: Float[Tensor, "batch step d_vocab"], targets: Int[Tensor, "ba
     return (logits > target_logits).sum(-1)
 
 
-def _prompt_tokens(model: Any, prompt: Any, n_steps: int) -> Int[Tensor, " pos"]:
+def _prompt_tokens(model: TransformerBridge, prompt: Any, n_steps: int) -> Int[Tensor, " pos"]:
     if isinstance(prompt, str):
         if getattr(model, "tokenizer", None) is None:
             raise InvalidArgumentError("string prompts need a model with a tokenizer; pass token tensors instead")

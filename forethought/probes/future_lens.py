@@ -61,7 +61,7 @@ if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
 
 
-def decode(model: Any, resid: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_vocab"]:
+def decode(model: TransformerBridge, resid: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_vocab"]:
     """The model's own read-out of a final-layer residual: ``unembed(ln_final(resid))``.
 
     On a ``TransformerBridge`` this equals the model's logits when ``resid`` is the last block's output
@@ -116,7 +116,7 @@ class FutureLens(AffineProbes):
     The other attributes are those of :class:`~forethought.probes.linear.AffineProbes`.
     """
 
-    model: Any = field(default=None, repr=False)
+    model: TransformerBridge = field(default=None, repr=False)
 
     kind = "future_lens"
 
@@ -149,13 +149,14 @@ class FutureLens(AffineProbes):
         return self.label_space.project_logits(self.vocab_logits(features))
 
     @classmethod
-    def from_saved(cls, tensors: dict[str, Tensor], config: dict[str, Any], model: Any = None) -> FutureLens:
+    def from_saved(cls, tensors: dict[str, Tensor], config: dict[str, Any],
+                   model: TransformerBridge | None = None) -> FutureLens:
         if model is None:
             raise InvalidArgumentError("a Future-Lens probe decodes with its model's unembedding; pass model=")
         return cls(**cls.saved_fields(tensors, config, device=next(model.parameters()).device), model=model)
 
 
-def check_lens_fits(model: Any, d_model: int, d_vocab: int) -> None:
+def check_lens_fits(model: TransformerBridge, d_model: int, d_vocab: int) -> None:
     """Raise :class:`VocabularyMismatchError` unless the model has this width and vocabulary."""
     if model.cfg.d_model != d_model or model.cfg.d_vocab != d_vocab:
         raise VocabularyMismatchError(f"the probes expect d_model={d_model}, d_vocab={d_vocab}; the model has "
@@ -334,11 +335,11 @@ def _fine_tune(lens: FutureLens, x: Tensor, y: Tensor, val_x: Tensor, val_y: Ten
     lens.meta.update(epochs=stopper.epochs, best_epoch=stopper.best_epoch.tolist())
 
 
-def _device(model: Any, config: FutureLensConfig) -> torch.device:
+def _device(model: TransformerBridge, config: FutureLensConfig) -> torch.device:
     return torch.device(config.device) if config.device is not None else next(model.parameters()).device
 
 
-def _check_resid(features: Tensor, resid: Tensor, model: Any, what: str = "training") -> None:
+def _check_resid(features: Tensor, resid: Tensor, model: TransformerBridge, what: str = "training") -> None:
     if features.ndim != 3 or resid.ndim != 3 or features.shape[1] != resid.shape[1]:
         raise InvalidArgumentError(f"expected {what} features [layer, n, d] and future residuals [offset, n, d] "
                                    f"over the same examples; got {tuple(features.shape)} and {tuple(resid.shape)}")

@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from safetensors.torch import load_file, save_file
 
@@ -31,6 +31,9 @@ from forethought.probes.future_lens import FutureLens
 from forethought.probes.linear import LinearProbes
 from forethought.reporting import atomic_directory
 
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
+
 CONFIG = "probes.json"
 WEIGHTS = "probes.safetensors"
 FORMAT = "forethought-probes"
@@ -38,7 +41,8 @@ VERSION = 1
 KINDS = {LinearProbes.kind: LinearProbes, FutureLens.kind: FutureLens}
 
 
-def save_probes(probes: LinearProbes | FutureLens, directory: str | os.PathLike, model: Any = None) -> Path:
+def save_probes(probes: LinearProbes | FutureLens, directory: str | os.PathLike,
+                model: TransformerBridge | None = None) -> Path:
     """Write ``probes`` to ``directory`` (replacing it); ``model`` fills in the model name and hook names.
 
     Returns:
@@ -74,7 +78,7 @@ def save_probes(probes: LinearProbes | FutureLens, directory: str | os.PathLike,
     return Path(directory)
 
 
-def load_probes(directory: str | os.PathLike, model: Any = None) -> LinearProbes | FutureLens:
+def load_probes(directory: str | os.PathLike, model: TransformerBridge | None = None) -> LinearProbes | FutureLens:
     """Read probes written by :func:`save_probes`.
 
     Args:
@@ -110,7 +114,7 @@ def load_probes(directory: str | os.PathLike, model: Any = None) -> LinearProbes
         raise CheckpointError(f"probes in {str(directory)!r} are inconsistent: {error}") from error
 
 
-def _check_fits_model(directory: str | os.PathLike, config: dict[str, Any], model: Any) -> None:
+def _check_fits_model(directory: str | os.PathLike, config: dict[str, Any], model: TransformerBridge) -> None:
     """Refuse probes whose layers or hook names the model does not have."""
     template = config.get("hook", RESID)
     depths = n_depths(model, template)

@@ -38,7 +38,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from jaxtyping import Float, Int
@@ -59,6 +59,9 @@ from forethought.probes.io import load_probes
 from forethought.probes.linear import LinearProbes, Task
 from forethought.probes.targets import LabelSpace
 from forethought.reporting import atomic_write, save_figure, write_csv
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
 
 OTHER = "<other>"
 """How the pooled "other" class of a top-k label space is shown."""
@@ -201,7 +204,7 @@ class LensView:
 
 
 def lens_view(
-    model: Any,
+    model: TransformerBridge,
     probes: LinearProbes | FutureLens | str | os.PathLike,
     prompt: str | Sequence[int] | Int[Tensor, " pos"],
     offset: int = 0,
@@ -265,7 +268,7 @@ def lens_view(
     return view
 
 
-def prompt_tokens(model: Any, prompt: str | Sequence[int] | Tensor) -> Int[Tensor, "1 pos"]:
+def prompt_tokens(model: TransformerBridge, prompt: str | Sequence[int] | Tensor) -> Int[Tensor, "1 pos"]:
     """A prompt as token ids ``[1, pos]``: text through the model's tokenizer, ids as they are; checked to fit."""
     if isinstance(prompt, str):
         tokenizer = getattr(model, "tokenizer", None)
@@ -294,7 +297,7 @@ def class_token_ids(space: LabelSpace) -> Int[Tensor, " n_classes"]:
     return torch.tensor([*space.token_ids, OTHER_ID], dtype=torch.long)
 
 
-def token_texts(model: Any, ids: set[int]) -> dict[int, str]:
+def token_texts(model: TransformerBridge, ids: set[int]) -> dict[int, str]:
     """The decoded text of each token id (``"<id>"`` without a tokenizer)."""
     tokenizer = getattr(model, "tokenizer", None)
     if tokenizer is None:
@@ -302,7 +305,7 @@ def token_texts(model: Any, ids: set[int]) -> dict[int, str]:
     return {i: tokenizer.decode([i]) for i in sorted(ids)}
 
 
-def _check_fits(model: Any, probes: LinearProbes | FutureLens) -> None:
+def _check_fits(model: TransformerBridge, probes: LinearProbes | FutureLens) -> None:
     if probes.d_model != model.cfg.d_model or probes.label_space.d_vocab != model.cfg.d_vocab:
         raise VocabularyMismatchError(
             f"the probes were fitted on d_model={probes.d_model}, d_vocab={probes.label_space.d_vocab}; this "

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from jaxtyping import Float, Int
@@ -35,6 +35,9 @@ from torch import Tensor
 from forethought.errors import InvalidArgumentError
 from forethought.probes.feature_store import FeatureStore, feature_chunks
 from forethought.probes.targets import LabelSpace
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
 
 
 @dataclass(frozen=True)
@@ -240,5 +243,6 @@ class LinearProbes(AffineProbes):
         return items.index(item)
 
     @classmethod
-    def from_saved(cls, tensors: dict[str, Tensor], config: dict[str, Any], model: Any = None) -> LinearProbes:
+    def from_saved(cls, tensors: dict[str, Tensor], config: dict[str, Any],
+                   model: TransformerBridge | None = None) -> LinearProbes:
         return cls(**cls.saved_fields(tensors, config))

@@ -63,7 +63,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from tempfile import TemporaryDirectory
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import torch
@@ -94,6 +94,9 @@ from forethought.probes.logistic import LogisticProbeConfig, fit_logistic_probes
 from forethought.probes.metrics import MetricAccumulator
 from forethought.probes.targets import LabelSpace, check_offsets, future_labels, model_predictions, n_positions
 from forethought.probes.vocabulary import VocabProbeConfig, fit_vocab_probes
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
 
 LENS_METHODS = ("future_lens", "ridge")
 STREAMING_METHODS = ("vocab",)
@@ -325,7 +328,8 @@ def check_stream(stream: bool | str, methods: Sequence[str], config: ProbeSweepC
                                    "stream_dir unset for the system's temporary directory")
 
 
-def _should_stream(stream: bool | str, model: Any, layers: Any, methods: list[str], n_seq: int, seq_len: int,
+def _should_stream(stream: bool | str, model: TransformerBridge, layers: Any, methods: list[str], n_seq: int,
+                   seq_len: int,
                    config: ProbeSweepConfig) -> bool:
     """Whether this model's sweep streams: as asked, or (``"auto"``) when its activations would not fit the
     memory budget and every method can stream."""
@@ -338,7 +342,8 @@ def _should_stream(stream: bool | str, model: Any, layers: Any, methods: list[st
     return depths * n_seq * seq_len * model.cfg.d_model * element > config.stream_above_gib * 2**30
 
 
-def _sweep_model(name: str, model: Any, splits: tuple[Tensor, Tensor, Tensor], layers: Any, offsets: list[int],
+def _sweep_model(name: str, model: TransformerBridge, splits: tuple[Tensor, Tensor, Tensor], layers: Any,
+                 offsets: list[int],
                  methods: list[str], config: ProbeSweepConfig, seed: int, device: Any, save_dir: Any,
                  progress: bool, streamed: bool = False, world: World | None = None) -> list[dict[str, Any]]:
     layers = resolve_layers(model, layers, RESID)
@@ -375,7 +380,7 @@ def _sweep_model(name: str, model: Any, splits: tuple[Tensor, Tensor, Tensor], l
     return rows
 
 
-def _save_gathered(world: World, fitted: list[tuple[str, Any]], name: str, methods: list[str], model: Any,
+def _save_gathered(world: World, fitted: list[tuple[str, Any]], name: str, methods: list[str], model: TransformerBridge,
                    save_dir: Any) -> None:
     """Process 0 saves every process's probes of one model, joined along the layer axis."""
     if save_dir is None:
@@ -390,7 +395,7 @@ def _save_gathered(world: World, fitted: list[tuple[str, Any]], name: str, metho
             save_probes(concat_layers(pieces), Path(save_dir) / name / path, model=model)
 
 
-def _fit_and_score(name: str, model: Any, examples: tuple[_Split, _Split, _Split], n_test_sequences: int,
+def _fit_and_score(name: str, model: TransformerBridge, examples: tuple[_Split, _Split, _Split], n_test_sequences: int,
                    test_targets: Tensor, layers: list[int], offsets: list[int], methods: list[str],
                    space: LabelSpace, config: ProbeSweepConfig, seed: int, device: torch.device,
                    progress: bool) -> tuple[list[dict[str, Any]], list[tuple[str, Any]]]:
@@ -426,7 +431,7 @@ def _fit_and_score(name: str, model: Any, examples: tuple[_Split, _Split, _Split
 
 
 @torch.no_grad()
-def _examples(model: Any, tokens: Tensor, layers: list[int], offsets: list[int], space: LabelSpace,
+def _examples(model: TransformerBridge, tokens: Tensor, layers: list[int], offsets: list[int], space: LabelSpace,
               config: ProbeSweepConfig, device: torch.device, with_resid: bool, progress: bool) -> _Split:
     """One activation pass over ``tokens`` → the probe examples of every offset (all share positions).
 
@@ -453,7 +458,8 @@ def _examples(model: Any, tokens: Tensor, layers: list[int], offsets: list[int],
 
 
 @torch.no_grad()
-def _streamed_examples(model: Any, tokens: Tensor, layers: list[int], offsets: list[int], space: LabelSpace,
+def _streamed_examples(model: TransformerBridge, tokens: Tensor, layers: list[int], offsets: list[int],
+                       space: LabelSpace,
                        config: ProbeSweepConfig, device: torch.device, path: Path, progress: bool) -> _Split:
     """:func:`_examples` one activation batch at a time: features go to a :class:`FeatureStore` at ``path``
     (in the same example order), so memory holds one batch; no future residuals (no lens methods)."""
@@ -474,7 +480,7 @@ def _streamed_examples(model: Any, tokens: Tensor, layers: list[int], offsets: l
     return _labelled(store, tokens, offsets, space, torch.cat(predictions), None)
 
 
-def _greedy(model: Any, last: Float[Tensor, "seq pos d_model"], space: LabelSpace, device: torch.device
+def _greedy(model: TransformerBridge, last: Float[Tensor, "seq pos d_model"], space: LabelSpace, device: torch.device
             ) -> Int[Tensor, "seq pos"]:
     """The model's own next-token predictions (argmax over the vocabulary) from its final residual, as classes
     of ``space``, read out a chunk of sequences at a time (~64 MB of logits)."""
@@ -503,7 +509,7 @@ def _baselines(current: Tensor, labels: Tensor, test: _Split, space: LabelSpace)
     return {**{f"unigram_{k}": v for k, v in unigram.items()}, **{f"bigram_{k}": v for k, v in bigram.items()}}
 
 
-def _fit(method: str, model: Any, fit: _Split, val: _Split, controls: Tensor, layers: list[int],
+def _fit(method: str, model: TransformerBridge, fit: _Split, val: _Split, controls: Tensor, layers: list[int],
          offsets: list[int], space: LabelSpace, config: ProbeSweepConfig, seed: int, device: torch.device,
          progress: bool) -> tuple[Any, Any]:
     """Fit one method; returns (probes for the offsets, probes for their control tasks or None)."""
