@@ -37,13 +37,9 @@ Example:
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import random
-import signal
 import sys
-import threading
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, fields
@@ -58,21 +54,33 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from forethought.data import TokenSplits, check_tokens_fit
-from forethought.devices import resolve_device
-from forethought.errors import CheckpointError, DataError, InvalidArgumentError, NumericalError, check_positive
+from forethought.errors import DataError, InvalidArgumentError, NumericalError, check_positive
 from forethought.models import copy_model, save_model
+from forethought.myopic_training.checkpoints import (  # noqa: F401 - re-exported
+    CHECKPOINT_FORMAT,
+    check_same_settings,
+    load_checkpoint,
+    read_checkpoint,
+    save_checkpoint,
+    seed_everything,
+)
 from forethought.myopic_training.evaluation import position_loss_sums
 from forethought.myopic_training.gradient_split import gradient_split
 from forethought.myopic_training.hooks import MODES, myopic
 from forethought.myopic_training.regimes import RegimeModel, check_regime, forward_context
+from forethought.myopic_training.runtime import (  # noqa: F401 - check_device is re-exported
+    JsonLinesLog,
+    StopOnSignal,
+    check_device,
+    make_accelerator,
+)
 from forethought.options import DEVICES, MIXED_PRECISION
-from forethought.reporting import atomic_write, prepare_out_dir
+from forethought.reporting import prepare_out_dir
 
 CHECKPOINT = "checkpoint.pt"
 LOG = "log.jsonl"
 MODEL_DIR = "model"
 PAST_MODEL_DIR = "past_model"
-CHECKPOINT_FORMAT = "forethought-train-checkpoint-v1"
 
 
 @dataclass
@@ -252,11 +260,11 @@ def train(
         raise DataError(f"{len(train_tokens)} training sequences are fewer than batch_size={config.batch_size}; "
                         "use a smaller batch or more data")
     out = _run_dir(config)
-    accelerator = _accelerator(config)
+    accelerator = make_accelerator(config.device, config.mixed_precision)
     if config.batch_size % accelerator.num_processes:
         raise InvalidArgumentError(f"batch_size={config.batch_size} is not divisible by the "
                                    f"{accelerator.num_processes} processes")
-    _seed_everything(config.seed)
+    seed_everything(config.seed)
     model.eval()  # dropout off in every regime (see module docstring)
     past_model = _frozen_past_model(config, model, past_model)
     optimizer = torch.optim.AdamW(_parameter_groups(model, config.weight_decay), lr=config.lr,
@@ -272,18 +280,19 @@ def train(
 
     step, history = 0, []
     if out is not None and config.resume and (out / CHECKPOINT).exists():
-        step, history = load_checkpoint(out / CHECKPOINT, config, model, optimizer, scheduler, past_model)
+        state = load_checkpoint(out / CHECKPOINT, config.curve_settings(), model, optimizer, scheduler, past_model)
+        step, history = int(state["step"]), list(state["history"])
         if accelerator.is_main_process:
             tqdm.write(f"resuming {config.regime} from step {step} of {config.steps}", file=sys.stderr)
     start_step = step
-    log = _JsonLinesLog(out / LOG, history) if out is not None and accelerator.is_main_process else None
+    log = JsonLinesLog(out / LOG, history) if out is not None and accelerator.is_main_process else None
     order = BatchOrder(len(train_tokens), config.batch_size, config.seed)
     eval_tokens = val_tokens[: config.eval_batches * config.batch_size] if config.eval_batches else val_tokens
     last_checkpoint = step if out is not None and step else None
 
     bar = tqdm(total=config.steps, initial=step, desc=config.regime, dynamic_ncols=True,
                disable=not config.progress or not accelerator.is_local_main_process)
-    with _StopOnSignal() as stop, bar:
+    with StopOnSignal() as stop, bar:
         while step < config.steps:
             rows = order.batch(step)[accelerator.process_index :: accelerator.num_processes]
             tokens = train_tokens[rows].to(accelerator.device)
@@ -317,8 +326,11 @@ def train(
                 on_step(record)
             if out is not None and (step % config.checkpoint_every == 0 or step == config.steps or stop.signum):
                 _check_finite_weights(model, step, out, last_checkpoint)
-                save_checkpoint(out / CHECKPOINT, accelerator, config, step, history, model, optimizer, scheduler,
-                                past_model, len(train_tokens))
+                save_checkpoint(out / CHECKPOINT, accelerator, step=step, settings=config.curve_settings(),
+                                data_order={"seed": config.seed, "n_sequences": len(train_tokens),
+                                            "batch_size": config.batch_size},
+                                history=history, model=model, optimizer=optimizer, scheduler=scheduler,
+                                past_model=past_model)
                 last_checkpoint = step
             if stop.signum:
                 raise TrainingInterrupted(step, out / CHECKPOINT if out is not None else None)
@@ -329,13 +341,6 @@ def train(
             save_model(past_model, out / PAST_MODEL_DIR)
     accelerator.wait_for_everyone()
     return TrainResult(model=model, config=config, history=history, past_model=past_model, out_dir=out)
-
-
-def check_device(device: str) -> None:
-    """Raise :class:`InvalidArgumentError` unless ``device`` is one of :data:`DEVICES` and available here."""
-    if device not in DEVICES:
-        raise InvalidArgumentError(f"device={device!r} is unknown; choose one of {', '.join(DEVICES)}")
-    resolve_device(device)
 
 
 def training_context(config: TrainConfig, model: Any, past_model: Any = None) -> AbstractContextManager:
@@ -403,89 +408,6 @@ def _permutation(n: int, seed: int, epoch: int) -> Tensor:
     return torch.from_numpy(np.random.default_rng([seed, epoch]).permutation(n))
 
 
-def save_checkpoint(path: Path, accelerator: Any, config: TrainConfig, step: int, history: list[dict],
-                    model: Any, optimizer: Any, scheduler: Any, past_model: Any, n_train: int) -> None:
-    """Write everything needed to resume to ``path`` atomically (main process only)."""
-    accelerator.wait_for_everyone()
-    if not accelerator.is_main_process:
-        return
-    state = {
-        "format": CHECKPOINT_FORMAT,
-        "step": step,
-        "config": config.curve_settings(),
-        "data_order": {"seed": config.seed, "n_sequences": n_train, "batch_size": config.batch_size},
-        "model": _cpu(model.state_dict()),
-        "past_model": _cpu(past_model.state_dict()) if past_model is not None else None,
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "rng": _rng_state(),
-        "history": history,
-    }
-    atomic_write(path, lambda tmp: torch.save(state, tmp))
-
-
-def read_checkpoint(path: str | os.PathLike, expected_format: str = CHECKPOINT_FORMAT) -> dict[str, Any]:
-    """Load a checkpoint file safely (``weights_only=True``); refuse anything else with :class:`CheckpointError`.
-
-    ``expected_format`` is the ``"format"`` entry the checkpoint must carry (default: a training run's).
-
-    Example:
-        >>> import tempfile, pathlib
-        >>> bad = pathlib.Path(tempfile.mkdtemp()) / "checkpoint.pt"
-        >>> _ = bad.write_bytes(b"not a checkpoint")
-        >>> read_checkpoint(bad)  # doctest: +ELLIPSIS
-        Traceback (most recent call last):
-        ...
-        forethought.errors.CheckpointError: checkpoint ... is corrupt or truncated ...
-    """
-    path = Path(path)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError as error:
-        raise CheckpointError(f"checkpoint {str(path)!r} does not exist") from error
-    except Exception as error:  # noqa: BLE001 - torch raises many types for bad files
-        if "unsupported global" in str(error).lower():
-            raise CheckpointError(
-                f"checkpoint {str(path)!r} holds pickled objects beyond tensors and plain data; refusing to "
-                "load it (it may run code). Only load checkpoints you wrote yourself"
-            ) from error
-        raise CheckpointError(
-            f"checkpoint {str(path)!r} is corrupt or truncated ({type(error).__name__}); delete it to start over"
-        ) from error
-    if not isinstance(state, dict) or state.get("format") != expected_format:
-        raise CheckpointError(f"{str(path)!r} is not a forethought checkpoint of kind {expected_format!r}")
-    return state
-
-
-def check_same_settings(path: str | os.PathLike, saved: dict[str, Any], wanted: dict[str, Any]) -> None:
-    """Raise :class:`CheckpointError` naming every setting in ``wanted`` that the checkpoint saved differently."""
-    changed = [f"{key}={saved.get(key)!r} (now {value!r})" for key, value in wanted.items() if saved.get(key) != value]
-    if changed:
-        raise CheckpointError(
-            f"checkpoint {str(path)!r} was written with other settings: {', '.join(changed)}; resume with the same "
-            "settings or start a new run in another directory"
-        )
-
-
-def load_checkpoint(path: Path, config: TrainConfig, model: Any, optimizer: Any, scheduler: Any,
-                    past_model: Any = None) -> tuple[int, list[dict]]:
-    """Restore model, optimizer, scheduler, past model and RNG states; return the step and the log so far."""
-    state = read_checkpoint(path)
-    check_same_settings(path, state["config"], config.curve_settings())
-    try:
-        model.load_state_dict(state["model"])
-        if past_model is not None and state["past_model"] is not None:
-            past_model.load_state_dict(state["past_model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-    except (RuntimeError, KeyError, ValueError) as error:
-        raise CheckpointError(
-            f"checkpoint {str(path)!r} does not fit this model or optimizer: {str(error).splitlines()[0]}"
-        ) from error
-    _set_rng_state(state["rng"])
-    return int(state["step"]), list(state["history"])
-
-
 # -- helpers ------------------------------------------------------------------------------------------------------
 
 
@@ -499,28 +421,6 @@ def _run_dir(config: TrainConfig) -> Path | None:
             "directory"
         )
     return prepare_out_dir(out)
-
-
-def _accelerator(config: TrainConfig) -> Any:
-    from accelerate import Accelerator, DistributedDataParallelKwargs
-
-    check_device(config.device)
-    on_cuda = config.device in ("auto", "cuda") and torch.cuda.is_available()
-    precision = config.mixed_precision
-    if precision == "auto":
-        precision = "bf16" if on_cuda and torch.cuda.is_bf16_supported() else "no"
-    # train() turns the search off where every parameter gets a gradient (see _leaves_parameters_unused).
-    ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
-    settings = {"cpu": config.device == "cpu", "mixed_precision": precision, "kwargs_handlers": [ddp]}
-    try:
-        return Accelerator(**settings)
-    except ValueError as error:  # an earlier run in this process chose another precision or device
-        if "already been initialized" not in str(error):
-            raise
-        from accelerate.state import AcceleratorState
-
-        AcceleratorState._reset_state()  # keeps the distributed (partial) state
-        return Accelerator(**settings)
 
 
 def _leaves_parameters_unused(config: TrainConfig, model: Any, past_model: Any) -> bool:
@@ -594,76 +494,6 @@ def _numerical_message(what: str, value: float, step: int, out: Path | None, las
             if last_checkpoint else "no checkpoint was written")
     return (f"the training {what} is {value} at step {step}; stopped before updating the weights and {kept}. "
             "Lower the learning rate or raise warmup_steps and start a new run")
-
-
-class _StopOnSignal(AbstractContextManager):
-    """Turn SIGINT/SIGTERM into a flag checked after each step; a second signal acts at once."""
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self) -> None:
-        self.signum: int | None = None
-        self._previous: dict[int, Any] = {}
-
-    def __enter__(self) -> _StopOnSignal:
-        if threading.current_thread() is threading.main_thread():
-            for signum in self.SIGNALS:
-                self._previous[signum] = signal.signal(signum, self._handle)
-        return self
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        self.signum = signum
-        signal.signal(signum, self._previous[signum])
-
-    def __exit__(self, *exc: Any) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
-
-
-class _JsonLinesLog:
-    """``log.jsonl``: one JSON object per step. On (re)start it is rewritten atomically from ``history`` (which
-    drops records past the resumed checkpoint and any half-written line), then appended to."""
-
-    def __init__(self, path: Path, history: list[dict]):
-        self.path = path
-        text = "".join(json.dumps(record) + "\n" for record in history)
-        atomic_write(path, lambda tmp: tmp.write_text(text))
-
-    def append(self, record: dict) -> None:
-        with self.path.open("a") as handle:
-            handle.write(json.dumps(record) + "\n")
-
-
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def _rng_state() -> dict[str, Any]:
-    _, keys, position, has_gauss, cached = np.random.get_state()
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "position": int(position),
-                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
-        "python": random.getstate(),
-    }
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    numpy_state = state["numpy"]
-    np.random.set_state(("MT19937", numpy_state["keys"].numpy().astype(np.uint32), numpy_state["position"],
-                         numpy_state["has_gauss"], numpy_state["cached_gaussian"]))
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-
-
-def _cpu(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
-    return {name: tensor.detach().cpu() for name, tensor in state_dict.items()}
 
 
 def _plain(value: Any) -> Any:
