@@ -144,7 +144,6 @@ def _language_model_loss(model: Any, tokens: Int[Tensor, "batch pos"]) -> Tensor
     return model(tokens, return_type="loss")
 
 
-
 # -- helpers --------------------------------------------------------------------------------------------------------
 
 
