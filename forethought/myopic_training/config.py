@@ -125,9 +125,14 @@ class TrainConfig:
                                            f"eval_every={self.eval_every}; the split is recorded at evaluation steps")
 
     def curve_settings(self) -> dict[str, Any]:
-        """The settings that determine the loss curve; a resumed run must use the same ones."""
+        """The settings that determine the loss curve; a resumed run must use the same ones.
+
+        ``weight_decay_all`` is listed only when set, so that checkpoints written before it existed still resume.
+        """
         ignored = {"eval_every", "eval_batches", "checkpoint_every", "out_dir", "resume", "progress", "device",
                    "gradient_split_every", "gradient_split_batches"}
+        if not self.weight_decay_all:
+            ignored.add("weight_decay_all")
         return {f.name: _plain(getattr(self, f.name)) for f in fields(self) if f.name not in ignored}
 
 
