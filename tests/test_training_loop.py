@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from forethought.errors import InvalidArgumentError
+from forethought.errors import CheckpointError, InvalidArgumentError
 from forethought.myopic_training import myopic
 from forethought.myopic_training.config import TrainConfig
 from forethought.myopic_training.loop import parameter_groups, warmup_cosine_schedule
@@ -54,3 +54,11 @@ def test_weight_decay_on_every_parameter_or_on_matrices_only():
     assert (every["params"], every["weight_decay"]) == ([layer.weight, layer.bias], 0.1)
     with pytest.raises(InvalidArgumentError, match="weight_decay_all=1"):
         TrainConfig(weight_decay_all=1)
+
+
+def test_a_checkpoint_of_the_retired_synthetic_format_is_refused(tmp_path):
+    path = tmp_path / "vanilla.pt"
+    torch.save({"format": "forethought-synthetic-checkpoint-v1", "step": 1}, path)
+    config = replace(PRESETS["smoke"], steps=2, warmup_steps=1)
+    with pytest.raises(CheckpointError, match="its format is 'forethought-synthetic-checkpoint-v1'.*delete it"):
+        train_regime(config, "vanilla", progress=False, checkpoint=path)

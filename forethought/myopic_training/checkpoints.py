@@ -91,7 +91,9 @@ def read_checkpoint(path: str | os.PathLike, expected_format: str = CHECKPOINT_F
             f"checkpoint {str(path)!r} is corrupt or truncated ({type(error).__name__}); delete it to start over"
         ) from error
     if not isinstance(state, dict) or state.get("format") != expected_format:
-        raise CheckpointError(f"{str(path)!r} is not a forethought checkpoint of kind {expected_format!r}")
+        found = f" (its format is {state.get('format')!r})" if isinstance(state, dict) and "format" in state else ""
+        raise CheckpointError(f"{str(path)!r} is not a forethought checkpoint of kind {expected_format!r}{found}; "
+                              "delete it to start over or use another directory")
     return state
 
 
