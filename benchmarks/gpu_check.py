@@ -270,7 +270,7 @@ def synthetic_run(smoke: bool, budget: float, emit: Emit) -> None:
     from dataclasses import replace
 
     from forethought.cli import main as cli_main
-    from forethought.experiments.synthetic import PRESETS, train_regime
+    from forethought.synthetic import PRESETS, train_regime
 
     preset = "smoke" if smoke else "paper"
     device = "cuda" if _cuda() else "cpu"

@@ -8,8 +8,8 @@ import pytest
 
 from forethought.cli import main
 from forethought.experiments.gradient_split import huber_loss, synthetic_batches
-from forethought.experiments.synthetic import PRESETS, train_regime
 from forethought.myopic_training.gradient_split import gradient_split
+from forethought.synthetic import PRESETS, train_regime
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

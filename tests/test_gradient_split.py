@@ -22,7 +22,7 @@ from forethought.myopic_training.gradient_split import (
     split_history,
 )
 from forethought.myopic_training.reference import accumulate_per_position_gradients
-from forethought.regression_model import RegressionModelConfig, RegressionTransformer
+from forethought.synthetic.model import RegressionModelConfig, RegressionTransformer
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -1,6 +1,6 @@
 """Token sources: text corpora (builtin offline corpus, local files, HF datasets), tokenizers, chunking.
 
-Synthetic tasks live in submodules (``forethought.data.synthetic``).
+Synthetic tasks live in :mod:`forethought.synthetic`.
 """
 
 from forethought.data.manifest import load_token_splits, rebuild_splits

@@ -39,10 +39,9 @@ import pandas as pd
 import torch
 from torch.nn import functional as F
 
-from forethought.data.synthetic import PrecacheBatch
+from forethought import synthetic
 from forethought.devices import resolve_device
 from forethought.errors import InvalidArgumentError, check_positive
-from forethought.experiments import synthetic
 from forethought.experiments.common import add_data_arguments, load_splits
 from forethought.models import load_model
 from forethought.myopic_training.gradient_split import (
@@ -52,9 +51,9 @@ from forethought.myopic_training.gradient_split import (
     plot_gradient_split,
 )
 from forethought.myopic_training.hooks import MODES
-from forethought.myopic_training.trainer import read_checkpoint
-from forethought.regression_model import RegressionTransformer
 from forethought.reporting import check_out_dir, prepare_out_dir, provenance, save_figure, write_csv, write_json
+from forethought.synthetic import PrecacheBatch, RegressionTransformer
+from forethought.synthetic.study import saved_config as _saved_config
 
 HELP = ("Split a model's gradient into its myopic and pre-caching parts: the pre-caching share per parameter "
         "group, for a language model, a synthetic-task model, or over synthetic training.")
@@ -150,7 +149,7 @@ def synthetic_batches(config: synthetic.SyntheticConfig, n_batches: int, batch_s
 
 def saved_config(checkpoint: str | Path) -> synthetic.SyntheticConfig:
     """The experiment settings saved in a synthetic checkpoint."""
-    return synthetic.SyntheticConfig(**read_checkpoint(checkpoint, synthetic.CHECKPOINT_FORMAT)["config"])
+    return _saved_config(checkpoint)
 
 
 def _write_single(out: Path, split: GradientSplit, args: argparse.Namespace, source: dict[str, Any]) -> dict:

@@ -3,6 +3,7 @@
 from forethought.myopic_training.evaluation import MyopiaReport, RegimeLoss, evaluate_regimes, loss_by_position
 from forethought.myopic_training.gradient_split import GradientSplit, gradient_split
 from forethought.myopic_training.hooks import ablate_past, myopic
+from forethought.myopic_training.loop import run_training
 from forethought.myopic_training.regimes import REGIMES, RegimeModel, local_myopic
 from forethought.myopic_training.trainer import TrainConfig, TrainingInterrupted, TrainResult, train
 
@@ -21,5 +22,6 @@ __all__ = [
     "local_myopic",
     "loss_by_position",
     "myopic",
+    "run_training",
     "train",
 ]

@@ -77,7 +77,7 @@ def parameter_groups(model: Any, bridge: Any = None) -> dict[str, list[tuple[str
     attention module, e.g. a fused qkv weight), ``blocks.{l}.mlp``, ``blocks.{l}.ln`` (the block's norms and
     whatever else it holds), ``unembed`` (final norm and unembedding), then ``other`` for bridge parameters outside
     these, and one group per top-level module of ``model`` outside the bridge (e.g. ``input_map`` of a
-    :class:`~forethought.regression_model.RegressionTransformer`). The component names are the bridge's, so the
+    :class:`~forethought.synthetic.model.RegressionTransformer`). The component names are the bridge's, so the
     groups are the same on ``boot_native``, GPT-2, GPT-NeoX and Llama backends. A tied parameter (GPT-2's
     embedding and unembedding) belongs to the first group that holds it.
 
@@ -226,7 +226,7 @@ def gradient_split(
 
     Args:
         model: the module whose parameters are split: a ``TransformerBridge``, or a module that holds one (a
-            :class:`~forethought.regression_model.RegressionTransformer`).
+            :class:`~forethought.synthetic.model.RegressionTransformer`).
         batches: a token tensor ``[n, pos]`` (cut into batches of ``batch_size`` and moved to the model's device)
             or any iterable of batches, each passed as it is to ``loss_fn``.
         loss_fn: ``loss_fn(model, batch) -> scalar``, deterministic; default :func:`lm_loss`, the model's own LM

@@ -1,10 +1,10 @@
 """The trainer: vanilla, myopic, local-myopic and transformer-bigram training of a ``TransformerBridge``.
 
-One function, :func:`train`, whose loop reads top to bottom: sample a batch, forward in the regime's context,
-check the loss is finite, backward, clip, AdamW step, warmup + cosine schedule, evaluate every ``eval_every``
-steps, checkpoint every ``checkpoint_every`` steps. It runs on HF ``accelerate`` (``Accelerator``), so the same
-script runs on a CPU, one GPU (bf16 autocast) or several GPUs under ``accelerate launch`` (DDP; ``batch_size``
-is the global batch, split across processes).
+:func:`train` runs the shared training loop (:func:`~forethought.myopic_training.loop.run_training`: batch,
+forward in the regime's context, NaN guard, backward, clip, AdamW, warmup + cosine schedule, checkpoints) on token
+sequences with the language-modelling loss, evaluates on the validation sequences every ``eval_every`` steps, and
+writes the run directory. It runs on HF ``accelerate``, so the same script runs on a CPU, one GPU (bf16 autocast)
+or several GPUs under ``accelerate launch`` (DDP; ``batch_size`` is the global batch, split across processes).
 
 Choices a reader should know:
 
@@ -14,9 +14,10 @@ Choices a reader should know:
 * **Data order** is a function of ``(seed, step)``: each epoch is a fresh permutation of the training sequences
   drawn from ``numpy.random.default_rng([seed, epoch])``, and the last incomplete batch is dropped. Resuming at
   step ``s`` therefore sees exactly the batches an uninterrupted run sees.
-* **Checkpoints** (``out_dir/checkpoint.pt``) hold model, optimizer, scheduler, RNG states (torch, CUDA, numpy,
-  python), the data order, the step and the log so far. They are written to a temporary file and renamed, and
-  read with ``torch.load(weights_only=True)``: a file carrying a pickled object is refused.
+* **Checkpoints** (``out_dir/checkpoint.pt``, :mod:`~forethought.myopic_training.checkpoints`) hold model,
+  optimizer, scheduler, RNG states (torch, CUDA, numpy, python), the data order, the step and the log so far.
+  They are written to a temporary file and renamed, and read with ``torch.load(weights_only=True)``: a file
+  carrying a pickled object is refused.
 * **Interrupts**: SIGINT or SIGTERM finishes the current step, writes a checkpoint and raises
   :class:`TrainingInterrupted` (a ``KeyboardInterrupt``); a second signal interrupts at once.
 * **Numerical guard**: a NaN/inf loss or gradient norm raises :class:`~forethought.errors.NumericalError` before
@@ -37,184 +38,41 @@ Example:
 
 from __future__ import annotations
 
-import json
-import math
-import os
-import random
-import signal
-import sys
-import threading
 from collections.abc import Callable
-from contextlib import AbstractContextManager
-from dataclasses import dataclass, field, fields
-from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-import numpy as np
 import torch
 from jaxtyping import Int
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from forethought.data import TokenSplits, check_tokens_fit
-from forethought.devices import resolve_device
-from forethought.errors import CheckpointError, DataError, InvalidArgumentError, NumericalError, check_positive
+from forethought.errors import DataError, InvalidArgumentError
 from forethought.models import copy_model, save_model
+from forethought.myopic_training.batches import BatchOrder, TokenBatches
+from forethought.myopic_training.checkpoints import read_checkpoint
+from forethought.myopic_training.config import TrainConfig
 from forethought.myopic_training.evaluation import position_loss_sums
 from forethought.myopic_training.gradient_split import gradient_split
-from forethought.myopic_training.hooks import MODES, myopic
-from forethought.myopic_training.regimes import RegimeModel, check_regime, forward_context
-from forethought.options import DEVICES, MIXED_PRECISION
-from forethought.reporting import atomic_write, prepare_out_dir
+from forethought.myopic_training.loop import (
+    TrainingInterrupted,
+    TrainResult,
+    run_training,
+    training_context,
+    warmup_cosine_schedule,
+)
+from forethought.myopic_training.regimes import RegimeModel, forward_context
+from forethought.myopic_training.runtime import check_device
+from forethought.reporting import prepare_out_dir
+
+__all__ = ["CHECKPOINT", "LOG", "MODEL_DIR", "PAST_MODEL_DIR", "BatchOrder", "TrainConfig", "TrainResult",
+           "TrainingInterrupted", "check_device", "read_checkpoint", "train", "training_context",
+           "warmup_cosine_schedule"]
 
 CHECKPOINT = "checkpoint.pt"
 LOG = "log.jsonl"
 MODEL_DIR = "model"
 PAST_MODEL_DIR = "past_model"
-CHECKPOINT_FORMAT = "forethought-train-checkpoint-v1"
-
-
-@dataclass
-class TrainConfig:
-    """Everything that defines a training run.
-
-    Attributes:
-        regime: ``"vanilla"``, ``"myopic"``, ``"local-myopic"`` or ``"bigram"`` (see
-            :mod:`~forethought.myopic_training.regimes`).
-        mode: myopic gradient mode, ``"strict"`` or ``"cutgrad"`` (``"myopic"`` regime only).
-        beta: interpolation towards the vanilla gradient in ``[0, 1]`` (``"myopic"`` regime only).
-        steps: optimizer steps.
-        batch_size: sequences per step (the global batch across processes).
-        lr: peak learning rate of AdamW.
-        warmup_steps: linear warmup from ``lr / warmup_steps`` to ``lr``; ``None``: ``min(100, steps // 10)``.
-        min_lr_ratio: the cosine decay ends at ``lr * min_lr_ratio``.
-        weight_decay: AdamW weight decay, applied to matrices only (not to biases, norms).
-        adam_betas: AdamW betas.
-        grad_clip: clip the global gradient norm to this value (``None``: no clipping).
-        eval_every: evaluate on the validation set every this many steps (and at the last step).
-        eval_batches: evaluate on at most this many batches of validation sequences (``None``: all).
-        checkpoint_every: write a checkpoint every this many steps (and at the last step); needs ``out_dir``.
-        seed: seed of the data order and of torch/numpy/python RNGs.
-        out_dir: where checkpoints, the JSON-lines log and the final model go (``None``: nothing is written).
-        resume: continue from ``out_dir/checkpoint.pt`` if it exists.
-        mixed_precision: ``"auto"`` (bf16 autocast on a CUDA GPU that supports it, else none), ``"no"``, ``"bf16"``.
-        device: ``"auto"`` (accelerate's choice), ``"cpu"``, ``"cuda"`` or ``"mps"``.
-        progress: show a tqdm progress bar.
-        gradient_split_every: at evaluation steps that are multiples of this (a multiple of ``eval_every``) and
-            at the last step, record the gradient split (:func:`~forethought.myopic_training.gradient_split`,
-            both modes, on the validation sequences) in the log record's ``"gradient_split"`` entry (``None``: never).
-        gradient_split_batches: validation batches of ``batch_size`` sequences the split's expected gradient is
-            accumulated over.
-    """
-
-    regime: str = "vanilla"
-    mode: Literal["strict", "cutgrad"] = "strict"
-    beta: float = 0.0
-    steps: int = 1000
-    batch_size: int = 32
-    lr: float = 1e-3
-    warmup_steps: int | None = None
-    min_lr_ratio: float = 0.1
-    weight_decay: float = 0.1
-    adam_betas: tuple[float, float] = (0.9, 0.95)
-    grad_clip: float | None = 1.0
-    eval_every: int = 100
-    eval_batches: int | None = None
-    checkpoint_every: int = 100
-    seed: int = 0
-    out_dir: str | os.PathLike | None = None
-    resume: bool = False
-    mixed_precision: str = "auto"
-    device: str = "auto"
-    progress: bool = True
-    gradient_split_every: int | None = None
-    gradient_split_batches: int = 4
-
-    def __post_init__(self) -> None:
-        check_regime(self.regime)
-        if self.mode not in MODES:
-            raise InvalidArgumentError(f"mode={self.mode!r} is unknown; choose one of {', '.join(MODES)}")
-        if isinstance(self.beta, bool) or not isinstance(self.beta, (int, float)) or not 0 <= self.beta <= 1:
-            raise InvalidArgumentError(f"beta={self.beta!r} is not allowed; expected a number in [0, 1]")
-        for name in ("steps", "batch_size", "eval_every", "checkpoint_every"):
-            check_positive(name, getattr(self, name), integer=True)
-        check_positive("lr", self.lr)
-        if not math.isfinite(self.lr):
-            raise InvalidArgumentError(f"lr={self.lr!r} is not allowed; expected a finite positive number")
-        if self.eval_batches is not None:
-            check_positive("eval_batches", self.eval_batches, integer=True)
-        if self.grad_clip is not None:
-            check_positive("grad_clip", self.grad_clip)
-        if self.warmup_steps is None:
-            self.warmup_steps = min(100, self.steps // 10)
-        if not isinstance(self.warmup_steps, int) or not 0 <= self.warmup_steps < self.steps:
-            raise InvalidArgumentError(
-                f"warmup_steps={self.warmup_steps!r} is not allowed; expected an integer in [0, steps={self.steps})"
-            )
-        if not 0 <= self.min_lr_ratio <= 1:
-            raise InvalidArgumentError(f"min_lr_ratio={self.min_lr_ratio!r} is not allowed; expected 0 <= x <= 1")
-        if not self.weight_decay >= 0:
-            raise InvalidArgumentError(f"weight_decay={self.weight_decay!r} is not allowed; expected >= 0")
-        self.adam_betas = tuple(self.adam_betas)
-        if len(self.adam_betas) != 2 or not all(isinstance(b, (int, float)) and not isinstance(b, bool)
-                                                 and 0 <= b < 1 for b in self.adam_betas):
-            raise InvalidArgumentError(f"adam_betas={self.adam_betas!r} is not allowed; expected two numbers in [0, 1)")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
-            raise InvalidArgumentError(f"seed={self.seed!r} is not allowed; expected an integer in [0, 2**32)")
-        if self.mixed_precision not in MIXED_PRECISION:
-            raise InvalidArgumentError(
-                f"mixed_precision={self.mixed_precision!r} is unknown; choose one of {', '.join(MIXED_PRECISION)}"
-            )
-        if self.device not in DEVICES:
-            raise InvalidArgumentError(f"device={self.device!r} is unknown; choose one of {', '.join(DEVICES)}")
-        check_positive("gradient_split_batches", self.gradient_split_batches, integer=True)
-        if self.gradient_split_every is not None:
-            check_positive("gradient_split_every", self.gradient_split_every, integer=True)
-            if self.gradient_split_every % self.eval_every:
-                raise InvalidArgumentError(f"gradient_split_every={self.gradient_split_every} is not a multiple of "
-                                           f"eval_every={self.eval_every}; the split is recorded at evaluation steps")
-
-    def curve_settings(self) -> dict[str, Any]:
-        """The settings that determine the loss curve; a resumed run must use the same ones."""
-        ignored = {"eval_every", "eval_batches", "checkpoint_every", "out_dir", "resume", "progress", "device",
-                   "gradient_split_every", "gradient_split_batches"}
-        return {f.name: _plain(getattr(self, f.name)) for f in fields(self) if f.name not in ignored}
-
-
-@dataclass
-class TrainResult:
-    """What :func:`train` returns: the trained model and its log (one dict per step)."""
-
-    model: Any
-    config: TrainConfig
-    history: list[dict[str, float]] = field(default_factory=list)
-    past_model: Any = None
-    out_dir: Path | None = None
-
-    @property
-    def losses(self) -> list[float]:
-        """Training loss at every step."""
-        return [record["loss"] for record in self.history]
-
-    @property
-    def eval_loss(self) -> float | None:
-        """The last validation loss."""
-        evals = [record["eval_loss"] for record in self.history if "eval_loss" in record]
-        return evals[-1] if evals else None
-
-    def regime_model(self) -> RegimeModel:
-        """The model with the forward pass its regime evaluates it with."""
-        return RegimeModel(self.model, self.config.regime, self.past_model)
-
-
-class TrainingInterrupted(KeyboardInterrupt):
-    """Training stopped on SIGINT/SIGTERM after writing a checkpoint at ``step``."""
-
-    def __init__(self, step: int, checkpoint: Path | None):
-        self.step, self.checkpoint = step, checkpoint
-        where = f"; checkpoint written to {checkpoint} (rerun with resume to continue)" if checkpoint else ""
-        super().__init__(f"training interrupted after step {step}{where}")
 
 
 def train(
@@ -252,241 +110,41 @@ def train(
         raise DataError(f"{len(train_tokens)} training sequences are fewer than batch_size={config.batch_size}; "
                         "use a smaller batch or more data")
     out = _run_dir(config)
-    accelerator = _accelerator(config)
-    if config.batch_size % accelerator.num_processes:
-        raise InvalidArgumentError(f"batch_size={config.batch_size} is not divisible by the "
-                                   f"{accelerator.num_processes} processes")
-    _seed_everything(config.seed)
     model.eval()  # dropout off in every regime (see module docstring)
     past_model = _frozen_past_model(config, model, past_model)
-    optimizer = torch.optim.AdamW(_parameter_groups(model, config.weight_decay), lr=config.lr,
-                                  betas=config.adam_betas)
-    scheduler = warmup_cosine_schedule(optimizer, config.steps, config.warmup_steps, config.min_lr_ratio)
-    for module in (model, past_model):
-        if module is not None:
-            module.to(accelerator.device, print_details=False)
-    if accelerator.num_processes > 1 and accelerator.ddp_handler is not None:  # DDP searches only where needed
-        accelerator.ddp_handler.find_unused_parameters = _leaves_parameters_unused(config, model, past_model)
-    wrapped, optimizer = accelerator.prepare(model, optimizer, device_placement=[False, False])
-    model = accelerator.unwrap_model(wrapped)
-
-    step, history = 0, []
-    if out is not None and config.resume and (out / CHECKPOINT).exists():
-        step, history = load_checkpoint(out / CHECKPOINT, config, model, optimizer, scheduler, past_model)
-        if accelerator.is_main_process:
-            tqdm.write(f"resuming {config.regime} from step {step} of {config.steps}", file=sys.stderr)
-    start_step = step
-    log = _JsonLinesLog(out / LOG, history) if out is not None and accelerator.is_main_process else None
-    order = BatchOrder(len(train_tokens), config.batch_size, config.seed)
     eval_tokens = val_tokens[: config.eval_batches * config.batch_size] if config.eval_batches else val_tokens
-    last_checkpoint = step if out is not None and step else None
 
-    bar = tqdm(total=config.steps, initial=step, desc=config.regime, dynamic_ncols=True,
-               disable=not config.progress or not accelerator.is_local_main_process)
-    with _StopOnSignal() as stop, bar:
-        while step < config.steps:
-            rows = order.batch(step)[accelerator.process_index :: accelerator.num_processes]
-            tokens = train_tokens[rows].to(accelerator.device)
-            with accelerator.autocast(), training_context(config, model, past_model):
-                loss = wrapped(tokens, return_type="loss")
-            mean_loss = accelerator.reduce(loss.detach().float(), reduction="mean").item()
-            if not math.isfinite(mean_loss):
-                raise NumericalError(_numerical_message("loss", mean_loss, step + 1, out, last_checkpoint))
-            accelerator.backward(loss)
-            grad_norm = accelerator.clip_grad_norm_(model.parameters(), config.grad_clip or math.inf)
-            grad_norm = float(grad_norm)
-            if not math.isfinite(grad_norm):
-                raise NumericalError(_numerical_message("gradient norm", grad_norm, step + 1, out, last_checkpoint))
-            lr = scheduler.get_last_lr()[0]
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
+    def evaluate(accelerator: Any, model: Any, step: int) -> dict[str, Any]:
+        record = {"eval_loss": _evaluate(accelerator, config, model, past_model, eval_tokens)}
+        if config.gradient_split_every and (step % config.gradient_split_every == 0 or step == config.steps):
+            record["gradient_split"] = _gradient_split(accelerator, config, model, past_model, eval_tokens)
+        return record
 
-            record = {"step": step, "loss": mean_loss, "lr": lr, "grad_norm": grad_norm}
-            if step % config.eval_every == 0 or step == config.steps:
-                record["eval_loss"] = _evaluate(accelerator, config, model, past_model, eval_tokens)
-                if config.gradient_split_every and (step % config.gradient_split_every == 0 or step == config.steps):
-                    record["gradient_split"] = _gradient_split(accelerator, config, model, past_model, eval_tokens)
-            history.append(record)
-            if log is not None:
-                log.append(record)
-            bar.update()
-            bar.set_postfix({key: f"{record[key]:.4f}" for key in ("loss", "eval_loss") if key in record})
-            if on_step is not None:
-                on_step(record)
-            if out is not None and (step % config.checkpoint_every == 0 or step == config.steps or stop.signum):
-                _check_finite_weights(model, step, out, last_checkpoint)
-                save_checkpoint(out / CHECKPOINT, accelerator, config, step, history, model, optimizer, scheduler,
-                                past_model, len(train_tokens))
-                last_checkpoint = step
-            if stop.signum:
-                raise TrainingInterrupted(step, out / CHECKPOINT if out is not None else None)
+    result = run_training(
+        config, model, TokenBatches(train_tokens, config.batch_size, config.seed), _language_model_loss,
+        past_model=past_model, evaluate=evaluate, checkpoint=out / CHECKPOINT if out is not None else None,
+        log=out / LOG if out is not None else None, on_step=on_step,
+        find_unused_parameters=lambda: _leaves_parameters_unused(config, model, past_model),
+    )
+    result.out_dir = out
+    from accelerate import PartialState
 
-    if out is not None and accelerator.is_main_process and (step > start_step or not (out / MODEL_DIR).exists()):
-        save_model(model, out / MODEL_DIR)
-        if past_model is not None:
-            save_model(past_model, out / PAST_MODEL_DIR)
-    accelerator.wait_for_everyone()
-    return TrainResult(model=model, config=config, history=history, past_model=past_model, out_dir=out)
+    process = PartialState()
+    if out is not None and process.is_main_process and (len(result.history) > result.start_step
+                                                        or not (out / MODEL_DIR).exists()):
+        save_model(result.model, out / MODEL_DIR)
+        if result.past_model is not None:
+            save_model(result.past_model, out / PAST_MODEL_DIR)
+    process.wait_for_everyone()
+    return result
 
 
-def check_device(device: str) -> None:
-    """Raise :class:`InvalidArgumentError` unless ``device`` is one of :data:`DEVICES` and available here."""
-    if device not in DEVICES:
-        raise InvalidArgumentError(f"device={device!r} is unknown; choose one of {', '.join(DEVICES)}")
-    resolve_device(device)
+def _language_model_loss(model: Any, tokens: Int[Tensor, "batch pos"]) -> Tensor:
+    """The mean next-token cross-entropy of ``tokens``."""
+    return model(tokens, return_type="loss")
 
 
-def training_context(config: TrainConfig, model: Any, past_model: Any = None) -> AbstractContextManager:
-    """The context of a training forward: myopic gradients for ``"myopic"``, else the regime's forward."""
-    if config.regime == "myopic":
-        return myopic(model, mode=config.mode, beta=config.beta)
-    return forward_context(config.regime, model, past_model)
-
-
-def warmup_cosine_schedule(optimizer: torch.optim.Optimizer, steps: int, warmup_steps: int,
-                           min_lr_ratio: float) -> torch.optim.lr_scheduler.LRScheduler:
-    """Linear warmup over ``warmup_steps`` (step ``s`` uses ``lr * (s + 1) / warmup_steps``), then cosine decay
-    to ``lr * min_lr_ratio`` at step ``steps``; built from ``torch.optim.lr_scheduler``.
-
-    Example:
-        >>> optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-        >>> schedule = warmup_cosine_schedule(optimizer, steps=4, warmup_steps=2, min_lr_ratio=0.0)
-        >>> lrs = []
-        >>> for _ in range(4):
-        ...     lrs.append(round(schedule.get_last_lr()[0], 3)); optimizer.step(); schedule.step()
-        >>> lrs
-        [0.5, 1.0, 1.0, 0.5]
-    """
-    from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, SequentialLR
-
-    base_lr = optimizer.param_groups[0]["lr"]
-    cosine = CosineAnnealingLR(optimizer, T_max=steps - warmup_steps, eta_min=base_lr * min_lr_ratio)
-    if warmup_steps <= 1:
-        return cosine
-    warmup = LinearLR(optimizer, start_factor=1 / warmup_steps, end_factor=1.0, total_iters=warmup_steps - 1)
-    return SequentialLR(optimizer, [warmup, cosine], milestones=[warmup_steps])
-
-
-@dataclass(frozen=True)
-class BatchOrder:
-    """Which training sequences make up the batch of each step: a pure function of ``(seed, step)``.
-
-    Each epoch is a permutation drawn from ``numpy.random.default_rng([seed, epoch])``; the last incomplete
-    batch of an epoch is dropped.
-
-    Example:
-        >>> order = BatchOrder(n_sequences=10, batch_size=4, seed=0)
-        >>> sorted(order.batch(0).tolist() + order.batch(1).tolist()) == sorted(set(order.epoch(0)[:8].tolist()))
-        True
-    """
-
-    n_sequences: int
-    batch_size: int
-    seed: int
-
-    @property
-    def batches_per_epoch(self) -> int:
-        return self.n_sequences // self.batch_size
-
-    def batch(self, step: int) -> Int[Tensor, " batch"]:
-        epoch, index = divmod(step, self.batches_per_epoch)
-        return self.epoch(epoch)[index * self.batch_size : (index + 1) * self.batch_size]
-
-    def epoch(self, epoch: int) -> Int[Tensor, " n_sequences"]:
-        return _permutation(self.n_sequences, self.seed, epoch)
-
-
-@lru_cache(maxsize=4)
-def _permutation(n: int, seed: int, epoch: int) -> Tensor:
-    return torch.from_numpy(np.random.default_rng([seed, epoch]).permutation(n))
-
-
-def save_checkpoint(path: Path, accelerator: Any, config: TrainConfig, step: int, history: list[dict],
-                    model: Any, optimizer: Any, scheduler: Any, past_model: Any, n_train: int) -> None:
-    """Write everything needed to resume to ``path`` atomically (main process only)."""
-    accelerator.wait_for_everyone()
-    if not accelerator.is_main_process:
-        return
-    state = {
-        "format": CHECKPOINT_FORMAT,
-        "step": step,
-        "config": config.curve_settings(),
-        "data_order": {"seed": config.seed, "n_sequences": n_train, "batch_size": config.batch_size},
-        "model": _cpu(model.state_dict()),
-        "past_model": _cpu(past_model.state_dict()) if past_model is not None else None,
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "rng": _rng_state(),
-        "history": history,
-    }
-    atomic_write(path, lambda tmp: torch.save(state, tmp))
-
-
-def read_checkpoint(path: str | os.PathLike, expected_format: str = CHECKPOINT_FORMAT) -> dict[str, Any]:
-    """Load a checkpoint file safely (``weights_only=True``); refuse anything else with :class:`CheckpointError`.
-
-    ``expected_format`` is the ``"format"`` entry the checkpoint must carry (default: a training run's).
-
-    Example:
-        >>> import tempfile, pathlib
-        >>> bad = pathlib.Path(tempfile.mkdtemp()) / "checkpoint.pt"
-        >>> _ = bad.write_bytes(b"not a checkpoint")
-        >>> read_checkpoint(bad)  # doctest: +ELLIPSIS
-        Traceback (most recent call last):
-        ...
-        forethought.errors.CheckpointError: checkpoint ... is corrupt or truncated ...
-    """
-    path = Path(path)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError as error:
-        raise CheckpointError(f"checkpoint {str(path)!r} does not exist") from error
-    except Exception as error:  # noqa: BLE001 - torch raises many types for bad files
-        if "unsupported global" in str(error).lower():
-            raise CheckpointError(
-                f"checkpoint {str(path)!r} holds pickled objects beyond tensors and plain data; refusing to "
-                "load it (it may run code). Only load checkpoints you wrote yourself"
-            ) from error
-        raise CheckpointError(
-            f"checkpoint {str(path)!r} is corrupt or truncated ({type(error).__name__}); delete it to start over"
-        ) from error
-    if not isinstance(state, dict) or state.get("format") != expected_format:
-        raise CheckpointError(f"{str(path)!r} is not a forethought checkpoint of kind {expected_format!r}")
-    return state
-
-
-def check_same_settings(path: str | os.PathLike, saved: dict[str, Any], wanted: dict[str, Any]) -> None:
-    """Raise :class:`CheckpointError` naming every setting in ``wanted`` that the checkpoint saved differently."""
-    changed = [f"{key}={saved.get(key)!r} (now {value!r})" for key, value in wanted.items() if saved.get(key) != value]
-    if changed:
-        raise CheckpointError(
-            f"checkpoint {str(path)!r} was written with other settings: {', '.join(changed)}; resume with the same "
-            "settings or start a new run in another directory"
-        )
-
-
-def load_checkpoint(path: Path, config: TrainConfig, model: Any, optimizer: Any, scheduler: Any,
-                    past_model: Any = None) -> tuple[int, list[dict]]:
-    """Restore model, optimizer, scheduler, past model and RNG states; return the step and the log so far."""
-    state = read_checkpoint(path)
-    check_same_settings(path, state["config"], config.curve_settings())
-    try:
-        model.load_state_dict(state["model"])
-        if past_model is not None and state["past_model"] is not None:
-            past_model.load_state_dict(state["past_model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-    except (RuntimeError, KeyError, ValueError) as error:
-        raise CheckpointError(
-            f"checkpoint {str(path)!r} does not fit this model or optimizer: {str(error).splitlines()[0]}"
-        ) from error
-    _set_rng_state(state["rng"])
-    return int(state["step"]), list(state["history"])
-
-
-# -- helpers ------------------------------------------------------------------------------------------------------
+# -- helpers --------------------------------------------------------------------------------------------------------
 
 
 def _run_dir(config: TrainConfig) -> Path | None:
@@ -499,28 +157,6 @@ def _run_dir(config: TrainConfig) -> Path | None:
             "directory"
         )
     return prepare_out_dir(out)
-
-
-def _accelerator(config: TrainConfig) -> Any:
-    from accelerate import Accelerator, DistributedDataParallelKwargs
-
-    check_device(config.device)
-    on_cuda = config.device in ("auto", "cuda") and torch.cuda.is_available()
-    precision = config.mixed_precision
-    if precision == "auto":
-        precision = "bf16" if on_cuda and torch.cuda.is_bf16_supported() else "no"
-    # train() turns the search off where every parameter gets a gradient (see _leaves_parameters_unused).
-    ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
-    settings = {"cpu": config.device == "cpu", "mixed_precision": precision, "kwargs_handlers": [ddp]}
-    try:
-        return Accelerator(**settings)
-    except ValueError as error:  # an earlier run in this process chose another precision or device
-        if "already been initialized" not in str(error):
-            raise
-        from accelerate.state import AcceleratorState
-
-        AcceleratorState._reset_state()  # keeps the distributed (partial) state
-        return Accelerator(**settings)
 
 
 def _leaves_parameters_unused(config: TrainConfig, model: Any, past_model: Any) -> bool:
@@ -542,18 +178,6 @@ def _frozen_past_model(config: TrainConfig, model: Any, past_model: Any) -> Any:
     return past.eval().requires_grad_(False)
 
 
-def _parameter_groups(model: Any, weight_decay: float) -> list[dict[str, Any]]:
-    """Weight decay on matrices (embeddings, projections), none on biases and norm gains (as nanoGPT)."""
-    seen: set[int] = set()
-    decay, no_decay = [], []
-    for parameter in model.parameters():
-        if not parameter.requires_grad or id(parameter) in seen:
-            continue
-        seen.add(id(parameter))
-        (decay if parameter.ndim >= 2 else no_decay).append(parameter)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
 def _evaluate(accelerator: Any, config: TrainConfig, model: Any, past_model: Any, tokens: Tensor) -> float:
     """Mean validation loss in the regime's forward; each process takes a shard and the sums are reduced."""
     shard = tokens[accelerator.process_index :: accelerator.num_processes]
@@ -567,16 +191,6 @@ def _evaluate(accelerator: Any, config: TrainConfig, model: Any, past_model: Any
     return (totals[:-1].sum() / (totals[-1] * (tokens.shape[1] - 1))).item()
 
 
-def _check_finite_weights(model: torch.nn.Module, step: int, out: Path | None, last_checkpoint: int | None) -> None:
-    """Raise :class:`NumericalError` before a poisoned state is written: every weight must be finite."""
-    bad = sum(int((~torch.isfinite(p)).sum()) for p in model.parameters())
-    if bad:
-        kept = (f"the last good checkpoint (step {last_checkpoint}) is kept in {str(out / CHECKPOINT)!r}"
-                if last_checkpoint else "no checkpoint was written")
-        raise NumericalError(f"{bad} weights are NaN or infinite after step {step}; stopped before saving them and "
-                             f"{kept}. Lower the learning rate or raise warmup_steps and start a new run")
-
-
 def _gradient_split(accelerator: Any, config: TrainConfig, model: Any, past_model: Any,
                     tokens: Tensor) -> list[dict[str, Any]]:
     """The gradient split of the validation loss in the regime's forward, as JSON-ready rows (every process
@@ -587,88 +201,3 @@ def _gradient_split(accelerator: Any, config: TrainConfig, model: Any, past_mode
 
     tokens = tokens[: config.gradient_split_batches * config.batch_size]
     return gradient_split(model, tokens, loss_fn=loss_fn, batch_size=config.batch_size).records()
-
-
-def _numerical_message(what: str, value: float, step: int, out: Path | None, last_checkpoint: int | None) -> str:
-    kept = (f"the last good checkpoint (step {last_checkpoint}) is kept in {str(out / CHECKPOINT)!r}"
-            if last_checkpoint else "no checkpoint was written")
-    return (f"the training {what} is {value} at step {step}; stopped before updating the weights and {kept}. "
-            "Lower the learning rate or raise warmup_steps and start a new run")
-
-
-class _StopOnSignal(AbstractContextManager):
-    """Turn SIGINT/SIGTERM into a flag checked after each step; a second signal acts at once."""
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self) -> None:
-        self.signum: int | None = None
-        self._previous: dict[int, Any] = {}
-
-    def __enter__(self) -> _StopOnSignal:
-        if threading.current_thread() is threading.main_thread():
-            for signum in self.SIGNALS:
-                self._previous[signum] = signal.signal(signum, self._handle)
-        return self
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        self.signum = signum
-        signal.signal(signum, self._previous[signum])
-
-    def __exit__(self, *exc: Any) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
-
-
-class _JsonLinesLog:
-    """``log.jsonl``: one JSON object per step. On (re)start it is rewritten atomically from ``history`` (which
-    drops records past the resumed checkpoint and any half-written line), then appended to."""
-
-    def __init__(self, path: Path, history: list[dict]):
-        self.path = path
-        text = "".join(json.dumps(record) + "\n" for record in history)
-        atomic_write(path, lambda tmp: tmp.write_text(text))
-
-    def append(self, record: dict) -> None:
-        with self.path.open("a") as handle:
-            handle.write(json.dumps(record) + "\n")
-
-
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def _rng_state() -> dict[str, Any]:
-    _, keys, position, has_gauss, cached = np.random.get_state()
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "position": int(position),
-                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
-        "python": random.getstate(),
-    }
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    numpy_state = state["numpy"]
-    np.random.set_state(("MT19937", numpy_state["keys"].numpy().astype(np.uint32), numpy_state["position"],
-                         numpy_state["has_gauss"], numpy_state["cached_gaussian"]))
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-
-
-def _cpu(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
-    return {name: tensor.detach().cpu() for name, tensor in state_dict.items()}
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, tuple):
-        return list(value)
-    if isinstance(value, os.PathLike):
-        return str(value)
-    return value

@@ -4,7 +4,7 @@ import torch
 from forethought.errors import ContextLengthError, InvalidArgumentError
 from forethought.hook_names import hook_name
 from forethought.myopic_training import myopic
-from forethought.regression_model import RegressionModelConfig, RegressionTransformer
+from forethought.synthetic.model import RegressionModelConfig, RegressionTransformer
 
 CONFIG = RegressionModelConfig(n_inputs=2, n_layers=2, d_model=32, n_heads=4, n_ctx=12, seed=0)
 

@@ -3,7 +3,8 @@ import math
 import pytest
 import torch
 
-from forethought.data.synthetic import (
+from forethought.errors import InvalidArgumentError
+from forethought.synthetic.task import (
     PrecacheTask,
     derive_seed,
     lagged,
@@ -12,7 +13,6 @@ from forethought.data.synthetic import (
     precache_targets,
     probe_targets,
 )
-from forethought.errors import InvalidArgumentError
 
 
 def test_targets_match_the_formula_by_hand():
