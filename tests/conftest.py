@@ -52,3 +52,14 @@ def single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def unchecked_shapes():
+    """Turn off the run-time shape checks (tests/shape_checking.py) for a test that passes malformed arrays on
+    purpose, to see forethought's own error."""
+    import shape_checking
+
+    token = shape_checking.ENABLED.set(False)
+    yield
+    shape_checking.ENABLED.reset(token)

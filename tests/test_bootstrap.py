@@ -29,6 +29,7 @@ def test_rows_are_resampled_together_and_the_interval_holds_the_estimate():
     assert torch.all(bootstrap_weights(50, 7).sum(1) == 50)
 
 
+@pytest.mark.usefixtures("unchecked_shapes")
 def test_bad_input():
     with pytest.raises(InvalidArgumentError, match="level"):
         bootstrap_ci(torch.ones(4), level=1.5)

@@ -234,6 +234,7 @@ def test_bad_head_sweeps_raise(native_model, kwargs, error):
         patch_heads(native_model, clean, corrupt, **{"progress": False, **kwargs})
 
 
+@pytest.mark.usefixtures("unchecked_shapes")
 def test_mismatched_or_invalid_tokens_raise(native_model):
     clean, corrupt = _pair(native_model)
     with pytest.raises(InvalidArgumentError, match="differ in shape"):

@@ -125,6 +125,7 @@ def test_ridge_lens_wraps_the_ridge_probes(native_model):
         torch.testing.assert_close(lens.predict_resid(features)[0, 0], final, atol=1e-2, rtol=1e-2)
 
 
+@pytest.mark.usefixtures("unchecked_shapes")
 def test_bad_inputs(native_model):
     x = torch.randn(1, 10, 32)
     with pytest.raises(InvalidArgumentError, match="same examples"):

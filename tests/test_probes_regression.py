@@ -89,6 +89,7 @@ def test_default_grid_is_log_spaced_and_reaches_the_mean_predictor():
     assert min(DEFAULT_ALPHAS) <= 1e-2 and max(DEFAULT_ALPHAS) >= 1e6
 
 
+@pytest.mark.usefixtures("unchecked_shapes")
 def test_bad_inputs():
     features, rng = _data(n=50, d=3)
     with pytest.raises(InvalidArgumentError, match="targets must have shape"):

@@ -136,6 +136,7 @@ def test_bad_arguments(model, kwargs, error):
         probe_sweep(model, skip_one_chain(20), progress=False, **kwargs)
 
 
+@pytest.mark.usefixtures("unchecked_shapes")
 def test_bad_data(model):
     with pytest.raises(DataError):
         probe_sweep(model, torch.zeros(0, SEQ_LEN, dtype=torch.long), progress=False)

@@ -87,6 +87,7 @@ def test_early_stopping_is_per_probe():
     assert probes.layers == [0] and probes.tasks == [Task(0), Task(1)]
 
 
+@pytest.mark.usefixtures("unchecked_shapes")
 def test_bad_inputs():
     x, y = torch.randn(2, 10, 4), torch.randint(0, 3, (1, 10))
     with pytest.raises(InvalidArgumentError, match="examples"):

@@ -129,6 +129,7 @@ def test_only_used_parameters_train(model):
     assert "bridge.unembed._original_component.weight" in trainable  # the regression head
 
 
+@pytest.mark.usefixtures("unchecked_shapes")
 def test_bad_inputs(model):
     with pytest.raises(InvalidArgumentError, match="3 features"):
         model(torch.randn(1, 4, 3))

@@ -124,7 +124,7 @@ def as_directions(
     return rows
 
 
-def orthonormal_basis(directions: Float[Tensor, "k d_model"], tol: float = 1e-6) -> Float[Tensor, "k d_model"]:
+def orthonormal_basis(directions: Float[Tensor, "*rows d_model"], tol: float = 1e-6) -> Float[Tensor, "k d_model"]:
     """An orthonormal basis (rows) of the span of ``directions``; raises if they are linearly dependent.
 
     Example:
@@ -145,7 +145,7 @@ def orthonormal_basis(directions: Float[Tensor, "k d_model"], tol: float = 1e-6)
     return q.T.float()
 
 
-def random_directions(like: Float[Tensor, "k d_model"], seed: int = 0) -> Float[Tensor, "k d_model"]:
+def random_directions(like: Float[Tensor, "*rows d_model"], seed: int = 0) -> Float[Tensor, "k d_model"]:
     """Seeded Gaussian directions with the row norms of ``like`` (a norm-matched placebo).
 
     Example:

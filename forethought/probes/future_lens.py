@@ -165,7 +165,7 @@ def check_lens_fits(model: TransformerBridge, d_model: int, d_vocab: int) -> Non
 
 def least_squares(
     features: Float[Tensor, "layer n d_model"],
-    targets: Float[Tensor, "task n d_model"],
+    targets: Float[Tensor, "task n d_out"],
     ridge: float = 1e-3,
     chunk: int = 16384,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:

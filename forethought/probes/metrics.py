@@ -31,7 +31,7 @@ def _check(logits: Tensor, labels: Tensor) -> None:
                                    "expected logits [..., n, n_classes] and labels [..., n]")
 
 
-def correct_at_k(logits: Float[Tensor, "*batch n n_classes"], labels: Int[Tensor, "*batch n"],
+def correct_at_k(logits: Float[Tensor, "*batch n n_classes"], labels: Int[Tensor, "*lead n"],
                  k: int) -> Float[Tensor, "*batch n"]:
     """1.0 where the label is among the ``k`` highest logits (ties count as correct only if within top-k)."""
     _check(logits, labels)
@@ -41,14 +41,14 @@ def correct_at_k(logits: Float[Tensor, "*batch n n_classes"], labels: Int[Tensor
     return (top == labels.unsqueeze(-1)).any(-1).float()
 
 
-def top_k_accuracy(logits: Float[Tensor, "*batch n n_classes"], labels: Int[Tensor, "*batch n"],
+def top_k_accuracy(logits: Float[Tensor, "*batch n n_classes"], labels: Int[Tensor, "*lead n"],
                    k: int = 1) -> Float[Tensor, "*batch"]:
     """Fraction of examples whose label is among the ``k`` highest logits (``k`` is capped at ``n_classes``)."""
     return correct_at_k(logits, labels, k).mean(-1)
 
 
 def token_cross_entropy(logits: Float[Tensor, "*batch n n_classes"],
-                        labels: Int[Tensor, "*batch n"]) -> Float[Tensor, "*batch n"]:
+                        labels: Int[Tensor, "*lead n"]) -> Float[Tensor, "*batch n"]:
     """Per-example cross-entropy ``-log softmax(logits)[label]`` in nats."""
     _check(logits, labels)
     labels = labels.to(logits.device).long().expand(logits.shape[:-1])
@@ -56,7 +56,7 @@ def token_cross_entropy(logits: Float[Tensor, "*batch n n_classes"],
 
 
 def cross_entropy(logits: Float[Tensor, "*batch n n_classes"],
-                  labels: Int[Tensor, "*batch n"]) -> Float[Tensor, "*batch"]:
+                  labels: Int[Tensor, "*lead n"]) -> Float[Tensor, "*batch"]:
     """Mean cross-entropy in nats."""
     return token_cross_entropy(logits, labels).mean(-1)
 
@@ -97,7 +97,7 @@ class MetricAccumulator:
         value = value.double().cpu()
         self.sums[name] = self.sums[name] + value if name in self.sums else value
 
-    def add(self, logits: Float[Tensor, "*batch n n_classes"], labels: Int[Tensor, "*batch n"],
+    def add(self, logits: Float[Tensor, "*batch n n_classes"], labels: Int[Tensor, "*lead n"],
             groups: Int[Tensor, " n"] | None = None) -> None:
         hits = {k: correct_at_k(logits, labels, k) for k in self.ks}
         loss = token_cross_entropy(logits, labels)
