@@ -10,7 +10,7 @@ with controls, baselines, metrics) on a 12-layer d_model=768 random-init model o
 tokens/s.
 
     python benchmarks/probes.py [--layers 6] [--d-model 128] [--sequences 2000] [--top-k 15] [--threads 1]
-    python benchmarks/probes.py --big [--big-tokens 1048576] [--big-layers 12] [--big-d-model 768]
+    python benchmarks/probes.py --big [--big-tokens 1048576] [--big-layers 12] [--big-d-model 768] [--big-stream]
 """
 
 from __future__ import annotations
@@ -99,7 +99,7 @@ def big_sweep(args: argparse.Namespace) -> dict:
         torch.cuda.synchronize()
     start = time.perf_counter()
     table = probe_sweep({"random": model}, tokens, offsets=OFFSETS, method="vocab", config=config, device=device,
-                        progress=False)
+                        stream=args.big_stream, progress=False)
     if device == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
@@ -110,7 +110,7 @@ def big_sweep(args: argparse.Namespace) -> dict:
     print(f"{'seconds':<12}{'tokens/s':>12}{'mean top1':>11}{'mean bigram_top1':>18}")
     print(f"{seconds:<12.1f}{n_tokens / seconds:>12,.0f}{table['top1'].mean():>11.4f}"
           f"{table['bigram_top1'].mean():>18.4f}")
-    figures = {"device": device, "tokens": n_tokens, "seconds": seconds, "tokens_per_s": n_tokens / seconds,
+    figures = {"device": device, "streamed": args.big_stream, "tokens": n_tokens, "seconds": seconds, "tokens_per_s": n_tokens / seconds,
                "rows": len(table), "mean_top1": float(table["top1"].mean()),
                "mean_bigram_top1": float(table["bigram_top1"].mean())}
     if device == "cuda":
@@ -138,6 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--big-top-k", type=int, default=1000)
     parser.add_argument("--big-epochs", type=int, default=3)
     parser.add_argument("--big-batch", type=int, default=64, help="sequences per forward pass in the large sweep")
+    parser.add_argument("--big-stream", action="store_true", help="stream the large sweep's activations from disk "
+                        "(probe_sweep(stream=True)); host memory then stays flat in the number of tokens")
     return parser
 
 
