@@ -110,7 +110,8 @@ def big_sweep(args: argparse.Namespace) -> dict:
     print(f"{'seconds':<12}{'tokens/s':>12}{'mean top1':>11}{'mean bigram_top1':>18}")
     print(f"{seconds:<12.1f}{n_tokens / seconds:>12,.0f}{table['top1'].mean():>11.4f}"
           f"{table['bigram_top1'].mean():>18.4f}")
-    figures = {"device": device, "streamed": args.big_stream, "tokens": n_tokens, "seconds": seconds, "tokens_per_s": n_tokens / seconds,
+    figures = {"device": device, "streamed": args.big_stream, "tokens": n_tokens, "seconds": seconds,
+               "tokens_per_s": n_tokens / seconds,
                "rows": len(table), "mean_top1": float(table["top1"].mean()),
                "mean_bigram_top1": float(table["bigram_top1"].mean())}
     if device == "cuda":
