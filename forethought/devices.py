@@ -15,8 +15,11 @@ from forethought.errors import InvalidArgumentError
 
 
 def resolve_device(name: str | torch.device | None) -> torch.device | None:
-    """``None`` (leave it to the caller), ``"auto"`` (CUDA when available, else CPU) or a torch device that exists
-    on this machine (``cpu``, ``cuda``, ``cuda:N``, ``mps``); anything else raises :class:`InvalidArgumentError`."""
+    """The torch device that ``name`` asks for, checked to exist on this machine.
+
+    ``None`` (leave it to the caller), ``"auto"`` (CUDA when available, else CPU) or a torch device that exists
+    on this machine (``cpu``, ``cuda``, ``cuda:N``, ``mps``); anything else raises :class:`InvalidArgumentError`.
+    """
     if name is None or isinstance(name, torch.device):
         return name
     if not str(name).strip():

@@ -36,6 +36,7 @@ class World:
 
     @property
     def is_main(self) -> bool:
+        """Whether this is process 0, where results are gathered."""
         return self.rank == 0
 
 
@@ -106,8 +107,11 @@ def broadcast_text(world: World, text: str | None) -> str | None:
 
 
 def gather_objects(world: World, value: Any, to_main: bool = False) -> list[Any] | None:
-    """Every process's picklable ``value``, in rank order: on every process, or (``to_main``) on process 0 only
-    (the others get ``None``). For small things such as table rows; tensors travel with :func:`send_to_main`."""
+    """Every process's picklable ``value``, in rank order.
+
+    The list arrives on every process, or (``to_main``) on process 0 only (the others get ``None``). For small
+    things such as table rows; tensors travel with :func:`send_to_main`.
+    """
     if not to_main:
         values: list[Any] = [None] * world.size
         dist.all_gather_object(values, value, group=world.group)

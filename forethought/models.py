@@ -66,7 +66,8 @@ def tiny_model(
         normalization_type: "LN" (GPT-2's pre-layer-norm), "LNPre", "RMS", "RMSPre" or None (no normalisation).
         seed: initialisation seed; the caller's RNG state is left untouched.
         tokenizer: optional tokenizer attached to the bridge.
-        device, dtype: where and in what precision to build it.
+        device: where to put it (default: left where it is built, the CPU).
+        dtype: parameter dtype (default: torch's default dtype, float32).
 
     Example:
         >>> model = tiny_model(n_layers=1, d_model=16, n_heads=2, d_vocab=20, n_ctx=8)

@@ -62,6 +62,7 @@ class Run:
 
     @property
     def manifest(self) -> dict[str, Any]:
+        """The data manifest the splits were built from (empty when they carry none)."""
         return self.splits.manifest or {}
 
     @property
@@ -71,8 +72,10 @@ class Run:
 
 
 def write_run(out: str | os.PathLike, command: str, splits: TokenSplits, models: dict[str, dict[str, Any]]) -> Path:
-    """Write ``out/run.json`` (and the tokenizer, in ``out/tokenizer``) so that :func:`load_run` can rebuild the
-    run. ``models`` maps a name to ``{"path": directory relative to out, "trained_as": regime, ...}``."""
+    """Write ``out/run.json`` (and the tokenizer, in ``out/tokenizer``) so that :func:`load_run` can rebuild the run.
+
+    ``models`` maps a name to ``{"path": directory relative to out, "trained_as": regime, ...}``.
+    """
     if splits.manifest is None:
         raise InvalidArgumentError("these splits carry no data manifest; build them with "
                                    "forethought.data.load_token_splits so that the run can be rebuilt")

@@ -80,9 +80,10 @@ def load_token_splits(
     val_fraction: float = 0.1,
     seed: int = 0,
 ) -> TokenSplits:
-    """Load ``dataset`` (see :func:`~forethought.data.load_texts`), cut it into ``seq_len``-token sequences with
-    ``tokenizer``, split them with ``seed`` and record how in ``splits.manifest`` (see the module docstring).
+    """Load ``dataset`` and cut it into recorded train/validation splits of ``seq_len``-token sequences.
 
+    The texts come from :func:`~forethought.data.load_texts`; they are tokenised with ``tokenizer``, split with
+    ``seed``, and how is recorded in ``splits.manifest`` (see the module docstring).
     ``tokenizer`` may be a callable ``texts -> tokenizer`` (e.g. to train a BPE on the loaded documents).
     """
     texts = load_texts(dataset, split=split, text_field=text_field, max_documents=max_documents)

@@ -122,6 +122,7 @@ class TokenSplits:
 
     @property
     def seq_len(self) -> int:
+        """Tokens per sequence."""
         return self.train.shape[1]
 
 

@@ -149,8 +149,11 @@ def attend(
     v_past: Float[Tensor, "batch pos head d_head"],
     scale: float,
 ) -> Float[Tensor, "batch pos head d_head"]:
-    """Causal attention in which query ``t`` sees ``k_self[t], v_self[t]`` for itself and ``k_past[i], v_past[i]``
-    for every earlier ``i``. With ``k_past is k_self`` and ``v_past is v_self`` it is ordinary attention."""
+    """Causal attention in which each query reads its own key/value from one tensor and earlier ones from another.
+
+    Query ``t`` sees ``k_self[t], v_self[t]`` for itself and ``k_past[i], v_past[i]`` for every earlier ``i``.
+    With ``k_past is k_self`` and ``v_past is v_self`` it is ordinary attention.
+    """
     q, k_self, v_self, k_past, v_past = (x.transpose(1, 2) for x in (q, k_self, v_self, k_past, v_past))
     scores = torch.einsum("bhqd,bhkd->bhqk", q, k_past) * scale
     own = (q * k_self).sum(-1) * scale  # [batch, head, pos]

@@ -59,13 +59,16 @@ class BatchOrder:
 
     @property
     def batches_per_epoch(self) -> int:
+        """Whole batches in one pass over the sequences (a last partial batch is dropped)."""
         return self.n_sequences // self.batch_size
 
     def batch(self, step: int) -> Int[Tensor, " batch"]:
+        """The sequence indices of batch ``step``, counting on across epochs."""
         epoch, index = divmod(step, self.batches_per_epoch)
         return self.epoch(epoch)[index * self.batch_size : (index + 1) * self.batch_size]
 
     def epoch(self, epoch: int) -> Int[Tensor, " n_sequences"]:
+        """The shuffled order of all sequence indices in ``epoch``, a function of ``(seed, epoch)``."""
         return _permutation(self.n_sequences, self.seed, epoch)
 
 
@@ -80,14 +83,16 @@ class TokenBatches:
         self.order = BatchOrder(len(tokens), batch_size, seed)
 
     def batch(self, step: int, device: torch.device | str, rank: int = 0, world: int = 1) -> Int[Tensor, "batch pos"]:
+        """Process ``rank``'s share (every ``world``-th row) of batch ``step``, on ``device``."""
         rows = self.order.batch(step)[rank::world]
         return self.tokens[rows].to(device)
 
     def state_dict(self) -> dict[str, Any]:
+        """The seed and sizes that fix the order, for the checkpoint."""
         return {"seed": self.order.seed, "n_sequences": self.order.n_sequences, "batch_size": self.order.batch_size}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        pass
+        """Nothing to restore: the order depends only on ``(seed, step)``."""
 
 
 @lru_cache(maxsize=4)

@@ -109,8 +109,10 @@ def check_same_settings(path: str | os.PathLike, saved: dict[str, Any], wanted: 
 
 def load_checkpoint(path: Path, settings: dict[str, Any], model: nn.Module, optimizer: Any, scheduler: Any,
                     past_model: nn.Module | None = None) -> dict[str, Any]:
-    """Check the settings, restore model, optimizer, scheduler, past model and RNG states; return the checkpoint
-    (its ``step``, ``history``, ``data_order`` and ``seconds`` are the caller's to restore)."""
+    """Check the settings, restore model, optimizer, scheduler, past model and RNG states; return the checkpoint.
+
+    The checkpoint's ``step``, ``history``, ``data_order`` and ``seconds`` are the caller's to restore.
+    """
     state = read_checkpoint(path)
     check_same_settings(path, state["config"], settings)
     try:

@@ -60,9 +60,9 @@ def fused_attend(
     v_past: Float[Tensor, "batch pos kv_head d_head"],
     scale: float,
 ) -> Float[Tensor, "batch pos head d_head"]:
-    """Causal attention with the gradient of :func:`~forethought.myopic_training.attention.attend`, when
-    ``k_self == k_past`` and ``v_self == v_past`` in value (only their gradients differ).
+    """Causal attention with the gradient of :func:`~forethought.myopic_training.attention.attend`.
 
+    It is right when ``k_self == k_past`` and ``v_self == v_past`` in value (only their gradients differ).
     Query ``t`` reads ``k_past[i], v_past[i]`` at ``i < t`` and ``k_self[t], v_self[t]`` at ``t``. Key/value
     heads may be grouped (``head = kv_head * group``, head ``h`` reading kv head ``h // group``); they are never
     expanded. The values are those of fused attention over ``k_past, v_past``; with ``k_self`` differing from
@@ -100,8 +100,9 @@ def causal_logsumexp(
     scale: float,
     block: int | None = None,
 ) -> Float[Tensor, "batch head pos"]:
-    """``logsumexp_{i <= t}(scale · q_t·k_i)`` in float32, ``block`` queries at a time (default ``d_head``), so
-    that no more than ``[batch, head, block, pos]`` scores exist at once.
+    """``logsumexp_{i <= t}(scale · q_t·k_i)`` in float32, ``block`` queries at a time (default ``d_head``).
+
+    No more than ``[batch, head, block, pos]`` scores exist at once.
 
     Example:
         >>> q, k = torch.randn(1, 2, 6, 4), torch.randn(1, 1, 6, 4)
@@ -137,12 +138,14 @@ class SplitDiagonal(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, out: Tensor, q: Tensor, k_self: Tensor, v_self: Tensor, k_past: Tensor, v_past: Tensor,
                 lse: Tensor, scale: float) -> Tensor:
+        """Return ``out`` unchanged, keeping what backward needs."""
         ctx.save_for_backward(out, q, k_self, v_self, lse)
         ctx.scale = scale
         return out.view_as(out)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        """Pass ``grad`` to ``out`` and move the diagonal term's gradient from past to own keys and values."""
         out, q, k, v, lse = ctx.saved_tensors
         n_kv = k.shape[1]
         group = q.shape[1] // n_kv

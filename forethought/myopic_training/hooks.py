@@ -117,8 +117,10 @@ def myopic(model: Any, mode: Literal["strict", "cutgrad"] = "strict", beta: floa
 
 @contextmanager
 def _installed(hooks: RecomputedAttention, model: Any) -> Iterator[Any]:
-    """Hold ``hooks`` on the model inside the ``with`` block and give the block the model (arguments were checked
-    when the context manager was made, not when it is entered)."""
+    """Hold ``hooks`` on the model inside the ``with`` block and give the block the model.
+
+    The arguments were checked when the context manager was made, not when it is entered.
+    """
     with hooks:
         yield model
 

@@ -221,8 +221,9 @@ def training_context(config: TrainConfig, model: Any, past_model: Any = None) ->
 
 def warmup_cosine_schedule(optimizer: torch.optim.Optimizer, steps: int, warmup_steps: int,
                            min_lr_ratio: float) -> torch.optim.lr_scheduler.LRScheduler:
-    """Linear warmup over ``warmup_steps`` (step ``s`` uses ``lr * (s + 1) / warmup_steps``), then cosine decay
-    to ``lr * min_lr_ratio`` at step ``steps``; built from ``torch.optim.lr_scheduler``.
+    """Linear warmup over ``warmup_steps``, then cosine decay to ``lr * min_lr_ratio`` at step ``steps``.
+
+    During warmup step ``s`` uses ``lr * (s + 1) / warmup_steps``; built from ``torch.optim.lr_scheduler``.
 
     Example:
         >>> optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
@@ -244,8 +245,10 @@ def warmup_cosine_schedule(optimizer: torch.optim.Optimizer, steps: int, warmup_
 
 
 def parameter_groups(model: nn.Module, weight_decay: float, every_parameter: bool = False) -> list[dict[str, Any]]:
-    """AdamW parameter groups: weight decay on matrices (embeddings, projections), none on biases and norm gains
-    (as nanoGPT); with ``every_parameter``, one group that decays everything.
+    """AdamW parameter groups: weight decay on matrices, none on biases and norm gains.
+
+    Matrices are the embeddings and projections (as in nanoGPT); with ``every_parameter``, one group decays
+    everything.
 
     Example:
         >>> [len(group["params"]) for group in parameter_groups(torch.nn.Linear(2, 3), 0.1)]

@@ -172,8 +172,11 @@ def check_regime(regime: str) -> None:
 
 
 def forward_context(regime: str, model: Any, past_model: Any = None) -> AbstractContextManager:
-    """The forward pass of ``regime``: past ablation for ``"bigram"``, a frozen past for ``"local-myopic"``,
-    the model's own forward otherwise (myopic training changes gradients only)."""
+    """The forward pass of ``regime``.
+
+    Past ablation for ``"bigram"``, a frozen past for ``"local-myopic"``, the model's own forward otherwise
+    (myopic training changes gradients only).
+    """
     check_regime(regime)
     if regime == "bigram":
         return ablate_past(model)

@@ -33,9 +33,10 @@ def check_device(device: str) -> None:
 
 
 def make_accelerator(device: str, mixed_precision: str) -> Any:
-    """An ``accelerate.Accelerator`` on ``device`` (``"auto"``, ``"cpu"``, ``"cuda"``, ``"mps"``) with
-    ``mixed_precision`` (``"auto"``: bf16 autocast on a CUDA GPU that supports it, else none).
+    """An ``accelerate.Accelerator`` on ``device`` with ``mixed_precision``.
 
+    ``device`` is ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"mps"``; ``mixed_precision="auto"`` means bf16 autocast
+    on a CUDA GPU that supports it, else none.
     DDP searches for unused parameters unless the caller turns it off (``accelerator.ddp_handler``). An earlier
     run in this process that chose another precision or device is forgotten (the distributed state is kept).
     """
@@ -84,8 +85,11 @@ class StopOnSignal(AbstractContextManager):
 
 
 class JsonLinesLog:
-    """``log.jsonl``: one JSON object per step. On (re)start it is rewritten atomically from ``history`` (which
-    drops records past the resumed checkpoint and any half-written line), then appended to."""
+    """``log.jsonl``: one JSON object per step.
+
+    On (re)start it is rewritten atomically from ``history`` (which drops records past the resumed checkpoint
+    and any half-written line), then appended to.
+    """
 
     def __init__(self, path: Path, history: list[dict]):
         self.path = path
@@ -93,5 +97,6 @@ class JsonLinesLog:
         atomic_write(path, lambda tmp: tmp.write_text(text))
 
     def append(self, record: dict) -> None:
+        """Add ``record`` as one line at the end of the log."""
         with self.path.open("a") as handle:
             handle.write(json.dumps(record) + "\n")

@@ -160,10 +160,12 @@ def _run_dir(config: TrainConfig) -> Path | None:
 
 
 def _leaves_parameters_unused(config: TrainConfig, model: Any, past_model: Any) -> bool:
-    """Whether a training forward leaves a trainable parameter without gradient (probed with one two-token
-    backward): DDP must then search the graph for unused parameters on every step. Fused-qkv bridges (GPT-2,
-    NeoX) hold a fused weight that gets no gradient and the bigram regime never uses W_Q, W_K; split-projection
-    models (native, Llama) in the other regimes use every parameter."""
+    """Whether a training forward leaves a trainable parameter without gradient.
+
+    It is probed with one two-token backward; if so, DDP must search the graph for unused parameters on every
+    step. Fused-qkv bridges (GPT-2, NeoX) hold a fused weight that gets no gradient and the bigram regime never
+    uses W_Q, W_K; split-projection models (native, Llama) in the other regimes use every parameter.
+    """
     parameters = [p for p in model.parameters() if p.requires_grad]
     tokens = torch.zeros(1, 2, dtype=torch.long, device=parameters[0].device)
     with training_context(config, model, past_model):
@@ -193,8 +195,10 @@ def _evaluate(accelerator: Any, config: TrainConfig, model: Any, past_model: Any
 
 def _gradient_split(accelerator: Any, config: TrainConfig, model: Any, past_model: Any,
                     tokens: Tensor) -> list[dict[str, Any]]:
-    """The gradient split of the validation loss in the regime's forward, as JSON-ready rows (every process
-    computes it on the same sequences)."""
+    """The gradient split of the validation loss in the regime's forward, as JSON-ready rows.
+
+    Every process computes it on the same sequences.
+    """
     def loss_fn(bridge: Any, batch: Tensor) -> Tensor:
         with accelerator.autocast(), forward_context(config.regime, bridge, past_model):
             return bridge(batch, return_type="loss")

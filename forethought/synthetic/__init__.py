@@ -1,5 +1,7 @@
-"""The synthetic pre-caching study (Wu, Morris & Levine 2024, §4): the task D_p, the regression transformer that
-learns it, and the study that trains it vanilla and myopic, evaluates and probes it.
+"""The synthetic pre-caching study (Wu, Morris & Levine 2024, §4).
+
+It holds the task D_p, the regression transformer that learns it, and the study that trains it vanilla and
+myopic, evaluates and probes it.
 
 * :mod:`~forethought.synthetic.task`: D_p, sampled on the fly, and the probe targets;
 * :mod:`~forethought.synthetic.model`: :class:`RegressionTransformer`, a ``TransformerBridge`` with a linear input

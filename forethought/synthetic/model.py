@@ -80,6 +80,7 @@ class RegressionModelConfig:
                 f"normalization={self.normalization!r} is unknown; choose one of {NORMALIZATIONS}")
 
     def to_dict(self) -> dict[str, Any]:
+        """The settings as a plain dict (JSON-ready)."""
         return asdict(self)
 
 

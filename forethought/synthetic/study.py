@@ -152,15 +152,18 @@ class SampledBatches:
         self.task, self.batch_size, self.generator = task, batch_size, generator
 
     def batch(self, step: int, device: torch.device | str, rank: int = 0, world: int = 1) -> PrecacheBatch:
+        """The next batch from the generator (``step`` is not used), process ``rank``'s share on ``device``."""
         batch = self.task.sample(self.batch_size, self.generator)
         if world == 1 and batch.x.device == torch.device(device):
             return batch
         return PrecacheBatch(*(tensor[rank::world].to(device) for tensor in (batch.x, batch.z, batch.targets)))
 
     def state_dict(self) -> dict[str, Any]:
+        """The generator's state, for the checkpoint."""
         return {"generator": self.generator.get_state()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the generator's state from :meth:`state_dict`."""
         self.generator.set_state(state["generator"])
 
 
@@ -286,8 +289,10 @@ def run_experiment(config: SyntheticConfig, out_dir: str | Path, device: str | t
 
 
 def synthetic_manifest(config: SyntheticConfig, held: dict[str, PrecacheBatch]) -> dict[str, Any]:
-    """How the synthetic data is drawn (all of it is a function of the config and ``config.seed``), with a SHA-256
-    of each held-out set so that a rebuild can be checked."""
+    """How the synthetic data is drawn, with a SHA-256 of each held-out set so that a rebuild can be checked.
+
+    All of it is a function of the config and ``config.seed``.
+    """
     return {"source": "synthetic pre-caching task D_p", "task": asdict(config.task()), "seed": config.seed,
             "train": {"seed": derive_seed(config.seed, "train"), "sequences_per_step": config.batch_size,
                       "note": "fresh sequences every step from a generator seeded once"},
