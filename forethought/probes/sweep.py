@@ -385,7 +385,7 @@ def _save_gathered(world: World, fitted: list[tuple[str, Any]], name: str, metho
     """Process 0 saves every process's probes of one model, joined along the layer axis."""
     if save_dir is None:
         return
-    parts = gather_objects(world, [(path, replace(probes, model=None) if hasattr(probes, "model") else probes)
+    parts = gather_objects(world, [(path, probes.replace(model=None) if hasattr(probes, "model") else probes)
                                    for path, probes in fitted], to_main=True)
     if world.is_main:
         by_path: dict[str, list[Any]] = {}
