@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Self
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from jaxtyping import Float, Int
@@ -38,6 +38,7 @@ from forethought.probes.targets import LabelSpace
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
+    from typing_extensions import Self
 
 
 @dataclass(frozen=True)
