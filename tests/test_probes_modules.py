@@ -95,7 +95,7 @@ def test_to_and_state_dict_round_trip(linear):
     assert torch.equal(fresh.logits(features), linear.logits(features))
     doubled = LinearProbes.zeros(LAYERS, TASKS, d_model=8, label_space=linear.label_space).double()
     doubled.load_state_dict(linear.state_dict())
-    assert doubled.weight.dtype == torch.float64
+    assert doubled.weight.dtype == torch.float64 and doubled.logits(features).dtype == torch.float64
     torch.testing.assert_close(doubled.logits(features).float(), linear.logits(features))
     copy = pickle.loads(pickle.dumps(linear))  # how probes travel between processes
     assert torch.equal(copy.logits(features), linear.logits(features)) and copy.meta == linear.meta

@@ -152,13 +152,13 @@ class AffineProbes(nn.Module):
                 + ("" if self.device.type == "cpu" else f", device={str(self.device)!r}") + ")")
 
     def standardise(self, features: Float[Tensor, "layer n d_model"]) -> Float[Tensor, "layer n d_model"]:
-        """``features`` as float32 on the probes' device, standardised per layer; refuses features that do not
+        """``features`` in the probes' dtype and on their device, standardised per layer; refuses features that do not
         fit (one row of features per probed layer, width ``d_model``)."""
         if features.ndim != 3 or features.shape[0] != len(self.layers) or features.shape[2] != self.d_model:
             raise InvalidArgumentError(f"features of shape {tuple(features.shape)} do not fit probes over "
                                        f"{len(self.layers)} layers with d_model={self.d_model}; expected "
                                        f"[{len(self.layers)}, n, {self.d_model}]")
-        return (features.to(self.device, torch.float32) - self.mean[:, None]) / self.scale[:, None]
+        return (features.to(self.device, self.mean.dtype) - self.mean[:, None]) / self.scale[:, None]
 
     def _head(self, x: Float[Tensor, "layer n d_model"], layers: slice, tasks: slice
               ) -> Float[Tensor, "layer task n n_classes"]:
@@ -209,7 +209,7 @@ class AffineProbes(nn.Module):
         if h.ndim == 0 or h.shape[-1] != self.d_model:
             raise InvalidArgumentError(f"hidden states of shape {tuple(h.shape)} do not fit probes with "
                                        f"d_model={self.d_model}; expected [..., {self.d_model}]")
-        x = (h.reshape(1, -1, self.d_model).to(self.device, torch.float32) - self.mean[i]) / self.scale[i]
+        x = (h.reshape(1, -1, self.d_model).to(self.device, self.mean.dtype) - self.mean[i]) / self.scale[i]
         out = self._head(x, slice(i, i + 1), tasks)[0]  # [task, N, C]
         out = out.reshape(out.shape[0], *h.shape[:-1], out.shape[-1])
         return out if offset is None else out[0]
