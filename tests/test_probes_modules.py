@@ -140,6 +140,10 @@ def test_unknown_layer_or_offset_raises(linear, lens):
         linear(h, layer=0, control=True)
     with pytest.raises(InvalidArgumentError, match="integer"):
         linear(h, layer=0, offset=1.0)
+    with pytest.raises(InvalidArgumentError, match="layer=True"):
+        linear(h, layer=True, offset=0)  # a bool is not a depth (True == 1)
+    with pytest.raises(InvalidArgumentError, match="tensor"):
+        linear(h.numpy(), layer=0, offset=0)
     with pytest.raises(InvalidArgumentError, match="do not fit probes over 3 layers"):
         linear(h, offset=0)  # without a layer, h must hold every layer's features
 

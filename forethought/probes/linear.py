@@ -189,17 +189,26 @@ class AffineProbes(nn.Module):
         neither                ``[layer, n, d_model]``      ``[layer, task, n, n_classes]``
         =====================  ===========================  ===============================
 
+        Args:
+            h: hidden states (see the table).
+            layer: the ``"resid"`` depth ``h`` was read at (one of ``self.layers``).
+            offset: the future offset ``N`` of the probe (token ``t + 1 + N``).
+            control: the probe of that offset's control task instead.
+
         Raises:
             OutOfRangeError: ``layer`` or the task of ``offset`` is not among the probes'.
-            InvalidArgumentError: ``h`` does not fit (its last axis is not ``d_model``), or ``control`` without
-                ``offset``.
+            InvalidArgumentError: ``h`` does not fit (its last axis is not ``d_model``), ``layer`` or ``offset`` is
+                not an integer, or ``control`` without ``offset``.
         """
+        if not isinstance(h, Tensor):
+            raise InvalidArgumentError(f"h must be a tensor of hidden states; got {type(h).__name__}")
         if control and offset is None:
             raise InvalidArgumentError("control=True picks the control task of an offset; pass offset= too")
+        for name, value in (("layer", layer), ("offset", offset)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                raise InvalidArgumentError(f"{name}={value!r} is not allowed; expected an integer")
         tasks = slice(None)
         if offset is not None:
-            if isinstance(offset, bool) or not isinstance(offset, int):
-                raise InvalidArgumentError(f"offset={offset!r} is not allowed; expected an integer")
             j = _index(self.tasks, Task(offset, control), "task")
             tasks = slice(j, j + 1)
         if layer is None:
