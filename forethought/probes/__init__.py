@@ -9,6 +9,9 @@
 * Ridge regression probes for continuous targets: :func:`fit_ridge_probe` (held-out R²).
 * Labels, baselines, metrics: :class:`LabelSpace` (whole vocabulary or top-k + "other"),
   :class:`UnigramBaseline`, :class:`BigramBaseline`, :func:`control_labels`, :class:`MetricAccumulator`.
+* Fitted probes are ``torch.nn.Module`` stacks, one probe per (layer, task): ``probes(h, layer=ℓ, offset=N)``
+  applies one to hidden states ``[..., d_model]`` (``control=True`` for its control task), ``probes.logits``
+  scores them all; ``.to()``, ``.state_dict()``, ``.select(layers=, tasks=)`` as usual.
 * :func:`save_probes` / :func:`load_probes`: safetensors + JSON.
 * :func:`lens_view`: a Future Lens view of one prompt (depth × position grid of top predictions) as a
   :class:`LensView`: a tidy table, a self-contained HTML page, a notebook display and a PNG.

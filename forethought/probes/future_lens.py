@@ -36,7 +36,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -104,49 +104,73 @@ class FutureLensConfig(MinibatchFitConfig):
             raise InvalidArgumentError(f"ridge={self.ridge!r} is not allowed; expected >= 0")
 
 
-@dataclass
 class FutureLens(AffineProbes):
     """Affine maps from layer-``ℓ`` states to the final-layer state ``N`` positions later, read out by the model.
 
     Attributes:
         weight: ``[layer, task, d_model, d_model]`` (applied to standardised features).
         bias: ``[layer, task, d_model]``.
-        model: the model whose final norm and unembedding decode the predictions (not saved).
+        model: the model whose final norm and unembedding decode the predictions. A reference only: it is not
+            a submodule, so its weights are not among the lens's parameters or ``state_dict`` (nor saved), and
+            ``lens.to(device)`` moves the maps, not the model.
 
-    The other attributes are those of :class:`~forethought.probes.linear.AffineProbes`.
+    The other attributes, and calling the lens as ``lens(h, layer=, offset=)``, are those of
+    :class:`~forethought.probes.linear.AffineProbes`.
     """
-
-    model: TransformerBridge = field(default=None, repr=False)
 
     kind = "future_lens"
 
-    def __post_init__(self) -> None:
+    def __init__(self, weight: Float[Tensor, "layer task d_model d_model"], bias: Float[Tensor, "layer task d_model"],
+                 mean: Float[Tensor, "layer d_model"], scale: Float[Tensor, "layer d_model"], layers: Sequence[int],
+                 tasks: Sequence[Task], label_space: LabelSpace, meta: dict[str, Any] | None = None,
+                 model: TransformerBridge | None = None) -> None:
+        self.model = model
+        super().__init__(weight, bias, mean, scale, layers, tasks, label_space, meta)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "model":  # keep the decoding model a plain reference, not a registered submodule
+            object.__setattr__(self, name, value)
+        else:
+            super().__setattr__(name, value)
+
+    def _check_shapes(self) -> None:
         n_layers, n_tasks, d_in, d_out = self.weight.shape
         if d_in != d_out or tuple(self.bias.shape) != (n_layers, n_tasks, d_out) or \
                 tuple(self.mean.shape) != (n_layers, d_in) or tuple(self.scale.shape) != (n_layers, d_in):
             raise InvalidArgumentError(f"inconsistent lens tensors: weight {tuple(self.weight.shape)}, bias "
                                        f"{tuple(self.bias.shape)}, mean {tuple(self.mean.shape)}")
-        super().__post_init__()
+        super()._check_shapes()
         if self.model is not None:
             check_lens_fits(self.model, d_in, self.label_space.d_vocab)
+
+    def _fields(self) -> dict[str, Any]:
+        return {**super()._fields(), "model": self.model}
 
     @property
     def n_classes(self) -> int:
         return self.label_space.n_classes
 
+    def _resid(self, x: Float[Tensor, "layer n d_model"], layers: slice, tasks: slice
+               ) -> Float[Tensor, "layer task n d_model"]:
+        weight, bias = self.weight[layers, tasks], self.bias[layers, tasks]
+        return torch.einsum("lnd,ltde->ltne", x, weight) + bias[:, :, None]
+
+    def _decode(self, resid: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_vocab"]:
+        if self.model is None:
+            raise InvalidArgumentError("this lens has no model to decode with; pass model= to load_probes")
+        return decode(self.model, resid)
+
+    def _head(self, x: Float[Tensor, "layer n d_model"], layers: slice, tasks: slice
+              ) -> Float[Tensor, "layer task n n_classes"]:
+        return self.label_space.project_logits(self._decode(self._resid(x, layers, tasks)))
+
     def predict_resid(self, features: Float[Tensor, "layer n d_model"]) -> Float[Tensor, "layer task n d_model"]:
         """The predicted final-layer residual at ``t + N`` for every (layer, task)."""
-        return torch.einsum("lnd,ltde->ltne", self.standardise(features), self.weight) + self.bias[:, :, None]
+        return self._resid(self.standardise(features), slice(None), slice(None))
 
     def vocab_logits(self, features: Float[Tensor, "layer n d_model"]) -> Float[Tensor, "layer task n d_vocab"]:
         """Logits over the whole vocabulary, decoded by the model's final norm and unembedding."""
-        if self.model is None:
-            raise InvalidArgumentError("this lens has no model to decode with; pass model= to load_probes")
-        return decode(self.model, self.predict_resid(features))
-
-    def logits(self, features: Float[Tensor, "layer n d_model"]) -> Float[Tensor, "layer task n n_classes"]:
-        """Class logits in the lens's label space (the common probe interface)."""
-        return self.label_space.project_logits(self.vocab_logits(features))
+        return self._decode(self.predict_resid(features))
 
     @classmethod
     def from_saved(cls, tensors: dict[str, Tensor], config: dict[str, Any],
@@ -327,11 +351,10 @@ def _fine_tune(lens: FutureLens, x: Tensor, y: Tensor, val_x: Tensor, val_y: Ten
             optimizer.step()
         improved = stopper.step(held_out())
         with torch.no_grad():
-            lens.weight = torch.where(improved[:, :, None, None], weight, lens.weight)
-            lens.bias = torch.where(improved[:, :, None], bias, lens.bias)
+            lens.weight.copy_(torch.where(improved[:, :, None, None], weight, lens.weight))
+            lens.bias.copy_(torch.where(improved[:, :, None], bias, lens.bias))
         if stopper.done:
             break
-    lens.weight, lens.bias = lens.weight.detach(), lens.bias.detach()
     lens.meta.update(epochs=stopper.epochs, best_epoch=stopper.best_epoch.tolist())
 
 

@@ -32,7 +32,6 @@ Example:
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 from collections.abc import Sequence
@@ -328,10 +327,7 @@ def _task(probes: LinearProbes | FutureLens, offset: int) -> Task:
 
 def _one_task(probes: LinearProbes | FutureLens, layers: list[int], task: Task) -> LinearProbes | FutureLens:
     """The probes of ``layers`` and one task (decoding one task only keeps a Future Lens's logits small)."""
-    li = [probes.layers.index(layer) for layer in layers]
-    j = probes.tasks.index(task)
-    return dataclasses.replace(probes, weight=probes.weight[li][:, [j]], bias=probes.bias[li][:, [j]],
-                               mean=probes.mean[li], scale=probes.scale[li], layers=layers, tasks=[task])
+    return probes.select(layers=layers, tasks=[task])
 
 
 def _true_probs(probs: Tensor, prompt_ids: list[int], offset: int, space: LabelSpace) -> Tensor:

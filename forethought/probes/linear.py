@@ -25,19 +25,20 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from jaxtyping import Float, Int
-from torch import Tensor
+from torch import Tensor, nn
 
-from forethought.errors import InvalidArgumentError
+from forethought.errors import InvalidArgumentError, OutOfRangeError
 from forethought.probes.feature_store import FeatureStore, feature_chunks
 from forethought.probes.targets import LabelSpace
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
+    from typing_extensions import Self
 
 
 @dataclass(frozen=True)
@@ -84,9 +85,13 @@ def feature_stats(
     return mean.float(), std.float()
 
 
-@dataclass
-class AffineProbes:
+class AffineProbes(nn.Module):
     """Per-layer standardisation and one affine map per (layer, task): what every probe kind stores.
+
+    A ``torch.nn.Module``: ``weight`` and ``bias`` are parameters (frozen when fitted; ``requires_grad_()``
+    to train them further), ``mean`` and ``scale`` buffers, so ``.to()``, ``.state_dict()`` and
+    ``.parameters()`` work as for any module. Called as ``probes(h, layer=, offset=)`` it applies one probe
+    to hidden states ``[..., d_model]`` of that layer, like tuned-lens' ``lens(h, idx)`` (see :meth:`forward`).
 
     Attributes:
         weight: ``[layer, task, d_model, d_out]``.
@@ -98,16 +103,25 @@ class AffineProbes:
         meta: free-form provenance (model name, hook, method, ...), saved with the probes.
     """
 
+    kind: ClassVar[str] = "affine"
     weight: Float[Tensor, "layer task d_model d_out"]
     bias: Float[Tensor, "layer task d_out"]
     mean: Float[Tensor, "layer d_model"]
     scale: Float[Tensor, "layer d_model"]
-    layers: list[int]
-    tasks: list[Task]
-    label_space: LabelSpace
-    meta: dict[str, Any] = field(default_factory=dict)
 
-    def __post_init__(self) -> None:
+    def __init__(self, weight: Float[Tensor, "layer task d_model d_out"], bias: Float[Tensor, "layer task d_out"],
+                 mean: Float[Tensor, "layer d_model"], scale: Float[Tensor, "layer d_model"], layers: Sequence[int],
+                 tasks: Sequence[Task], label_space: LabelSpace, meta: dict[str, Any] | None = None) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(weight.detach(), requires_grad=False)
+        self.bias = nn.Parameter(bias.detach(), requires_grad=False)
+        self.register_buffer("mean", mean.detach())
+        self.register_buffer("scale", scale.detach())
+        self.layers, self.tasks, self.label_space = list(layers), list(tasks), label_space
+        self.meta = dict(meta) if meta is not None else {}
+        self._check_shapes()
+
+    def _check_shapes(self) -> None:
         n_layers, n_tasks = self.weight.shape[:2]
         if len(self.layers) != n_layers or len(self.tasks) != n_tasks:
             raise InvalidArgumentError(f"{len(self.layers)} layers and {len(self.tasks)} tasks do not match "
@@ -121,14 +135,102 @@ class AffineProbes:
     def device(self) -> torch.device:
         return self.weight.device
 
+    def _fields(self) -> dict[str, Any]:
+        """The constructor arguments that rebuild these probes."""
+        return {"weight": self.weight, "bias": self.bias, "mean": self.mean, "scale": self.scale,
+                "layers": self.layers, "tasks": self.tasks, "label_space": self.label_space, "meta": self.meta}
+
+    def replace(self, **changes: Any) -> Self:
+        """New probes of the same kind with some constructor arguments changed (as ``dataclasses.replace``);
+        the tensors not changed are shared."""
+        return type(self)(**{**self._fields(), **changes})
+
+    def __repr__(self) -> str:
+        space = self.label_space
+        return (f"{type(self).__name__}(kind={self.kind!r}, layers={self.layers}, tasks={[t.name for t in self.tasks]}"
+                f", d_model={self.d_model}, label_space={space.name!r}, n_classes={space.n_classes}"
+                + ("" if self.device.type == "cpu" else f", device={str(self.device)!r}") + ")")
+
     def standardise(self, features: Float[Tensor, "layer n d_model"]) -> Float[Tensor, "layer n d_model"]:
-        """``features`` as float32 on the probes' device, standardised per layer; refuses features that do not
+        """``features`` in the probes' dtype and on their device, standardised per layer; refuses features that do not
         fit (one row of features per probed layer, width ``d_model``)."""
         if features.ndim != 3 or features.shape[0] != len(self.layers) or features.shape[2] != self.d_model:
             raise InvalidArgumentError(f"features of shape {tuple(features.shape)} do not fit probes over "
                                        f"{len(self.layers)} layers with d_model={self.d_model}; expected "
                                        f"[{len(self.layers)}, n, {self.d_model}]")
-        return (features.to(self.device, torch.float32) - self.mean[:, None]) / self.scale[:, None]
+        return (features.to(self.device, self.mean.dtype) - self.mean[:, None]) / self.scale[:, None]
+
+    def _head(self, x: Float[Tensor, "layer n d_model"], layers: slice, tasks: slice
+              ) -> Float[Tensor, "layer task n n_classes"]:
+        """Class logits of the probes ``[layers, tasks]`` for standardised features of those layers."""
+        raise NotImplementedError
+
+    def logits(self, features: Float[Tensor, "layer n d_model"]) -> Float[Tensor, "layer task n n_classes"]:
+        """Class logits of every probe for ``features`` (one row of features per probed layer)."""
+        return self._head(self.standardise(features), slice(None), slice(None))
+
+    def predict(self, features: Float[Tensor, "layer n d_model"]) -> Int[Tensor, "layer task n"]:
+        """The most likely class of every probe."""
+        return self.logits(features).argmax(-1)
+
+    def forward(self, h: Float[Tensor, "..."], layer: int | None = None, offset: int | None = None, *,
+                control: bool = False) -> Float[Tensor, "... n_classes"]:
+        """Class logits of the probe of ``layer`` and ``offset`` (its control task with ``control=True``).
+
+        The axes are those of :meth:`logits` less the ones pinned: with ``layer`` given, ``h`` holds hidden
+        states ``[..., d_model]`` of that layer in any leading shape, which replaces ``n``.
+
+        =====================  ===========================  ===============================
+        layer, offset          ``h``                        returns
+        =====================  ===========================  ===============================
+        both given             ``[..., d_model]``           ``[..., n_classes]``
+        ``layer`` only         ``[..., d_model]``           ``[task, ..., n_classes]``
+        ``offset`` only        ``[layer, n, d_model]``      ``[layer, n, n_classes]``
+        neither                ``[layer, n, d_model]``      ``[layer, task, n, n_classes]``
+        =====================  ===========================  ===============================
+
+        Args:
+            h: hidden states (see the table).
+            layer: the ``"resid"`` depth ``h`` was read at (one of ``self.layers``).
+            offset: the future offset ``N`` of the probe (token ``t + 1 + N``).
+            control: the probe of that offset's control task instead.
+
+        Raises:
+            OutOfRangeError: ``layer`` or the task of ``offset`` is not among the probes'.
+            InvalidArgumentError: ``h`` does not fit (its last axis is not ``d_model``), ``layer`` or ``offset`` is
+                not an integer, or ``control`` without ``offset``.
+        """
+        if not isinstance(h, Tensor):
+            raise InvalidArgumentError(f"h must be a tensor of hidden states; got {type(h).__name__}")
+        if control and offset is None:
+            raise InvalidArgumentError("control=True picks the control task of an offset; pass offset= too")
+        for name, value in (("layer", layer), ("offset", offset)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                raise InvalidArgumentError(f"{name}={value!r} is not allowed; expected an integer")
+        tasks = slice(None)
+        if offset is not None:
+            j = _index(self.tasks, Task(offset, control), "task")
+            tasks = slice(j, j + 1)
+        if layer is None:
+            out = self._head(self.standardise(h), slice(None), tasks)  # [layer, task, n, C]
+            return out if offset is None else out[:, 0]
+        i = _index(self.layers, layer, "layer")
+        if h.ndim == 0 or h.shape[-1] != self.d_model:
+            raise InvalidArgumentError(f"hidden states of shape {tuple(h.shape)} do not fit probes with "
+                                       f"d_model={self.d_model}; expected [..., {self.d_model}]")
+        x = (h.reshape(1, -1, self.d_model).to(self.device, self.mean.dtype) - self.mean[i]) / self.scale[i]
+        out = self._head(x, slice(i, i + 1), tasks)[0]  # [task, N, C]
+        out = out.reshape(out.shape[0], *h.shape[:-1], out.shape[-1])
+        return out if offset is None else out[0]
+
+    def select(self, layers: Sequence[int] | None = None, tasks: Sequence[Task] | None = None) -> Self:
+        """The probes of some layers and tasks only, in the order given (a copy of the same kind)."""
+        li = [_index(self.layers, layer, "layer") for layer in (layers if layers is not None else self.layers)]
+        ti = [_index(self.tasks, task, "task") for task in (tasks if tasks is not None else self.tasks)]
+        lt = (torch.tensor(li)[:, None], torch.tensor(ti)[None, :])
+        return self.replace(weight=self.weight[lt], bias=self.bias[lt], mean=self.mean[li], scale=self.scale[li],
+                            layers=[self.layers[i] for i in li], tasks=[self.tasks[i] for i in ti],
+                            meta=dict(self.meta))
 
     def tensors(self) -> dict[str, Tensor]:
         """The tensors to save (see :mod:`forethought.probes.io`)."""
@@ -142,6 +244,14 @@ class AffineProbes:
                 "layers": [int(layer) for layer in config["layers"]],
                 "tasks": [Task.from_dict(task) for task in config["tasks"]],
                 "label_space": LabelSpace.from_dict(config["label_space"]), "meta": dict(config.get("meta", {}))}
+
+
+def _index(items: list, item: Any, what: str) -> int:
+    if item not in items:
+        shown = [i.name for i in items] if what == "task" else items
+        raise OutOfRangeError(f"{what} {item.name if what == 'task' else repr(item)} is not among the probes' "
+                              f"{what}s {shown}")
+    return items.index(item)
 
 
 def concat_layers(parts: Sequence[AffineProbes]) -> AffineProbes:
@@ -172,10 +282,9 @@ def concat_layers(parts: Sequence[AffineProbes]) -> AffineProbes:
     if all(isinstance(part.meta.get("epochs"), int) for part in parts):
         meta["epochs"] = max(part.meta["epochs"] for part in parts)
     joined = {name: torch.cat([getattr(part, name) for part in parts]) for name in ("weight", "bias", "mean", "scale")}
-    return replace(first, **joined, layers=[layer for part in parts for layer in part.layers], meta=meta)
+    return first.replace(**joined, layers=[layer for part in parts for layer in part.layers], meta=meta)
 
 
-@dataclass
 class LinearProbes(AffineProbes):
     """Affine probes for every (layer, task) pair, with per-layer feature standardisation.
 
@@ -183,19 +292,31 @@ class LinearProbes(AffineProbes):
         weight: ``[layer, task, d_model, n_classes]``.
         bias: ``[layer, task, n_classes]`` (``-inf`` for a class a probe never saw in training).
 
-    The other attributes are those of :class:`AffineProbes`.
+    The other attributes, and calling the probes as ``probes(h, layer=, offset=)``, are those of
+    :class:`AffineProbes`.
+
+    Example:
+        >>> import torch
+        >>> from forethought.probes.targets import LabelSpace
+        >>> probes = LinearProbes.zeros(layers=[0, 3], tasks=[Task(0), Task(0, control=True)], d_model=4,
+        ...                             label_space=LabelSpace.full(5))
+        >>> probes  # doctest: +NORMALIZE_WHITESPACE
+        LinearProbes(kind='linear', layers=[0, 3], tasks=['offset=0', 'control offset=0'], d_model=4,
+                     label_space='vocab', n_classes=5)
+        >>> probes(torch.randn(2, 7, 4), layer=3, offset=0).shape  # hidden states [batch, pos, d_model] of depth 3
+        torch.Size([2, 7, 5])
     """
 
     kind = "linear"
 
-    def __post_init__(self) -> None:
+    def _check_shapes(self) -> None:
         n_layers, n_tasks, d_model, n_classes = self.weight.shape
         expected = {"bias": (n_layers, n_tasks, n_classes), "mean": (n_layers, d_model),
                     "scale": (n_layers, d_model)}
         for name, shape in expected.items():
             if tuple(getattr(self, name).shape) != shape:
                 raise InvalidArgumentError(f"{name} has shape {tuple(getattr(self, name).shape)}; expected {shape}")
-        super().__post_init__()
+        super()._check_shapes()
         if n_classes != self.label_space.n_classes:
             raise InvalidArgumentError(f"weights have {n_classes} classes; the label space has "
                                        f"{self.label_space.n_classes}")
@@ -214,33 +335,10 @@ class LinearProbes(AffineProbes):
     def n_classes(self) -> int:
         return self.weight.shape[3]
 
-    def to(self, device: str | torch.device) -> LinearProbes:
-        moved = {name: getattr(self, name).to(device) for name in ("weight", "bias", "mean", "scale")}
-        return LinearProbes(**moved, layers=self.layers, tasks=self.tasks, label_space=self.label_space,
-                            meta=self.meta)
-
-    def logits(self, features: Float[Tensor, "layer n d_model"]) -> Float[Tensor, "layer task n n_classes"]:
-        """Class logits of every probe for ``features`` (one row of features per probed layer)."""
-        return torch.einsum("lnd,ltdc->ltnc", self.standardise(features), self.weight) + self.bias[:, :, None]
-
-    def predict(self, features: Float[Tensor, "layer n d_model"]) -> Int[Tensor, "layer task n"]:
-        """The most likely class of every probe."""
-        return self.logits(features).argmax(-1)
-
-    def select(self, layers: Sequence[int] | None = None, tasks: Sequence[Task] | None = None) -> LinearProbes:
-        """The probes of some layers and tasks only."""
-        li = [self._index(self.layers, layer, "layer") for layer in (layers if layers is not None else self.layers)]
-        ti = [self._index(self.tasks, task, "task") for task in (tasks if tasks is not None else self.tasks)]
-        lt = (torch.tensor(li)[:, None], torch.tensor(ti)[None, :])
-        return LinearProbes(weight=self.weight[lt], bias=self.bias[lt], mean=self.mean[li], scale=self.scale[li],
-                            layers=[self.layers[i] for i in li], tasks=[self.tasks[i] for i in ti],
-                            label_space=self.label_space, meta=dict(self.meta))
-
-    @staticmethod
-    def _index(items: list, item: Any, what: str) -> int:
-        if item not in items:
-            raise InvalidArgumentError(f"{what} {item!r} is not among the probes' {what}s {items}")
-        return items.index(item)
+    def _head(self, x: Float[Tensor, "layer n d_model"], layers: slice, tasks: slice
+              ) -> Float[Tensor, "layer task n n_classes"]:
+        weight, bias = self.weight[layers, tasks], self.bias[layers, tasks]
+        return torch.einsum("lnd,ltdc->ltnc", x, weight) + bias[:, :, None]
 
     @classmethod
     def from_saved(cls, tensors: dict[str, Tensor], config: dict[str, Any],

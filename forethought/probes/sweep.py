@@ -45,6 +45,11 @@ depth never depend on another's, so the table equals a single process's.
 Splits are by sequence: ``TokenSplits.validation`` (or ``test_fraction`` of a token tensor) is the test set;
 ``val_fraction`` of the remaining sequences is held out for early stopping.
 
+The steps live in their own modules: :mod:`forethought.probes.examples` (the activation pass → probe examples,
+in memory or streamed), :mod:`forethought.probes.fitting` (a method's name → its trainer) and
+:mod:`forethought.probes.scoring` (metrics of the probes, their control task and the baselines); this module
+joins them per model and process and keeps the table's helpers (:func:`add_gains`, :func:`seed_spread`).
+
 Example:
     >>> import torch
     >>> from forethought.models import tiny_model
@@ -57,7 +62,6 @@ Example:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
@@ -67,33 +71,26 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Int
 from torch import Tensor
-from tqdm.auto import tqdm
 
-from forethought.activations import collect_activations
-from forethought.bootstrap import N_RESAMPLES, bootstrap_ci
+from forethought.bootstrap import N_RESAMPLES
 from forethought.data.tokens import TokenSplits, split_sequences
 from forethought.devices import resolve_device
 from forethought.distributed import World, current_world, gather_objects, share
-from forethought.errors import DataError, InvalidArgumentError, check_positive, choices_text
+from forethought.errors import InvalidArgumentError, check_positive, choices_text
 from forethought.hook_names import RESID, hook_name, resolve_layers
 from forethought.options import METHODS
-from forethought.probes.baselines import BigramBaseline, UnigramBaseline, control_labels
-from forethought.probes.feature_store import FeatureStore, feature_chunks
-from forethought.probes.future_lens import (
-    FutureLensConfig,
-    decode,
-    fit_future_lens,
-    fit_label_lens,
-    fit_ridge_lens,
-)
+from forethought.probes.baselines import control_labels
+from forethought.probes.examples import Examples, collect_examples, split_data, stream_examples
+from forethought.probes.fitting import fit_method
+from forethought.probes.future_lens import FutureLensConfig
 from forethought.probes.io import save_probes
-from forethought.probes.linear import Task, concat_layers
-from forethought.probes.logistic import LogisticProbeConfig, fit_logistic_probes
-from forethought.probes.metrics import MetricAccumulator
-from forethought.probes.targets import LabelSpace, check_offsets, future_labels, model_predictions, n_positions
-from forethought.probes.vocabulary import VocabProbeConfig, fit_vocab_probes
+from forethought.probes.linear import concat_layers
+from forethought.probes.logistic import LogisticProbeConfig
+from forethought.probes.scoring import baseline_scores, score_probes
+from forethought.probes.targets import LabelSpace, check_offsets, future_labels
+from forethought.probes.vocabulary import VocabProbeConfig
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
@@ -157,28 +154,6 @@ class ProbeSweepConfig:
                 raise InvalidArgumentError(f"{name}={value!r} is not allowed; expected 0 < {name} < 1")
 
 
-@dataclass
-class _Split:
-    """The probe examples of one split: features at probe positions and every label the sweep scores."""
-
-    features: Float[Tensor, "layer n d_model"] | FeatureStore
-    current: Int[Tensor, " n"]
-    labels: Int[Tensor, "offset n"]  # class labels of the true future tokens
-    greedy: Int[Tensor, "offset n"]  # class labels of the model's own predictions
-    future_resid: Float[Tensor, "offset n d_model"] | None
-    sequence: Int[Tensor, " n"]  # which sequence each example comes from
-
-    @property
-    def n(self) -> int:
-        return self.features.shape[1]
-
-    def cat(self, other: _Split) -> _Split:
-        resid = None if self.future_resid is None else torch.cat([self.future_resid, other.future_resid], 1)
-        return _Split(torch.cat([self.features, other.features], 1), torch.cat([self.current, other.current]),
-                      torch.cat([self.labels, other.labels], 1), torch.cat([self.greedy, other.greedy], 1), resid,
-                      torch.cat([self.sequence, other.sequence + int(self.sequence.max()) + 1]))
-
-
 def probe_sweep(
     models: Mapping[str, Any] | Any,
     data: Int[Tensor, "seq pos"] | TokenSplits,
@@ -230,7 +205,7 @@ def probe_sweep(
         raise InvalidArgumentError(f"method={unknown[0] if unknown else method!r} is unknown; choose from "
                                    f"{choices_text(METHODS)}")
     check_stream(stream, methods, config)
-    train, test = _split_data(data, config.test_fraction, seed)
+    train, test = split_data(data, config.test_fraction, seed)
     offsets = check_offsets(offsets, train.shape[1])
     fit, val = split_sequences(train, val_fraction=config.val_fraction, seed=seed + 1)
     world = current_world()
@@ -296,25 +271,6 @@ def seed_spread(table: pd.DataFrame, metrics: Sequence[str] = ("top1", "gain_ove
     return out.reset_index()
 
 
-def _split_data(data: Any, test_fraction: float, seed: int) -> tuple[Tensor, Tensor]:
-    if isinstance(data, TokenSplits):
-        train, test = data.train, data.validation
-    elif isinstance(data, Tensor):
-        if data.ndim != 2 or data.dtype not in (torch.int64, torch.int32):
-            raise InvalidArgumentError(f"data must be integer tokens [seq, pos] or TokenSplits; got {data.dtype} "
-                                       f"of shape {tuple(data.shape)}")
-        if data.numel() == 0:
-            raise DataError("data holds no tokens; pass at least three sequences")
-        train, test = split_sequences(data, val_fraction=test_fraction, seed=seed)
-    else:
-        raise InvalidArgumentError(f"data must be a token tensor or TokenSplits; got {type(data).__name__}")
-    if train.numel() == 0 or test.numel() == 0:
-        raise DataError("the training or test split holds no tokens")
-    if train.shape[1] != test.shape[1]:
-        raise InvalidArgumentError(f"train and test sequences differ in length ({train.shape[1]} vs {test.shape[1]})")
-    return train, test
-
-
 def check_stream(stream: bool | str, methods: Sequence[str], config: ProbeSweepConfig) -> None:
     """Refuse a ``stream`` setting that cannot run: an unknown value, methods that cannot stream, a missing
     ``stream_dir``."""
@@ -362,13 +318,16 @@ def _sweep_model(name: str, model: TransformerBridge, splits: tuple[Tensor, Tens
         if streamed:
             directory = Path(cleanup.enter_context(TemporaryDirectory(prefix="forethought-features-",
                                                                       dir=config.stream_dir)))
-            fit, val, test = (_streamed_examples(model, tokens, layers, offsets, space, config, device,
-                                                 directory / f"{part}.bin", progress)
+            fit, val, test = (stream_examples(model, tokens, layers, offsets, space, directory / f"{part}.bin",
+                                              batch_size=config.batch_size, feature_dtype=config.feature_dtype,
+                                              device=device, progress=progress)
                               for part, tokens in zip(("fit", "val", "test"), splits, strict=True))
             for split in (fit, val, test):
                 cleanup.callback(split.features.close)
         else:
-            fit, val, test = (_examples(model, tokens, layers, offsets, space, config, device, with_resid, progress)
+            fit, val, test = (collect_examples(model, tokens, layers, offsets, space, batch_size=config.batch_size,
+                                               feature_dtype=config.feature_dtype, device=device,
+                                               with_resid=with_resid, progress=progress)
                               for tokens in splits)
         rows, fitted = _fit_and_score(name, model, (fit, val, test), len(splits[2]), future_labels(splits[2], offsets),
                                       layers, offsets, methods, space, config, seed, device, progress)
@@ -385,7 +344,7 @@ def _save_gathered(world: World, fitted: list[tuple[str, Any]], name: str, metho
     """Process 0 saves every process's probes of one model, joined along the layer axis."""
     if save_dir is None:
         return
-    parts = gather_objects(world, [(path, replace(probes, model=None) if hasattr(probes, "model") else probes)
+    parts = gather_objects(world, [(path, probes.replace(model=None) if hasattr(probes, "model") else probes)
                                    for path, probes in fitted], to_main=True)
     if world.is_main:
         by_path: dict[str, list[Any]] = {}
@@ -395,24 +354,24 @@ def _save_gathered(world: World, fitted: list[tuple[str, Any]], name: str, metho
             save_probes(concat_layers(pieces), Path(save_dir) / name / path, model=model)
 
 
-def _fit_and_score(name: str, model: TransformerBridge, examples: tuple[_Split, _Split, _Split], n_test_sequences: int,
-                   test_targets: Tensor, layers: list[int], offsets: list[int], methods: list[str],
-                   space: LabelSpace, config: ProbeSweepConfig, seed: int, device: torch.device,
+def _fit_and_score(name: str, model: TransformerBridge, examples: tuple[Examples, Examples, Examples],
+                   n_test_sequences: int, test_targets: Tensor, layers: list[int], offsets: list[int],
+                   methods: list[str], space: LabelSpace, config: ProbeSweepConfig, seed: int, device: torch.device,
                    progress: bool) -> tuple[list[dict[str, Any]], list[tuple[str, Any]]]:
     """Baselines, then every method's probes fitted and scored: one row per (layer, offset, method), and the
     fitted probes with the directory name each is saved under (``method``, ``method_control``)."""
     fit, val, test = examples
     controls = torch.stack([control_labels(fit.labels[i], model.cfg.d_vocab, seed=seed + 7919 * (i + 1))
                             for i in range(len(offsets))])  # [offset, d_vocab]
-    baselines = _baselines(torch.cat([fit.current, val.current]), torch.cat([fit.labels, val.labels], 1), test,
+    baselines = baseline_scores(torch.cat([fit.current, val.current]), torch.cat([fit.labels, val.labels], 1), test,
                            space)
     coverage = space.coverage(test_targets)
     rows, saved = [], []
     for method in methods:
-        probes, control = _fit(method, model, fit, val, controls, layers, offsets, space, config, seed, device,
-                               progress)
-        scores = _score(probes, control, test, controls, space, n_test_sequences, config.eval_batch_size,
-                        config.n_resamples, seed)
+        probes, control = fit_method(method, model, fit, val, controls, layers, offsets, space, config, seed, device,
+                                     progress)
+        scores = score_probes(probes, control, test, controls, space, n_test_sequences, config.eval_batch_size,
+                              config.n_resamples, seed)
         for fitted, suffix in ((probes, ""), (control, "_control")):
             if fitted is not None:
                 fitted.meta.update(model_name=name, hook=RESID, seed=seed)
@@ -430,157 +389,3 @@ def _fit_and_score(name: str, model: TransformerBridge, examples: tuple[_Split, 
     return rows, saved
 
 
-@torch.no_grad()
-def _examples(model: TransformerBridge, tokens: Tensor, layers: list[int], offsets: list[int], space: LabelSpace,
-              config: ProbeSweepConfig, device: torch.device, with_resid: bool, progress: bool) -> _Split:
-    """One activation pass over ``tokens`` → the probe examples of every offset (all share positions).
-
-    Labels are classes of ``space``; the model's own prediction is the argmax of its next-token distribution
-    over the whole vocabulary, encoded into ``space`` (``"other"`` when that token is outside the top k, which
-    no prediction can then hit), so that it is scored exactly as the true token is."""
-    final = model.cfg.n_layers
-    collected = sorted({*layers, final})
-    acts = collect_activations(model, tokens, hooks=[RESID], layers=collected, batch_size=config.batch_size,
-                               device=device, dtype=config.feature_dtype, progress=progress,
-                               split_between_processes=False)[RESID]
-    n_seq, seq_len = tokens.shape
-    n_pos = n_positions(seq_len, offsets)
-    index = [collected.index(layer) for layer in layers]
-    features = acts[index, :, :n_pos].reshape(len(layers), n_seq * n_pos, -1)
-    last = acts[collected.index(final)]  # [seq, pos, d]: the input of the final norm
-    predictions = _greedy(model, last, space, device)
-    future_resid = None
-    if with_resid:
-        future_resid = torch.stack([last[:, offset : offset + n_pos] for offset in offsets]).reshape(
-            len(offsets), n_seq * n_pos, -1)
-    del acts
-    return _labelled(features, tokens, offsets, space, predictions, future_resid)
-
-
-@torch.no_grad()
-def _streamed_examples(model: TransformerBridge, tokens: Tensor, layers: list[int], offsets: list[int],
-                       space: LabelSpace,
-                       config: ProbeSweepConfig, device: torch.device, path: Path, progress: bool) -> _Split:
-    """:func:`_examples` one activation batch at a time: features go to a :class:`FeatureStore` at ``path``
-    (in the same example order), so memory holds one batch; no future residuals (no lens methods)."""
-    final = model.cfg.n_layers
-    collected = sorted({*layers, final})
-    index = [collected.index(layer) for layer in layers]
-    n_pos = n_positions(tokens.shape[1], offsets)
-    store = FeatureStore.create(path, len(layers), model.cfg.d_model, config.feature_dtype)
-    predictions = []
-    batches = range(0, len(tokens), config.batch_size)
-    for start in tqdm(batches, desc=f"activations → {path.stem}", disable=not progress, unit="batch"):
-        batch = tokens[start : start + config.batch_size]
-        acts = collect_activations(model, batch, hooks=[RESID], layers=collected, batch_size=len(batch),
-                                   device=device, dtype=config.feature_dtype, progress=False,
-                                   split_between_processes=False)[RESID]
-        store.append(acts[index, :, :n_pos].permute(1, 2, 0, 3).reshape(-1, len(layers), acts.shape[-1]))
-        predictions.append(_greedy(model, acts[collected.index(final)], space, device))
-    return _labelled(store, tokens, offsets, space, torch.cat(predictions), None)
-
-
-def _greedy(model: TransformerBridge, last: Float[Tensor, "seq pos d_model"], space: LabelSpace, device: torch.device
-            ) -> Int[Tensor, "seq pos"]:
-    """The model's own next-token predictions (argmax over the vocabulary) from its final residual, as classes
-    of ``space``, read out a chunk of sequences at a time (~64 MB of logits)."""
-    step = max(1, 2**24 // (last.shape[1] * model.cfg.d_vocab))
-    return torch.cat([space.encode(decode(model, last[start : start + step].to(device).float()).argmax(-1)).cpu()
-                      for start in range(0, len(last), step)])
-
-
-def _labelled(features: Tensor | FeatureStore, tokens: Tensor, offsets: list[int], space: LabelSpace,
-              predictions: Tensor, future_resid: Tensor | None) -> _Split:
-    """A split's examples: its features and every label of the probe positions of ``tokens``."""
-    n_seq, seq_len = tokens.shape
-    n_pos = n_positions(seq_len, offsets)
-    return _Split(features=features, current=tokens[:, :n_pos].reshape(-1),
-                  labels=space.encode(future_labels(tokens, offsets)).reshape(len(offsets), -1),
-                  greedy=model_predictions(predictions, offsets).reshape(len(offsets), -1),
-                  future_resid=future_resid,
-                  sequence=torch.arange(n_seq).repeat_interleave(n_pos))
-
-
-def _baselines(current: Tensor, labels: Tensor, test: _Split, space: LabelSpace) -> dict[str, Tensor]:
-    """Unigram and bigram baselines counted on the training examples (``current`` tokens, ``labels``)."""
-    unigram = UnigramBaseline.fit(labels, space.n_classes).score(test.labels, space)
-    bigram = BigramBaseline.fit(current, labels, space.n_classes, space.d_vocab).score(
-        test.current, test.labels, space)
-    return {**{f"unigram_{k}": v for k, v in unigram.items()}, **{f"bigram_{k}": v for k, v in bigram.items()}}
-
-
-def _fit(method: str, model: TransformerBridge, fit: _Split, val: _Split, controls: Tensor, layers: list[int],
-         offsets: list[int], space: LabelSpace, config: ProbeSweepConfig, seed: int, device: torch.device,
-         progress: bool) -> tuple[Any, Any]:
-    """Fit one method; returns (probes for the offsets, probes for their control tasks or None)."""
-    tasks = [Task(offset) for offset in offsets]
-    control_tasks = [Task(offset, control=True) for offset in offsets] if config.control else []
-    fit_control = controls[:, fit.current] if config.control else None
-    val_control = controls[:, val.current] if config.control else None
-    if method in ("vocab", "logistic"):
-        labels = torch.cat([fit.labels, fit_control]) if config.control else fit.labels
-        if method == "vocab":
-            trainer = replace(config.vocab, seed=seed, device=str(device), progress=progress)
-            val_labels = torch.cat([val.labels, val_control]) if config.control else val.labels
-            probes = fit_vocab_probes(fit.features, labels, n_classes=space.n_classes, val_features=val.features,
-                                      val_labels=val_labels, config=trainer, layers=layers,
-                                      tasks=tasks + control_tasks, label_space=space)
-        else:
-            both = fit.cat(val)
-            labels = torch.cat([both.labels, controls[:, both.current]]) if config.control else both.labels
-            probes = fit_logistic_probes(both.features, labels, n_classes=space.n_classes,
-                                         config=replace(config.logistic, progress=progress), layers=layers,
-                                         tasks=tasks + control_tasks, label_space=space).to(device)
-        real = probes.select(tasks=tasks)
-        return real, (probes.select(tasks=control_tasks) if config.control else None)
-    lens_config = replace(config.future_lens, seed=seed, device=str(device), progress=progress)
-    if method == "ridge":
-        both = fit.cat(val)
-        return fit_ridge_lens(both.features, both.future_resid, model=model, groups=both.sequence, layers=layers,
-                              offsets=offsets, label_space=space, seed=seed, progress=progress), None
-    lens = fit_future_lens(fit.features, fit.future_resid, model=model, val_features=val.features,
-                           val_future_resid=val.future_resid, config=lens_config, layers=layers, offsets=offsets,
-                           label_space=space)
-    control = None
-    if config.control:
-        control = fit_label_lens(fit.features, fit_control, model=model, label_space=space, tasks=control_tasks,
-                                 init_resid=fit.future_resid.float().mean((0, 1)), val_features=val.features,
-                                 val_labels=val_control, config=lens_config, layers=layers)
-    return lens, control
-
-
-@torch.no_grad()
-def _score(probes: Any, control: Any, test: _Split, controls: Tensor, space: LabelSpace, n_sequences: int,
-           chunk: int, n_resamples: int, seed: int) -> dict[str, Tensor]:
-    """Metrics ``[layer, offset]`` of the probes (and their controls) on the test split, chunk by chunk, over all
-    targets of ``space``, with a bootstrap interval (over test sequences) of the probe's top-1."""
-    true = MetricAccumulator(space=space, n_groups=n_sequences)
-    greedy, ctrl = MetricAccumulator(space=space), MetricAccumulator(ks=(1,), space=space)
-    lens = test.future_resid is not None and hasattr(probes, "predict_resid")
-    n_layers, n_tasks, d_model = len(probes.layers), len(probes.tasks), probes.d_model
-    squared_error = torch.zeros(n_layers, n_tasks, d_model, dtype=torch.float64)
-    target_sum = torch.zeros(n_tasks, d_model, dtype=torch.float64)
-    target_square = torch.zeros(n_tasks, d_model, dtype=torch.float64)
-    for start, features in zip(range(0, test.n, chunk), feature_chunks(test.features, chunk), strict=True):
-        part = slice(start, start + chunk)
-        logits = probes.logits(features).float()
-        true.add(logits, test.labels[:, part], groups=test.sequence[part])
-        greedy.add(logits, test.greedy[:, part])
-        if control is not None:
-            ctrl.add(control.logits(features).float(), controls[:, test.current[part]])
-        if lens:
-            target = test.future_resid[:, part].to(probes.device).double()  # [offset, n, d]
-            error = probes.predict_resid(features).double() - target  # [layer, offset, n, d]
-            squared_error += error.square().sum(2).cpu()
-            target_sum += target.sum(1).cpu()
-            target_square += target.square().sum(1).cpu()
-    out = {**true.result(), **{f"greedy_{k}": v for k, v in greedy.result().items() if k != "top1_in_space"}}
-    out.setdefault("top1_in_space", out["top1"])
-    out["top1_ci_low"], out["top1_ci_high"] = bootstrap_ci(true.group_hits, true.group_counts,
-                                                           n_resamples=n_resamples, seed=seed)
-    out["control_top1"] = ctrl.result()["top1"] if control is not None else torch.full((n_layers, n_tasks), math.nan)
-    out["r2"] = torch.full((n_layers, n_tasks), math.nan)
-    if lens:  # R² of every coordinate of the predicted residual, averaged over coordinates
-        spread = (target_square - target_sum.square() / test.n).clamp(min=1e-12)  # [offset, d]
-        out["r2"] = (1 - squared_error / spread).mean(-1)
-    return out

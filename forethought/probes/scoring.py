@@ -1,0 +1,72 @@
+"""Scoring a sweep's probes on held-out examples: the probes, their control task, and the count baselines.
+
+:func:`score_probes` reads the test examples a chunk at a time and accumulates, for every (layer, offset),
+top-1 / top-5 / cross-entropy against the true future token and against the model's own greedy prediction,
+a bootstrap interval (over test sequences) of top-1, the control task's top-1 and, for the lens methods, the
+R² of the predicted final-layer residual. :func:`baseline_scores` scores the unigram and bigram-at-distance
+baselines counted on the training examples. Every score is over all targets of the label space (a target
+outside the kept tokens is a miss; see :mod:`forethought.probes.targets`).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from forethought.bootstrap import bootstrap_ci
+from forethought.probes.baselines import BigramBaseline, UnigramBaseline
+from forethought.probes.examples import Examples
+from forethought.probes.feature_store import feature_chunks
+from forethought.probes.linear import AffineProbes
+from forethought.probes.metrics import MetricAccumulator
+from forethought.probes.targets import LabelSpace
+
+
+@torch.no_grad()
+def score_probes(probes: AffineProbes, control: AffineProbes | None, test: Examples,
+                 controls: Int[Tensor, "offset d_vocab"], space: LabelSpace, n_sequences: int, chunk: int,
+                 n_resamples: int, seed: int) -> dict[str, Float[Tensor, "layer offset"]]:
+    """Metrics ``[layer, offset]`` of the probes (and their controls) on the test split, chunk by chunk, over all
+    targets of ``space``, with a bootstrap interval (over test sequences) of the probe's top-1."""
+    true = MetricAccumulator(space=space, n_groups=n_sequences)
+    greedy, ctrl = MetricAccumulator(space=space), MetricAccumulator(ks=(1,), space=space)
+    lens = test.future_resid is not None and hasattr(probes, "predict_resid")
+    n_layers, n_tasks, d_model = len(probes.layers), len(probes.tasks), probes.d_model
+    squared_error = torch.zeros(n_layers, n_tasks, d_model, dtype=torch.float64)
+    target_sum = torch.zeros(n_tasks, d_model, dtype=torch.float64)
+    target_square = torch.zeros(n_tasks, d_model, dtype=torch.float64)
+    for start, features in zip(range(0, test.n, chunk), feature_chunks(test.features, chunk), strict=True):
+        part = slice(start, start + chunk)
+        logits = probes.logits(features).float()
+        true.add(logits, test.labels[:, part], groups=test.sequence[part])
+        greedy.add(logits, test.greedy[:, part])
+        if control is not None:
+            ctrl.add(control.logits(features).float(), controls[:, test.current[part]])
+        if lens:
+            target = test.future_resid[:, part].to(probes.device).double()  # [offset, n, d]
+            error = probes.predict_resid(features).double() - target  # [layer, offset, n, d]
+            squared_error += error.square().sum(2).cpu()
+            target_sum += target.sum(1).cpu()
+            target_square += target.square().sum(1).cpu()
+    out = {**true.result(), **{f"greedy_{k}": v for k, v in greedy.result().items() if k != "top1_in_space"}}
+    out.setdefault("top1_in_space", out["top1"])
+    out["top1_ci_low"], out["top1_ci_high"] = bootstrap_ci(true.group_hits, true.group_counts,
+                                                           n_resamples=n_resamples, seed=seed)
+    out["control_top1"] = ctrl.result()["top1"] if control is not None else torch.full((n_layers, n_tasks), math.nan)
+    out["r2"] = torch.full((n_layers, n_tasks), math.nan)
+    if lens:  # R² of every coordinate of the predicted residual, averaged over coordinates
+        spread = (target_square - target_sum.square() / test.n).clamp(min=1e-12)  # [offset, d]
+        out["r2"] = (1 - squared_error / spread).mean(-1)
+    return out
+
+
+def baseline_scores(current: Int[Tensor, " n"], labels: Int[Tensor, "offset n"], test: Examples, space: LabelSpace
+                    ) -> dict[str, Float[Tensor, " offset"]]:
+    """Unigram and bigram baselines counted on the training examples (``current`` tokens, ``labels``)."""
+    unigram = UnigramBaseline.fit(labels, space.n_classes).score(test.labels, space)
+    bigram = BigramBaseline.fit(current, labels, space.n_classes, space.d_vocab).score(
+        test.current, test.labels, space)
+    return {**{f"unigram_{k}": v for k, v in unigram.items()}, **{f"bigram_{k}": v for k, v in bigram.items()}}
