@@ -3,7 +3,8 @@
 Definitions (all losses are next-token cross-entropies in nats, on validation sequences of ``T`` tokens):
 
 * ``loss_by_position[t]``: mean over sequences of the loss of predicting token ``t + 1`` from tokens ``0..t``
-  (``t = 0 .. T - 2``), with the model run as its regime defines (see :mod:`~forethought.myopic_training.regimes`).
+  (``t = 0 .. T - 2``, :func:`forethought.losses.loss_by_position`), with the model run as its regime defines
+  (see :mod:`~forethought.myopic_training.regimes`).
 * ``eval_loss``: the mean over all predicted tokens (= the mean of ``loss_by_position``).
 * ``myopia_gap = eval_loss(myopic) - eval_loss(vanilla)``: what a model loses when its training may not prepare
   earlier positions for later ones. Positive means pre-caching helps; near zero suggests breadcrumbs.
@@ -34,14 +35,13 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import torch
 from jaxtyping import Float, Int
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from forethought.bootstrap import N_RESAMPLES, bootstrap_ci
-from forethought.data import TokenSplits, check_tokens_fit
-from forethought.errors import InvalidArgumentError, NumericalError, check_positive
+from forethought.data import TokenSplits
+from forethought.errors import InvalidArgumentError
+from forethought.losses import loss_by_position, token_losses  # noqa: F401 - loss_by_position is re-exported
 from forethought.myopic_training.regimes import REGIMES, RegimeModel
 
 
@@ -66,46 +66,11 @@ def sequence_losses(
     progress: bool = False,
 ) -> Float[Tensor, "n_seq targets"]:
     """The next-token loss of every sequence at every position (float64, on CPU): the unit a bootstrap over
-    sequences resamples. See :func:`position_loss_sums` for ``model``."""
+    sequences resamples. :func:`forethought.losses.token_losses`, run in the regime's forward when ``model`` is a
+    :class:`RegimeModel` (see :func:`position_loss_sums`)."""
     regime_model = model if isinstance(model, RegimeModel) else RegimeModel(model)
-    bridge = regime_model.model
-    check_positive("batch_size", batch_size, integer=True)
-    check_tokens_fit(bridge, tokens)
-    if tokens.shape[1] < 2:
-        raise InvalidArgumentError(f"sequences of {tokens.shape[1]} token(s) have no next token; need at least 2")
-    device = next(bridge.parameters()).device
-    losses = []
-    was_training = bridge.training
-    bridge.eval()
-    try:
-        with torch.no_grad(), regime_model.forward_context():
-            for start in tqdm(range(0, len(tokens), batch_size), desc="eval", disable=not progress, leave=False):
-                batch = tokens[start : start + batch_size].to(device)
-                per_token = bridge(batch, return_type="loss", loss_per_token=True)
-                losses.append(per_token.detach().double().cpu())
-    finally:
-        bridge.train(was_training)
-    result = torch.cat(losses)
-    if not torch.isfinite(result).all():
-        raise NumericalError("the validation loss is NaN or infinite; the model's weights or inputs are not finite")
-    return result
-
-
-def loss_by_position(
-    model: Any | RegimeModel,
-    tokens: Int[Tensor, "n_seq pos"],
-    batch_size: int = 32,
-    progress: bool = False,
-) -> Float[Tensor, " targets"]:
-    """Mean next-token loss at each position: entry ``t`` is the loss of predicting token ``t + 1``.
-
-    Example:
-        >>> from forethought.models import tiny_model
-        >>> model = tiny_model(n_layers=1, d_model=16, n_heads=2, d_vocab=20, n_ctx=8)
-        >>> loss_by_position(model, torch.randint(0, 20, (3, 8))).shape
-        torch.Size([7])
-    """
-    return position_loss_sums(model, tokens, batch_size=batch_size, progress=progress) / len(tokens)
+    with regime_model.forward_context():
+        return token_losses(regime_model.model, tokens, batch_size=batch_size, progress=progress)
 
 
 @dataclass
