@@ -25,6 +25,8 @@ Example:
     >>> report = evaluate_regimes({"vanilla": model, "myopic": model, "bigram": model}, tokens)
     >>> report.myopia_gap
     0.0
+    >>> report  # doctest: +ELLIPSIS
+    MyopiaReport(eval_loss: vanilla ...; myopia_gap +0.0000 [95% CI +0.0000, +0.0000]; 4 sequences)
     >>> len(report.regimes["bigram"].loss_by_position)
     7
 """
@@ -33,8 +35,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
+import pandas as pd
 from jaxtyping import Float, Int
 from torch import Tensor
 
@@ -43,6 +46,9 @@ from forethought.data import TokenSplits
 from forethought.errors import InvalidArgumentError
 from forethought.losses import loss_by_position, token_losses  # noqa: F401 - loss_by_position is re-exported
 from forethought.myopic_training.regimes import REGIMES, RegimeModel
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 def position_loss_sums(
@@ -100,7 +106,7 @@ class PositionGap:
     ci_high: list[float]
 
 
-@dataclass
+@dataclass(repr=False)
 class MyopiaReport:
     """Loss of every regime and the gaps between them (see the module docstring for definitions)."""
 
@@ -126,11 +132,9 @@ class MyopiaReport:
         result.update(result.pop("extra"))
         return result
 
-    def to_frame(self) -> Any:
+    def to_frame(self) -> pd.DataFrame:
         """A tidy ``pandas.DataFrame``: one row per (regime, position) with its loss, its gap to the baseline and
         the gap's bootstrap interval (``gap``, ``gap_ci_low``, ``gap_ci_high``; NaN for the baseline itself)."""
-        import pandas as pd
-
         nan = float("nan")
         rows = []
         for name, result in self.regimes.items():
@@ -141,6 +145,28 @@ class MyopiaReport:
                              "gap_ci_low": gaps.ci_low[position] if gaps else nan,
                              "gap_ci_high": gaps.ci_high[position] if gaps else nan})
         return pd.DataFrame(rows, columns=["regime", "position", "loss", "gap", "gap_ci_low", "gap_ci_high"])
+
+    def plot(self, kind: Literal["loss_by_position", "loss_difference"] = "loss_by_position",
+             baseline: str | None = None) -> Figure:
+        """One figure of the report: ``"loss_by_position"`` (one line per regime) or ``"loss_difference"`` (each
+        regime minus ``baseline``, default the report's, with its bootstrap band); :func:`plot_report` gives both."""
+        from forethought.plots import plot_loss_by_position, plot_loss_difference
+
+        if kind == "loss_by_position":
+            return plot_loss_by_position(self.to_frame())
+        if kind != "loss_difference":
+            raise InvalidArgumentError(f"kind={kind!r} is unknown; choose 'loss_by_position' or 'loss_difference'")
+        baseline = self.baseline if baseline is None else baseline
+        if baseline not in self.regimes or len(self.regimes) < 2:
+            raise InvalidArgumentError(f"a loss difference needs the baseline {baseline!r} and another regime; the "
+                                       f"report has {', '.join(self.regimes)}")
+        return plot_loss_difference(self.to_frame(), baseline=baseline)
+
+    def __repr__(self) -> str:
+        losses = ", ".join(f"{name} {result.eval_loss:.4f}" for name, result in self.regimes.items())
+        gap = f"; myopia_gap {format_gap(self)}" if self.myopia_gap is not None else ""
+        n = next(iter(self.regimes.values())).n_sequences if self.regimes else 0
+        return f"MyopiaReport(eval_loss: {losses}{gap}; {n} sequences)"
 
 
 def evaluate_regimes(
@@ -222,10 +248,7 @@ def plot_report(report: MyopiaReport, baseline: str = "vanilla") -> dict[str, An
     Returns ``{"loss_by_position": Figure, "loss_difference": Figure}`` (the second only when ``baseline`` is in
     the report); save them with :func:`forethought.reporting.save_figure`.
     """
-    from forethought.plots import plot_loss_by_position, plot_loss_difference
-
-    frame = report.to_frame()
-    figures = {"loss_by_position": plot_loss_by_position(frame)}
+    figures = {"loss_by_position": report.plot("loss_by_position")}
     if baseline in report.regimes and len(report.regimes) > 1:
-        figures["loss_difference"] = plot_loss_difference(frame, baseline=baseline)
+        figures["loss_difference"] = report.plot("loss_difference", baseline=baseline)
     return figures
