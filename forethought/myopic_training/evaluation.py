@@ -165,6 +165,7 @@ class MyopiaReport:
     def __repr__(self) -> str:
         losses = ", ".join(f"{name} {result.eval_loss:.4f}" for name, result in self.regimes.items())
         gap = f"; myopia_gap {format_gap(self)}" if self.myopia_gap is not None else ""
+        gap += f"; bigram_gap {self.bigram_gap:+.4f}" if self.bigram_gap is not None else ""
         n = next(iter(self.regimes.values())).n_sequences if self.regimes else 0
         return f"MyopiaReport(eval_loss: {losses}{gap}; {n} sequences)"
 
