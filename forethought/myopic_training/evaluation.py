@@ -26,7 +26,7 @@ Example:
     >>> report.myopia_gap
     0.0
     >>> report  # doctest: +ELLIPSIS
-    MyopiaReport(eval_loss: vanilla ...; myopia_gap +0.0000 [95% CI +0.0000, +0.0000]; 4 sequences)
+    MyopiaReport(eval_loss: vanilla ...; myopia_gap +0.0000 [95% CI +0.0000, +0.0000]; bigram_gap ...; 4 sequences)
     >>> len(report.regimes["bigram"].loss_by_position)
     7
 """
