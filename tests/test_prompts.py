@@ -8,7 +8,14 @@ import torch
 from forethought.activations import collect_activations
 from forethought.data import load_texts
 from forethought.errors import ContextLengthError, InvalidArgumentError
-from forethought.interventions import direction_effect, past_ablation_effect, patch_heads, patch_positions, transplant
+from forethought.interventions import (
+    direction_effect,
+    greedy,
+    past_ablation_effect,
+    patch_heads,
+    patch_positions,
+    transplant,
+)
 from forethought.losses import loss_by_position
 from forethought.models import tiny_model
 from forethought.prompts import as_tokens
@@ -97,6 +104,9 @@ def test_transplant_strings_equal_their_tokens(native_model):
     assert torch.equal(from_text.ranks, from_tokens.ranks)
     assert torch.equal(from_text.generated, from_tokens.generated)
     assert torch.equal(from_text.continuation, from_tokens.continuation)
+    out, logits = greedy(native_model, texts, n_steps=2)
+    expected_out, expected_logits = greedy(native_model, tokens, n_steps=2)
+    assert torch.equal(out, expected_out) and torch.equal(logits, expected_logits)
 
 
 def test_collect_activations_from_strings_equals_from_tokens(native_model):

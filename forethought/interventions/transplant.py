@@ -146,11 +146,12 @@ def transplant(
 
 def greedy(
     model: TransformerBridge,
-    tokens: Int[Tensor, "batch pos"],
+    tokens: Prompts,
     n_steps: int,
     fwd_hooks: Sequence[tuple[str, Any]] = (),
 ) -> tuple[Int[Tensor, "batch step"], Float[Tensor, "batch step d_vocab"]]:
-    """Greedy continuation of ``tokens`` for ``n_steps`` with ``fwd_hooks`` active in every forward.
+    """Greedy continuation of ``tokens`` (a token tensor, or strings) for ``n_steps`` with ``fwd_hooks`` active in
+    every forward.
 
     Returns the generated tokens and the logits each was chosen from. Every step recomputes the whole
     sequence (no cache), so hooks see every position at every step.
@@ -164,6 +165,7 @@ def greedy(
         >>> out.shape, logits.shape
         (torch.Size([1, 4]), torch.Size([1, 4, 20]))
     """
+    tokens = as_tokens(model, tokens).to(device_of(model))
     steps, step_logits = [], []
     with torch.no_grad(), model.hooks(fwd_hooks=list(fwd_hooks)):
         for _ in range(n_steps):
