@@ -47,7 +47,6 @@ from safetensors.torch import save_file
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from forethought.data.tokens import check_tokens_fit
 from forethought.distributed import (
     World,
     agree,
@@ -66,6 +65,7 @@ from forethought.errors import (
     check_positive,
 )
 from forethought.hook_names import RESID, hook_name, resolve_layers
+from forethought.prompts import Prompts, as_tokens
 from forethought.reporting import atomic_directory
 
 if TYPE_CHECKING:
@@ -152,7 +152,7 @@ class Activations:
 
 def collect_activations(
     model: TransformerBridge,
-    tokens: Int[Tensor, "n_seq pos"],
+    tokens: Prompts,
     hooks: Sequence[str] | str = ("resid",),
     layers: Sequence[int] | int | str = "all",
     batch_size: int = 32,
@@ -166,7 +166,8 @@ def collect_activations(
 
     Args:
         model: a ``TransformerBridge``.
-        tokens: integer tokens ``[n_seq, pos]``.
+        tokens: integer tokens ``[n_seq, pos]``, or a string or list of strings of equal token length
+            (tokenised with ``model.tokenizer``, see :func:`forethought.prompts.as_tokens`).
         hooks: hook templates (``"resid"``, ``"hook_resid_post"``, ``"attn.hook_z"``, ...) or full layer-less
             names (``"ln_final.hook_normalized"``, which get a single layer axis of size 1).
         layers: ``"all"`` or layer indices (for ``"resid"``, 0 is the embedding output).
@@ -182,7 +183,7 @@ def collect_activations(
             module docstring). ``False``: every process computes everything on its own.
     """
     check_positive("batch_size", batch_size, integer=True)
-    check_tokens_fit(model, tokens)
+    tokens = as_tokens(model, tokens)
     hooks = [hooks] if isinstance(hooks, str) else list(hooks)
     if not hooks:
         raise InvalidArgumentError("hooks is empty; pass at least one hook template such as 'resid'")

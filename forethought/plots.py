@@ -265,7 +265,7 @@ def plot_transplant_precision(result, k: int = 1, title: str | None = None):
     import matplotlib.pyplot as plt
     import seaborn as sns
 
-    table = result.table(k)
+    table = result.precision_table(k)
     fig, ax = plt.subplots(figsize=(1.5 + 0.7 * table.shape[1], 1.2 + 0.45 * table.shape[0]))
     sns.heatmap(table.astype(float), vmin=0.0, vmax=1.0, cmap="viridis", annot=True, fmt=".2f",
                 annot_kws={"size": 8}, cbar_kws={"label": f"precision@{k}"}, ax=ax)

@@ -115,3 +115,25 @@ def test_figures_show_each_regime_and_its_difference(native_model, tmp_path):
     np.testing.assert_allclose(difference, expected, atol=1e-9)
     for name, figure in figures.items():
         assert save_figure(figure, tmp_path / f"{name}.png").stat().st_size > 1000
+
+
+def test_report_frame_plot_and_repr(native_model):
+    from matplotlib.figure import Figure
+
+    tokens = _tokens(native_model)
+    report = evaluate_regimes({"vanilla": native_model, "myopic": native_model, "bigram": native_model}, tokens)
+    frame = report.to_frame()
+    assert list(frame.columns) == ["regime", "position", "loss", "gap", "gap_ci_low", "gap_ci_high"]
+    assert len(frame) == 3 * (tokens.shape[1] - 1)
+    by_position = report.plot()
+    assert isinstance(by_position, Figure) and by_position.axes[0].get_xlabel().startswith("position")
+    difference = report.plot("loss_difference")
+    np.testing.assert_allclose(difference.axes[0].lines[0].get_ydata(), report.gaps_by_position["myopic"].gap,
+                               atol=1e-9)
+    with pytest.raises(InvalidArgumentError, match="kind="):
+        report.plot("histogram")
+    with pytest.raises(InvalidArgumentError, match="baseline 'local-myopic'"):
+        report.plot("loss_difference", baseline="local-myopic")
+    text = repr(report)
+    assert text.startswith("MyopiaReport(eval_loss: vanilla ") and "myopia_gap +0.0000" in text
+    assert "\n" not in text and len(text) < 250 and "[3." not in text  # no per-position lists

@@ -287,3 +287,13 @@ def test_trainer_split_is_zero_where_the_forward_gives_no_path_into_the_past(reg
                          gradient_split_batches=1, progress=False)
     rows = train(config, model, (tokens[:16], tokens[16:])).history[-1]["gradient_split"]
     assert all(row["precaching_share"] == 0 for row in rows)
+
+
+def test_result_repr_is_one_short_line_and_plot_is_a_figure(native_model):
+    import pandas as pd
+    from matplotlib.figure import Figure
+
+    split = gradient_split(native_model, _tokens(native_model), batch_size=2)
+    assert isinstance(split.to_frame(), pd.DataFrame) and isinstance(split.plot(), Figure)
+    text = repr(split)
+    assert text.startswith("GradientSplit(") and "\n" not in text and len(text) < 250 and "tensor" not in text

@@ -20,8 +20,8 @@ def test_per_position_loss_matches_transformer_lens_loss(any_model):
     tokens = _tokens(any_model)
     with torch.no_grad():
         expected = any_model(tokens, return_type="loss", loss_per_token=True).mean(0)
-    torch.testing.assert_close(per_position_loss(any_model, tokens, batch_size=2), expected.cpu(), rtol=1e-5,
-                               atol=1e-5)
+    torch.testing.assert_close(per_position_loss(any_model, tokens, batch_size=2), expected.cpu().double(),
+                               rtol=1e-5, atol=1e-5)
 
 
 def test_effect_matches_ablate_past_directly(any_model):
@@ -33,7 +33,7 @@ def test_effect_matches_ablate_past_directly(any_model):
     with ablate_past(any_model, layers=[0], method="zero"):
         expected = per_position_loss(any_model, tokens)
     got = frame.query("layers == '0' and method == 'zero'").sort_values("pos")["ablated_loss"]
-    torch.testing.assert_close(torch.tensor(got.values, dtype=torch.float32), expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(torch.tensor(got.values, dtype=torch.float64), expected, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(torch.tensor((frame["ablated_loss"] - frame["loss"]).values),
                                torch.tensor(frame["delta"].values))
     # position 0 has no past: seeing only itself changes nothing there

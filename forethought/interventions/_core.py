@@ -15,8 +15,8 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from forethought.data.tokens import check_tokens_fit
 from forethought.errors import InvalidArgumentError, OutOfRangeError, check_positive
+from forethought.prompts import as_tokens
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
@@ -46,19 +46,10 @@ def require_deterministic(model: TransformerBridge) -> None:
         )
 
 
-def check_tokens(model: TransformerBridge, tokens: Any, name: str = "tokens") -> Int[Tensor, "batch pos"]:
-    """Check an integer ``[batch, pos]`` tensor (a 1-D tensor becomes a batch of one) against the model."""
-    if not isinstance(tokens, Tensor):
-        raise InvalidArgumentError(f"{name} must be an integer torch.Tensor [batch, pos]; got {type(tokens).__name__}")
-    if tokens.ndim == 1:
-        tokens = tokens.unsqueeze(0)
-    check_tokens_fit(model, tokens)
-    return tokens
-
-
 def check_pair(model: TransformerBridge, clean: Any, corrupt: Any) -> tuple[Tensor, Tensor]:
-    """Check clean and corrupted tokens: both valid for the model, and of the same shape."""
-    clean, corrupt = check_tokens(model, clean, "clean_tokens"), check_tokens(model, corrupt, "corrupt_tokens")
+    """Clean and corrupted tokens (tensors or strings, see :func:`~forethought.prompts.as_tokens`): both valid for
+    the model, and of the same shape."""
+    clean, corrupt = as_tokens(model, clean, "clean_tokens"), as_tokens(model, corrupt, "corrupt_tokens")
     if clean.shape != corrupt.shape:
         raise InvalidArgumentError(
             f"clean_tokens {tuple(clean.shape)} and corrupt_tokens {tuple(corrupt.shape)} differ in shape; "

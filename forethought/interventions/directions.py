@@ -1,12 +1,12 @@
 """Probe-direction interventions: is what a probe *decodes* also what the model *uses*?
 
 Given a direction ``[d_model]`` or a subspace ``[k, d_model]`` (or a trained probe, via
-:func:`as_directions`), :func:`project_out` removes it from the residual stream at chosen (layer, positions)
-and :func:`add_direction` adds it, scaled. :func:`direction_effect` intervenes at one position ``t`` at a
-time and reports how the model's predictions at ``t + N`` change (the prediction of token ``t + 1 + N``),
-beside the same intervention with norm-matched random directions (seeded placebos): a direction that a
-probe reads the future from, but whose removal changes the future predictions no more than a random one,
-is decodable but not used.
+:func:`~forethought.interventions.subspaces.as_directions`), :func:`project_out` removes it from the residual
+stream at chosen (layer, positions) and :func:`add_direction` adds it, scaled. :func:`direction_effect`
+intervenes at one position ``t`` at a time and reports how the model's predictions at ``t + N`` change (the
+prediction of token ``t + 1 + N``), beside the same intervention with norm-matched random directions (seeded
+placebos): a direction that a probe reads the future from, but whose removal changes the future predictions no
+more than a random one, is decodable but not used.
 
 Example:
     >>> import torch
@@ -27,138 +27,33 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pandas as pd
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from forethought.errors import InvalidArgumentError, NumericalError, OutOfRangeError, choices_text
+from forethought.errors import InvalidArgumentError, OutOfRangeError, choices_text
 from forethought.hook_names import RESID, hook_name
 from forethought.interventions._core import (
     Edit,
-    check_tokens,
     device_of,
     require_deterministic,
-    resolve_index,
     resolve_indices,
     run_variants,
 )
 from forethought.interventions.metrics import kl_divergence
+from forethought.interventions.results import DirectionEffect
+from forethought.interventions.subspaces import as_directions, orthonormal_basis, random_directions
+from forethought.prompts import Prompts, as_tokens
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
 
 MODES = ("project_out", "add")
-
-
-def as_directions(
-    source: Any,
-    *,
-    layer: int | None = None,
-    offset: int | None = None,
-    control: bool = False,
-    tokens: Sequence[int] | int | None = None,
-    classes: Sequence[int] | int | None = None,
-    center: bool = False,
-) -> Float[Tensor, "k d_model"]:
-    """Directions in the residual stream, as rows ``[k, d_model]``, from a tensor or a trained probe.
-
-    Accepted sources:
-
-    * a tensor or array ``[d_model]`` or ``[k, d_model]``;
-    * :class:`forethought.probes.linear.LinearProbes` (pick ``layer`` and ``offset``, and ``tokens`` or
-      ``classes``): the direction of class ``c`` is ``weight[:, c] / scale``, the gradient of the class logit
-      with respect to the *raw* residual stream (the probes standardise their features);
-    * a ``torch.nn.Linear`` (rows of ``weight``); a scikit-learn linear model (rows of ``coef_``), also inside
-      a ``Pipeline`` whose ``StandardScaler`` is folded in; a :class:`forethought.probes.regression.RidgeProbeResult`.
-
-    Args:
-        source: the direction(s) or probe.
-        layer, offset, control: which probe of a ``LinearProbes`` stack (``layer`` in ``"resid"`` depths).
-        tokens: token ids whose class directions to take (mapped through the probe's label space).
-        classes: class indices (rows) to take; default all.
-        center: subtract the mean of all class directions first (a softmax probe only uses differences).
-
-    Example:
-        >>> import torch
-        >>> from forethought.interventions import as_directions
-        >>> as_directions(torch.nn.Linear(8, 3), classes=[0, 2]).shape
-        torch.Size([2, 8])
-    """
-    if tokens is not None and classes is not None:
-        raise InvalidArgumentError("pass tokens or classes, not both")
-    if hasattr(source, "weight") and hasattr(source, "label_space") and getattr(source.weight, "ndim", 0) == 4:
-        rows = _linear_probes_rows(source, layer, offset, control)
-        if tokens is not None:
-            classes = source.label_space.encode(torch.as_tensor(tokens).reshape(-1)).tolist()
-    elif isinstance(source, torch.nn.Linear):
-        rows = source.weight.detach()
-    elif hasattr(source, "estimator") and hasattr(source, "r2"):  # RidgeProbeResult
-        rows = _sklearn_rows(source.estimator)
-    elif hasattr(source, "coef_") or hasattr(source, "steps"):
-        rows = _sklearn_rows(source)
-    elif isinstance(source, (Tensor, np.ndarray, list, tuple)):
-        rows = torch.as_tensor(np.asarray(source) if isinstance(source, (list, tuple)) else source)
-    else:
-        raise InvalidArgumentError(f"cannot take directions from {type(source).__name__}; pass a tensor "
-                                   "[d_model] or [k, d_model], a LinearProbes, an nn.Linear or a scikit-learn model")
-    if tokens is not None and classes is None:
-        raise InvalidArgumentError("tokens= needs a probe with a label space (LinearProbes); use classes=")
-    rows = rows.detach().float().cpu() if isinstance(rows, Tensor) else torch.as_tensor(rows).float()
-    if rows.ndim == 1:
-        rows = rows.unsqueeze(0)
-    if rows.ndim != 2 or rows.shape[0] == 0:
-        raise InvalidArgumentError(f"directions must be [d_model] or [k, d_model]; got shape {tuple(rows.shape)}")
-    if center:
-        rows = rows - rows.mean(0, keepdim=True)
-    if classes is not None:
-        picked = [classes] if isinstance(classes, int) else list(classes)
-        rows = rows[[resolve_index(c, rows.shape[0], "class") for c in picked]]  # in the order given
-    if not torch.isfinite(rows).all():
-        raise NumericalError("the directions hold NaN or infinite values")
-    return rows
-
-
-def orthonormal_basis(directions: Float[Tensor, "*rows d_model"], tol: float = 1e-6) -> Float[Tensor, "k d_model"]:
-    """An orthonormal basis (rows) of the span of ``directions``; raises if they are linearly dependent.
-
-    Example:
-        >>> import torch
-        >>> from forethought.interventions import orthonormal_basis
-        >>> basis = orthonormal_basis(torch.tensor([[3.0, 0.0, 0.0], [1.0, 1.0, 0.0]]))
-        >>> torch.allclose(basis @ basis.T, torch.eye(2))
-        True
-    """
-    directions = as_directions(directions).double()
-    if directions.shape[0] > directions.shape[1]:
-        raise InvalidArgumentError(f"{directions.shape[0]} directions cannot be independent in "
-                                   f"d_model={directions.shape[1]} dimensions")
-    q, r = torch.linalg.qr(directions.T)
-    diagonal = r.diagonal().abs()
-    if diagonal.min() <= tol * max(float(diagonal.max()), 1e-30):
-        raise InvalidArgumentError("the directions are zero or linearly dependent; pass independent directions")
-    return q.T.float()
-
-
-def random_directions(like: Float[Tensor, "*rows d_model"], seed: int = 0) -> Float[Tensor, "k d_model"]:
-    """Seeded Gaussian directions with the row norms of ``like`` (a norm-matched placebo).
-
-    Example:
-        >>> import torch
-        >>> from forethought.interventions import random_directions
-        >>> like = torch.tensor([[3.0, 4.0, 0.0]])
-        >>> random_directions(like, seed=1).norm(dim=-1)
-        tensor([5.])
-    """
-    like = as_directions(like)
-    generator = torch.Generator().manual_seed(seed)
-    random = torch.randn(like.shape, generator=generator)
-    return random / random.norm(dim=-1, keepdim=True) * like.norm(dim=-1, keepdim=True)
 
 
 def projection_edit(basis: Float[Tensor, "k d_model"], positions: list[int] | None) -> Edit:
@@ -252,31 +147,9 @@ def add_direction(
         yield model
 
 
-@dataclass
-class DirectionEffect:
-    """How an intervention at position ``t`` changes the predictions at ``t + offset``, next to placebos.
-
-    ``frame`` has one row per (condition, draw, position, offset): ``condition`` is ``"direction"`` or
-    ``"random"`` (draw ``0 .. n_random - 1``), ``read_pos = pos + offset``, and batch means of ``kl``
-    (KL(original || intervened) of the next-token distribution at ``read_pos``), ``top1_changed`` (the
-    fraction of sequences whose top prediction changed) and ``delta_logprob`` (change in log-probability of
-    the actual token at ``read_pos + 1``; NaN at the last position).
-    """
-
-    frame: pd.DataFrame
-    mode: str
-    layer: int
-    hook: str
-
-    def summary(self) -> pd.DataFrame:
-        """Means over positions and random draws: one row per (condition, offset)."""
-        columns = ["kl", "top1_changed", "delta_logprob"]
-        return self.frame.groupby(["condition", "offset"], as_index=False)[columns].mean()
-
-
 def direction_effect(
     model: TransformerBridge,
-    tokens: Int[Tensor, "batch pos"],
+    tokens: Prompts,
     directions: Any,
     layer: int,
     *,
@@ -295,7 +168,7 @@ def direction_effect(
 
     Args:
         model: a ``TransformerBridge`` with a deterministic forward.
-        tokens: sequences ``[batch, pos]``, run teacher-forced.
+        tokens: sequences ``[batch, pos]`` (token tensors, or strings of equal token length), run teacher-forced.
         directions: what :func:`as_directions` accepts (a probe's class directions, a subspace, ...).
         layer: where to intervene (``"resid"`` depth: 0 is the embeddings).
         mode: ``"project_out"`` (remove the span) or ``"add"`` (add ``scale`` times the direction).
@@ -320,7 +193,7 @@ def direction_effect(
     """
     if mode not in MODES:
         raise InvalidArgumentError(f"mode={mode!r} is unknown; choose one of {choices_text(MODES)}")
-    tokens = check_tokens(model, tokens).to(device_of(model))
+    tokens = as_tokens(model, tokens).to(device_of(model))
     seq = tokens.shape[1]
     offset_list = _check_offsets(offsets, seq)
     pos_list = resolve_indices(positions, seq, "position")
@@ -418,37 +291,3 @@ def _check_offsets(offsets: Any, seq: int) -> list[int]:
     if not values or any(isinstance(o, bool) or not isinstance(o, int) or not 0 <= o < seq for o in values):
         raise OutOfRangeError(f"offsets={list(offsets)!r} are not allowed; expected integers in [0, {seq})")
     return values
-
-
-def _linear_probes_rows(probes: Any, layer: int | None, offset: int | None, control: bool) -> Tensor:
-    """Class directions ``weight[l, task, :, c] / scale[l]`` of one probe in a ``LinearProbes`` stack."""
-    if layer is None and len(probes.layers) == 1:
-        layer = probes.layers[0]
-    if layer not in probes.layers:
-        raise OutOfRangeError(f"layer={layer!r} is not among the probes' layers {list(probes.layers)}")
-    tasks = [(task.offset, task.control) for task in probes.tasks]
-    if offset is None and len({t for t in tasks if t[1] == control}) == 1:
-        offset = next(t[0] for t in tasks if t[1] == control)
-    if (offset, control) not in tasks:
-        raise OutOfRangeError(f"offset={offset!r} (control={control}) is not among the probes' tasks "
-                              f"{[task.name for task in probes.tasks]}")
-    li, ti = probes.layers.index(layer), tasks.index((offset, control))
-    return (probes.weight[li, ti] / probes.scale[li].unsqueeze(-1)).T
-
-
-def _sklearn_rows(estimator: Any) -> Tensor:
-    """Rows of ``coef_`` in raw feature space (a ``StandardScaler`` in a pipeline is folded in)."""
-    scale = None
-    if hasattr(estimator, "steps"):
-        for _, step in estimator.steps[:-1]:
-            if hasattr(step, "scale_") and step.scale_ is not None:
-                scale = np.asarray(step.scale_) if scale is None else scale * np.asarray(step.scale_)
-            elif not hasattr(step, "mean_"):
-                raise InvalidArgumentError(f"cannot fold pipeline step {type(step).__name__} into a direction")
-        estimator = estimator.steps[-1][1]
-    if not hasattr(estimator, "coef_"):
-        raise InvalidArgumentError(f"{type(estimator).__name__} has no coef_; is it fitted and linear?")
-    coef = np.atleast_2d(np.asarray(estimator.coef_, dtype=np.float64))
-    if scale is not None:
-        coef = coef / scale
-    return torch.from_numpy(coef).float()

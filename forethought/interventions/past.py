@@ -3,7 +3,8 @@
 The intervention itself is :func:`forethought.myopic_training.ablate_past` (re-exported here): inside it,
 each position's attention sees only itself (``"self"``, the paper's "transformer bigram" when applied in
 every layer), or zero / mean keys and values for the past. :func:`past_ablation_effect` measures what that
-costs, position by position.
+costs, position by position, with :func:`per_position_loss` (the one next-token loss by position,
+:func:`forethought.losses.loss_by_position`, under its name here).
 
 Example:
     >>> import torch
@@ -24,51 +25,29 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
-import torch
-from jaxtyping import Float, Int
-from torch import Tensor
 from tqdm.auto import tqdm
 
-from forethought.errors import InvalidArgumentError, check_positive
+from forethought.errors import InvalidArgumentError
 from forethought.hook_names import resolve_layers
-from forethought.interventions._core import check_tokens, device_of, require_deterministic
+from forethought.interventions._core import require_deterministic
+from forethought.losses import loss_by_position
 from forethought.myopic_training import ablate_past
 from forethought.myopic_training.hooks import ABLATIONS
+from forethought.prompts import Prompts, as_tokens
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
 
 __all__ = ["ablate_past", "past_ablation_effect", "per_position_loss"]
 
-
-def per_position_loss(model: TransformerBridge, tokens: Int[Tensor, "batch pos"],
-                      batch_size: int = 32) -> Float[Tensor, " pos"]:
-    """Mean cross-entropy of predicting token ``t + 1`` at each position ``t`` (``pos - 1`` values).
-
-    Runs in batches under whatever hooks are active, e.g. inside ``ablate_past``.
-
-    Example:
-        >>> import torch
-        >>> from forethought.interventions import per_position_loss
-        >>> from forethought.models import tiny_model
-        >>> model = tiny_model(n_layers=1, d_model=16, n_heads=2, d_vocab=20, n_ctx=8)
-        >>> per_position_loss(model, torch.randint(0, 20, (3, 6))).shape
-        torch.Size([5])
-    """
-    tokens = check_tokens(model, tokens)
-    check_positive("batch_size", batch_size, integer=True)
-    total = torch.zeros(tokens.shape[1] - 1, dtype=torch.float64)
-    with torch.no_grad():
-        for start in range(0, len(tokens), batch_size):
-            batch = tokens[start : start + batch_size].to(device_of(model))
-            logp = model(batch).float().log_softmax(-1)[:, :-1]
-            total += -logp.gather(-1, batch[:, 1:].unsqueeze(-1)).squeeze(-1).sum(0).double().cpu()
-    return (total / len(tokens)).float()
+#: Mean cross-entropy of predicting token ``t + 1`` at each position ``t``, under the active hooks (e.g. inside
+#: ``ablate_past``): :func:`forethought.losses.loss_by_position` under its name here.
+per_position_loss = loss_by_position
 
 
 def past_ablation_effect(
     model: TransformerBridge,
-    tokens: Int[Tensor, "batch pos"],
+    tokens: Prompts,
     *,
     layer_sets: Sequence[Any] | str = ("all",),
     methods: Sequence[str] | str = ("self",),
@@ -79,7 +58,7 @@ def past_ablation_effect(
 
     Args:
         model: a ``TransformerBridge`` with a deterministic forward.
-        tokens: sequences ``[batch, pos]``.
+        tokens: sequences ``[batch, pos]``, or strings of equal token length.
         layer_sets: the layers ablated together, one entry per condition: ``"all"``, an int or a list of ints;
             ``"each"`` means every single layer and then all of them.
         methods: ``"self"``, ``"zero"`` and/or ``"mean"`` (see ``ablate_past``; ``"mean"`` averages over the
@@ -91,7 +70,7 @@ def past_ablation_effect(
         A tidy frame, one row per (layers, method, pos): ``layers`` (a label such as ``"all"`` or ``"0,1"``),
         ``method``, ``pos`` (predicting token ``pos + 1``), ``loss``, ``ablated_loss`` and ``delta``.
     """
-    tokens = check_tokens(model, tokens)
+    tokens = as_tokens(model, tokens)
     if tokens.shape[1] < 2:
         raise InvalidArgumentError("tokens need at least 2 positions to have a next-token loss")
     require_deterministic(model)
@@ -106,12 +85,12 @@ def past_ablation_effect(
     conditions = [(layers, method) for layers in layer_sets for method in methods]
     labels = [_label(model, layers) for layers, _ in conditions]
 
-    base = per_position_loss(model, tokens, batch_size)
+    base = loss_by_position(model, tokens, batch_size)
     rows = []
     bar = tqdm(conditions, desc="past ablation", disable=not progress)
     for (layers, method), label in zip(bar, labels, strict=True):
         with ablate_past(model, layers=layers, method=method):
-            ablated = per_position_loss(model, tokens, batch_size)
+            ablated = loss_by_position(model, tokens, batch_size)
         for pos, (loss, loss_ablated) in enumerate(zip(base.tolist(), ablated.tolist(), strict=True)):
             rows.append({"layers": label, "method": method, "pos": pos, "loss": loss,
                          "ablated_loss": loss_ablated, "delta": loss_ablated - loss})

@@ -33,14 +33,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from functools import partial
-from itertools import product
 from typing import TYPE_CHECKING, Any, Literal
 
-import pandas as pd
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
@@ -55,84 +52,13 @@ from forethought.interventions._core import (
     run_variants,
 )
 from forethought.interventions.metrics import Metric, Readout, resolve_metric
+from forethought.interventions.results import PatchResult
+from forethought.prompts import Prompts
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
 
 DIRECTIONS = ("denoise", "noise")
-
-
-@dataclass
-class PatchResult:
-    """A patching sweep: one metric value per cell and example, with the unpatched baselines beside it.
-
-    Attributes:
-        per_example: metric of the patched run, ``[*dims, batch]``.
-        clean_baseline: the metric on the unpatched clean run at the same read position, ``[*dims, batch]``.
-        corrupt_baseline: the same on the unpatched corrupted run.
-        dims: names of the swept axes, e.g. ``("layer", "pos")`` or ``("layer", "head")``.
-        coords: the layer / position / head index of every entry along each swept axis.
-        read_positions: the position each cell's metric was read at, ``[*dims]``.
-        metric: the metric's name.
-        hook: the hook template that was patched (``"resid"``: layer 0 is the embeddings).
-        direction: ``"denoise"`` or ``"noise"``.
-        labels: the first clean prompt's tokens as strings, one per position (``None`` without a tokenizer).
-    """
-
-    per_example: Float[Tensor, "*cells batch"]
-    clean_baseline: Float[Tensor, "*cells batch"]
-    corrupt_baseline: Float[Tensor, "*cells batch"]
-    dims: tuple[str, ...]
-    coords: dict[str, list[int]]
-    read_positions: Int[Tensor, "*cells"]
-    metric: str
-    hook: str
-    direction: str
-    labels: list[str] | None = None
-
-    @property
-    def values(self) -> Float[Tensor, "*cells"]:
-        """Batch mean of the metric per cell."""
-        return self.per_example.mean(-1)
-
-    def normalized(self) -> Float[Tensor, "*cells"]:
-        """``(patched - corrupt) / (clean - corrupt)`` of the batch means: 0 is the corrupted run, 1 the clean.
-
-        Cells whose clean and corrupted baselines coincide have no scale and come out ``nan`` or ``inf``.
-        """
-        clean, corrupt = self.clean_baseline.mean(-1), self.corrupt_baseline.mean(-1)
-        return (self.values - corrupt) / (clean - corrupt)
-
-    def to_frame(self, per_example: bool = False) -> pd.DataFrame:
-        """A tidy table: one row per cell (or per cell and example), with the axes as columns.
-
-        Columns: the swept axes, ``read_pos``, ``value``, ``normalized``, ``clean``, ``corrupt`` (the batch
-        means of the baselines), ``sem`` (standard error of ``value``), ``metric``, ``hook``, ``direction``,
-        and ``token`` (the clean token at the patched position) when positions are swept and labels exist.
-        """
-        grid = [dict(zip(self.dims, cell, strict=True)) for cell in product(*(self.coords[d] for d in self.dims))]
-        n = self.per_example.shape[-1]
-        flat = {
-            "read_pos": self.read_positions.flatten().tolist(),
-            "value": self.values.flatten().tolist(),
-            "normalized": self.normalized().flatten().tolist(),
-            "clean": self.clean_baseline.mean(-1).flatten().tolist(),
-            "corrupt": self.corrupt_baseline.mean(-1).flatten().tolist(),
-            "sem": (self.per_example.std(-1) / n**0.5 if n > 1 else torch.full_like(self.values, float("nan")))
-            .flatten().tolist(),
-        }
-        rows = []
-        for i, cell in enumerate(grid):
-            row = {**cell, **{key: column[i] for key, column in flat.items()}}
-            row.update(metric=self.metric, hook=self.hook, direction=self.direction)
-            if self.labels is not None and "pos" in cell:
-                row["token"] = self.labels[cell["pos"]]
-            if per_example:
-                for example, value in enumerate(self.per_example.reshape(len(grid), n)[i].tolist()):
-                    rows.append({**row, "example": example, "value": value})
-            else:
-                rows.append(row)
-        return pd.DataFrame(rows)
 
 
 @contextmanager
@@ -211,8 +137,8 @@ def _axis_mask(indices: list[int] | None, size: int, axis: int, ndim: int, devic
 
 def patch_positions(
     model: TransformerBridge,
-    clean_tokens: Int[Tensor, "batch pos"],
-    corrupt_tokens: Int[Tensor, "batch pos"],
+    clean_tokens: Prompts,
+    corrupt_tokens: Prompts,
     metric: Metric | str | Any = "logit_diff",
     *,
     hook: str = RESID,
@@ -228,7 +154,8 @@ def patch_positions(
 
     Args:
         model: a ``TransformerBridge`` with a deterministic forward (``eval()`` if it has dropout).
-        clean_tokens, corrupt_tokens: prompt pairs of equal shape ``[batch, pos]``.
+        clean_tokens, corrupt_tokens: prompt pairs of equal shape ``[batch, pos]``: token tensors, or strings
+            (one or a list, tokenised with ``model.tokenizer``, of equal token length).
         metric: a :class:`~forethought.interventions.metrics.Metric` (``LogitDiff(answer, wrong)``,
             ``LogProb(target)``, ``KLToClean()``), a name (``"logit_diff"``, ``"log_prob"``, ``"kl"``) or a
             function ``Readout -> [batch]``.
@@ -265,8 +192,8 @@ def patch_positions(
 
 def patch_heads(
     model: TransformerBridge,
-    clean_tokens: Int[Tensor, "batch pos"],
-    corrupt_tokens: Int[Tensor, "batch pos"],
+    clean_tokens: Prompts,
+    corrupt_tokens: Prompts,
     metric: Metric | str | Any = "logit_diff",
     *,
     hook: str = "attn.hook_z",

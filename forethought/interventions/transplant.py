@@ -22,7 +22,7 @@ Example:
     >>> tokens = torch.randint(0, 20, (4, 6), generator=torch.Generator().manual_seed(0))
     >>> prompts = [torch.tensor([1, 2, 3])]  # token prompts; strings need a model with a tokenizer
     >>> result = transplant(model, tokens, prompts=prompts, n_steps=3, progress=False)
-    >>> result.table(k=1).shape  # precision@1: 3 depths and a no-transplant row, 3 offsets
+    >>> result.precision_table(k=1).shape  # precision@1: 3 depths and a no-transplant row, 3 offsets
     (4, 3)
     >>> float(result.precision(k=1)[-1, 0])  # the final state fixes the next token
     1.0
@@ -31,10 +31,8 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
@@ -42,7 +40,9 @@ from tqdm.auto import tqdm
 
 from forethought.errors import ContextLengthError, DataError, InvalidArgumentError, check_positive
 from forethought.hook_names import RESID, hook_name, resolve_layers
-from forethought.interventions._core import check_tokens, device_of, require_deterministic, resolve_index
+from forethought.interventions._core import device_of, require_deterministic, resolve_index
+from forethought.interventions.results import TransplantResult
+from forethought.prompts import Prompts, as_tokens
 
 #: Context-free prompts to transplant into (Future Lens-style); pass ``prompts=`` for your own.
 NEUTRAL_PROMPTS: tuple[str, ...] = (
@@ -58,67 +58,9 @@ if TYPE_CHECKING:
 Prompt = str | Int[Tensor, " pos"] | Sequence[int]
 
 
-@dataclass
-class TransplantResult:
-    """Ranks of the source model's own continuation in transplanted (and untouched) neutral-prompt runs.
-
-    Attributes:
-        ranks: rank (0 = top-1) of the source's token at each offset in the transplanted run's logits,
-            ``[prompt, layer, source, offset]``.
-        baseline_ranks: the same for the neutral prompt without a transplant, ``[prompt, source, offset]``.
-        generated: the transplanted runs' greedy tokens, ``[prompt, layer, source, offset]``.
-        continuation: the source model's greedy continuation, ``[source, offset]``.
-        layers: the residual depths transplanted (0 = embeddings, ``n_layers`` = final).
-        prompts: the prompts, as given (strings) or as token lists.
-        position: the source position ``t``.
-    """
-
-    ranks: Int[Tensor, "prompt layer source offset"]
-    baseline_ranks: Int[Tensor, "prompt source offset"]
-    generated: Int[Tensor, "prompt layer source offset"]
-    continuation: Int[Tensor, "source offset"]
-    layers: list[int]
-    prompts: list[str | list[int]]
-    position: int
-
-    def precision(self, k: int = 1, per_prompt: bool = False) -> Float[Tensor, "... layer offset"]:
-        """Precision@k, ``[layer, offset]`` averaged over prompts, or ``[prompt, layer, offset]``."""
-        check_positive("k", k, integer=True)
-        hits = (self.ranks < k).float().mean(dim=2)
-        return hits if per_prompt else hits.mean(0)
-
-    def baseline_precision(self, k: int = 1) -> Float[Tensor, " offset"]:
-        """Precision@k of the neutral prompts alone (no transplant), averaged over prompts."""
-        check_positive("k", k, integer=True)
-        return (self.baseline_ranks < k).float().mean(dim=1).mean(0)
-
-    def table(self, k: int = 1) -> pd.DataFrame:
-        """Precision@k as a ``layer x offset`` table (rows: layers; last row ``"none"``: no transplant)."""
-        frame = pd.DataFrame(self.precision(k).numpy(), index=pd.Index(self.layers, name="layer"),
-                             columns=pd.Index(range(self.ranks.shape[-1]), name="offset"))
-        frame.loc["none"] = self.baseline_precision(k).numpy()
-        return frame
-
-    def to_frame(self, ks: Sequence[int] = (1, 5)) -> pd.DataFrame:
-        """Tidy: one row per (prompt, layer, offset, k) with ``precision``; ``layer`` is ``-1`` for no transplant."""
-        rows = []
-        for k in ks:
-            per_prompt = self.precision(k, per_prompt=True)
-            baseline = (self.baseline_ranks < k).float().mean(dim=1)
-            for p, prompt in enumerate(self.prompts):
-                label = prompt if isinstance(prompt, str) else " ".join(map(str, prompt))
-                for offset in range(self.ranks.shape[-1]):
-                    rows.append({"prompt": label, "layer": -1, "offset": offset, "k": k,
-                                 "precision": float(baseline[p, offset])})
-                    for i, layer in enumerate(self.layers):
-                        rows.append({"prompt": label, "layer": layer, "offset": offset, "k": k,
-                                     "precision": float(per_prompt[p, i, offset])})
-        return pd.DataFrame(rows)
-
-
 def transplant(
     model: TransformerBridge,
-    tokens: Int[Tensor, "source pos"],
+    tokens: Prompts,
     *,
     position: int = -1,
     layers: Sequence[int] | int | str = "all",
@@ -131,7 +73,8 @@ def transplant(
 
     Args:
         model: a ``TransformerBridge`` with a deterministic forward.
-        tokens: source contexts ``[source, pos]``; the state is taken at ``position`` of each.
+        tokens: source contexts ``[source, pos]`` (token tensors, or strings of equal token length); the state
+            is taken at ``position`` of each.
         position: the source position ``t`` (negative counts from the end of ``tokens``).
         layers: residual depths to transplant (``"resid"`` convention: 0 is the embeddings).
         prompts: neutral prompts: strings (tokenised with ``model.to_tokens``, which adds a BOS token where
@@ -150,7 +93,7 @@ def transplant(
         >>> bool((same.precision(k=1) == 1).all())  # the source itself as the "neutral" prompt
         True
     """
-    tokens = check_tokens(model, tokens)
+    tokens = as_tokens(model, tokens)
     check_positive("n_steps", n_steps, integer=True)
     check_positive("batch_size", batch_size, integer=True)
     require_deterministic(model)
@@ -203,11 +146,12 @@ def transplant(
 
 def greedy(
     model: TransformerBridge,
-    tokens: Int[Tensor, "batch pos"],
+    tokens: Prompts,
     n_steps: int,
     fwd_hooks: Sequence[tuple[str, Any]] = (),
 ) -> tuple[Int[Tensor, "batch step"], Float[Tensor, "batch step d_vocab"]]:
-    """Greedy continuation of ``tokens`` for ``n_steps`` with ``fwd_hooks`` active in every forward.
+    """Greedy continuation of ``tokens`` (a token tensor, or strings) for ``n_steps`` with ``fwd_hooks`` active in
+    every forward.
 
     Returns the generated tokens and the logits each was chosen from. Every step recomputes the whole
     sequence (no cache), so hooks see every position at every step.
@@ -221,6 +165,7 @@ def greedy(
         >>> out.shape, logits.shape
         (torch.Size([1, 4]), torch.Size([1, 4, 20]))
     """
+    tokens = as_tokens(model, tokens).to(device_of(model))
     steps, step_logits = [], []
     with torch.no_grad(), model.hooks(fwd_hooks=list(fwd_hooks)):
         for _ in range(n_steps):
@@ -263,9 +208,7 @@ def _ranks(logits: Float[Tensor, "batch step d_vocab"], targets: Int[Tensor, "ba
 
 def _prompt_tokens(model: TransformerBridge, prompt: Any, n_steps: int) -> Int[Tensor, " pos"]:
     if isinstance(prompt, str):
-        if getattr(model, "tokenizer", None) is None:
-            raise InvalidArgumentError("string prompts need a model with a tokenizer; pass token tensors instead")
-        ids = model.to_tokens(prompt)[0].cpu()
+        ids = as_tokens(model, prompt, "prompt")[0]
     elif isinstance(prompt, Tensor) or (isinstance(prompt, Sequence) and all(isinstance(x, int) for x in prompt)):
         ids = torch.as_tensor(prompt)
     else:
@@ -273,7 +216,7 @@ def _prompt_tokens(model: TransformerBridge, prompt: Any, n_steps: int) -> Int[T
     if ids.ndim != 1 or ids.numel() == 0 or ids.is_floating_point():
         raise InvalidArgumentError(f"a token prompt must be a non-empty 1-D integer tensor; got shape "
                                    f"{tuple(ids.shape)} and dtype {ids.dtype}")
-    check_tokens(model, ids.long().unsqueeze(0), "prompt")
+    as_tokens(model, ids.long(), "prompt")
     if len(ids) + n_steps > model.cfg.n_ctx:
         raise ContextLengthError(f"prompt of {len(ids)} tokens + n_steps {n_steps} exceeds n_ctx={model.cfg.n_ctx}")
     return ids.long()

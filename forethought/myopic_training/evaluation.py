@@ -3,7 +3,8 @@
 Definitions (all losses are next-token cross-entropies in nats, on validation sequences of ``T`` tokens):
 
 * ``loss_by_position[t]``: mean over sequences of the loss of predicting token ``t + 1`` from tokens ``0..t``
-  (``t = 0 .. T - 2``), with the model run as its regime defines (see :mod:`~forethought.myopic_training.regimes`).
+  (``t = 0 .. T - 2``, :func:`forethought.losses.loss_by_position`), with the model run as its regime defines
+  (see :mod:`~forethought.myopic_training.regimes`).
 * ``eval_loss``: the mean over all predicted tokens (= the mean of ``loss_by_position``).
 * ``myopia_gap = eval_loss(myopic) - eval_loss(vanilla)``: what a model loses when its training may not prepare
   earlier positions for later ones. Positive means pre-caching helps; near zero suggests breadcrumbs.
@@ -24,6 +25,8 @@ Example:
     >>> report = evaluate_regimes({"vanilla": model, "myopic": model, "bigram": model}, tokens)
     >>> report.myopia_gap
     0.0
+    >>> report  # doctest: +ELLIPSIS
+    MyopiaReport(eval_loss: vanilla ...; myopia_gap +0.0000 [95% CI +0.0000, +0.0000]; bigram_gap ...; 4 sequences)
     >>> len(report.regimes["bigram"].loss_by_position)
     7
 """
@@ -32,17 +35,20 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
-import torch
+import pandas as pd
 from jaxtyping import Float, Int
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from forethought.bootstrap import N_RESAMPLES, bootstrap_ci
-from forethought.data import TokenSplits, check_tokens_fit
-from forethought.errors import InvalidArgumentError, NumericalError, check_positive
+from forethought.data import TokenSplits
+from forethought.errors import InvalidArgumentError
+from forethought.losses import loss_by_position, token_losses  # noqa: F401 - loss_by_position is re-exported
 from forethought.myopic_training.regimes import REGIMES, RegimeModel
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 def position_loss_sums(
@@ -66,46 +72,11 @@ def sequence_losses(
     progress: bool = False,
 ) -> Float[Tensor, "n_seq targets"]:
     """The next-token loss of every sequence at every position (float64, on CPU): the unit a bootstrap over
-    sequences resamples. See :func:`position_loss_sums` for ``model``."""
+    sequences resamples. :func:`forethought.losses.token_losses`, run in the regime's forward when ``model`` is a
+    :class:`RegimeModel` (see :func:`position_loss_sums`)."""
     regime_model = model if isinstance(model, RegimeModel) else RegimeModel(model)
-    bridge = regime_model.model
-    check_positive("batch_size", batch_size, integer=True)
-    check_tokens_fit(bridge, tokens)
-    if tokens.shape[1] < 2:
-        raise InvalidArgumentError(f"sequences of {tokens.shape[1]} token(s) have no next token; need at least 2")
-    device = next(bridge.parameters()).device
-    losses = []
-    was_training = bridge.training
-    bridge.eval()
-    try:
-        with torch.no_grad(), regime_model.forward_context():
-            for start in tqdm(range(0, len(tokens), batch_size), desc="eval", disable=not progress, leave=False):
-                batch = tokens[start : start + batch_size].to(device)
-                per_token = bridge(batch, return_type="loss", loss_per_token=True)
-                losses.append(per_token.detach().double().cpu())
-    finally:
-        bridge.train(was_training)
-    result = torch.cat(losses)
-    if not torch.isfinite(result).all():
-        raise NumericalError("the validation loss is NaN or infinite; the model's weights or inputs are not finite")
-    return result
-
-
-def loss_by_position(
-    model: Any | RegimeModel,
-    tokens: Int[Tensor, "n_seq pos"],
-    batch_size: int = 32,
-    progress: bool = False,
-) -> Float[Tensor, " targets"]:
-    """Mean next-token loss at each position: entry ``t`` is the loss of predicting token ``t + 1``.
-
-    Example:
-        >>> from forethought.models import tiny_model
-        >>> model = tiny_model(n_layers=1, d_model=16, n_heads=2, d_vocab=20, n_ctx=8)
-        >>> loss_by_position(model, torch.randint(0, 20, (3, 8))).shape
-        torch.Size([7])
-    """
-    return position_loss_sums(model, tokens, batch_size=batch_size, progress=progress) / len(tokens)
+    with regime_model.forward_context():
+        return token_losses(regime_model.model, tokens, batch_size=batch_size, progress=progress)
 
 
 @dataclass
@@ -135,7 +106,7 @@ class PositionGap:
     ci_high: list[float]
 
 
-@dataclass
+@dataclass(repr=False)
 class MyopiaReport:
     """Loss of every regime and the gaps between them (see the module docstring for definitions)."""
 
@@ -161,11 +132,9 @@ class MyopiaReport:
         result.update(result.pop("extra"))
         return result
 
-    def to_frame(self) -> Any:
+    def to_frame(self) -> pd.DataFrame:
         """A tidy ``pandas.DataFrame``: one row per (regime, position) with its loss, its gap to the baseline and
         the gap's bootstrap interval (``gap``, ``gap_ci_low``, ``gap_ci_high``; NaN for the baseline itself)."""
-        import pandas as pd
-
         nan = float("nan")
         rows = []
         for name, result in self.regimes.items():
@@ -176,6 +145,29 @@ class MyopiaReport:
                              "gap_ci_low": gaps.ci_low[position] if gaps else nan,
                              "gap_ci_high": gaps.ci_high[position] if gaps else nan})
         return pd.DataFrame(rows, columns=["regime", "position", "loss", "gap", "gap_ci_low", "gap_ci_high"])
+
+    def plot(self, kind: Literal["loss_by_position", "loss_difference"] = "loss_by_position",
+             baseline: str | None = None) -> Figure:
+        """One figure of the report: ``"loss_by_position"`` (one line per regime) or ``"loss_difference"`` (each
+        regime minus ``baseline``, default the report's, with its bootstrap band); :func:`plot_report` gives both."""
+        from forethought.plots import plot_loss_by_position, plot_loss_difference
+
+        if kind == "loss_by_position":
+            return plot_loss_by_position(self.to_frame())
+        if kind != "loss_difference":
+            raise InvalidArgumentError(f"kind={kind!r} is unknown; choose 'loss_by_position' or 'loss_difference'")
+        baseline = self.baseline if baseline is None else baseline
+        if baseline not in self.regimes or len(self.regimes) < 2:
+            raise InvalidArgumentError(f"a loss difference needs the baseline {baseline!r} and another regime; the "
+                                       f"report has {', '.join(self.regimes)}")
+        return plot_loss_difference(self.to_frame(), baseline=baseline)
+
+    def __repr__(self) -> str:
+        losses = ", ".join(f"{name} {result.eval_loss:.4f}" for name, result in self.regimes.items())
+        gap = f"; myopia_gap {format_gap(self)}" if self.myopia_gap is not None else ""
+        gap += f"; bigram_gap {self.bigram_gap:+.4f}" if self.bigram_gap is not None else ""
+        n = next(iter(self.regimes.values())).n_sequences if self.regimes else 0
+        return f"MyopiaReport(eval_loss: {losses}{gap}; {n} sequences)"
 
 
 def evaluate_regimes(
@@ -257,10 +249,7 @@ def plot_report(report: MyopiaReport, baseline: str = "vanilla") -> dict[str, An
     Returns ``{"loss_by_position": Figure, "loss_difference": Figure}`` (the second only when ``baseline`` is in
     the report); save them with :func:`forethought.reporting.save_figure`.
     """
-    from forethought.plots import plot_loss_by_position, plot_loss_difference
-
-    frame = report.to_frame()
-    figures = {"loss_by_position": plot_loss_by_position(frame)}
+    figures = {"loss_by_position": report.plot("loss_by_position")}
     if baseline in report.regimes and len(report.regimes) > 1:
-        figures["loss_difference"] = plot_loss_difference(frame, baseline=baseline)
+        figures["loss_difference"] = report.plot("loss_difference", baseline=baseline)
     return figures
