@@ -34,6 +34,11 @@ def _data(parser: argparse.ArgumentParser, **keywords: object) -> None:
     add_dataclass_arguments(parser.add_argument_group("data"), Preset, only=DATA_FIELDS, **keywords)  # type: ignore[arg-type]
 
 
+def _progress(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """``--progress``/``--no-progress``: the option (and ``dest``) of TrainConfig's ``progress`` in ``train``."""
+    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="show progress bars")
+
+
 def train(parser: argparse.ArgumentParser) -> None:
     """``forethought train``."""
     parser.add_argument("--out", required=True, help="output directory (checkpoint, log, model, report)")
@@ -60,7 +65,7 @@ def myopia_gap(parser: argparse.ArgumentParser) -> None:
                         help="a sweep over model sizes: train each model (NAME=DIR_OR_HUB_NAME, or a directory or hub "
                              "name, named after its last part; they must share a tokenizer) in every regime with the "
                              "preset's data and settings into --out/models/NAME, then tabulate the myopia gap by "
-                             "parameter count (size_sweep.csv/.json, myopia_gap_by_size.png)")
+                             "parameter count (size_sweep.csv/.json, myopia_gap_by_size.png; default: no sweep)")
     _data(parser, presets=PRESETS)
     add_dataclass_arguments(parser.add_argument_group("training"), TrainConfig, exclude=("regime", "out_dir"),
                             presets={name: preset.train for name, preset in PRESETS.items()}, choices=TRAIN_CHOICES)
@@ -83,11 +88,11 @@ def synthetic(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--threads", type=int, default=1,
                      help="CPU threads for torch (the presets' models are so small that more threads mostly wait for "
                           "each other, and slow down badly on a busy machine)")
-    run.add_argument("--resume", action="store_true",
+    run.add_argument("--resume", action=argparse.BooleanOptionalAction, default=False,
                      help="continue an interrupted (or reuse a finished) run in --out from its checkpoints")
     run.add_argument("--checkpoint-every", type=int, default=1000, metavar="N",
                      help="write training checkpoints every N steps")
-    run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _progress(run)
 
 
 def probe_sweep(parser: argparse.ArgumentParser) -> None:
@@ -123,7 +128,7 @@ def probe_sweep(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--stream-above-gib", type=float, default=4.0,
                      help="streaming threshold: activations larger than this (GiB) stream")
     run.add_argument("--stream-dir", help="where streamed activations go (default: the system temp directory)")
-    run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _progress(run)
 
 
 def compare(parser: argparse.ArgumentParser) -> None:
@@ -144,7 +149,7 @@ def compare(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="probe training and bootstrap (and the split, with "
                         "--model)")
     parser.add_argument("--device", help="where to run models and probes (default: where each model loads)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _progress(parser)
 
 
 def lens_view(parser: argparse.ArgumentParser) -> None:
@@ -178,7 +183,7 @@ def gradient_split(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="data split (--model) or data and model seed (synthetic)")
     parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads for torch")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _progress(parser)
     _data(parser)
 
 

@@ -190,6 +190,6 @@ def run(args: argparse.Namespace) -> int:
     prepare_out_dir(args.out)
     result = compare_regimes(models, splits, out_dir=args.out, layers=layers, offsets=offsets, method=args.method,
                              baseline=args.baseline, seed=args.seed, config=ProbeSweepConfig(top_k=args.top_k),
-                             progress=not args.no_progress, trained_as=trained_as, bootstrap_seed=bootstrap_seed)
+                             progress=args.progress, trained_as=trained_as, bootstrap_seed=bootstrap_seed)
     print(f"myopia gap {format_gap(result.losses)} nats/token; wrote {args.out}")
     return 0

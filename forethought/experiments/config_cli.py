@@ -73,7 +73,7 @@ def field_help(cls: type) -> dict[str, str]:
 
 def _plain_text(text: str) -> str:
     text = _ROLE.sub(lambda match: match.group(1).rsplit(".", 1)[-1], text).replace("``", "")
-    return text.rstrip(".").replace("%", "%%")
+    return text.rstrip(".")
 
 
 def _flag(name: str) -> str:
@@ -109,7 +109,7 @@ def _preset_defaults(name: str, default: Any, presets: Mapping[str, Any]) -> str
 def _shown(value: Any) -> str:
     if isinstance(value, tuple):
         return " ".join(map(str, value))
-    return "none" if value is None else str(value).replace("%", "%%")
+    return str(value).replace("%", "%%")
 
 
 def add_dataclass_arguments(
@@ -143,7 +143,7 @@ def add_dataclass_arguments(
     hints = typing.get_type_hints(cls, vars(sys.modules[cls.__module__]))
     by_name = {f.name: f for f in dataclasses.fields(cls)}
     names = list(only) if only is not None else [name for name in by_name if name not in exclude]
-    texts = {**field_help(cls), **(help or {})}
+    texts = {name: text.replace("%", "%%") for name, text in {**field_help(cls), **(help or {})}.items()}
     for name in names:
         f = by_name[name]
         default = f.default if f.default is not _MISSING else (
@@ -162,8 +162,8 @@ def add_dataclass_arguments(
             parser.add_argument(*options, dest=name, default=None, help=text + _preset_defaults(name, default, presets),
                                 **keywords)
         else:  # the help formatter shows the default, unless it is None
-            if default is None and "None" not in text:
-                text += " (default: none)"
+            if default is None:
+                text += " (default: None)"
             parser.add_argument(*options, dest=name, default=default, help=text, **keywords)
 
 

@@ -82,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
             config = replace(saved_config(args.synthetic_checkpoint), seed=args.seed)
             split = gradient_split(model, synthetic_batches(config, args.batches, args.batch_size, device),
                                    loss_fn=huber_loss(config.huber_delta), modes=args.modes,
-                                   progress=not args.no_progress)
+                                   progress=args.progress)
             report = _write_single(out, split, args, source={"synthetic_checkpoint": str(args.synthetic_checkpoint),
                                                              "task": asdict(config.task())})
         else:
@@ -92,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
             splits = load_splits(args, args.seed, tokenizer=model.tokenizer)
             tokens = splits.validation[: args.batches * args.batch_size]
             split = gradient_split(model, tokens, modes=args.modes, batch_size=args.batch_size,
-                                   progress=not args.no_progress)
+                                   progress=args.progress)
             report = _write_single(out, split, args, source={
                 "model": str(args.model), "dataset": args.dataset, "seq_len": args.seq_len,
                 "n_sequences": len(tokens), "split": "validation"})
@@ -168,7 +168,7 @@ def _over_synthetic_training(args: argparse.Namespace, device: torch.device, out
 
     initial = RegressionTransformer(config.model_config(), device=device)
     record(0, initial)
-    run = synthetic.train_regime(config, "vanilla", device=device, progress=not args.no_progress, on_step=record)
+    run = synthetic.train_regime(config, "vanilla", device=device, progress=args.progress, on_step=record)
     out = prepare_out_dir(out)
     frame = pd.DataFrame(rows)
     total = frame[frame["group"] == TOTAL].pivot_table(index="step", columns="mode", values="precaching_share")

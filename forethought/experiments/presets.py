@@ -24,11 +24,12 @@ class Preset:
         description: one line for ``--help``.
         dataset: text source for :func:`~forethought.data.load_texts`.
         text_field: the text column of ``.jsonl`` files and HF datasets.
-        max_documents: keep at most this many documents.
+        max_documents: keep at most this many documents (``None``: all).
         seq_len: tokens per sequence.
-        min_doc_tokens: keep only documents this long; sequences never cross documents (64-token passages).
+        min_doc_tokens: keep only documents this long; sequences never cross documents (64-token passages;
+            ``None``: any length).
         val_fraction: share of sequences held out for validation.
-        max_sequences: cap on the number of sequences.
+        max_sequences: keep at most this many sequences (``None``: all).
         tokenizer: from scratch: an ``int`` trains a byte-level BPE of that size on the corpus; a string loads a
             hub tokenizer. Fine-tuning uses the model's own tokenizer.
         model: a hub name or directory to fine-tune; ``None`` trains ``architecture`` from scratch.

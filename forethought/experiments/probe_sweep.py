@@ -107,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
     tables = [probe_sweep(models, splits, layers=layers, offsets=offsets, method=methods, seed=seed,
                           device=args.device, config=config,
                           save_dir=out / "probes" / (f"seed{seed}" if len(seeds) > 1 else "")
-                          if args.save_probes else None, stream=stream, progress=not args.no_progress)
+                          if args.save_probes else None, stream=stream, progress=args.progress)
               for seed in seeds]
     seconds = time.perf_counter() - start
     if world is not None and not world.is_main:

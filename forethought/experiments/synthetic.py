@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     checkpointing = {"resume": args.resume, "checkpoint_every": args.checkpoint_every}
     out = check_out_dir(args.out)  # run_experiment creates it once the arguments are all checked
     extra = {"preset": args.preset, **({"threads": args.threads} if device.type == "cpu" else {})}
-    progress = not args.no_progress
+    progress = args.progress
     threads = torch.get_num_threads()
     if device.type == "cpu":
         torch.set_num_threads(args.threads)
