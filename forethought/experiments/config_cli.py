@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import re
-import sys
 import types
 import typing
 from collections.abc import Collection, Mapping, Sequence
@@ -140,7 +139,7 @@ def add_dataclass_arguments(
         flags: option strings replacing ``--field-name`` (e.g. ``{"frequency": ["--frequency", "-F"]}``).
         help: help texts replacing the docstring's.
     """
-    hints = typing.get_type_hints(cls, vars(sys.modules[cls.__module__]))
+    hints = typing.get_type_hints(cls)
     by_name = {f.name: f for f in dataclasses.fields(cls)}
     names = list(only) if only is not None else [name for name in by_name if name not in exclude]
     texts = {name: text.replace("%", "%%") for name, text in {**field_help(cls), **(help or {})}.items()}
@@ -158,13 +157,12 @@ def add_dataclass_arguments(
             keywords["action"] = argparse.BooleanOptionalAction
         else:
             keywords["type"] = kind
-        if presets is not None:
-            parser.add_argument(*options, dest=name, default=None, help=text + _preset_defaults(name, default, presets),
-                                **keywords)
-        else:  # the help formatter shows the default, unless it is None
-            if default is None:
-                text += " (default: None)"
-            parser.add_argument(*options, dest=name, default=default, help=text, **keywords)
+        if presets is not None:  # None: not given, the preset's value holds
+            text += _preset_defaults(name, default, presets)
+            default = None
+        elif kind is not bool:  # (BooleanOptionalAction adds its own)
+            text += f" (default: {_shown(default)})"
+        parser.add_argument(*options, dest=name, default=default, help=text, **keywords)
 
 
 def dataclass_overrides(cls: type, args: argparse.Namespace, *, only: Collection[str] | None = None,
