@@ -1,7 +1,8 @@
 """Start-up cost of forethought, as ratios to ``python -c "import torch"`` measured in the same run.
 
 Each command runs in a fresh interpreter, ``--repeats`` times interleaved; the table gives medians. The goals:
-``forethought --help`` and an argument error in under 2 s, ``import forethought`` close to ``import torch``.
+``forethought --help``, ``forethought <command> --help`` and an argument error in under 2 s (they import no torch),
+``import forethought`` close to ``import torch``.
 
     python benchmarks/startup.py [--repeats 5]
 """
@@ -23,6 +24,9 @@ COMMANDS = {
     "forethought --version": [PYTHON, "-m", "forethought.cli", "--version"],
     "forethought train --help": [PYTHON, "-m", "forethought.cli", "train", "--help"],
     "forethought train (argument error)": [PYTHON, "-m", "forethought.cli", "train", "--steps", "x"],
+    "forethought synthetic --help": [PYTHON, "-m", "forethought.cli", "synthetic", "--help"],
+    "forethought probe-sweep (argument error)": [PYTHON, "-m", "forethought.cli", "probe-sweep", "--run", "r",
+                                                 "--out", "o", "--offsets"],
 }
 
 
@@ -41,10 +45,10 @@ def main() -> None:
         for name, command in COMMANDS.items():
             times[name].append(_seconds(command))
     torch_time = statistics.median(times["import torch"])
-    print(f"{'command':<36} {'median s':>9} {'/ import torch':>15}")
+    print(f"{'command':<42} {'median s':>9} {'/ import torch':>15}")
     for name, values in times.items():
         median = statistics.median(values)
-        print(f"{name:<36} {median:>9.2f} {median / torch_time:>15.2f}")
+        print(f"{name:<42} {median:>9.2f} {median / torch_time:>15.2f}")
 
 
 if __name__ == "__main__":

@@ -1,9 +1,10 @@
 """The ``forethought`` command line: one subcommand per experiment runner.
 
-Each runner module in :mod:`forethought.experiments` defines ``HELP``, ``add_arguments(parser)`` and
-``run(args)``. Only the chosen subcommand's runner is imported, so ``forethought --help`` and argument errors
-answer at once. Bad input ends the command with exit code 2 and one line on stderr; an error of the system
-(a full disk, a file that cannot be read) with exit code 1 and one line.
+Each subcommand's options come from :mod:`forethought.experiments.arguments` (torch-free, derived from the config
+dataclasses where those define a setting) and its work from ``run(args)`` of its runner module, imported only once
+the arguments parse: ``forethought <command> --help`` and argument errors answer at once, without importing torch.
+Bad input ends the command with exit code 2 and one line on stderr; an error of the system (a full disk, a file
+that cannot be read) with exit code 1 and one line.
 
 Example:
     >>> build_parser(["train"]).parse_args(["train", "--out", "run", "--steps", "3"]).steps
@@ -66,11 +67,12 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
         if name != chosen:
             commands.add_parser(name, help=summary)
             continue
-        module = importlib.import_module(module_name)
-        sub = commands.add_parser(name, help=summary, description=module.HELP,
-                                  formatter_class=_DefaultsFormatter)
-        module.add_arguments(sub)
-        sub.set_defaults(command_function=module.run)
+        from forethought.experiments.arguments import COMMANDS as OPTIONS
+
+        description, add_options = OPTIONS[name]
+        sub = commands.add_parser(name, help=summary, description=description, formatter_class=_DefaultsFormatter)
+        add_options(sub)
+        sub.set_defaults(runner=module_name)
     return parser
 
 
@@ -92,7 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
-        result = args.command_function(args)
+        result = importlib.import_module(args.runner).run(args)
     except ForethoughtError as error:
         message = str(error).splitlines()[0] if str(error) else type(error).__name__
         print(f"forethought {args.command}: error: {message}", file=sys.stderr)

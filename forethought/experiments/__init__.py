@@ -1,2 +1,4 @@
-"""End-to-end runners behind the CLI; each module defines ``HELP``, ``add_arguments`` and ``run``, except
-``common`` (what they share) and ``size_sweep`` (the sweep over model sizes behind ``myopia-gap --models``)."""
+"""End-to-end runners behind the CLI; each runner module defines ``run(args)``, and :mod:`.arguments` (torch-free)
+defines every subcommand's options, derived from the config dataclasses by :mod:`.config_cli`. Besides them:
+``common`` (what runners share), ``presets`` (the myopia-gap presets) and ``size_sweep`` (the sweep over model
+sizes behind ``myopia-gap --models``)."""

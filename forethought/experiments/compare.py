@@ -43,21 +43,12 @@ from forethought import plots
 from forethought.data import TokenSplits, load_token_splits
 from forethought.devices import resolve_device
 from forethought.errors import InvalidArgumentError
-from forethought.experiments.common import (
-    add_scoring_data_arguments,
-    parse_ints,
-    parse_models,
-    scoring_data_options,
-    shared_tokenizer,
-)
+from forethought.experiments.common import parse_ints, parse_models, scoring_data_options, shared_tokenizer
 from forethought.models import load_model
 from forethought.myopic_training.evaluation import MyopiaReport, evaluate_regimes, format_gap, plot_report
-from forethought.probes.sweep import METHODS, ProbeSweepConfig, label_space_summary, probe_sweep
+from forethought.probes.sweep import ProbeSweepConfig, label_space_summary, probe_sweep
 from forethought.reporting import check_out_dir, prepare_out_dir, provenance, save_figure, write_csv, write_json
 from forethought.runs import load_run
-
-HELP = ("Compare a vanilla and a myopic model (and a transformer bigram) side by side: losses by position, "
-        "the myopia gap, and probe accuracy by layer x offset with its difference.")
 
 RUN_REGIMES = ("vanilla", "myopic", "bigram")
 NOT_PROBED = ("bigram",)
@@ -172,34 +163,12 @@ def _write(result: RegimeComparison, out: Path, baseline: str, settings: dict[st
     })
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--run", help="a `forethought myopia-gap` output directory: compares its vanilla, myopic "
-                        "and bigram models on the run's own validation split")
-    source.add_argument("--model", action="append", metavar="NAME=DIR_OR_HUB_NAME",
-                        help="a model to compare, named (repeat; one must be named like --baseline)")
-    parser.add_argument("--out", required=True, help="output directory")
-    parser.add_argument("--baseline", default="vanilla", help="the model the others are compared with")
-    add_scoring_data_arguments(parser, held_out="val_fraction")
-    parser.add_argument("--layers", default="all", help="'all' or comma-separated residual depths")
-    parser.add_argument("--offsets", default="0,1,2,3", help="comma-separated future offsets (0 = next token)")
-    parser.add_argument("--method", default="vocab", choices=METHODS, help="probe method (default: %(default)s)")
-    parser.add_argument("--top-k", type=int, help="probes predict the k most frequent future tokens plus 'other' "
-                        "(scored over all targets: 'other' is never a hit)")
-    parser.add_argument("--seed", type=int, default=0, help="probe training and bootstrap (and the split, with "
-                        "--model)")
-    parser.add_argument("--device", help="where to run models and probes")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-
-
-
-
 def run(args: argparse.Namespace) -> int:
     layers: Any = "all" if args.layers.strip() == "all" else parse_ints(args.layers, "layers")
     offsets = parse_ints(args.offsets, "offsets")
     check_out_dir(args.out)
     resolve_device(args.device)
-    options = scoring_data_options(args, held_out="val_fraction", verb="score")
+    options = scoring_data_options(args, verb="score")
     if args.run:
         run_dir = load_run(args.run, device=args.device)
         models = {name: model for name, model in run_dir.models.items() if name in RUN_REGIMES}
@@ -221,6 +190,6 @@ def run(args: argparse.Namespace) -> int:
     prepare_out_dir(args.out)
     result = compare_regimes(models, splits, out_dir=args.out, layers=layers, offsets=offsets, method=args.method,
                              baseline=args.baseline, seed=args.seed, config=ProbeSweepConfig(top_k=args.top_k),
-                             progress=not args.no_progress, trained_as=trained_as, bootstrap_seed=bootstrap_seed)
+                             progress=args.progress, trained_as=trained_as, bootstrap_seed=bootstrap_seed)
     print(f"myopia gap {format_gap(result.losses)} nats/token; wrote {args.out}")
     return 0

@@ -42,7 +42,7 @@ from torch.nn import functional as F
 from forethought import synthetic
 from forethought.devices import resolve_device
 from forethought.errors import InvalidArgumentError, check_positive
-from forethought.experiments.common import add_data_arguments, load_splits
+from forethought.experiments.common import load_splits
 from forethought.models import load_model
 from forethought.myopic_training.gradient_split import (
     TOTAL,
@@ -50,13 +50,9 @@ from forethought.myopic_training.gradient_split import (
     gradient_split,
     plot_gradient_split,
 )
-from forethought.myopic_training.hooks import MODES
 from forethought.reporting import check_out_dir, prepare_out_dir, provenance, save_figure, write_csv, write_json
 from forethought.synthetic import PrecacheBatch, RegressionTransformer
 from forethought.synthetic.study import saved_config as _saved_config
-
-HELP = ("Split a model's gradient into its myopic and pre-caching parts: the pre-caching share per parameter "
-        "group, for a language model, a synthetic-task model, or over synthetic training.")
 
 DEFINITIONS = {
     "g": "vanilla gradient of the loss, accumulated (averaged) over the batches: the expected gradient",
@@ -68,28 +64,6 @@ DEFINITIONS = {
     "cos_precaching_myopic": "cos(g_p, g_m); null where g_p or g_m is zero",
     "share_batch_*": "mean, sd, min and max over batches of the share computed on each batch's gradient alone",
 }
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--model", help="a language model: hub name or local directory (e.g. a run's model/)")
-    source.add_argument("--synthetic-checkpoint", metavar="PATH",
-                        help="a forethought synthetic checkpoint (OUT/checkpoints/vanilla.pt or myopic.pt)")
-    source.add_argument("--synthetic-preset", choices=sorted(synthetic.PRESETS),
-                        help="train a vanilla model on D_p with this preset and record the split over training")
-    parser.add_argument("--out", required=True, help="output directory")
-    parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES), help="myopic modes to split by")
-    parser.add_argument("--batches", type=int, default=8,
-                        help="batches the expected gradient is accumulated over (default: %(default)s)")
-    parser.add_argument("--batch-size", type=int, default=32, help="sequences per batch (default: %(default)s)")
-    over = parser.add_argument_group("over training (--synthetic-preset)")
-    over.add_argument("--steps", type=int, help="training steps (default: the preset's)")
-    over.add_argument("--every", type=int, default=100, help="steps between splits (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=0, help="data split (--model) or data and model seed (synthetic)")
-    parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
-    parser.add_argument("--threads", type=int, default=1, help="CPU threads for torch (default: %(default)s)")
-    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    add_data_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -108,17 +82,17 @@ def run(args: argparse.Namespace) -> int:
             config = replace(saved_config(args.synthetic_checkpoint), seed=args.seed)
             split = gradient_split(model, synthetic_batches(config, args.batches, args.batch_size, device),
                                    loss_fn=huber_loss(config.huber_delta), modes=args.modes,
-                                   progress=not args.no_progress)
+                                   progress=args.progress)
             report = _write_single(out, split, args, source={"synthetic_checkpoint": str(args.synthetic_checkpoint),
                                                              "task": asdict(config.task())})
         else:
             model = load_model(args.model, device=device)
             if model.tokenizer is None:
                 raise InvalidArgumentError(f"--model {args.model!r} has no tokenizer; save one beside its weights")
-            splits = load_splits(args, tokenizer=model.tokenizer)
+            splits = load_splits(args, args.seed, tokenizer=model.tokenizer)
             tokens = splits.validation[: args.batches * args.batch_size]
             split = gradient_split(model, tokens, modes=args.modes, batch_size=args.batch_size,
-                                   progress=not args.no_progress)
+                                   progress=args.progress)
             report = _write_single(out, split, args, source={
                 "model": str(args.model), "dataset": args.dataset, "seq_len": args.seq_len,
                 "n_sequences": len(tokens), "split": "validation"})
@@ -194,7 +168,7 @@ def _over_synthetic_training(args: argparse.Namespace, device: torch.device, out
 
     initial = RegressionTransformer(config.model_config(), device=device)
     record(0, initial)
-    run = synthetic.train_regime(config, "vanilla", device=device, progress=not args.no_progress, on_step=record)
+    run = synthetic.train_regime(config, "vanilla", device=device, progress=args.progress, on_step=record)
     out = prepare_out_dir(out)
     frame = pd.DataFrame(rows)
     total = frame[frame["group"] == TOTAL].pivot_table(index="step", columns="mode", values="precaching_share")

@@ -30,21 +30,7 @@ from forethought.probes.io import CONFIG
 from forethought.probes.lens_view import lens_view
 from forethought.reporting import check_out_dir, prepare_out_dir, provenance, write_json
 
-HELP = ("Show what future-token probes predict at every depth and position of one prompt: an HTML grid "
-        "(hover for the top 5), a PNG, and a CSV.")
 FILES = ["lens_view.html", "lens_view.png", "lens_view.csv", "report.json"]
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, metavar="DIR_OR_NAME", help="the model the probes were fitted on")
-    parser.add_argument("--probes", required=True, metavar="DIR", help="a probe directory, or a probe-sweep "
-                        "--save-probes directory holding one set of (non-control) probes")
-    parser.add_argument("--prompt", required=True, metavar="TEXT", help="the text to view")
-    parser.add_argument("--offset", type=int, default=0, metavar="N", help="show the predictions of token "
-                        "t + 1 + N (default: %(default)s)")
-    parser.add_argument("--layers", help="comma-separated residual depths to show (default: all of the probes')")
-    parser.add_argument("--out", required=True, help="output directory")
-    parser.add_argument("--device", help="where to run the model (default: where it loads)")
 
 
 def find_probe_dir(path: str | Path) -> Path:
@@ -76,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     for name in FILES[:3]:
         view.save(out / name)
     write_json(out / "report.json", {
-        "config": {key: value for key, value in vars(args).items() if key != "command_function"},
+        "config": {key: value for key, value in vars(args).items() if key != "runner"},
         "probes": {"directory": str(probe_dir), **view.meta, "layers": view.layers, "offset": view.offset},
         "model": {"source": args.model, "n_layers": model.cfg.n_layers, "d_model": model.cfg.d_model,
                   "d_vocab": model.cfg.d_vocab},

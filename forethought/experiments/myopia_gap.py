@@ -36,22 +36,17 @@ from __future__ import annotations
 
 import argparse
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 from forethought.data import check_tokens_fit
 from forethought.errors import ContextLengthError, InvalidArgumentError, ModelNotAvailableError, check_positive
-from forethought.experiments.common import (
-    add_data_arguments,
-    add_training_arguments,
-    load_splits,
-    save_gradient_split_plot,
-    training_config,
-)
+from forethought.experiments.common import load_splits, save_gradient_split_plot
+from forethought.experiments.config_cli import dataclass_overrides
+from forethought.experiments.presets import DATA_FIELDS, PRESETS, Preset
 from forethought.models import load_model, save_random_checkpoint, tiny_model
 from forethought.myopic_training.evaluation import evaluate_regimes, format_gap, plot_report
-from forethought.myopic_training.hooks import MODES
 from forethought.myopic_training.regimes import REGIMES
 from forethought.myopic_training.trainer import CHECKPOINT, MODEL_DIR, PAST_MODEL_DIR, TrainConfig, check_device, train
 from forethought.reporting import (
@@ -65,99 +60,7 @@ from forethought.reporting import (
 )
 from forethought.runs import write_run
 
-HELP = ("Train vanilla, myopic and transformer-bigram models on the same text and measure the myopia gap "
-        "(validation loss by position for each regime).")
-
 RUNS = "runs"
-
-
-@dataclass(frozen=True)
-class Preset:
-    """One ready-made experiment.
-
-    Attributes:
-        description: one line for ``--help``.
-        dataset: text source for :func:`~forethought.data.load_texts`.
-        text_field: the text column of ``.jsonl`` files and HF datasets.
-        max_documents: keep at most this many documents.
-        seq_len: tokens per sequence.
-        min_doc_tokens: keep only documents this long; sequences never cross documents (64-token passages).
-        val_fraction: share of sequences held out for validation.
-        max_sequences: cap on the number of sequences.
-        tokenizer: from scratch: an ``int`` trains a byte-level BPE of that size on the corpus; a string loads a
-            hub tokenizer. Fine-tuning uses the model's own tokenizer.
-        model: a hub name or directory to fine-tune; ``None`` trains ``architecture`` from scratch.
-        architecture: from scratch: ``{"family": "native" | "gpt2" | "neox" | "llama", sizes...}``.
-        regimes: regimes to train, in order (``local-myopic`` from scratch needs ``vanilla`` before it).
-        train: :class:`~forethought.myopic_training.TrainConfig` settings shared by every regime.
-    """
-
-    description: str
-    dataset: str = "builtin"
-    text_field: str = "text"
-    max_documents: int | None = None
-    seq_len: int = 64
-    min_doc_tokens: int | None = None
-    val_fraction: float = 0.1
-    max_sequences: int | None = None
-    tokenizer: int | str = 2048
-    model: str | None = None
-    architecture: dict[str, Any] = field(default_factory=dict)
-    regimes: tuple[str, ...] = ("vanilla", "myopic", "bigram")
-    train: dict[str, Any] = field(default_factory=dict)
-
-
-PRESETS: dict[str, Preset] = {
-    "smoke": Preset(
-        description="seconds on a CPU: a 2-layer d=16 model, a few steps (for CI)",
-        max_documents=12, seq_len=16, val_fraction=0.05, tokenizer=300,
-        architecture={"family": "native", "n_layers": 2, "d_model": 16, "n_heads": 2},
-        regimes=("vanilla", "myopic", "bigram", "local-myopic"),
-        train={"steps": 6, "batch_size": 8, "lr": 3e-3, "warmup_steps": 1, "eval_every": 6, "checkpoint_every": 3},
-    ),
-    "cpu": Preset(
-        description="a few minutes on two CPU cores: a 2-layer d=128 GPT-2-style model on the builtin corpus",
-        seq_len=64, tokenizer=1024,
-        architecture={"family": "native", "n_layers": 2, "d_model": 128, "n_heads": 4},
-        regimes=("vanilla", "myopic", "bigram"),
-        train={"steps": 400, "batch_size": 32, "lr": 2e-3, "warmup_steps": 40, "eval_every": 100,
-               "checkpoint_every": 100},
-    ),
-    "gpt2-paper": Preset(
-        description="GPU: GPT-2 124M from scratch on 64-token OpenWebText passages, batch 512, lr 6e-4",
-        dataset="Skylion007/openwebtext", max_documents=200_000, seq_len=64, min_doc_tokens=64, val_fraction=0.01,
-        tokenizer="gpt2",
-        architecture={"family": "gpt2", "n_layers": 12, "d_model": 768, "n_heads": 12, "n_ctx": 1024},
-        regimes=("vanilla", "myopic", "bigram"),
-        train={"steps": 20_000, "batch_size": 512, "lr": 6e-4, "warmup_steps": 1000, "weight_decay": 0.1,
-               "eval_every": 1000, "eval_batches": 20, "checkpoint_every": 500},
-    ),
-    "pythia-finetune": Preset(
-        description="GPU: fine-tune Pythia-160M vanilla vs myopic (same lr) on 64-token Pile passages",
-        dataset="NeelNanda/pile-10k", seq_len=64, min_doc_tokens=64, val_fraction=0.05,
-        model="EleutherAI/pythia-160m",
-        regimes=("vanilla", "myopic", "bigram", "local-myopic"),
-        train={"steps": 2000, "batch_size": 64, "lr": 2e-5, "warmup_steps": 100, "weight_decay": 0.0,
-               "eval_every": 250, "checkpoint_every": 250},
-    ),
-}
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu",
-                        help="; ".join(f"{name}: {preset.description}" for name, preset in PRESETS.items()))
-    parser.add_argument("--out", required=True, help="output directory")
-    parser.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
-    parser.add_argument("--regimes", help=f"comma-separated subset of {', '.join(REGIMES)} (default: the preset's)")
-    parser.add_argument("--mode", choices=MODES, default="strict", help="myopic gradient mode")
-    parser.add_argument("--beta", type=float, default=0.0, help="myopic: 0 = myopic ... 1 = vanilla gradient")
-    parser.add_argument("--models", nargs="+", action="extend", metavar="NAME=DIR_OR_HUB_NAME",
-                        help="a sweep over model sizes: train each model (NAME=DIR_OR_HUB_NAME, or a directory or hub "
-                             "name, named after its last part; they must share a tokenizer) in every regime with the "
-                             "preset's data and settings into --out/models/NAME, then tabulate the myopia gap by "
-                             "parameter count (size_sweep.csv/.json, myopia_gap_by_size.png)")
-    add_data_arguments(parser, dataset=None, seq_len=None, text_field=None)
-    add_training_arguments(parser, steps=None, batch_size=None, lr=None)
 
 
 def preset_from_args(args: argparse.Namespace) -> Preset:
@@ -165,10 +68,7 @@ def preset_from_args(args: argparse.Namespace) -> Preset:
     if args.preset not in PRESETS:
         raise InvalidArgumentError(f"preset {args.preset!r} is unknown; choose one of {', '.join(PRESETS)}")
     preset = PRESETS[args.preset]
-    changes: dict[str, Any] = {}
-    for option in ("dataset", "text_field", "max_documents", "seq_len", "min_doc_tokens"):
-        if getattr(args, option, None) is not None:
-            changes[option] = getattr(args, option)
+    changes: dict[str, Any] = dataclass_overrides(Preset, args, only=DATA_FIELDS)
     if args.regimes:
         regimes = tuple(name.strip() for name in args.regimes.split(",") if name.strip())
         unknown = [name for name in regimes if name not in REGIMES]
@@ -185,7 +85,7 @@ def preset_from_args(args: argparse.Namespace) -> Preset:
 
 def run(args: argparse.Namespace) -> int:
     preset = preset_from_args(args)
-    config = training_config(args, **preset.train, mode=args.mode, beta=args.beta)
+    config = TrainConfig(**{**preset.train, **dataclass_overrides(TrainConfig, args)})
     check_device(config.device)
     out = check_out_dir(args.out)
     if args.models:
@@ -205,9 +105,6 @@ def run_experiment(preset: Preset, out: str | Path, config: TrainConfig, preset_
     same validation sequences, and write the report and figures. Returns the report."""
     started = time.perf_counter()
     check_positive("seq_len", preset.seq_len, integer=True)
-    data_args = argparse.Namespace(dataset=preset.dataset, text_field=preset.text_field,
-                                   max_documents=preset.max_documents, seq_len=preset.seq_len,
-                                   min_doc_tokens=preset.min_doc_tokens, seed=config.seed)
     starting_model = load_model(preset.model) if preset.model is not None else None
     if starting_model is not None:
         if starting_model.tokenizer is None:
@@ -216,8 +113,7 @@ def run_experiment(preset: Preset, out: str | Path, config: TrainConfig, preset_
     else:
         tokenizer = _hub_tokenizer(preset.tokenizer) if isinstance(preset.tokenizer, str) else None
     vocab_size = preset.tokenizer if isinstance(preset.tokenizer, int) else None
-    splits = load_splits(data_args, tokenizer=tokenizer, vocab_size=vocab_size,
-                         max_sequences=preset.max_sequences, val_fraction=preset.val_fraction)
+    splits = load_splits(preset, config.seed, tokenizer=tokenizer, vocab_size=vocab_size)
     _check_context(preset, splits, starting_model)
     del starting_model
     out = prepare_out_dir(out)

@@ -49,13 +49,7 @@ from forethought.data import load_token_splits
 from forethought.devices import resolve_device
 from forethought.distributed import current_world
 from forethought.errors import InvalidArgumentError
-from forethought.experiments.common import (
-    add_scoring_data_arguments,
-    parse_ints,
-    parse_models,
-    scoring_data_options,
-    shared_tokenizer,
-)
+from forethought.experiments.common import parse_ints, parse_models, scoring_data_options, shared_tokenizer
 from forethought.models import load_model
 from forethought.probes.sweep import (
     METHODS,
@@ -68,45 +62,6 @@ from forethought.probes.sweep import (
 from forethought.reporting import check_out_dir, prepare_out_dir, provenance, save_figure, write_csv, write_json
 from forethought.runs import load_run
 
-HELP = ("Train future-token probes at every layer x offset of one or more models and compare them with "
-        "unigram, bigram-at-distance-N and control-task baselines.")
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--model", action="append", metavar="NAME=DIR_OR_HUB_NAME",
-                        help="a model to probe, named (repeat for several; e.g. vanilla=runs/vanilla/model)")
-    source.add_argument("--run", help="a `forethought train` or `myopia-gap` output directory: probe its models "
-                        "(not the bigram ones) on the run's own split")
-    parser.add_argument("--out", required=True, help="output directory")
-    add_scoring_data_arguments(parser, held_out="test_fraction")
-    probes = parser.add_argument_group("probes")
-    probes.add_argument("--layers", default="all", help="'all' or comma-separated residual depths "
-                        "(0 = embeddings, n_layers = last block's output)")
-    probes.add_argument("--offsets", default="0,1,2,3", help="comma-separated offsets N: the probe at t predicts "
-                        "token t + 1 + N (default: %(default)s)")
-    probes.add_argument("--method", default="vocab", help=f"comma-separated methods: {', '.join(METHODS)} "
-                        "(default: %(default)s)")
-    probes.add_argument("--top-k", type=int, help="predict the k most frequent future tokens plus 'other' "
-                        "(default: the whole vocabulary)")
-    probes.add_argument("--no-control", action="store_true", help="skip the control task (and selectivity)")
-    probes.add_argument("--max-epochs", type=int, help="training epochs at most for vocab and future_lens probes")
-    probes.add_argument("--save-probes", action="store_true", help="also save the fitted probes under OUT/probes")
-    run_group = parser.add_argument_group("run")
-    run_group.add_argument("--seed", type=int, default=0, help="splits, control task and probe training")
-    run_group.add_argument("--seeds", help="comma-separated probe seeds: repeat the sweep with each (same data) and "
-                           "report the spread over seeds")
-    run_group.add_argument("--device", help="where to run models and probes (default: where each model loads)")
-    run_group.add_argument("--batch-size", type=int, default=32, help="sequences per forward pass")
-    run_group.add_argument("--stream", action=argparse.BooleanOptionalAction, default=None,
-                           help="write activations to temporary files and train vocab probes from them, so memory "
-                           "does not grow with the data (default: only when they would exceed --stream-above-gib)")
-    run_group.add_argument("--stream-above-gib", type=float, default=4.0,
-                           help="streaming threshold: activations larger than this (GiB) stream")
-    run_group.add_argument("--stream-dir", help="where streamed activations go (default: the system temp directory)")
-    run_group.add_argument("--no-progress", action="store_true", help="no progress bars")
-
-
 NOT_PROBED = ("bigram", "local-myopic")  # their forward is not the plain one a probe reads
 
 
@@ -118,8 +73,8 @@ def run(args: argparse.Namespace) -> int:
     unknown = [m for m in methods if m not in METHODS]
     if unknown or not methods:
         raise InvalidArgumentError(f"--method {args.method!r} is unknown; choose from {', '.join(METHODS)}")
-    options = scoring_data_options(args, held_out="test_fraction", verb="probe")
-    config = ProbeSweepConfig(top_k=args.top_k, control=not args.no_control, test_fraction=options["test_fraction"],
+    options = scoring_data_options(args, verb="probe")
+    config = ProbeSweepConfig(top_k=args.top_k, control=not args.no_control, test_fraction=options["val_fraction"],
                               batch_size=args.batch_size, stream_above_gib=args.stream_above_gib,
                               stream_dir=args.stream_dir)
     stream = "auto" if args.stream is None else args.stream
@@ -144,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
         models = {name: load_model(source, device=args.device) for name, source in sources.items()}
         splits = load_token_splits(options["dataset"], shared_tokenizer(models), options["seq_len"],
                                    text_field=options["text_field"], max_sequences=options["max_sequences"],
-                                   val_fraction=options["test_fraction"], seed=args.seed)
+                                   val_fraction=options["val_fraction"], seed=args.seed)
     world = current_world()  # under torchrun / accelerate launch each process probes some depths; process 0 writes
     if world is None or world.is_main:
         prepare_out_dir(out)
@@ -152,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
     tables = [probe_sweep(models, splits, layers=layers, offsets=offsets, method=methods, seed=seed,
                           device=args.device, config=config,
                           save_dir=out / "probes" / (f"seed{seed}" if len(seeds) > 1 else "")
-                          if args.save_probes else None, stream=stream, progress=not args.no_progress)
+                          if args.save_probes else None, stream=stream, progress=args.progress)
               for seed in seeds]
     seconds = time.perf_counter() - start
     if world is not None and not world.is_main:
@@ -174,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
             [["model", "method", "layer", "offset", "top1", "top1_ci_low", "top1_ci_high", "coverage",
               "best_baseline_top1", "gain_over_baseline", "selectivity"]])
     write_json(out / "report.json", {
-        "config": {**{key: value for key, value in vars(args).items() if key != "command_function"},
+        "config": {**{key: value for key, value in vars(args).items() if key != "runner"},
                    "seeds": seeds, "sweep": {**asdict(config), "feature_dtype": str(config.feature_dtype)}},
         "models": {name: {"source": sources[name], "trained": trained.get(name), "n_layers": model.cfg.n_layers,
                           "d_model": model.cfg.d_model, "d_vocab": model.cfg.d_vocab}

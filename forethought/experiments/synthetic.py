@@ -17,50 +17,19 @@ import torch
 
 from forethought.devices import resolve_device
 from forethought.errors import check_positive
+from forethought.experiments.config_cli import dataclass_overrides
 from forethought.reporting import check_out_dir
-from forethought.synthetic import PAPER_PS, PRESETS, SyntheticConfig, run_experiment, run_sweep
-from forethought.synthetic.config import MYOPIC_MODES
-
-HELP = ("The synthetic pre-caching experiment: train a vanilla and a myopic transformer on D_p and probe "
-        "their residual streams for sin(F x) of past inputs.")
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu",
-                        help="smoke: seconds (CI); cpu: the default main job, minutes on a CPU; paper: the paper's "
-                             "setting, for a GPU")
-    parser.add_argument("--out", default="results/synthetic", help="output directory (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=0, help="model initialisation and data seed")
-    parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
-    parser.add_argument("--p", type=float, nargs="+", metavar="P",
-                        help=f"probability of a past-sum target; several values run a sweep (the paper's: "
-                             f"{' '.join(f'{p:g}' for p in PAPER_PS)})")
-    overrides = parser.add_argument_group("overrides of the preset")
-    overrides.add_argument("--k", type=int, help="terms in the past sum (K)")
-    overrides.add_argument("--frequency", "-F", type=float, help="F in sin(F x); keep it >= 8")
-    overrides.add_argument("--steps", type=int, help="training steps per regime")
-    overrides.add_argument("--batch-size", type=int, help="sequences per step")
-    overrides.add_argument("--lr", type=float, help="peak AdamW learning rate")
-    overrides.add_argument("--myopic-mode", choices=MYOPIC_MODES, help="how myopic gradients treat the past")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="CPU threads for torch (default: %(default)s; the presets' models are so small that more "
-                             "threads mostly wait for each other, and slow down badly on a busy machine)")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue an interrupted (or reuse a finished) run in --out from its checkpoints")
-    parser.add_argument("--checkpoint-every", type=int, default=1000, metavar="N",
-                        help="write training checkpoints every N steps (default: %(default)s)")
-    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+from forethought.synthetic import PRESETS, SyntheticConfig, run_experiment, run_sweep
 
 
 def config_from_args(args: argparse.Namespace) -> SyntheticConfig:
     """The preset with the command line's overrides applied (validated)."""
-    overrides = {name: getattr(args, name) for name in ("k", "frequency", "steps", "batch_size", "lr", "myopic_mode")
-                 if getattr(args, name, None) is not None}
+    overrides = dataclass_overrides(SyntheticConfig, args, exclude=("p",))  # --p: one run per value
     config = PRESETS[args.preset]
-    if "steps" in overrides:
+    if "steps" in overrides and "warmup_steps" not in overrides:
         check_positive("steps", overrides["steps"], integer=True)
         overrides["warmup_steps"] = min(config.warmup_steps, overrides["steps"] // 10)
-    return replace(config, seed=args.seed, **overrides)
+    return replace(config, **overrides)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -74,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     checkpointing = {"resume": args.resume, "checkpoint_every": args.checkpoint_every}
     out = check_out_dir(args.out)  # run_experiment creates it once the arguments are all checked
     extra = {"preset": args.preset, **({"threads": args.threads} if device.type == "cpu" else {})}
-    progress = not args.no_progress
+    progress = args.progress
     threads = torch.get_num_threads()
     if device.type == "cpu":
         torch.set_num_threads(args.threads)

@@ -22,45 +22,17 @@ from dataclasses import asdict
 
 from forethought.data import check_tokens_fit
 from forethought.errors import InvalidArgumentError
-from forethought.experiments.common import (
-    add_data_arguments,
-    add_training_arguments,
-    load_splits,
-    save_gradient_split_plot,
-    training_config,
-)
+from forethought.experiments.common import load_splits, save_gradient_split_plot
+from forethought.experiments.config_cli import dataclass_overrides
 from forethought.models import load_model, tiny_model
-from forethought.myopic_training.hooks import MODES
-from forethought.myopic_training.regimes import REGIMES
-from forethought.myopic_training.trainer import CHECKPOINT, MODEL_DIR, check_device, train
+from forethought.myopic_training.trainer import CHECKPOINT, MODEL_DIR, TrainConfig, check_device, train
 from forethought.reporting import check_out_dir, prepare_out_dir, provenance, save_figure, write_json
 from forethought.runs import write_run
-
-HELP = "Train a language model (from scratch or fine-tuning) as vanilla, myopic, local-myopic or transformer bigram."
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", required=True, help="output directory (checkpoint, log, model, report)")
-    parser.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
-    add_data_arguments(parser)
-    model = parser.add_argument_group("model")
-    model.add_argument("--model", help="hub name or local directory to fine-tune (default: train from scratch)")
-    model.add_argument("--n-layers", type=int, default=2, help="from scratch: transformer blocks")
-    model.add_argument("--d-model", type=int, default=128, help="from scratch: residual width")
-    model.add_argument("--n-heads", type=int, default=4, help="from scratch: attention heads")
-    model.add_argument("--vocab-size", type=int, default=2048, help="from scratch: BPE vocabulary to train")
-    regime = parser.add_argument_group("regime")
-    regime.add_argument("--regime", choices=REGIMES, default="vanilla")
-    regime.add_argument("--mode", choices=MODES, default="strict", help="myopic gradient mode")
-    regime.add_argument("--beta", type=float, default=0.0, help="myopic: 0 = myopic ... 1 = vanilla gradient")
-    regime.add_argument("--past-model", help="local-myopic: the frozen vanilla model that supplies the past "
-                                             "(default when fine-tuning: a frozen copy of --model)")
-    add_training_arguments(parser, steps=500, batch_size=32, lr=1e-3)
 
 
 def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
-    config = training_config(args, regime=args.regime, mode=args.mode, beta=args.beta)
+    config = TrainConfig(**dataclass_overrides(TrainConfig, args))
     check_device(config.device)
     out = check_out_dir(args.out)
     if (out / CHECKPOINT).exists() and not args.resume:
@@ -74,9 +46,9 @@ def run(args: argparse.Namespace) -> int:
         model = load_model(args.model)
         if model.tokenizer is None:
             raise InvalidArgumentError(f"--model {args.model!r} has no tokenizer; save one beside its weights")
-        splits = load_splits(args, tokenizer=model.tokenizer)
+        splits = load_splits(args, args.seed, tokenizer=model.tokenizer)
     else:
-        splits = load_splits(args, vocab_size=args.vocab_size)
+        splits = load_splits(args, args.seed, vocab_size=args.vocab_size)
         model = tiny_model(n_layers=args.n_layers, d_model=args.d_model, n_heads=args.n_heads,
                            d_vocab=len(splits.tokenizer), n_ctx=args.seq_len, seed=args.seed,
                            tokenizer=splits.tokenizer)
