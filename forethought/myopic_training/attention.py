@@ -19,13 +19,16 @@ import math
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
 from forethought.errors import UnsupportedArchitectureError
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
 
 #: Hooks captured per layer (relative to ``blocks.{layer}.attn.``).
 QKV_HOOKS = ("hook_q", "hook_k", "hook_v")
@@ -59,7 +62,7 @@ class Geometry:
     architecture: str
 
 
-def geometry(model: Any, layer: int) -> Geometry:
+def geometry(model: TransformerBridge, layer: int) -> Geometry:
     """Read the attention geometry of ``layer`` from the model config; refuse what cannot be recomputed."""
     cfg = model.cfg
     architecture = str(getattr(cfg, "architecture", None) or type(model).__name__)
@@ -90,7 +93,7 @@ def geometry(model: Any, layer: int) -> Geometry:
     )
 
 
-def capture_hooks(model: Any, layers: list[int], captures: dict[int, LayerCapture],
+def capture_hooks(model: TransformerBridge, layers: list[int], captures: dict[int, LayerCapture],
                   with_inputs: bool) -> list[tuple[str, Callable]]:
     """Forward hooks that store each layer's q, k, v (and cos/sin, projection inputs) in ``captures``."""
     names = [*QKV_HOOKS, *ROTARY_HOOKS, *(INPUT_HOOKS if with_inputs else ())]
@@ -186,7 +189,7 @@ def _autocast_enabled() -> bool:
     return any(torch.is_autocast_enabled(device) for device in ("cpu", "cuda"))
 
 
-def attention_dropout_active(model: Any, layer: int) -> bool:
+def attention_dropout_active(model: TransformerBridge, layer: int) -> bool:
     """True when an attention dropout module of ``layer`` would drop anything in the current mode."""
     if not model.training:
         return False
@@ -200,7 +203,8 @@ class RecomputedAttention(AbstractContextManager):
     returns the replacement. Hooks are removed on exit, also when the body raises.
     """
 
-    def __init__(self, model: Any, layers: list[int], make_z: Callable[[int, LayerCapture, Tensor], Tensor],
+    def __init__(self, model: TransformerBridge, layers: list[int],
+                 make_z: Callable[[int, LayerCapture, Tensor], Tensor],
                  with_inputs: bool = False):
         self.model = model
         self.layers = layers

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch import Tensor
@@ -55,11 +55,14 @@ from forethought.myopic_training.attention import (
 from forethought.myopic_training.fused_attention import fused_attend, fused_supported
 from forethought.options import ABLATIONS, MODES
 
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
+
 #: How :func:`myopic` recomputes attention for the gradient.
 ATTENTION = ("auto", "fused", "eager")
 
 
-def myopic(model: Any, mode: Literal["strict", "cutgrad"] = "strict", beta: float = 0.0,
+def myopic(model: TransformerBridge, mode: Literal["strict", "cutgrad"] = "strict", beta: float = 0.0,
            attention: Literal["auto", "fused", "eager"] = "auto") -> AbstractContextManager[Any]:
     """Make gradients myopic inside the ``with`` block; forward values stay exactly those of the model.
 
@@ -116,7 +119,7 @@ def myopic(model: Any, mode: Literal["strict", "cutgrad"] = "strict", beta: floa
 
 
 @contextmanager
-def _installed(hooks: RecomputedAttention, model: Any) -> Iterator[Any]:
+def _installed(hooks: RecomputedAttention, model: TransformerBridge) -> Iterator[Any]:
     """Hold ``hooks`` on the model inside the ``with`` block and give the block the model.
 
     The arguments were checked when the context manager was made, not when it is entered.
@@ -125,7 +128,8 @@ def _installed(hooks: RecomputedAttention, model: Any) -> Iterator[Any]:
         yield model
 
 
-def _from_detached_input(model: Any, layer: int, capture: LayerCapture, geo: Any) -> tuple[Tensor, Tensor]:
+def _from_detached_input(model: TransformerBridge, layer: int, capture: LayerCapture,
+                         geo: Any) -> tuple[Tensor, Tensor]:
     """Keys and values recomputed from the detached projection inputs with the live projection weights."""
     attn = model.blocks[layer].attn
     projected = []
@@ -144,7 +148,7 @@ def _from_detached_input(model: Any, layer: int, capture: LayerCapture, geo: Any
 
 
 def ablate_past(
-    model: Any,
+    model: TransformerBridge,
     layers: Any = "all",
     method: Literal["self", "zero", "mean"] = "self",
 ) -> AbstractContextManager[Any]:

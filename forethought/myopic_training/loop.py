@@ -39,7 +39,7 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -53,6 +53,9 @@ from forethought.myopic_training.hooks import myopic
 from forethought.myopic_training.regimes import RegimeModel, forward_context
 from forethought.myopic_training.runtime import JsonLinesLog, StopOnSignal, make_accelerator
 
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
+
 #: ``loss_fn(model, batch)``: the scalar training loss of one batch (``model`` may be wrapped for DDP).
 LossFn = Callable[[nn.Module, Any], Tensor]
 #: ``evaluate(accelerator, model, step)``: entries added to the log record at evaluation steps.
@@ -63,10 +66,10 @@ EvaluateFn = Callable[[Any, nn.Module, int], dict[str, Any]]
 class TrainResult:
     """What the training loop returns: the trained model and its log (one dict per step)."""
 
-    model: Any
+    model: torch.nn.Module
     config: TrainConfig
     history: list[dict[str, float]] = field(default_factory=list)
-    past_model: Any = None
+    past_model: TransformerBridge | None = None
     out_dir: Path | None = None
     start_step: int = 0
     seconds: float = 0.0
@@ -102,8 +105,8 @@ def run_training(
     batches: BatchSource,
     loss_fn: LossFn,
     *,
-    bridge: Any = None,
-    past_model: Any = None,
+    bridge: TransformerBridge | None = None,
+    past_model: TransformerBridge | None = None,
     evaluate: EvaluateFn | None = None,
     settings: dict[str, Any] | None = None,
     checkpoint: str | os.PathLike | None = None,
@@ -212,7 +215,8 @@ def run_training(
                        seconds=seconds + time.perf_counter() - started)
 
 
-def training_context(config: TrainConfig, model: Any, past_model: Any = None) -> AbstractContextManager:
+def training_context(config: TrainConfig, model: TransformerBridge,
+                     past_model: TransformerBridge | None = None) -> AbstractContextManager:
     """The context of a training forward: myopic gradients for ``"myopic"``, else the regime's forward."""
     if config.regime == "myopic":
         return myopic(model, mode=config.mode, beta=config.beta)

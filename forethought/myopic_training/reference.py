@@ -23,7 +23,7 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from jaxtyping import Int
@@ -31,10 +31,13 @@ from torch import Tensor
 
 from forethought.errors import InvalidArgumentError
 
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
+
 DETACHED_HOOKS = {"strict": ("attn.hook_k", "attn.hook_v"), "cutgrad": ("attn.k.hook_in", "attn.v.hook_in")}
 
 
-def accumulate_per_position_gradients(model: Any, tokens: Int[Tensor, "batch pos"],
+def accumulate_per_position_gradients(model: TransformerBridge, tokens: Int[Tensor, "batch pos"],
                                       mode: Literal["strict", "cutgrad"] = "strict") -> None:
     """Add the myopic gradient of the mean next-token loss to every parameter's ``.grad``, position by position."""
     if mode not in DETACHED_HOOKS:

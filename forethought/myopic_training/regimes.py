@@ -38,7 +38,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -58,9 +58,12 @@ from forethought.myopic_training.attention import (
 from forethought.myopic_training.hooks import ablate_past
 from forethought.options import REGIMES
 
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
+
 
 @contextmanager
-def local_myopic(model: Any, past_model: Any) -> Iterator[Any]:
+def local_myopic(model: TransformerBridge, past_model: TransformerBridge) -> Iterator[Any]:
     """Let a frozen ``past_model`` supply every earlier position's keys and values inside the ``with`` block.
 
     Each call of ``model`` first runs ``past_model`` on the same input (without gradients) and records its keys
@@ -151,9 +154,9 @@ class RegimeModel:
         ...     logits = model(torch.zeros(1, 4, dtype=torch.long))
     """
 
-    model: Any
+    model: TransformerBridge
     regime: str = "vanilla"
-    past_model: Any = None
+    past_model: TransformerBridge | None = None
 
     def __post_init__(self) -> None:
         check_regime(self.regime)
@@ -171,7 +174,8 @@ def check_regime(regime: str) -> None:
         raise InvalidArgumentError(f"regime={regime!r} is unknown; choose one of {', '.join(REGIMES)}")
 
 
-def forward_context(regime: str, model: Any, past_model: Any = None) -> AbstractContextManager:
+def forward_context(regime: str, model: TransformerBridge,
+                    past_model: TransformerBridge | None = None) -> AbstractContextManager:
     """The forward pass of ``regime``.
 
     Past ablation for ``"bigram"``, a frozen past for ``"local-myopic"``, the model's own forward otherwise

@@ -40,7 +40,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from jaxtyping import Int
@@ -65,6 +65,9 @@ from forethought.myopic_training.regimes import RegimeModel, forward_context
 from forethought.myopic_training.runtime import check_device
 from forethought.reporting import prepare_out_dir
 
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
+
 __all__ = ["CHECKPOINT", "LOG", "MODEL_DIR", "PAST_MODEL_DIR", "BatchOrder", "TrainConfig", "TrainResult",
            "TrainingInterrupted", "check_device", "read_checkpoint", "train", "training_context",
            "warmup_cosine_schedule"]
@@ -77,9 +80,9 @@ PAST_MODEL_DIR = "past_model"
 
 def train(
     config: TrainConfig,
-    model: Any,
+    model: TransformerBridge,
     data: TokenSplits | tuple[Int[Tensor, "n_train pos"], Int[Tensor, "n_val pos"]],
-    past_model: Any = None,
+    past_model: TransformerBridge | None = None,
     on_step: Callable[[dict[str, float]], None] | None = None,
 ) -> TrainResult:
     """Train ``model`` in place as ``config`` says; see the module docstring for the choices made.
@@ -114,7 +117,7 @@ def train(
     past_model = _frozen_past_model(config, model, past_model)
     eval_tokens = val_tokens[: config.eval_batches * config.batch_size] if config.eval_batches else val_tokens
 
-    def evaluate(accelerator: Any, model: Any, step: int) -> dict[str, Any]:
+    def evaluate(accelerator: Any, model: TransformerBridge, step: int) -> dict[str, Any]:
         record = {"eval_loss": _evaluate(accelerator, config, model, past_model, eval_tokens)}
         if config.gradient_split_every and (step % config.gradient_split_every == 0 or step == config.steps):
             record["gradient_split"] = _gradient_split(accelerator, config, model, past_model, eval_tokens)
@@ -139,7 +142,7 @@ def train(
     return result
 
 
-def _language_model_loss(model: Any, tokens: Int[Tensor, "batch pos"]) -> Tensor:
+def _language_model_loss(model: TransformerBridge, tokens: Int[Tensor, "batch pos"]) -> Tensor:
     """The mean next-token cross-entropy of ``tokens``."""
     return model(tokens, return_type="loss")
 
@@ -159,7 +162,8 @@ def _run_dir(config: TrainConfig) -> Path | None:
     return prepare_out_dir(out)
 
 
-def _leaves_parameters_unused(config: TrainConfig, model: Any, past_model: Any) -> bool:
+def _leaves_parameters_unused(config: TrainConfig, model: TransformerBridge,
+                              past_model: TransformerBridge | None) -> bool:
     """Whether a training forward leaves a trainable parameter without gradient.
 
     It is probed with one two-token backward; if so, DDP must search the graph for unused parameters on every
@@ -173,14 +177,16 @@ def _leaves_parameters_unused(config: TrainConfig, model: Any, past_model: Any) 
     return any(grad is None for grad in torch.autograd.grad(loss, parameters, allow_unused=True))
 
 
-def _frozen_past_model(config: TrainConfig, model: Any, past_model: Any) -> Any:
+def _frozen_past_model(config: TrainConfig, model: TransformerBridge,
+                       past_model: TransformerBridge | None) -> Any:
     if config.regime != "local-myopic":
         return None
     past = copy_model(model) if past_model is None else past_model
     return past.eval().requires_grad_(False)
 
 
-def _evaluate(accelerator: Any, config: TrainConfig, model: Any, past_model: Any, tokens: Tensor) -> float:
+def _evaluate(accelerator: Any, config: TrainConfig, model: TransformerBridge, past_model: TransformerBridge | None,
+              tokens: Tensor) -> float:
     """Mean validation loss in the regime's forward; each process takes a shard and the sums are reduced."""
     shard = tokens[accelerator.process_index :: accelerator.num_processes]
     sums = torch.zeros(tokens.shape[1] - 1, dtype=torch.float64)
@@ -193,8 +199,8 @@ def _evaluate(accelerator: Any, config: TrainConfig, model: Any, past_model: Any
     return (totals[:-1].sum() / (totals[-1] * (tokens.shape[1] - 1))).item()
 
 
-def _gradient_split(accelerator: Any, config: TrainConfig, model: Any, past_model: Any,
-                    tokens: Tensor) -> list[dict[str, Any]]:
+def _gradient_split(accelerator: Any, config: TrainConfig, model: TransformerBridge,
+                    past_model: TransformerBridge | None, tokens: Tensor) -> list[dict[str, Any]]:
     """The gradient split of the validation loss in the regime's forward, as JSON-ready rows.
 
     Every process computes it on the same sequences.
