@@ -123,6 +123,7 @@ class Activations:
 
     @property
     def hooks(self) -> list[str]:
+        """The names of the hooks held (the keys of ``tensors``)."""
         return list(self.tensors)
 
     @classmethod

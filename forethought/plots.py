@@ -1,5 +1,8 @@
-"""Seaborn figures. Every function returns a matplotlib ``Figure``; save it with
-:func:`forethought.reporting.save_figure` (runners save PNGs beside their JSON)."""
+"""Seaborn figures.
+
+Every function returns a matplotlib ``Figure``; save it with :func:`forethought.reporting.save_figure`
+(runners save PNGs beside their JSON).
+"""
 
 from __future__ import annotations
 
@@ -9,8 +12,10 @@ SIGNED_PREFIXES = ("gain", "selectivity", "delta")
 
 
 def regime_palette(names) -> dict[str, str]:
-    """One colour per regime or model name, the same in every figure: the fixed colours of
-    :data:`REGIME_COLORS`, then other names in order from a colour-blind-safe palette.
+    """One colour per regime or model name, the same in every figure.
+
+    The fixed colours of :data:`REGIME_COLORS` come first, then other names in order from a colour-blind-safe
+    palette.
 
     Example:
         >>> regime_palette(["myopic", "vanilla", "mine"])["vanilla"]
@@ -50,9 +55,10 @@ def plot_loss_by_position(frame, title: str = "Validation loss by position"):
 
 
 def plot_loss_difference(frame, baseline: str = "vanilla", title: str | None = None):
-    """Each regime's loss minus ``baseline``'s at every position (columns ``regime``, ``position``, ``loss``),
-    with its 95 % bootstrap band when the frame has ``gap_ci_low`` and ``gap_ci_high``
-    (:meth:`forethought.myopic_training.MyopiaReport.to_frame`).
+    """Each regime's loss minus ``baseline``'s at every position.
+
+    ``frame`` has columns ``regime``, ``position`` and ``loss``; each gap gets its 95 % bootstrap band when the
+    frame has ``gap_ci_low`` and ``gap_ci_high`` (:meth:`forethought.myopic_training.MyopiaReport.to_frame`).
 
     Example:
         >>> import pandas as pd
@@ -84,9 +90,10 @@ def plot_loss_difference(frame, baseline: str = "vanilla", title: str | None = N
 
 
 def plot_training_curves(history, title: str = "Training"):
-    """Training loss per step and validation loss at each evaluation, from a trainer's log records
-    (dicts or a DataFrame with ``step``, ``loss`` and optionally ``eval_loss``; an optional ``run`` column
-    gives one colour per run).
+    """Training loss per step and validation loss at each evaluation, from a trainer's log records.
+
+    ``history`` is a list of dicts or a DataFrame with ``step``, ``loss`` and optionally ``eval_loss``; an optional
+    ``run`` column gives one colour per run.
 
     Example:
         >>> fig = plot_training_curves([{"step": 1, "loss": 3.0}, {"step": 2, "loss": 2.5, "eval_loss": 2.6}])
@@ -114,8 +121,10 @@ def plot_training_curves(history, title: str = "Training"):
 
 def plot_regime_losses(curves, baseline: float | None = None, smooth: int = 25,
                        title: str = "Training loss on the pre-caching task"):
-    """Training loss per step, one line per regime, smoothed by a running mean over ``smooth`` steps
-    (columns ``regime``, ``step``, ``loss``), with the loss of always predicting 0 as a dashed line.
+    """Training loss per step, one line per regime, smoothed by a running mean over ``smooth`` steps.
+
+    ``curves`` has columns ``regime``, ``step`` and ``loss``; the loss of always predicting 0 is drawn as a
+    dashed line.
 
     Example:
         >>> import pandas as pd
@@ -142,8 +151,10 @@ def plot_regime_losses(curves, baseline: float | None = None, smooth: int = 25,
 
 
 def plot_probe_r2_by_lag(probes, title: str = "Ridge probe R² (held out)"):
-    """Heatmaps of probe R² by layer × target, one panel per regime (columns ``regime``, ``layer``, ``lag``,
-    ``target``, ``r2``; rows whose ``target`` is not ``"sin"`` get their own column named after the target).
+    """Heatmaps of probe R² by layer × target, one panel per regime.
+
+    ``probes`` has columns ``regime``, ``layer``, ``lag``, ``target`` and ``r2``; rows whose ``target`` is not
+    ``"sin"`` get their own column named after the target.
 
     Example:
         >>> import pandas as pd
@@ -177,8 +188,9 @@ def plot_probe_r2_by_lag(probes, title: str = "Ridge probe R² (held out)"):
 
 
 def plot_loss_vs_p(sweep, title: str = "Loss relative to predicting 0, by p"):
-    """Held-out loss ÷ zero-predictor loss against ``p`` (log scale), one line per regime
-    (columns ``p``, ``regime``, ``loss_ratio``).
+    """Held-out loss ÷ zero-predictor loss against ``p`` (log scale), one line per regime.
+
+    The frame has columns ``p``, ``regime`` and ``loss_ratio``.
 
     Example:
         >>> import pandas as pd
@@ -200,9 +212,11 @@ def plot_loss_vs_p(sweep, title: str = "Loss relative to predicting 0, by p"):
 
 
 def plot_patching_heatmap(result, normalized: bool = False, title: str | None = None):
-    """Heatmap of an activation-patching sweep (a :class:`forethought.interventions.PatchResult`): layers down,
-    positions (labelled with the clean tokens) or heads across; a ``[layer, pos, head]`` sweep gets one panel
-    per head. ``normalized`` plots ``(patched − corrupt) / (clean − corrupt)`` instead of the raw metric.
+    """Heatmap of an activation-patching sweep (a :class:`forethought.interventions.PatchResult`).
+
+    Layers run down, positions (labelled with the clean tokens) or heads across; a ``[layer, pos, head]`` sweep
+    gets one panel per head. ``normalized`` plots ``(patched − corrupt) / (clean − corrupt)`` instead of the raw
+    metric.
 
     Example:
         >>> import torch
@@ -250,8 +264,9 @@ def plot_patching_heatmap(result, normalized: bool = False, title: str | None = 
 
 
 def plot_transplant_precision(result, k: int = 1, title: str | None = None):
-    """Heatmap of future-token transplant precision@k (a :class:`forethought.interventions.TransplantResult`):
-    residual depth down (``none``: the neutral prompt without a transplant), offset across.
+    """Heatmap of future-token transplant precision@k (a :class:`forethought.interventions.TransplantResult`).
+
+    Residual depth runs down (``none``: the neutral prompt without a transplant), offset across.
 
     Example:
         >>> import torch
@@ -276,9 +291,11 @@ def plot_transplant_precision(result, k: int = 1, title: str | None = None):
 
 
 def plot_direction_effect(effect, metric: str = "kl", title: str | None = None):
-    """Change in the predictions at ``t + N`` after intervening at ``t``, by offset: the direction against its
-    norm-matched random placebos (a :class:`forethought.interventions.DirectionEffect`; ``metric`` is ``kl``,
-    ``top1_changed`` or ``delta_logprob``).
+    """Change in the predictions at ``t + N`` after intervening at ``t``, by offset.
+
+    The direction is drawn against its norm-matched random placebos (a
+    :class:`forethought.interventions.DirectionEffect`; ``metric`` is ``kl``, ``top1_changed`` or
+    ``delta_logprob``).
 
     Example:
         >>> import torch
@@ -302,10 +319,11 @@ def plot_direction_effect(effect, metric: str = "kl", title: str | None = None):
 
 
 def plot_probe_heatmap(frame, metric: str = "top1", method: str | None = None, title: str | None = None):
-    """Future-token probe scores as heatmaps: residual depth down, offset across, one panel per model, plus a
-    difference panel (second model − first) when there are exactly two models; one row of panels per method.
-    ``frame`` is a :func:`forethought.probes.probe_sweep` table (columns ``model``, ``layer``, ``offset``,
-    ``method`` and ``metric``); ``method`` keeps one method only.
+    """Future-token probe scores as heatmaps: residual depth down, offset across, one panel per model.
+
+    A difference panel (second model − first) is added when there are exactly two models; one row of panels
+    per method. ``frame`` is a :func:`forethought.probes.probe_sweep` table (columns ``model``, ``layer``,
+    ``offset``, ``method`` and ``metric``); ``method`` keeps one method only.
 
     Signed metrics (``gain_*``, ``selectivity``, ``*_minus_*``) and difference panels use a diverging map
     centred at 0 with a symmetric scale (never narrower than a tenth of the largest score, so noise does not
@@ -402,9 +420,11 @@ GAP_REGIMES = {"myopia_gap": "myopic", "bigram_gap": "bigram", "local_myopia_gap
 
 
 def plot_gap_by_size(table, gap: str = "myopia_gap", title: str | None = None):
-    """A gap of every model against its parameter count (log scale), with its 95 % interval as error bars and a
-    line at zero (columns ``model``, ``n_parameters``, ``gap`` and, when present, ``{gap}_ci_low`` and
-    ``{gap}_ci_high``: a :func:`forethought.experiments.size_sweep.run_size_sweep` table).
+    """A gap of every model against its parameter count (log scale).
+
+    Its 95 % interval is drawn as error bars, with a line at zero. ``table`` has columns ``model``,
+    ``n_parameters``, ``gap`` and, when present, ``{gap}_ci_low`` and ``{gap}_ci_high`` (a
+    :func:`forethought.experiments.size_sweep.run_size_sweep` table).
 
     Example:
         >>> import pandas as pd

@@ -1,6 +1,8 @@
-"""Interventions on a ``TransformerBridge``: activation patching, future-token transplant, probe-direction
-edits and past ablation. Every intervention is a TransformerLens hook, installed with ``model.hooks`` and
-removed on exit (also on error); none edits the model.
+"""Interventions on a ``TransformerBridge``.
+
+Activation patching, future-token transplant, probe-direction edits and past ablation. Every intervention is
+a TransformerLens hook, installed with ``model.hooks`` and removed on exit (also on error); none edits the
+model.
 
 * :mod:`~forethought.interventions.patching`: :func:`patch_positions`, :func:`patch_heads` (sweeps, with
   metrics from :mod:`~forethought.interventions.metrics`) and :func:`patch_activation` (one patch).

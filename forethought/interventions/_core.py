@@ -47,8 +47,10 @@ def require_deterministic(model: TransformerBridge) -> None:
 
 
 def check_pair(model: TransformerBridge, clean: Any, corrupt: Any) -> tuple[Tensor, Tensor]:
-    """Clean and corrupted tokens (tensors or strings, see :func:`~forethought.prompts.as_tokens`): both valid for
-    the model, and of the same shape."""
+    """Clean and corrupted tokens, both valid for the model and of the same shape.
+
+    Each may be a tensor or strings (see :func:`~forethought.prompts.as_tokens`).
+    """
     clean, corrupt = as_tokens(model, clean, "clean_tokens"), as_tokens(model, corrupt, "corrupt_tokens")
     if clean.shape != corrupt.shape:
         raise InvalidArgumentError(

@@ -125,11 +125,13 @@ def add_direction(
     """Add ``scale * direction`` to ``hook`` at ``layer`` and ``positions`` inside the block.
 
     Args:
+        model: a ``TransformerBridge``.
         direction: one direction (``[d_model]``, or anything :func:`as_directions` turns into one row).
+        layer: the layer (for ``"resid"``, 0 is the embeddings).
         scale: the multiplier; with ``normalize`` (default) it is the added vector's norm.
         normalize: scale the unit direction rather than the direction as given.
-
-    The other arguments are those of :func:`project_out`.
+        positions: positions to edit (``None``/``"all"``: every position of every forward).
+        hook: a hook whose activation is ``[batch, pos, d_model]`` (default the residual stream).
 
     Example:
         >>> import torch
@@ -172,11 +174,13 @@ def direction_effect(
         directions: what :func:`as_directions` accepts (a probe's class directions, a subspace, ...).
         layer: where to intervene (``"resid"`` depth: 0 is the embeddings).
         mode: ``"project_out"`` (remove the span) or ``"add"`` (add ``scale`` times the direction).
-        scale, normalize: as in :func:`add_direction` (``mode="add"`` only).
+        scale: as in :func:`add_direction` (``mode="add"`` only).
+        normalize: as in :func:`add_direction` (``mode="add"`` only).
         positions: the positions ``t`` to intervene at, one at a time.
         offsets: the offsets ``N``: the prediction read at ``t + N`` is of token ``t + 1 + N``.
         n_random: random placebo draws, each norm-matched (same row norms, hence for ``project_out`` a random
-            subspace of the same dimension); seeded by ``seed``.
+            subspace of the same dimension).
+        seed: seeds the random placebo draws.
         hook: a ``[batch, pos, d_model]`` hook template (default the residual stream).
         batch_size: rows per forward (intervened copies are stacked along the batch).
         progress: show a progress bar.

@@ -65,11 +65,13 @@ class LogitDiff(Metric):
     name: str = "logit_diff"
 
     def __call__(self, readout: Readout) -> Float[Tensor, " batch"]:
+        """The patched logit of ``answer`` minus that of ``wrong``, per example."""
         answer = select_tokens(self.answer, readout, default=readout.clean)
         wrong = select_tokens(self.wrong, readout, default=readout.corrupt)
         return _gather(readout.logits, answer) - _gather(readout.logits, wrong)
 
     def check(self, batch: int, seq: int, d_vocab: int) -> None:
+        """Raise if ``answer`` or ``wrong`` does not fit a run of this shape and vocabulary."""
         check_token_spec(self.answer, "answer", batch, seq, d_vocab)
         check_token_spec(self.wrong, "wrong", batch, seq, d_vocab)
 
@@ -82,10 +84,12 @@ class LogProb(Metric):
     name: str = "log_prob"
 
     def __call__(self, readout: Readout) -> Float[Tensor, " batch"]:
+        """The patched run's log-probability of ``target``, per example."""
         target = select_tokens(self.target, readout, default=readout.clean)
         return _gather(readout.logits.float().log_softmax(-1), target)
 
     def check(self, batch: int, seq: int, d_vocab: int) -> None:
+        """Raise if ``target`` does not fit a run of this shape and vocabulary."""
         check_token_spec(self.target, "target", batch, seq, d_vocab)
 
 
@@ -96,6 +100,7 @@ class KLToClean(Metric):
     name: str = "kl"
 
     def __call__(self, readout: Readout) -> Float[Tensor, " batch"]:
+        """``KL(clean || patched)`` per example, in nats."""
         return kl_divergence(readout.clean, readout.logits)
 
 
@@ -107,6 +112,7 @@ class FunctionMetric(Metric):
     name: str = "metric"
 
     def __call__(self, readout: Readout) -> Float[Tensor, " batch"]:
+        """The wrapped function's value on ``readout``, as a tensor."""
         return torch.as_tensor(self.function(readout))
 
 

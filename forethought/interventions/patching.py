@@ -1,5 +1,6 @@
-"""Activation patching: swap activations between a clean and a corrupted run, one (layer, position, head) cell
-at a time, and score the result.
+"""Activation patching: swap activations between a clean and a corrupted run, and score the result.
+
+Patching goes one (layer, position, head) cell at a time.
 
 * **Denoising** (``direction="denoise"``, the TransformerLens convention) runs the corrupted tokens and writes
   in one clean activation: how much of the clean behaviour does that cell restore?
@@ -154,8 +155,9 @@ def patch_positions(
 
     Args:
         model: a ``TransformerBridge`` with a deterministic forward (``eval()`` if it has dropout).
-        clean_tokens, corrupt_tokens: prompt pairs of equal shape ``[batch, pos]``: token tensors, or strings
-            (one or a list, tokenised with ``model.tokenizer``, of equal token length).
+        clean_tokens: the clean prompts ``[batch, pos]``: token tensors, or strings (one or a list, tokenised
+            with ``model.tokenizer``, of equal token length).
+        corrupt_tokens: the corrupted prompts, of the same shape as ``clean_tokens``.
         metric: a :class:`~forethought.interventions.metrics.Metric` (``LogitDiff(answer, wrong)``,
             ``LogProb(target)``, ``KLToClean()``), a name (``"logit_diff"``, ``"log_prob"``, ``"kl"``) or a
             function ``Readout -> [batch]``.
@@ -209,15 +211,22 @@ def patch_heads(
     """Patch one attention head at a time: ``[layer, head]`` (all positions together) or ``[layer, pos, head]``.
 
     Args:
+        model: a ``TransformerBridge`` with a deterministic forward (``eval()`` if it has dropout).
+        clean_tokens: the clean prompts, as in :func:`patch_positions`.
+        corrupt_tokens: the corrupted prompts, of the same shape as ``clean_tokens``.
+        metric: a metric, a metric name or a function, as in :func:`patch_positions`.
         hook: a per-head activation ``[batch, pos, head, d_head]``: ``"attn.hook_z"`` (the head's output
             before ``W_O``, default), ``"attn.hook_q"``, ``"attn.hook_k"``, ``"attn.hook_v"`` (``k``/``v`` have
             ``n_key_value_heads`` heads on grouped-query models).
+        layers: layers to sweep (``"all"``, an int or a list).
         heads: heads to sweep.
         positions: ``None`` patches each head at every position at once (dims ``layer, head``); ``"all"`` or
             a list patches one position at a time (dims ``layer, pos, head``).
+        direction: ``"denoise"`` (clean into corrupted run) or ``"noise"`` (corrupted into clean run).
+        read_pos: the position the metric is read at (ignored when ``read_offset`` is given).
         read_offset: with per-position patching, read the metric this many positions after the patched one.
-
-    The other arguments are those of :func:`patch_positions`.
+        batch_size: rows per forward (patched copies are stacked along the batch).
+        progress: show a progress bar.
 
     Example:
         >>> import torch

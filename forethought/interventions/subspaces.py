@@ -52,7 +52,9 @@ def as_directions(
 
     Args:
         source: the direction(s) or probe.
-        layer, offset, control: which probe of a ``LinearProbes`` stack (``layer`` in ``"resid"`` depths).
+        layer: which layer's probe of a ``LinearProbes`` stack (in ``"resid"`` depths; default: the only one).
+        offset: which offset's probe of a ``LinearProbes`` stack (default: the only one).
+        control: take the probe of that offset's control task instead.
         tokens: token ids whose class directions to take (mapped through the probe's label space).
         classes: class indices (rows) to take; default all.
         center: subtract the mean of all class directions first (a softmax probe only uses differences).

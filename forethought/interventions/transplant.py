@@ -150,11 +150,10 @@ def greedy(
     n_steps: int,
     fwd_hooks: Sequence[tuple[str, Any]] = (),
 ) -> tuple[Int[Tensor, "batch step"], Float[Tensor, "batch step d_vocab"]]:
-    """Greedy continuation of ``tokens`` (a token tensor, or strings) for ``n_steps`` with ``fwd_hooks`` active in
-    every forward.
+    """Greedy continuation of ``tokens`` (a token tensor, or strings) for ``n_steps``.
 
-    Returns the generated tokens and the logits each was chosen from. Every step recomputes the whole
-    sequence (no cache), so hooks see every position at every step.
+    ``fwd_hooks`` are active in every forward. Returns the generated tokens and the logits each was chosen
+    from. Every step recomputes the whole sequence (no cache), so hooks see every position at every step.
 
     Example:
         >>> import torch

@@ -71,9 +71,11 @@ def sequence_losses(
     batch_size: int = 32,
     progress: bool = False,
 ) -> Float[Tensor, "n_seq targets"]:
-    """The next-token loss of every sequence at every position (float64, on CPU): the unit a bootstrap over
-    sequences resamples. :func:`forethought.losses.token_losses`, run in the regime's forward when ``model`` is a
-    :class:`RegimeModel` (see :func:`position_loss_sums`)."""
+    """The next-token loss of every sequence at every position (float64, on CPU).
+
+    This is the unit a bootstrap over sequences resamples: :func:`forethought.losses.token_losses`, run in the
+    regime's forward when ``model`` is a :class:`RegimeModel` (see :func:`position_loss_sums`).
+    """
     regime_model = model if isinstance(model, RegimeModel) else RegimeModel(model)
     with regime_model.forward_context():
         return token_losses(regime_model.model, tokens, batch_size=batch_size, progress=progress)
@@ -133,8 +135,11 @@ class MyopiaReport:
         return result
 
     def to_frame(self) -> pd.DataFrame:
-        """A tidy ``pandas.DataFrame``: one row per (regime, position) with its loss, its gap to the baseline and
-        the gap's bootstrap interval (``gap``, ``gap_ci_low``, ``gap_ci_high``; NaN for the baseline itself)."""
+        """A tidy ``pandas.DataFrame``: one row per (regime, position).
+
+        Each row has its loss, its gap to the baseline and the gap's bootstrap interval (``gap``, ``gap_ci_low``,
+        ``gap_ci_high``; NaN for the baseline itself).
+        """
         nan = float("nan")
         rows = []
         for name, result in self.regimes.items():
@@ -148,8 +153,11 @@ class MyopiaReport:
 
     def plot(self, kind: Literal["loss_by_position", "loss_difference"] = "loss_by_position",
              baseline: str | None = None) -> Figure:
-        """One figure of the report: ``"loss_by_position"`` (one line per regime) or ``"loss_difference"`` (each
-        regime minus ``baseline``, default the report's, with its bootstrap band); :func:`plot_report` gives both."""
+        """One figure of the report; :func:`plot_report` gives both.
+
+        ``kind`` is ``"loss_by_position"`` (one line per regime) or ``"loss_difference"`` (each regime minus
+        ``baseline``, default the report's, with its bootstrap band).
+        """
         from forethought.plots import plot_loss_by_position, plot_loss_difference
 
         if kind == "loss_by_position":
@@ -189,9 +197,11 @@ def evaluate_regimes(
             when present.
         data: validation token sequences, or a :class:`~forethought.data.TokenSplits` (its validation split).
         batch_size: sequences per forward pass.
+        progress: show a progress bar.
         trained_as: name → how that model was trained, for the report (default: the name when it is a regime).
         baseline: the model every per-position gap is taken against.
-        n_resamples, seed: the bootstrap over validation sequences.
+        n_resamples: resamples of the bootstrap over validation sequences.
+        seed: seeds the bootstrap.
 
     Returns:
         A :class:`MyopiaReport`.

@@ -53,8 +53,11 @@ class GradientSplit:
     groups: list[str] = field(default_factory=list)
 
     def to_frame(self) -> pd.DataFrame:
-        """One row per group × mode: the expected gradient's metrics and the per-batch spread of the share
-        (``share_batch_mean``, ``share_batch_std``, ``share_batch_min``, ``share_batch_max``)."""
+        """One row per group × mode: the expected gradient's metrics and the per-batch spread of the share.
+
+        The spread columns are ``share_batch_mean``, ``share_batch_std``, ``share_batch_min`` and
+        ``share_batch_max``.
+        """
         frame = pd.DataFrame(self.rows)
         spread = (self.per_batch.groupby(["group", "mode"], sort=False)["precaching_share"]
                   .agg(share_batch_mean="mean", share_batch_std="std", share_batch_min="min", share_batch_max="max")
@@ -91,8 +94,10 @@ class GradientSplit:
 
 def plot_gradient_split(frame: pd.DataFrame, per_batch: pd.DataFrame | None = None,
                         title: str | None = None) -> Figure:
-    """Bars of ``precaching_share`` per group (rows of :meth:`GradientSplit.to_frame`), hue = mode, with each
-    batch's share as a dot.
+    """Bars of ``precaching_share`` per group, hue = mode, with each batch's share as a dot.
+
+    ``frame`` holds rows of :meth:`GradientSplit.to_frame`; ``per_batch``, when given, holds each batch's shares
+    (:attr:`GradientSplit.per_batch`).
 
     Example:
         >>> frame = pd.DataFrame({"group": ["embed", "total"] * 2, "mode": ["strict"] * 2 + ["cutgrad"] * 2,
@@ -118,8 +123,9 @@ def plot_gradient_split(frame: pd.DataFrame, per_batch: pd.DataFrame | None = No
 
 def plot_gradient_split_over_training(history: Iterable[dict[str, Any]] | pd.DataFrame, group: str = TOTAL,
                                       title: str | None = None) -> Figure:
-    """``precaching_share`` of one group against the training step, one line per mode (and per ``run`` when a
-    ``run`` column is present).
+    """``precaching_share`` of one group against the training step, one line per mode.
+
+    There is one line per ``run`` too when a ``run`` column is present.
 
     ``history`` is a trainer log (records with ``step`` and ``gradient_split``, a list of
     :meth:`GradientSplit.records`) or a frame with columns ``step``, ``group``, ``mode``, ``precaching_share``.

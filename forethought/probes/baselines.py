@@ -45,8 +45,11 @@ def _laplace_unigram(labels: Int[Tensor, " n"], n_classes: int) -> Float[Tensor,
 
 def _scores(log_probs_of_label: Tensor, ranks_ok: dict[int, Tensor], labels: Tensor,
             space: LabelSpace | None) -> dict[str, Tensor]:
-    """Means over all targets; under a restricted ``space`` an ``"other"`` target is a miss and its
-    cross-entropy is over the vocabulary (see :mod:`forethought.probes.targets`)."""
+    """Means over all targets.
+
+    Under a restricted ``space`` an ``"other"`` target is a miss and its cross-entropy is over the vocabulary
+    (see :mod:`forethought.probes.targets`).
+    """
     loss = -log_probs_of_label.double()
     if space is not None and space.restricted:
         inside = space.in_space(labels)
@@ -65,14 +68,17 @@ class UnigramBaseline:
 
     @classmethod
     def fit(cls, labels: Int[Tensor, "offset n"], n_classes: int) -> UnigramBaseline:
+        """Count the Laplace-smoothed label distribution of every offset (a row of ``labels``)."""
         if labels.shape[-1] == 0:
             raise DataError("cannot fit a unigram baseline on an empty training split")
         return cls(torch.stack([_laplace_unigram(row, n_classes) for row in labels.cpu()]))
 
     def score(self, labels: Int[Tensor, "offset n"], space: LabelSpace | None = None
               ) -> dict[str, Float[Tensor, " offset"]]:
-        """Top-1, top-5 accuracy and cross-entropy (nats) on ``labels``, one value per offset (over all
-        targets of a restricted ``space``: ``"other"`` is never a hit)."""
+        """Top-1, top-5 accuracy and cross-entropy (nats) on ``labels``, one value per offset.
+
+        Scores are over all targets of a restricted ``space``: ``"other"`` is never a hit.
+        """
         rows = []
         for probs, row in zip(self.probs, labels.cpu().long(), strict=True):
             order = torch.sort(-probs, stable=True).indices
@@ -152,8 +158,10 @@ class BigramBaseline:
 
     def score(self, current: Int[Tensor, " n"], labels: Int[Tensor, "offset n"], space: LabelSpace | None = None
               ) -> dict[str, Float[Tensor, " offset"]]:
-        """Top-1, top-5 accuracy and cross-entropy (nats) on ``labels``, one value per offset (over all
-        targets of a restricted ``space``: ``"other"`` is never a hit)."""
+        """Top-1, top-5 accuracy and cross-entropy (nats) on ``labels``, one value per offset.
+
+        Scores are over all targets of a restricted ``space``: ``"other"`` is never a hit.
+        """
         current = current.cpu().long()
         rows = []
         for i, row in enumerate(labels.cpu().long()):

@@ -54,6 +54,7 @@ class Examples:
 
     @property
     def n(self) -> int:
+        """The number of examples."""
         return self.features.shape[1]
 
     def cat(self, other: Examples) -> Examples:
@@ -72,7 +73,8 @@ def collect_examples(model: TransformerBridge, tokens: Int[Tensor, "seq pos"], l
 
     Labels are classes of ``space``; the model's own prediction is the argmax of its next-token distribution
     over the whole vocabulary, encoded into ``space`` (``"other"`` when that token is outside the top k, which
-    no prediction can then hit), so that it is scored exactly as the true token is."""
+    no prediction can then hit), so that it is scored exactly as the true token is.
+    """
     final = model.cfg.n_layers
     collected = sorted({*layers, final})
     acts = collect_activations(model, tokens, hooks=[RESID], layers=collected, batch_size=batch_size,
@@ -96,8 +98,11 @@ def collect_examples(model: TransformerBridge, tokens: Int[Tensor, "seq pos"], l
 def stream_examples(model: TransformerBridge, tokens: Int[Tensor, "seq pos"], layers: list[int], offsets: list[int],
                     space: LabelSpace, path: Path, *, batch_size: int, feature_dtype: torch.dtype,
                     device: torch.device, progress: bool = False) -> Examples:
-    """:func:`collect_examples` one activation batch at a time: features go to a :class:`FeatureStore` at ``path``
-    (in the same example order), so memory holds one batch; no future residuals (no lens methods)."""
+    """:func:`collect_examples` one activation batch at a time, features going to a :class:`FeatureStore`.
+
+    The store at ``path`` holds the features in the same example order, so memory holds one batch; there are no
+    future residuals (no lens methods).
+    """
     final = model.cfg.n_layers
     collected = sorted({*layers, final})
     index = [collected.index(layer) for layer in layers]
@@ -117,8 +122,10 @@ def stream_examples(model: TransformerBridge, tokens: Int[Tensor, "seq pos"], la
 
 def greedy_classes(model: TransformerBridge, last: Float[Tensor, "seq pos d_model"], space: LabelSpace,
                    device: torch.device) -> Int[Tensor, "seq pos"]:
-    """The model's own next-token predictions (argmax over the vocabulary) from its final residual, as classes
-    of ``space``, read out a chunk of sequences at a time (~64 MB of logits)."""
+    """The model's own next-token predictions (argmax over the vocabulary) from its final residual.
+
+    They are classes of ``space``, read out a chunk of sequences at a time (~64 MB of logits).
+    """
     step = max(1, 2**24 // (last.shape[1] * model.cfg.d_vocab))
     return torch.cat([space.encode(decode(model, last[start : start + step].to(device).float()).argmax(-1)).cpu()
                       for start in range(0, len(last), step)])
@@ -137,8 +144,11 @@ def _labelled(features: Tensor | FeatureStore, tokens: Tensor, offsets: list[int
 
 
 def split_data(data: Any, test_fraction: float, seed: int) -> tuple[Int[Tensor, "seq pos"], Int[Tensor, "seq pos"]]:
-    """Training and test sequences: a :class:`~forethought.data.TokenSplits` as it is, a token tensor split by
-    sequence (``test_fraction`` of them for testing); refuses anything else, empty splits, ragged lengths."""
+    """Training and test sequences.
+
+    A :class:`~forethought.data.TokenSplits` is taken as it is, a token tensor is split by sequence
+    (``test_fraction`` of them for testing); anything else, empty splits and ragged lengths are refused.
+    """
     if isinstance(data, TokenSplits):
         train, test = data.train, data.validation
     elif isinstance(data, Tensor):

@@ -55,14 +55,17 @@ class FeatureStore:
 
     @property
     def shape(self) -> tuple[int, int, int]:
+        """``(n_layers, n, d_model)``, the shape of the in-memory features tensor."""
         return (self.n_layers, self.n, self.d_model)
 
     @property
     def ndim(self) -> int:
+        """Always 3, as for the in-memory ``[layer, n, d_model]`` tensor."""
         return 3
 
     @property
     def nbytes(self) -> int:
+        """Bytes held by the examples written so far."""
         return self.n * self.row_bytes
 
     def append(self, rows: Float[Tensor, "n layer d_model"]) -> None:
@@ -112,6 +115,7 @@ class FeatureStore:
             buffer, offset = buffer[read:], offset + read
 
     def close(self) -> None:
+        """Close the file (the data stay on disk); closing twice is harmless."""
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1

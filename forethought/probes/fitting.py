@@ -35,10 +35,17 @@ def fit_method(method: str, model: TransformerBridge, fit: Examples, val: Exampl
 
     Args:
         method: ``"vocab"``, ``"logistic"``, ``"future_lens"`` or ``"ridge"``.
-        fit, val: the training examples and those held out for early stopping (the methods without early
-            stopping train on both).
+        model: the model probed (the lens methods decode through its final norm and unembedding).
+        fit: the training examples.
+        val: the examples held out for early stopping (the methods without early stopping train on both).
         controls: every offset's control-task map from the current token to a random class.
+        layers: the layers of the features (``"resid"`` depths).
+        offsets: the offsets ``N`` to fit a probe for.
+        space: the label space of the classes.
         config: the sweep's settings (each method's own, and whether to fit the control task).
+        seed: seeds the training.
+        device: where to train.
+        progress: show progress bars.
 
     Returns:
         The probes of the offsets, and those of their control tasks (None without ``config.control``, or for

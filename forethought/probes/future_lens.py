@@ -148,6 +148,7 @@ class FutureLens(AffineProbes):
 
     @property
     def n_classes(self) -> int:
+        """The number of classes of the label space the logits are projected to."""
         return self.label_space.n_classes
 
     def _resid(self, x: Float[Tensor, "layer n d_model"], layers: slice, tasks: slice
@@ -175,6 +176,7 @@ class FutureLens(AffineProbes):
     @classmethod
     def from_saved(cls, tensors: dict[str, Tensor], config: dict[str, Any],
                    model: TransformerBridge | None = None) -> FutureLens:
+        """A lens rebuilt from what :func:`forethought.probes.io.save_probes` stored, decoding with ``model``."""
         if model is None:
             raise InvalidArgumentError("a Future-Lens probe decodes with its model's unembedding; pass model=")
         return cls(**cls.saved_fields(tensors, config, device=next(model.parameters()).device), model=model)
@@ -239,10 +241,12 @@ def fit_future_lens(
         model: the model whose ``ln_final`` and ``unembed`` decode the lens (left unchanged).
         features: hidden states ``[layer, n, d_model]`` at positions ``t``.
         future_resid: the final-layer residual at ``t + N`` for every offset ``[offset, n, d_model]``.
-        val_features, val_future_resid: the held-out split for early stopping (default: ``val_fraction`` of
-            the training examples).
+        val_features: the held-out features for early stopping (default: ``val_fraction`` of the training
+            examples).
+        val_future_resid: the held-out final-layer residuals, given with ``val_features``.
         config: fitting settings.
-        layers, offsets: recorded on the lens (defaults ``0..L-1`` and ``0..O-1``).
+        layers: the layers recorded on the lens (default ``0..L-1``).
+        offsets: the offsets recorded on the lens (default ``0..O-1``).
         label_space: the classes the lens's logits are projected to (default: the whole vocabulary).
     """
     config = config or FutureLensConfig()

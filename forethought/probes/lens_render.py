@@ -1,18 +1,18 @@
-"""Rendering a :class:`~forethought.probes.lens_view.LensView`: a self-contained HTML grid and a PNG heatmap.
+r"""Rendering a :class:`~forethought.probes.lens_view.LensView`: a self-contained HTML grid and a PNG heatmap.
 
 The HTML is one ``<div class="fl-view">`` holding its own ``<style>`` and a table (depth down, position
 across); a cell's top 5 appear on hover through CSS alone, so the page needs no script, no server and no
 external file, and the same fragment displays inline in a notebook. Every token is HTML-escaped, and
 whitespace is made visible (``␣`` space, ``↵`` newline, ``⇥`` tab, ``∅`` the empty string; other control
-characters as ``\\xNN``).
+characters as ``\xNN``).
 Each cell carries ``data-layer``, ``data-position``, ``data-top-id`` (``other`` for the pooled class) and
 ``data-hit`` (``1``, ``0``, or empty past the prompt's end) for scripts and tests.
 
 Example:
-    >>> visible(" the\\n")
+    >>> visible(" the\n")
     '␣the↵'
-    >>> visible("\\x0f")
-    '\\\\x0f'
+    >>> visible("\x0f")
+    '\\x0f'
 """
 
 from __future__ import annotations
@@ -146,9 +146,11 @@ def _short(text: str, max_chars: int) -> str:
 
 
 def plot_view(view: LensView, max_chars: int = 8) -> Any:
-    """A heatmap of the top-1 probability (depth down, deepest on top; position across) annotated with the
-    top-1 token; hits are outlined in green and positions past the prompt are hatched; the input tokens
-    label the bottom axis and the true tokens ``t + 1 + N`` the top one."""
+    """A heatmap of the top-1 probability (depth down, deepest on top; position across) annotated with the top-1 token.
+
+    Hits are outlined in green and positions past the prompt are hatched; the input tokens label the bottom
+    axis and the true tokens ``t + 1 + N`` the top one.
+    """
     import matplotlib.pyplot as plt
     import numpy as np
     import seaborn as sns

@@ -99,6 +99,7 @@ class LensView:
 
     @property
     def n_positions(self) -> int:
+        """The number of prompt tokens (positions ``t``)."""
         return len(self.prompt_ids)
 
     @property
@@ -173,15 +174,21 @@ class LensView:
         return self.to_html(full_page=False)
 
     def plot(self, max_chars: int = 8) -> Any:
-        """A heatmap for papers: depth down, position across, the top-1 token in each cell coloured by its
-        probability, hits outlined; input tokens below, true tokens above. Returns the ``Figure``."""
+        """A heatmap for papers; returns the ``Figure``.
+
+        Depth runs down, position across, the top-1 token in each cell coloured by its probability, hits
+        outlined; input tokens below, true tokens above.
+        """
         from forethought.probes.lens_render import plot_view
 
         return plot_view(self, max_chars=max_chars)
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write the view to ``path`` atomically: ``.html`` (the page), ``.png`` (:meth:`plot`) or ``.csv``
-        (:meth:`to_frame`, the ``top5_*`` lists as JSON)."""
+        """Write the view to ``path`` atomically.
+
+        The suffix picks the format: ``.html`` (the page), ``.png`` (:meth:`plot`) or ``.csv`` (:meth:`to_frame`,
+        the ``top5_*`` lists as JSON).
+        """
         path = Path(path)
         suffix = path.suffix.lower()
         if suffix in (".html", ".htm"):

@@ -50,22 +50,27 @@ class Task:
 
     @property
     def name(self) -> str:
+        """A readable name: ``"offset=N"`` or ``"control offset=N"``."""
         return f"{'control ' if self.control else ''}offset={self.offset}"
 
     def to_dict(self) -> dict[str, Any]:
+        """The task as a JSON-ready dict (``offset``, ``control``)."""
         return {"offset": self.offset, "control": self.control}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Task:
+        """The task stored by :meth:`to_dict` (``control`` defaults to ``False``)."""
         return cls(offset=int(data["offset"]), control=bool(data.get("control", False)))
 
 
 def feature_stats(
     features: Float[Tensor, "layer n d_model"] | FeatureStore, chunk: int | None = None
 ) -> tuple[Float[Tensor, "layer d_model"], Float[Tensor, "layer d_model"]]:
-    """Per-layer mean and standard deviation over examples, accumulated in float64 chunk by chunk (from memory
-    or from a :class:`~forethought.probes.feature_store.FeatureStore`); a chunk holds ``chunk`` examples (by
-    default as many as make 64 MiB of float64), so the extra memory does not grow with the examples.
+    """Per-layer mean and standard deviation over examples, accumulated in float64 chunk by chunk.
+
+    The features come from memory or from a :class:`~forethought.probes.feature_store.FeatureStore`; a chunk
+    holds ``chunk`` examples (by default as many as make 64 MiB of float64), so the extra memory does not grow
+    with the examples.
 
     Dimensions with (near) zero variance get scale 1, so they stay zero instead of blowing up.
     """
@@ -129,10 +134,12 @@ class AffineProbes(nn.Module):
 
     @property
     def d_model(self) -> int:
+        """The width of the hidden states the probes read."""
         return self.weight.shape[2]
 
     @property
     def device(self) -> torch.device:
+        """The device of the probes' weights."""
         return self.weight.device
 
     def _fields(self) -> dict[str, Any]:
@@ -141,8 +148,10 @@ class AffineProbes(nn.Module):
                 "layers": self.layers, "tasks": self.tasks, "label_space": self.label_space, "meta": self.meta}
 
     def replace(self, **changes: Any) -> Self:
-        """New probes of the same kind with some constructor arguments changed (as ``dataclasses.replace``);
-        the tensors not changed are shared."""
+        """New probes of the same kind with some constructor arguments changed (as ``dataclasses.replace``).
+
+        The tensors not changed are shared.
+        """
         return type(self)(**{**self._fields(), **changes})
 
     def __repr__(self) -> str:
@@ -152,8 +161,10 @@ class AffineProbes(nn.Module):
                 + ("" if self.device.type == "cpu" else f", device={str(self.device)!r}") + ")")
 
     def standardise(self, features: Float[Tensor, "layer n d_model"]) -> Float[Tensor, "layer n d_model"]:
-        """``features`` in the probes' dtype and on their device, standardised per layer; refuses features that do not
-        fit (one row of features per probed layer, width ``d_model``)."""
+        """``features`` in the probes' dtype and on their device, standardised per layer.
+
+        Features that do not fit (one row of features per probed layer, width ``d_model``) are refused.
+        """
         if features.ndim != 3 or features.shape[0] != len(self.layers) or features.shape[2] != self.d_model:
             raise InvalidArgumentError(f"features of shape {tuple(features.shape)} do not fit probes over "
                                        f"{len(self.layers)} layers with d_model={self.d_model}; expected "
@@ -333,6 +344,7 @@ class LinearProbes(AffineProbes):
 
     @property
     def n_classes(self) -> int:
+        """The number of classes each probe scores."""
         return self.weight.shape[3]
 
     def _head(self, x: Float[Tensor, "layer n d_model"], layers: slice, tasks: slice
@@ -343,4 +355,5 @@ class LinearProbes(AffineProbes):
     @classmethod
     def from_saved(cls, tensors: dict[str, Tensor], config: dict[str, Any],
                    model: TransformerBridge | None = None) -> LinearProbes:
+        """Probes rebuilt from the tensors and config saved by :func:`forethought.probes.io.save_probes`."""
         return cls(**cls.saved_fields(tensors, config))

@@ -99,6 +99,7 @@ class MetricAccumulator:
 
     def add(self, logits: Float[Tensor, "*batch n n_classes"], labels: Int[Tensor, "*lead n"],
             groups: Int[Tensor, " n"] | None = None) -> None:
+        """Add the scores of one chunk of examples (``groups``: each example's group, when summing per group)."""
         hits = {k: correct_at_k(logits, labels, k) for k in self.ks}
         loss = token_cross_entropy(logits, labels)
         if self.space is not None:

@@ -29,8 +29,10 @@ from forethought.probes.targets import LabelSpace
 def score_probes(probes: AffineProbes, control: AffineProbes | None, test: Examples,
                  controls: Int[Tensor, "offset d_vocab"], space: LabelSpace, n_sequences: int, chunk: int,
                  n_resamples: int, seed: int) -> dict[str, Float[Tensor, "layer offset"]]:
-    """Metrics ``[layer, offset]`` of the probes (and their controls) on the test split, chunk by chunk, over all
-    targets of ``space``, with a bootstrap interval (over test sequences) of the probe's top-1."""
+    """Metrics ``[layer, offset]`` of the probes (and their controls) on the test split, chunk by chunk.
+
+    Scores are over all targets of ``space``, with a bootstrap interval (over test sequences) of the probe's top-1.
+    """
     true = MetricAccumulator(space=space, n_groups=n_sequences)
     greedy, ctrl = MetricAccumulator(space=space), MetricAccumulator(ks=(1,), space=space)
     lens = test.future_resid is not None and hasattr(probes, "predict_resid")

@@ -226,10 +226,13 @@ def _row_order(models: Mapping[str, Any], methods: list[str]) -> Any:
 
 
 def add_gains(table: pd.DataFrame) -> pd.DataFrame:
-    """Fill ``best_baseline_top1 = max(unigram_top1, bigram_top1)``, ``gain_over_baseline = top1 −
+    """Fill the columns comparing each probe's top-1 with the baselines and with depth 0.
+
+    They are ``best_baseline_top1 = max(unigram_top1, bigram_top1)``, ``gain_over_baseline = top1 −
     best_baseline_top1`` and ``gain_over_depth0 = top1 − top1 of the same model, method and offset at depth 0``
     (NaN when depth 0 was not probed). Depth 0 reads the current token's embedding alone: it is the
-    current-token reference at the probe's own capacity."""
+    current-token reference at the probe's own capacity.
+    """
     table = table.copy()
     table["best_baseline_top1"] = table[["unigram_top1", "bigram_top1"]].max(axis=1)
     table["gain_over_baseline"] = table["top1"] - table["best_baseline_top1"]
@@ -252,8 +255,10 @@ def label_space_summary(table: pd.DataFrame) -> dict[str, Any]:
 
 def seed_spread(table: pd.DataFrame, metrics: Sequence[str] = ("top1", "gain_over_baseline", "selectivity")
                 ) -> pd.DataFrame:
-    """The spread over probe seeds of a table holding several sweeps (column ``seed``): one row per (model, layer,
-    offset, method) with ``n_seeds`` and ``<metric>_mean``, ``_std``, ``_min``, ``_max`` for every metric.
+    """The spread over probe seeds of a table holding several sweeps (column ``seed``).
+
+    There is one row per (model, layer, offset, method) with ``n_seeds`` and ``<metric>_mean``, ``_std``,
+    ``_min``, ``_max`` for every metric.
 
     Example:
         >>> frame = pd.DataFrame({"model": "m", "layer": 0, "offset": 0, "method": "vocab", "seed": [0, 1],
@@ -272,8 +277,10 @@ def seed_spread(table: pd.DataFrame, metrics: Sequence[str] = ("top1", "gain_ove
 
 
 def check_stream(stream: bool | str, methods: Sequence[str], config: ProbeSweepConfig) -> None:
-    """Refuse a ``stream`` setting that cannot run: an unknown value, methods that cannot stream, a missing
-    ``stream_dir``."""
+    """Refuse a ``stream`` setting that cannot run.
+
+    That is an unknown value, methods that cannot stream, or a missing ``stream_dir``.
+    """
     if stream not in (True, False, "auto"):
         raise InvalidArgumentError(f"stream={stream!r} is not allowed; expected True, False or 'auto'")
     if stream is True and set(methods) - set(STREAMING_METHODS):
@@ -287,8 +294,11 @@ def check_stream(stream: bool | str, methods: Sequence[str], config: ProbeSweepC
 def _should_stream(stream: bool | str, model: TransformerBridge, layers: Any, methods: list[str], n_seq: int,
                    seq_len: int,
                    config: ProbeSweepConfig) -> bool:
-    """Whether this model's sweep streams: as asked, or (``"auto"``) when its activations would not fit the
-    memory budget and every method can stream."""
+    """Whether this model's sweep streams.
+
+    It streams as asked, or (``"auto"``) when its activations would not fit the memory budget and every method
+    can stream.
+    """
     if stream != "auto":
         return bool(stream)
     if set(methods) - set(STREAMING_METHODS):
@@ -358,8 +368,11 @@ def _fit_and_score(name: str, model: TransformerBridge, examples: tuple[Examples
                    n_test_sequences: int, test_targets: Tensor, layers: list[int], offsets: list[int],
                    methods: list[str], space: LabelSpace, config: ProbeSweepConfig, seed: int, device: torch.device,
                    progress: bool) -> tuple[list[dict[str, Any]], list[tuple[str, Any]]]:
-    """Baselines, then every method's probes fitted and scored: one row per (layer, offset, method), and the
-    fitted probes with the directory name each is saved under (``method``, ``method_control``)."""
+    """Baselines, then every method's probes fitted and scored.
+
+    Returns one row per (layer, offset, method), and the fitted probes with the directory name each is saved
+    under (``method``, ``method_control``).
+    """
     fit, val, test = examples
     controls = torch.stack([control_labels(fit.labels[i], model.cfg.d_vocab, seed=seed + 7919 * (i + 1))
                             for i in range(len(offsets))])  # [offset, d_vocab]

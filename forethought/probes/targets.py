@@ -115,10 +115,12 @@ class LabelSpace:
 
     @property
     def restricted(self) -> bool:
+        """Whether the space keeps only some tokens (plus ``"other"``) rather than the whole vocabulary."""
         return self.token_ids is not None
 
     @property
     def n_classes(self) -> int:
+        """The number of classes: ``d_vocab``, or the kept tokens plus ``"other"``."""
         return self.d_vocab if self.token_ids is None else len(self.token_ids) + 1
 
     @property
@@ -128,6 +130,7 @@ class LabelSpace:
 
     @property
     def name(self) -> str:
+        """``"vocab"`` for the whole vocabulary, else ``"top{k}+other"``."""
         return "vocab" if self.token_ids is None else f"top{len(self.token_ids)}+other"
 
     def _lookup(self, device: torch.device) -> Tensor:
@@ -194,10 +197,12 @@ class LabelSpace:
         return float((self.encode(tokens) != self.other).double().mean())
 
     def to_dict(self) -> dict:
+        """The space as a JSON-ready dict (``d_vocab``, ``token_ids``)."""
         return {"d_vocab": self.d_vocab, "token_ids": None if self.token_ids is None else list(self.token_ids)}
 
     @classmethod
     def from_dict(cls, data: dict) -> LabelSpace:
+        """The space stored by :meth:`to_dict`."""
         ids = data.get("token_ids")
         return cls(d_vocab=int(data["d_vocab"]), token_ids=None if ids is None else tuple(int(i) for i in ids))
 

@@ -92,8 +92,11 @@ def split_held_out(
     val_targets: Tensor | None,
     config: MinibatchFitConfig,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """``(features, targets, val_features, val_targets)``: the held-out split when one is given, else a seeded
-    ``config.val_fraction`` of the training examples (axis 1 of both tensors), both parts non-empty."""
+    """``(features, targets, val_features, val_targets)``, with the held-out split given or split off.
+
+    The held-out split is the one given, else a seeded ``config.val_fraction`` of the training examples (axis 1
+    of both tensors); both parts are non-empty.
+    """
     if val_features is not None and val_targets is not None:
         return features, targets, val_features, val_targets
     n = features.shape[1]
@@ -125,11 +128,13 @@ def fit_vocab_probes(
             ``val_features`` must be given); both give the same probes.
         labels: class labels ``[task, n]``; every layer learns every task.
         n_classes: the number of classes (default: ``label_space.n_classes``, else ``labels.max() + 1``).
-        val_features, val_labels: the held-out split for early stopping; without them ``val_fraction`` of
-            the training examples is held out.
+        val_features: the held-out features for early stopping; without them ``val_fraction`` of the
+            training examples is held out.
+        val_labels: the held-out labels ``[task, n_val]``, given with ``val_features``.
         config: training settings.
-        layers, tasks, label_space: recorded on the returned probes (defaults: ``0..L-1``, offsets
-            ``0..T-1``, the whole label range).
+        layers: the layers recorded on the returned probes (default ``0..L-1``).
+        tasks: the tasks recorded on the returned probes (default offsets ``0..T-1``).
+        label_space: the label space recorded on the returned probes (default the whole label range).
 
     Returns:
         :class:`LinearProbes` holding, for each probe, the weights of its best held-out epoch.
@@ -188,8 +193,10 @@ class _InMemoryRows:
 
 
 class _StoredRows:
-    """The same rows read from a :class:`FeatureStore` a minibatch at a time, standardised on the fly (the
-    values :class:`_InMemoryRows` would hold, so training on either is the same computation)."""
+    """The same rows read from a :class:`FeatureStore` a minibatch at a time, standardised on the fly.
+
+    They are the values :class:`_InMemoryRows` would hold, so training on either is the same computation.
+    """
 
     def __init__(self, store: FeatureStore, mean: Tensor, scale: Tensor, device: torch.device):
         self.store, self.mean, self.scale, self.device, self.n = store, mean, scale, device, store.n
@@ -214,8 +221,10 @@ class _StackedSoftmax:
     """The training loop: one weight ``[L, d, T·C]``, a per-probe held-out loss, per-probe early stopping."""
 
     def __init__(self, n_layers: int, d_model: int, n_classes: int, labels: Tensor, config: VocabProbeConfig):
-        """Zero weights; biases at the (Laplace-smoothed) log label frequencies of ``labels [n, T]``, so every
-        probe starts at the unigram prediction instead of spending its first steps finding it."""
+        """Zero weights, and biases at the (Laplace-smoothed) log label frequencies of ``labels [n, T]``.
+
+        Every probe thus starts at the unigram prediction instead of spending its first steps finding it.
+        """
         n_tasks, device = labels.shape[1], labels.device
         self.shape = (n_layers, d_model, n_tasks, n_classes)
         self.config = config
