@@ -86,6 +86,11 @@ def _quiet_libraries() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one subcommand on ``argv`` (default: ``sys.argv[1:]``) and return its exit status.
+
+    A :class:`~forethought.errors.ForethoughtError` ends with exit 2 and one stderr line, an ``OSError`` with 1
+    and an interrupt with 130; with no subcommand the help is printed and 0 returned.
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
     _quiet_libraries()
     parser = build_parser(argv)

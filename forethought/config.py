@@ -1,5 +1,7 @@
-"""The settings of forethought's runs: :class:`TrainConfig` (the training loop) and :class:`SyntheticConfig` (the
-synthetic pre-caching study) with its :data:`SYNTHETIC_PRESETS`.
+"""The settings of forethought's runs, as plain dataclasses.
+
+:class:`TrainConfig` holds the training loop's settings and :class:`SyntheticConfig` those of the synthetic
+pre-caching study, with its :data:`SYNTHETIC_PRESETS`.
 
 Plain Python, importable without torch, so that the command line builds its options from these dataclasses at once
 (:mod:`forethought.experiments.config_cli`). They are also importable from where they are used:

@@ -76,10 +76,13 @@ def save_gradient_split_plot(history: list[dict[str, Any]], path: str | os.PathL
 
 
 def load_splits(data: Any, seed: int, tokenizer: Any = None, vocab_size: int | None = None) -> TokenSplits:
-    """The texts of ``data`` (a :class:`~forethought.experiments.presets.Preset`, or parsed options with the same
-    data fields), tokenised with ``tokenizer`` (or a BPE of ``vocab_size`` trained on them), cut into ``seq_len``
+    """The texts of ``data``, tokenised, cut into sequences and split into train and validation.
+
+    ``data`` is a :class:`~forethought.experiments.presets.Preset`, or parsed options with the same data fields.
+    Its texts are tokenised with ``tokenizer`` (or a BPE of ``vocab_size`` trained on them), cut into ``seq_len``
     sequences and split into train and validation with ``seed``; the splits carry their data manifest
-    (:func:`forethought.data.load_token_splits`)."""
+    (:func:`forethought.data.load_token_splits`).
+    """
     from forethought.data import load_token_splits, train_tokenizer
 
     if tokenizer is None:
@@ -102,8 +105,10 @@ def add_scoring_data_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def scoring_data_options(args: argparse.Namespace, verb: str) -> dict[str, Any]:
-    """The data options with their defaults filled in; refuses them beside ``--run`` (a run is ``verb``-d on its
-    own data and split)."""
+    """The data options with their defaults filled in.
+
+    Refuses them beside ``--run`` (a run is ``verb``-d on its own data and split).
+    """
     defaults = DATA_DEFAULTS
     if args.run:
         given = [f"--{name.replace('_', '-')}" for name in defaults if getattr(args, name) is not None]

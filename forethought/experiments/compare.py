@@ -85,7 +85,11 @@ def compare_regimes(
             A model named ``"bigram"`` is evaluated with its past ablated and not probed.
         data: token splits; probes train on ``data.train`` and everything is scored on ``data.validation``.
         out_dir: if given, write the tables, report and figures there.
-        layers, offsets, method, config: passed to :func:`forethought.probes.probe_sweep`.
+        layers: ``"all"`` or the residual-stream depths to probe (passed to :func:`forethought.probes.probe_sweep`).
+        offsets: future offsets ``N`` to probe (``0`` = the next token), passed to the probe sweep.
+        method: the probe method (``"vocab"``, ``"logistic"``, ``"future_lens"`` or ``"ridge"``), passed to the
+            probe sweep.
+        config: further probe-sweep settings (:class:`~forethought.probes.ProbeSweepConfig`).
         baseline: the model every other one is compared with.
         seed: seeds the probe sweep (and the bootstrap intervals, unless ``bootstrap_seed`` is given).
         progress: show progress bars.
@@ -124,8 +128,10 @@ def compare_regimes(
 
 
 def side_by_side(probes: pd.DataFrame, baseline: str, metric: str = "top1") -> pd.DataFrame:
-    """One row per (layer, offset, method): each model's ``metric`` (with its ``_ci_low``/``_ci_high`` interval
-    and ``gain_over_baseline`` when the table has them) and its difference to ``baseline``'s."""
+    """One row per (layer, offset, method): each model's ``metric`` and its difference to ``baseline``'s.
+
+    Each model's ``_ci_low``/``_ci_high`` interval and ``gain_over_baseline`` come along when the table has them.
+    """
     index = ["layer", "offset", "method"]
     order = [baseline] + [name for name in probes["model"].unique() if name != baseline]
     extras = [column for column in (f"{metric}_ci_low", f"{metric}_ci_high", "gain_over_baseline")
@@ -164,6 +170,7 @@ def _write(result: RegimeComparison, out: Path, baseline: str, settings: dict[st
 
 
 def run(args: argparse.Namespace) -> int:
+    """``forethought compare``: score the models of ``--run`` (or of ``--model``) and write the tables to ``--out``."""
     layers: Any = "all" if args.layers.strip() == "all" else parse_ints(args.layers, "layers")
     offsets = parse_ints(args.offsets, "offsets")
     check_out_dir(args.out)

@@ -1,5 +1,7 @@
-"""Command-line options derived from a config dataclass: one ``--field-name`` per field, typed, with its help
-taken from the ``Attributes:`` section of the class docstring and its default shown.
+"""Command-line options derived from a config dataclass.
+
+One ``--field-name`` per field, typed, with its help taken from the ``Attributes:`` section of the class docstring
+and its default shown.
 
 The dataclass stays the one place a setting is defined; a runner adds its fields with
 :func:`add_dataclass_arguments` and gets the values given back with :func:`dataclass_overrides`. Nothing here
@@ -167,8 +169,9 @@ def add_dataclass_arguments(
 
 def dataclass_overrides(cls: type, args: argparse.Namespace, *, only: Collection[str] | None = None,
                         exclude: Collection[str] = ()) -> dict[str, Any]:
-    """The values of ``cls``'s fields (those in ``only``, not in ``exclude``) that ``args`` holds and that were
-    given (not ``None``); lists (``nargs``) become tuples.
+    """The values of ``cls``'s fields that ``args`` holds and that were given (not ``None``).
+
+    Only the fields in ``only`` (default: all) and not in ``exclude`` are read; lists (``nargs``) become tuples.
 
     Example:
         >>> from forethought.config import TrainConfig

@@ -67,6 +67,7 @@ DEFINITIONS = {
 
 
 def run(args: argparse.Namespace) -> int:
+    """``forethought gradient-split``: split the gradient of a model or of synthetic training and write the report."""
     for name in ("batches", "batch_size", "every", "threads"):
         check_positive(f"--{name.replace('_', '-')}", getattr(args, name), integer=True)
     device = resolve_device(args.device)
@@ -199,8 +200,9 @@ def _over_synthetic_training(args: argparse.Namespace, device: torch.device, out
 
 
 def plot_share_over_training(frame: pd.DataFrame, title: str = "Vanilla training on D_p"):
-    """Two panels against the step: the loss of the split's batches, and the total pre-caching share per mode
-    (columns ``step``, ``group``, ``mode``, ``precaching_share``, ``loss``).
+    """Two panels against the step: the loss of the split's batches, and the total pre-caching share per mode.
+
+    ``frame`` has the columns ``step``, ``group``, ``mode``, ``precaching_share`` and ``loss``.
 
     Example:
         >>> frame = pd.DataFrame({"step": [0, 0, 10, 10], "group": "total", "mode": ["strict", "cutgrad"] * 2,

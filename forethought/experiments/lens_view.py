@@ -1,4 +1,4 @@
-"""``forethought lens-view``: a Future Lens view of one prompt, from probes saved by ``probe-sweep --save-probes``.
+r"""``forethought lens-view``: a Future Lens view of one prompt, from probes saved by ``probe-sweep --save-probes``.
 
 The model (``--model``, a directory or hub name) cuts ``--prompt`` with its tokenizer; the probes in
 ``--probes`` (one probe directory, or a ``--save-probes`` tree holding exactly one non-control probe set)
@@ -13,7 +13,7 @@ Outputs in ``--out`` (all written atomically):
 * ``report.json``: the configuration, the probes, the prompt's tokens, hits per depth, and provenance.
 
 Example:
-    forethought lens-view --model runs/vanilla/model --probes results/probes/probes/vanilla/vocab \\
+    forethought lens-view --model runs/vanilla/model --probes results/probes/probes/vanilla/vocab \
         --prompt "The cat sat on the mat." --offset 1 --out results/lens_view
 """
 
@@ -49,6 +49,7 @@ def find_probe_dir(path: str | Path) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
+    """``forethought lens-view``: read ``--prompt`` with the probes of ``--probes`` and write the view to ``--out``."""
     probe_dir = find_probe_dir(args.probes)
     layers = parse_ints(args.layers, "layers") if args.layers else None
     if not args.prompt:

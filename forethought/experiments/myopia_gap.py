@@ -1,4 +1,4 @@
-"""``forethought myopia-gap``: train vanilla, myopic and transformer-bigram models on the same text and compare.
+r"""``forethought myopia-gap``: train vanilla, myopic and transformer-bigram models on the same text and compare.
 
 Every regime starts from the same initialisation (or the same pretrained model) and sees the same batches in the
 same order; only the gradient (myopic) or the attention to the past (bigram, local-myopic) differs. The
@@ -28,7 +28,7 @@ a GPU and a HF dataset), ``pythia-finetune`` (fine-tune Pythia with the same lr 
 
 Example:
     $ forethought myopia-gap --preset cpu --out results/myopia_cpu
-    $ forethought myopia-gap --preset pythia-finetune --models EleutherAI/pythia-14m EleutherAI/pythia-70m \\
+    $ forethought myopia-gap --preset pythia-finetune --models EleutherAI/pythia-14m EleutherAI/pythia-70m \
         --device cuda --out results/pythia_sizes
 """
 
@@ -84,6 +84,7 @@ def preset_from_args(args: argparse.Namespace) -> Preset:
 
 
 def run(args: argparse.Namespace) -> int:
+    """``forethought myopia-gap``: train and compare the preset's regimes (or sweep ``--models``) into ``--out``."""
     preset = preset_from_args(args)
     config = TrainConfig(**{**preset.train, **dataclass_overrides(TrainConfig, args)})
     check_device(config.device)
@@ -101,8 +102,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def run_experiment(preset: Preset, out: str | Path, config: TrainConfig, preset_name: str = "custom") -> dict:
-    """Train every regime of ``preset`` with ``config``'s settings into ``out/runs/<regime>``, evaluate them on the
-    same validation sequences, and write the report and figures. Returns the report."""
+    """Train every regime of ``preset``, evaluate them on the same validation sequences and return the report.
+
+    Each regime is trained with ``config``'s settings into ``out/runs/<regime>``; the report and figures are
+    written to ``out``.
+    """
     started = time.perf_counter()
     check_positive("seq_len", preset.seq_len, integer=True)
     starting_model = load_model(preset.model) if preset.model is not None else None

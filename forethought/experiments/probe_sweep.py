@@ -1,4 +1,4 @@
-"""``forethought probe-sweep``: future-token probes at every layer × offset of one or more models.
+r"""``forethought probe-sweep``: future-token probes at every layer × offset of one or more models.
 
 Every ``--model NAME=DIR_OR_HUB_NAME`` is loaded, the text of ``--dataset`` is tokenised with the first model's
 tokenizer (all models must share it) and cut into ``--seq-len`` sequences, split by sequence into training
@@ -31,7 +31,7 @@ launch`` every process probes its own share of the depths over all the data and 
 the same files a single process writes.
 
 Example:
-    forethought probe-sweep --model vanilla=runs/vanilla/model --model myopic=runs/myopic/model \\
+    forethought probe-sweep --model vanilla=runs/vanilla/model --model myopic=runs/myopic/model \
         --dataset builtin --layers all --offsets 0,1,2,3 --top-k 255 --out results/probes
 """
 
@@ -66,6 +66,7 @@ NOT_PROBED = ("bigram", "local-myopic")  # their forward is not the plain one a 
 
 
 def run(args: argparse.Namespace) -> int:
+    """``forethought probe-sweep``: probe the models of ``--model`` (or ``--run``) and write the table to ``--out``."""
     layers: Any = "all" if args.layers.strip() == "all" else parse_ints(args.layers, "layers")
     offsets = parse_ints(args.offsets, "offsets")
     seeds = parse_ints(args.seeds, "seeds") if args.seeds else [args.seed]

@@ -1,4 +1,4 @@
-"""Sweeps over model sizes: the myopia gap of every model of a list (``forethought myopia-gap --models ...``).
+r"""Sweeps over model sizes: the myopia gap of every model of a list (``forethought myopia-gap --models ...``).
 
 The paper's table of the myopia gap by Pythia size as one call: :func:`run_size_sweep` trains every model of a
 list in every regime of a preset (vanilla, myopic, ...) with the same settings, on the same token sequences, and
@@ -28,7 +28,7 @@ Example:
     >>> parse_model_list(["small=runs/small", "EleutherAI/pythia-70m"])
     {'small': 'runs/small', 'pythia-70m': 'EleutherAI/pythia-70m'}
 
-    $ forethought myopia-gap --preset pythia-finetune --device cuda --out results/pythia_sizes \\
+    $ forethought myopia-gap --preset pythia-finetune --device cuda --out results/pythia_sizes \
         --models EleutherAI/pythia-14m EleutherAI/pythia-70m EleutherAI/pythia-160m
 """
 
@@ -62,8 +62,11 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
 
 
 def parse_model_list(specs: Sequence[str]) -> dict[str, str]:
-    """``["NAME=DIR_OR_HUB_NAME" | "DIR_OR_HUB_NAME", ...]`` → ``{name: source}``; a plain source is named after its
-    last path component. Names become directory names, so they may hold letters, digits and ``._+-`` only."""
+    """``["NAME=DIR_OR_HUB_NAME" | "DIR_OR_HUB_NAME", ...]`` → ``{name: source}``.
+
+    A plain source is named after its last path component. Names become directory names, so they may hold
+    letters, digits and ``._+-`` only.
+    """
     named = []
     for spec in specs:
         if "=" not in spec:
@@ -83,9 +86,10 @@ def parse_model_list(specs: Sequence[str]) -> dict[str, str]:
 
 
 def count_parameters(model: Any) -> int:
-    """The parameters of ``model`` as its model card counts them: each tensor once (tied embeddings included
-    once). An HF-backed bridge is counted on its HF architecture, so the bridge's split copies of a fused
-    query/key/value projection (GPT-NeoX) are not counted twice.
+    """The parameters of ``model`` as its model card counts them: each tensor once.
+
+    Tied embeddings are included once. An HF-backed bridge is counted on its HF architecture, so the bridge's
+    split copies of a fused query/key/value projection (GPT-NeoX) are not counted twice.
 
     Example:
         >>> from forethought.models import tiny_model
@@ -165,8 +169,10 @@ def run_size_sweep(
 
 
 def sweep_row(name: str, source: str, n_parameters: int, report: Mapping[str, Any]) -> dict[str, Any]:
-    """One row of the table: the model, its size, and the numbers of its ``report.json`` (regime names with
-    ``-`` are written with ``_``: ``eval_loss_local_myopic``)."""
+    """One row of the table: the model, its size, and the numbers of its ``report.json``.
+
+    Regime names with ``-`` are written with ``_``: ``eval_loss_local_myopic``.
+    """
     row: dict[str, Any] = {"model": name, "source": source, "n_parameters": n_parameters}
     for regime, result in report["regimes"].items():
         key = f"eval_loss_{regime.replace('-', '_')}"
@@ -183,8 +189,11 @@ def sweep_row(name: str, source: str, n_parameters: int, report: Mapping[str, An
 
 
 def _inspect(models: Mapping[str, str], preset: Preset) -> dict[str, int]:
-    """Load each model once (on the CPU): refuse one that cannot be loaded or is too short for the sequences and
-    models that do not share a tokenizer; return each model's parameter count."""
+    """Load each model once (on the CPU) and return each model's parameter count.
+
+    Refuses a model that cannot be loaded or is too short for the sequences, and models that do not share a
+    tokenizer.
+    """
     sizes, tokenizers = {}, {}
     for name, source in models.items():
         model = load_model(source, device="cpu")

@@ -33,6 +33,7 @@ def config_from_args(args: argparse.Namespace) -> SyntheticConfig:
 
 
 def run(args: argparse.Namespace) -> int:
+    """``forethought synthetic``: run the preset once per ``--p`` value, print a summary, write to ``--out``."""
     config = config_from_args(args)
     ps = args.p or [config.p]
     for p in ps:

@@ -31,6 +31,7 @@ from forethought.runs import write_run
 
 
 def run(args: argparse.Namespace) -> int:
+    """``forethought train``: train one model in ``--regime`` into ``--out`` and write its report."""
     started = time.perf_counter()
     config = TrainConfig(**dataclass_overrides(TrainConfig, args))
     check_device(config.device)
