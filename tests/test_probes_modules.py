@@ -123,6 +123,7 @@ def test_the_lens_model_is_a_reference_not_a_submodule(lens, native_model):
     assert type(joined) is FutureLens and joined.layers == [0, 2] and joined.model is None
 
 
+@pytest.mark.usefixtures("unchecked_shapes")
 def test_unknown_layer_or_offset_raises(linear, lens):
     h = torch.randn(4, 8)
     for probes in (linear, lens):
