@@ -2,7 +2,7 @@
 
 ``loss_by_position(model, tokens)[t]`` is the mean over sequences of the cross-entropy (nats) of predicting
 token ``t + 1`` from tokens ``0..t``, for ``t = 0 .. pos - 2``. The model runs as it is, under whatever hooks
-are active (inside :func:`~forethought.myopic_training.ablate_past`, a regime's ``forward_context()``, ...),
+are active (inside :func:`~forethought.attention.ablate_past`, a regime's ``forward_context()``, ...),
 in eval mode for the pass (its mode is restored afterwards), without gradients, in batches.
 
 Example:

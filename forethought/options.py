@@ -10,7 +10,7 @@ Example:
 
 #: Myopic gradient modes (see :func:`forethought.myopic_training.myopic`).
 MODES = ("strict", "cutgrad")
-#: How a position sees the past when it is ablated (see :func:`forethought.myopic_training.ablate_past`).
+#: How a position sees the past when it is ablated (see :func:`forethought.attention.ablate_past`).
 ABLATIONS = ("self", "zero", "mean")
 #: Training regimes (see :mod:`forethought.myopic_training.regimes`).
 REGIMES = ("vanilla", "myopic", "local-myopic", "bigram")

@@ -6,9 +6,10 @@ import pytest
 import torch
 from torch.nn import functional as F
 
+from forethought.attention import ablate_past
 from forethought.errors import InvalidArgumentError, NumericalError
 from forethought.models import copy_model
-from forethought.myopic_training import RegimeModel, ablate_past, evaluate_regimes, local_myopic, loss_by_position
+from forethought.myopic_training import RegimeModel, evaluate_regimes, local_myopic, loss_by_position
 from forethought.myopic_training.evaluation import plot_report
 
 pytestmark = pytest.mark.usefixtures("single_thread")

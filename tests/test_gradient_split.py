@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch.nn import functional as F
 
+from forethought.attention import ablate_past
 from forethought.errors import InvalidArgumentError
 from forethought.models import tiny_model
-from forethought.myopic_training import ablate_past
 from forethought.myopic_training.gradient_split import (
     METRICS,
     PROJECTIONS,

@@ -3,17 +3,17 @@
 import pytest
 import torch
 
+from forethought.attention import ablate_past as shared_ablate_past
 from forethought.errors import InvalidArgumentError
 from forethought.interventions import ablate_past, past_ablation_effect, per_position_loss
-from forethought.myopic_training import ablate_past as myopic_ablate_past
 
 
 def _tokens(model, batch=3, seq=6, seed=0):
     return torch.randint(0, model.cfg.d_vocab, (batch, seq), generator=torch.Generator().manual_seed(seed))
 
 
-def test_ablate_past_is_the_myopic_training_context_manager():
-    assert ablate_past is myopic_ablate_past
+def test_ablate_past_is_the_shared_context_manager():
+    assert ablate_past is shared_ablate_past
 
 
 def test_per_position_loss_matches_transformer_lens_loss(any_model):

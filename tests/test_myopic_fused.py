@@ -4,12 +4,12 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-import forethought.myopic_training.fused_attention as fused_module
+import forethought.attention.fused as fused_module
 import forethought.myopic_training.hooks as hooks
+from forethought.attention.fused import causal_logsumexp, fused_attend, fused_supported
+from forethought.attention.recompute import attend, expand_kv
 from forethought.errors import InvalidArgumentError, UnsupportedArchitectureError
 from forethought.myopic_training import myopic
-from forethought.myopic_training.attention import attend, expand_kv
-from forethought.myopic_training.fused_attention import causal_logsumexp, fused_attend, fused_supported
 
 SEQ = 10
 VIEWS = [("strict", 0.0), ("cutgrad", 0.0), ("strict", 0.5), ("cutgrad", 0.5), ("strict", 1.0)]

@@ -3,10 +3,11 @@
 import pytest
 import torch
 
+from forethought.attention import ablate_past
+from forethought.attention.recompute import attend
 from forethought.errors import InvalidArgumentError, UnsupportedArchitectureError
 from forethought.models import tiny_model
-from forethought.myopic_training import ablate_past, myopic
-from forethought.myopic_training.attention import attend
+from forethought.myopic_training import myopic
 from forethought.myopic_training.reference import accumulate_per_position_gradients
 
 SEQ = 10

@@ -4,9 +4,10 @@
 import pytest
 import torch
 
+from forethought.attention import ablate_past
 from forethought.errors import InvalidArgumentError
 from forethought.models import copy_model
-from forethought.myopic_training import ablate_past, myopic
+from forethought.myopic_training import myopic
 from forethought.myopic_training.regimes import RegimeModel, forward_context, local_myopic
 
 pytestmark = pytest.mark.usefixtures("single_thread")

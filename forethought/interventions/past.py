@@ -1,6 +1,6 @@
 """Past ablation: how much does each position's prediction depend on earlier positions' keys and values?
 
-The intervention itself is :func:`forethought.myopic_training.ablate_past` (re-exported here): inside it,
+The intervention itself is :func:`forethought.attention.ablate_past` (re-exported here): inside it,
 each position's attention sees only itself (``"self"``, the paper's "transformer bigram" when applied in
 every layer), or zero / mean keys and values for the past. :func:`past_ablation_effect` measures what that
 costs, position by position, with :func:`per_position_loss` (the one next-token loss by position,
@@ -27,12 +27,12 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 from tqdm.auto import tqdm
 
+from forethought.attention.ablation import ablate_past
 from forethought.errors import InvalidArgumentError
 from forethought.hook_names import resolve_layers
 from forethought.interventions._core import require_deterministic
 from forethought.losses import loss_by_position
-from forethought.myopic_training import ablate_past
-from forethought.myopic_training.hooks import ABLATIONS
+from forethought.options import ABLATIONS
 from forethought.prompts import Prompts, as_tokens
 
 if TYPE_CHECKING:

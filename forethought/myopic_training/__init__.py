@@ -1,8 +1,11 @@
-"""Myopic training: the myopic-gradient hook, past ablation, the gradient split, the trainer and myopia measurements."""
+"""Myopic training: the myopic-gradient hook, the gradient split, the trainer and myopia measurements.
+
+Past ablation (the transformer-bigram regime's forward) is :func:`forethought.attention.ablate_past`.
+"""
 
 from forethought.myopic_training.evaluation import MyopiaReport, RegimeLoss, evaluate_regimes, loss_by_position
 from forethought.myopic_training.gradient_split import GradientSplit, gradient_split
-from forethought.myopic_training.hooks import ablate_past, myopic
+from forethought.myopic_training.hooks import myopic
 from forethought.myopic_training.loop import run_training
 from forethought.myopic_training.regimes import REGIMES, RegimeModel, local_myopic
 from forethought.myopic_training.trainer import TrainConfig, TrainingInterrupted, TrainResult, train
@@ -16,7 +19,6 @@ __all__ = [
     "TrainConfig",
     "TrainResult",
     "TrainingInterrupted",
-    "ablate_past",
     "evaluate_regimes",
     "gradient_split",
     "local_myopic",

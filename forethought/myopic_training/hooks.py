@@ -1,4 +1,4 @@
-"""The myopic gradient and past ablation, as context managers of TransformerLens hooks.
+"""The myopic gradient, as a context manager of TransformerLens hooks.
 
 ``myopic(model, mode, beta)`` leaves every forward value bit-for-bit unchanged and makes the gradient of the
 loss at position ``t`` reach only what position ``t`` computes itself (see DESIGN "Myopic training"):
@@ -11,11 +11,9 @@ loss at position ``t`` reach only what position ``t`` computes itself (see DESIG
 It works by replacing each attention output ``z`` with ``z.detach() + (r - r.detach())``, where ``r`` is the
 attention recomputed from the hooked q, k, v with the myopic view of the past: the value is the model's own
 ``z``, the gradient is ``r``'s. ``r`` comes from fused attention with a diagonal gradient correction
-(:func:`~forethought.myopic_training.fused_attention.fused_attend`, O(T) extra memory) or, as the reference and
-where that cannot run, from the eager ``[T, T]`` softmax of :func:`~forethought.myopic_training.attention.attend`.
-
-``ablate_past(model)`` changes the forward: each position's attention sees only itself (the paper's
-"transformer bigram"), or zero / mean keys and values for the past.
+(:func:`~forethought.attention.fused.fused_attend`, O(T) extra memory) or, as the reference and where that
+cannot run, from the eager ``[T, T]`` softmax of :func:`~forethought.attention.recompute.attend`. The same
+recomputation, with another view of the past, is :func:`~forethought.attention.ablation.ablate_past`.
 
 Example:
     >>> import torch
@@ -31,16 +29,13 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, Literal
 
-import torch
 from torch import Tensor
 
-from forethought.errors import InvalidArgumentError, UnsupportedArchitectureError
-from forethought.hook_names import resolve_layers
-from forethought.myopic_training.attention import (
+from forethought.attention.fused import fused_attend, fused_supported
+from forethought.attention.recompute import (
     LayerCapture,
     RecomputedAttention,
     attend,
@@ -49,11 +44,12 @@ from forethought.myopic_training.attention import (
     expand_kv,
     geometry,
     heads,
+    installed,
     qkv,
     rotate,
 )
-from forethought.myopic_training.fused_attention import fused_attend, fused_supported
-from forethought.options import ABLATIONS, MODES
+from forethought.errors import InvalidArgumentError, UnsupportedArchitectureError
+from forethought.options import MODES
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
@@ -115,17 +111,7 @@ def myopic(model: TransformerBridge, mode: Literal["strict", "cutgrad"] = "stric
         check_matches(recomputed, z, layer, geo, f"myopic gradients ({mode})")
         return z.detach() + (recomputed - recomputed.detach())
 
-    return _installed(RecomputedAttention(model, layers, make_z, with_inputs=mode == "cutgrad"), model)
-
-
-@contextmanager
-def _installed(hooks: RecomputedAttention, model: TransformerBridge) -> Iterator[Any]:
-    """Hold ``hooks`` on the model inside the ``with`` block and give the block the model.
-
-    The arguments were checked when the context manager was made, not when it is entered.
-    """
-    with hooks:
-        yield model
+    return installed(RecomputedAttention(model, layers, make_z, with_inputs=mode == "cutgrad"), model)
 
 
 def _from_detached_input(model: TransformerBridge, layer: int, capture: LayerCapture,
@@ -145,47 +131,3 @@ def _from_detached_input(model: TransformerBridge, layer: int, capture: LayerCap
     if geo.rotary:
         k_past = rotate(k_past, capture)
     return k_past, v_past
-
-
-def ablate_past(
-    model: TransformerBridge,
-    layers: Any = "all",
-    method: Literal["self", "zero", "mean"] = "self",
-) -> AbstractContextManager[Any]:
-    """Remove each position's access to earlier positions' keys and values (changes the forward pass).
-
-    Args:
-        model: a ``TransformerBridge``.
-        layers: ``"all"`` (the paper's "transformer bigram" with ``method="self"``) or layer indices.
-        method: ``"self"``: each position attends only to itself; ``"zero"``: past keys and values are zero
-            (a zero key still takes softmax weight); ``"mean"``: past keys and values are replaced by their
-            mean over the batch's positions.
-
-    Example:
-        >>> import torch
-        >>> from forethought.models import tiny_model
-        >>> model = tiny_model(n_layers=1, d_model=16, n_heads=2, d_vocab=20, n_ctx=8)
-        >>> a, b = torch.tensor([[1, 2, 3]]), torch.tensor([[7, 2, 3]])
-        >>> with ablate_past(model):
-        ...     same = torch.allclose(model(a)[0, -1], model(b)[0, -1], atol=1e-6)
-        >>> same
-        True
-    """
-    if method not in ABLATIONS:
-        raise InvalidArgumentError(f"method={method!r} is unknown; choose one of {ABLATIONS}")
-    layers = resolve_layers(model, layers)
-
-    def make_z(layer: int, capture: LayerCapture, z: Tensor) -> Tensor:
-        geo = geometry(model, layer)
-        q, k, v = qkv(capture, geo)
-        k, v = expand_kv(k, geo.n_heads), expand_kv(v, geo.n_heads)
-        if method == "self":
-            return v.to(z.dtype)
-        if method == "zero":
-            k_past, v_past = torch.zeros_like(k), torch.zeros_like(v)
-        else:
-            k_past = k.mean(dim=(0, 1), keepdim=True).expand_as(k)
-            v_past = v.mean(dim=(0, 1), keepdim=True).expand_as(v)
-        return attend(q, k, v, k_past, v_past, geo.scale).to(z.dtype)
-
-    return _installed(RecomputedAttention(model, layers, make_z), model)

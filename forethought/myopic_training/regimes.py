@@ -5,7 +5,7 @@ A *regime* says how a model is trained and, for two of them, how its forward pas
 * ``"vanilla"``: ordinary training and forward.
 * ``"myopic"``: the forward is the vanilla one; gradients are myopic (:func:`~forethought.myopic_training.myopic`).
 * ``"bigram"``: the paper's *transformer bigram*: every attention layer lets each position see only itself
-  (:func:`~forethought.myopic_training.ablate_past`), in training and in evaluation. It measures what a
+  (:func:`~forethought.attention.ablate_past`), in training and in evaluation. It measures what a
   transformer achieves with no access to earlier tokens.
 * ``"local-myopic"``: a frozen vanilla model supplies the past (:func:`local_myopic`).
 
@@ -43,8 +43,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from forethought.errors import InvalidArgumentError, UnsupportedArchitectureError
-from forethought.myopic_training.attention import (
+from forethought.attention.ablation import ablate_past
+from forethought.attention.recompute import (
     LayerCapture,
     RecomputedAttention,
     attend,
@@ -55,7 +55,7 @@ from forethought.myopic_training.attention import (
     geometry,
     qkv,
 )
-from forethought.myopic_training.hooks import ablate_past
+from forethought.errors import InvalidArgumentError, UnsupportedArchitectureError
 from forethought.options import REGIMES
 
 if TYPE_CHECKING:

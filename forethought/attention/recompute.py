@@ -1,7 +1,7 @@
 """Recompute a layer's attention from its hooked q, k, v with a chosen view of the past.
 
 This is the machinery behind :func:`~forethought.myopic_training.myopic` and
-:func:`~forethought.myopic_training.ablate_past`. Each attention layer's ``hook_q``, ``hook_k``, ``hook_v`` (and,
+:func:`~forethought.attention.ablation.ablate_past`. Each attention layer's ``hook_q``, ``hook_k``, ``hook_v`` (and,
 for rotary models, ``hook_cos``/``hook_sin``, and the projection inputs ``k.hook_in``/``v.hook_in``) are
 captured during the forward; at ``hook_z`` (the input of the output projection) the attention output is
 recomputed with each query ``t`` seeing its own key/value ``k_t, v_t`` and a *past* key/value ``k_i, v_i``
@@ -16,8 +16,8 @@ backend whose attention differs (dropout, soft-capping, ALiBi, sliding windows, 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -253,3 +253,13 @@ def qkv(capture: LayerCapture, geo: Geometry) -> tuple[Tensor, Tensor, Tensor]:
     if geo.rotary:
         q, k = rotate(q, capture), rotate(k, capture)
     return q, k, v
+
+
+@contextmanager
+def installed(hooks: RecomputedAttention, model: TransformerBridge) -> Iterator[Any]:
+    """Hold ``hooks`` on the model inside the ``with`` block and give the block the model.
+
+    The arguments were checked when the context manager was made, not when it is entered.
+    """
+    with hooks:
+        yield model

@@ -1,6 +1,6 @@
 """Myopic attention through fused scaled-dot-product attention: O(T) extra memory instead of ``[T, T]`` scores.
 
-:func:`~forethought.myopic_training.attention.attend` builds the myopic attention from an eager ``[batch, head,
+:func:`~forethought.attention.recompute.attend` builds the myopic attention from an eager ``[batch, head,
 T, T]`` softmax. For :func:`~forethought.myopic_training.myopic` that is more than needed, because there the own
 and the past keys and values of every position are equal *in value* (the past ones are detached, recomputed from
 a detached input, or mixed with the live ones); only where gradients flow differs. The myopic gradient then has
@@ -17,7 +17,7 @@ gradients) and :class:`SplitDiagonal` moves the diagonal term from the past keys
 
 Example:
     >>> import torch
-    >>> from forethought.myopic_training.attention import attend
+    >>> from forethought.attention.recompute import attend
     >>> q, k, v = (torch.randn(1, 5, 2, 4, requires_grad=True) for _ in range(3))
     >>> fused = fused_attend(q, k, v, k.detach(), v.detach(), scale=0.5)
     >>> eager = attend(q, k, v, k.detach(), v.detach(), scale=0.5)
@@ -60,7 +60,7 @@ def fused_attend(
     v_past: Float[Tensor, "batch pos kv_head d_head"],
     scale: float,
 ) -> Float[Tensor, "batch pos head d_head"]:
-    """Causal attention with the gradient of :func:`~forethought.myopic_training.attention.attend`.
+    """Causal attention with the gradient of :func:`~forethought.attention.recompute.attend`.
 
     It is right when ``k_self == k_past`` and ``v_self == v_past`` in value (only their gradients differ).
     Query ``t`` reads ``k_past[i], v_past[i]`` at ``i < t`` and ``k_self[t], v_self[t]`` at ``t``. Key/value
