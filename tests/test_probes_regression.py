@@ -107,7 +107,7 @@ def test_bad_inputs():
     with pytest.raises(InvalidArgumentError, match="test_fraction=1.5"):
         fit_ridge_probe(features, np.zeros(50), test_fraction=1.5)
     with pytest.raises(InvalidArgumentError, match="leaves no training rows"):
-        fit_ridge_probe(features, np.zeros(50), validation_fraction=0.5, test_fraction=0.5)
+        fit_ridge_probe(features, np.zeros(50), val_fraction=0.5, test_fraction=0.5)
     with pytest.raises(InvalidArgumentError, match="groups has 3 labels"):
         fit_ridge_probe(features, np.zeros(50), groups=[0, 1, 2])
     with pytest.raises(DataError, match="too few"):

@@ -64,7 +64,7 @@ def fit_ridge_probe(
     targets: Float[Any, " n"] | Float[Any, "n k"],
     *,
     alphas: tuple[float, ...] | list[float] = DEFAULT_ALPHAS,
-    validation_fraction: float = 0.2,
+    val_fraction: float = 0.2,
     test_fraction: float = 0.2,
     groups: Any = None,
     seed: int = 0,
@@ -75,7 +75,7 @@ def fit_ridge_probe(
         features: ``[n, d]`` array or tensor (one row per sample, e.g. a residual-stream vector).
         targets: ``[n]`` or ``[n, k]``; each column gets its own penalty.
         alphas: candidate ridge penalties (positive).
-        validation_fraction: share of rows (or groups) used to choose the penalty.
+        val_fraction: share of rows (or groups) used to choose the penalty.
         test_fraction: share of rows (or groups) held out for the reported R².
         groups: optional ``[n]`` labels; rows sharing a label land in the same split (e.g. a sequence id, so that
             no sequence contributes to both fitting and scoring).
@@ -104,7 +104,7 @@ def fit_ridge_probe(
     alphas = np.asarray(alphas, dtype=np.float64).ravel()
     if alphas.size == 0 or not (alphas > 0).all():
         raise InvalidArgumentError(f"alphas={alphas.tolist()!r} is not allowed; expected positive penalties")
-    train, validation, test = split_rows(len(x), groups, validation_fraction, test_fraction, seed)
+    train, validation, test = split_rows(len(x), groups, val_fraction, test_fraction, seed)
     from sklearn.linear_model import Ridge  # imported here: scikit-learn is slow to import
     from sklearn.metrics import r2_score
     from sklearn.pipeline import make_pipeline
@@ -144,7 +144,7 @@ def fit_ridge_probe(
 
 
 def split_rows(
-    n: int, groups: Any, validation_fraction: float, test_fraction: float, seed: int
+    n: int, groups: Any, val_fraction: float, test_fraction: float, seed: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Row indices of the train, validation and test splits that :func:`fit_ridge_probe` uses.
 
@@ -155,12 +155,12 @@ def split_rows(
         >>> len(train), len(validation), len(test)
         (6, 2, 2)
     """
-    for name, value in (("validation_fraction", validation_fraction), ("test_fraction", test_fraction)):
+    for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value < 1.0:
             raise InvalidArgumentError(f"{name}={value!r} is not allowed; expected a number in (0, 1)")
-    if validation_fraction + test_fraction >= 1.0:
+    if val_fraction + test_fraction >= 1.0:
         raise InvalidArgumentError(
-            f"validation_fraction + test_fraction = {validation_fraction + test_fraction:g} leaves no training "
+            f"val_fraction + test_fraction = {val_fraction + test_fraction:g} leaves no training "
             "rows; keep their sum below 1"
         )
     labels = np.arange(n) if groups is None else np.asarray(_numpy(groups)).ravel()
@@ -169,7 +169,7 @@ def split_rows(
     unique, inverse = np.unique(labels, return_inverse=True)
     order = np.random.default_rng(seed).permutation(len(unique))
     n_test = round(test_fraction * len(unique))
-    n_validation = round(validation_fraction * len(unique))
+    n_validation = round(val_fraction * len(unique))
     split_of_group = np.zeros(len(unique), dtype=np.int64)  # 0 train, 1 validation, 2 test
     split_of_group[order[:n_test]] = 2
     split_of_group[order[n_test : n_test + n_validation]] = 1
