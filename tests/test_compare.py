@@ -37,6 +37,11 @@ def test_compare_writes_every_artefact(regime_models, tokenizer, tmp_path):
                                                  - report["regimes"]["vanilla"]["eval_loss"])
     for name in report["files"]:
         assert (tmp_path / name).stat().st_size > 0
+    frame = result.to_frame()
+    assert frame.equals(result.comparison) and frame is not result.comparison
+    assert len(result.plot().axes) >= 2  # one heatmap per probed model
+    assert repr(result).startswith("RegimeComparison(MyopiaReport(") and "2 models" in repr(result)
+    assert "\n" not in repr(result) and len(repr(result)) < 400
 
 
 def test_side_by_side_differences():

@@ -22,6 +22,10 @@ def test_same_seed_same_training():
         assert torch.equal(a, b)
     other = train_regime(replace(config, seed=1), "myopic", progress=False)
     assert not np.array_equal(other.losses, first.losses)
+    frame = first.to_frame()
+    assert list(frame.columns) == ["regime", "step", "loss"] and np.array_equal(frame["loss"], first.losses)
+    assert first.plot(baseline=0.5).axes
+    assert repr(first).startswith("TrainingRun(myopic, 5 steps, final loss ") and "\n" not in repr(first)
 
 
 def _interrupt_after(monkeypatch, n_batches):

@@ -97,6 +97,11 @@ def test_training_lowers_the_loss_and_writes_a_loadable_run(tokenizer, splits, t
     with torch.no_grad():
         torch.testing.assert_close(reloaded(splits.validation), model(splits.validation))
     assert not model.training, "dropout stays off: the trainer keeps the model in eval mode"
+    frame = result.to_frame()
+    assert list(frame["step"]) == list(range(1, 31)) and frame["eval_loss"].notna().sum() == 3
+    assert result.plot().axes[0].get_xlabel() == "step"
+    assert repr(result).startswith("TrainResult(vanilla, 30 steps from step 0, final loss ")
+    assert "\n" not in repr(result) and "Parameter" not in repr(result)
 
 
 @pytest.mark.parametrize("regime", ["vanilla", "myopic", "local-myopic", "bigram"])

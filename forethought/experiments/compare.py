@@ -62,6 +62,21 @@ class RegimeComparison:
     probes: pd.DataFrame
     comparison: pd.DataFrame
 
+    def to_frame(self) -> pd.DataFrame:
+        """The side-by-side table: one row per (layer, offset), every model's probe and loss columns."""
+        return self.comparison.copy()
+
+    def plot(self, metric: str = "top1") -> Any:
+        """Probe heatmaps by layer and offset for every probed model (:func:`forethought.plots.plot_probe_heatmap`)."""
+        from forethought.plots import label_space_note, plot_probe_heatmap
+
+        return plot_probe_heatmap(self.probes, metric=metric, title=f"Future-token probes: {metric}"
+                                  + label_space_note(self.probes))
+
+    def __repr__(self) -> str:
+        return (f"RegimeComparison({self.losses!r}; probes: {len(self.probes)} rows over "
+                f"{self.probes['model'].nunique() if len(self.probes) else 0} models)")
+
 
 def compare_regimes(
     models: Mapping[str, Any],

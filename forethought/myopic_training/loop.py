@@ -89,6 +89,24 @@ class TrainResult:
         """The model with the forward pass its regime evaluates it with."""
         return RegimeModel(self.model, self.config.regime, self.past_model)
 
+    def to_frame(self) -> Any:
+        """The training log as a DataFrame: one row per step (``step``, ``loss``, ``lr``, ``eval_loss``, ...)."""
+        import pandas as pd
+
+        return pd.DataFrame(self.history)
+
+    def plot(self, title: str | None = None) -> Any:
+        """Training and validation loss by step (:func:`forethought.plots.plot_training_curves`)."""
+        from forethought.plots import plot_training_curves
+
+        return plot_training_curves(self.history, title=title or f"Training ({self.config.regime})")
+
+    def __repr__(self) -> str:
+        final = f"{self.losses[-1]:.4f}" if self.history else "n/a"
+        evaluated = f", eval loss {self.eval_loss:.4f}" if self.eval_loss is not None else ""
+        return (f"TrainResult({self.config.regime}, {len(self.history)} steps from step {self.start_step}, "
+                f"final loss {final}{evaluated}, {self.seconds:.1f} s)")
+
 
 class TrainingInterrupted(KeyboardInterrupt):
     """Training stopped on SIGINT/SIGTERM after writing a checkpoint at ``step``."""

@@ -73,6 +73,20 @@ class TrainingRun:
     losses: np.ndarray
     seconds: float
 
+    def to_frame(self) -> pd.DataFrame:
+        """The training losses as a DataFrame: one row per step (``regime``, ``step``, ``loss``)."""
+        return pd.DataFrame({"regime": self.regime, "step": np.arange(1, len(self.losses) + 1), "loss": self.losses})
+
+    def plot(self, baseline: float | None = None) -> Any:
+        """The loss curve (:func:`forethought.plots.plot_regime_losses`), with the zero predictor's loss if given."""
+        from forethought.plots import plot_regime_losses
+
+        return plot_regime_losses(self.to_frame(), baseline=baseline)
+
+    def __repr__(self) -> str:
+        final = f"{self.losses[-1]:.4f}" if len(self.losses) else "n/a"
+        return f"TrainingRun({self.regime}, {len(self.losses)} steps, final loss {final}, {self.seconds:.1f} s)"
+
 
 def train_regime(config: SyntheticConfig, regime: str, device: str | torch.device = "cpu", progress: bool = True,
                  checkpoint: str | Path | None = None, checkpoint_every: int = 1000,
