@@ -49,10 +49,11 @@ from forethought.myopic_training.regimes import REGIMES, RegimeModel
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
+    from transformer_lens.model_bridge import TransformerBridge
 
 
 def position_loss_sums(
-    model: Any | RegimeModel,
+    model: TransformerBridge | RegimeModel,
     tokens: Int[Tensor, "n_seq pos"],
     batch_size: int = 32,
     progress: bool = False,
@@ -66,7 +67,7 @@ def position_loss_sums(
 
 
 def sequence_losses(
-    model: Any | RegimeModel,
+    model: TransformerBridge | RegimeModel,
     tokens: Int[Tensor, "n_seq pos"],
     batch_size: int = 32,
     progress: bool = False,

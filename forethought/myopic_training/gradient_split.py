@@ -44,7 +44,7 @@ import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import torch
@@ -62,6 +62,9 @@ from forethought.myopic_training.gradient_split_results import (  # noqa: F401 -
 )
 from forethought.myopic_training.hooks import MODES, myopic
 
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
+
 #: Attention projections, as named by ``TransformerBridge`` (``blocks.{l}.attn.q`` ...), and their group names.
 PROJECTIONS = {"q": "W_Q", "k": "W_K", "v": "W_V", "o": "W_O"}
 #: Metrics computed for every group, mode and batch.
@@ -70,12 +73,13 @@ METRICS = ("precaching_share", "norm_ratio", "cos_precaching_myopic")
 LossFunction = Callable[[Any, Any], Tensor]
 
 
-def lm_loss(model: Any, tokens: Int[Tensor, "batch pos"]) -> Tensor:
+def lm_loss(model: TransformerBridge, tokens: Int[Tensor, "batch pos"]) -> Tensor:
     """The model's own mean next-token cross-entropy (``model(tokens, return_type="loss")``)."""
     return model(tokens, return_type="loss")
 
 
-def parameter_groups(model: Any, bridge: Any = None) -> dict[str, list[tuple[str, torch.nn.Parameter]]]:
+def parameter_groups(model: torch.nn.Module, bridge: TransformerBridge | None = None
+                     ) -> dict[str, list[tuple[str, torch.nn.Parameter]]]:
     """Trainable parameters of ``model`` by group, read from the ``TransformerBridge`` component tree.
 
     Groups, in model order: ``embed`` (token and positional embeddings), per layer ``blocks.{l}.attn.W_Q``,
@@ -137,8 +141,8 @@ class GradientParts:
         return {name: self.vanilla[name] - self.myopic[name] for name in self.vanilla}
 
 
-def split_gradient(model: Any, batch: Any, loss_fn: LossFunction = lm_loss, mode: str = "strict",
-                   bridge: Any = None) -> GradientParts:
+def split_gradient(model: torch.nn.Module, batch: Any, loss_fn: LossFunction = lm_loss, mode: str = "strict",
+                   bridge: TransformerBridge | None = None) -> GradientParts:
     """The vanilla and the myopic gradient of ``loss_fn(model, batch)`` (``g_p`` is their difference).
 
     Example:
@@ -160,11 +164,11 @@ def split_gradient(model: Any, batch: Any, loss_fn: LossFunction = lm_loss, mode
 
 
 def gradient_split(
-    model: Any,
+    model: torch.nn.Module,
     batches: Iterable[Any] | Tensor,
     loss_fn: LossFunction = lm_loss,
     modes: Sequence[str] | str = MODES,
-    bridge: Any = None,
+    bridge: TransformerBridge | None = None,
     batch_size: int = 32,
     progress: bool = False,
 ) -> GradientSplit:
@@ -234,7 +238,7 @@ def gradient_split(
 # -- helpers ------------------------------------------------------------------------------------------------------
 
 
-def _bridge(model: Any, bridge: Any) -> Any:
+def _bridge(model: torch.nn.Module, bridge: TransformerBridge | None) -> TransformerBridge:
     if bridge is not None:
         return bridge
     return getattr(model, "bridge", model)
@@ -245,7 +249,7 @@ def _check_mode(mode: str) -> None:
         raise InvalidArgumentError(f"mode={mode!r} is unknown; choose one of {MODES}")
 
 
-def _batches(model: Any, batches: Iterable[Any] | Tensor, batch_size: int) -> Iterable[Any]:
+def _batches(model: torch.nn.Module, batches: Iterable[Any] | Tensor, batch_size: int) -> Iterable[Any]:
     if not isinstance(batches, Tensor):
         return batches
     check_positive("batch_size", batch_size, integer=True)
@@ -254,7 +258,7 @@ def _batches(model: Any, batches: Iterable[Any] | Tensor, batch_size: int) -> It
 
 
 @contextmanager
-def _eval_mode(model: Any) -> Iterator[None]:
+def _eval_mode(model: torch.nn.Module) -> Iterator[None]:
     """Put ``model`` in eval mode inside the block and restore its mode afterwards."""
     was_training = model.training
     model.eval()
@@ -264,7 +268,7 @@ def _eval_mode(model: Any) -> Iterator[None]:
         model.train(was_training)
 
 
-def _gradients(model: Any, named: list[tuple[str, torch.nn.Parameter]], batch: Any,
+def _gradients(model: torch.nn.Module, named: list[tuple[str, torch.nn.Parameter]], batch: Any,
                loss_fn: LossFunction) -> tuple[dict[str, Tensor], Tensor]:
     """Gradients of ``loss_fn(model, batch)`` for the parameters that receive one, without touching ``.grad``."""
     loss = loss_fn(model, batch)
