@@ -29,7 +29,7 @@ _EXPORTS = {
     "load_model": "forethought.models",
     "save_model": "forethought.models",
     "tiny_model": "forethought.models",
-    "TrainConfig": "forethought.myopic_training",
+    "TrainConfig": "forethought.config",
     "gradient_split": "forethought.myopic_training",
     "myopic": "forethought.myopic_training",
     "train": "forethought.myopic_training",
@@ -39,6 +39,10 @@ _EXPORTS = {
     "transplant": "forethought.interventions",
     "Run": "forethought.runs",
     "load_run": "forethought.runs",
+    "ablate_past": "forethought.attention",
+    "run_myopia_gap": "forethought.experiments.myopia_gap",
+    "compare_regimes": "forethought.experiments.compare",
+    "run_size_sweep": "forethought.experiments.size_sweep",
 }
 
 __all__ = [
@@ -46,7 +50,9 @@ __all__ = [
     "ForethoughtError",
     "Run",
     "TrainConfig",
+    "ablate_past",
     "collect_activations",
+    "compare_regimes",
     "gradient_split",
     "lens_view",
     "load_model",
@@ -56,6 +62,8 @@ __all__ = [
     "myopic",
     "patch_positions",
     "probe_sweep",
+    "run_myopia_gap",
+    "run_size_sweep",
     "save_model",
     "tiny_model",
     "train",
@@ -65,10 +73,15 @@ __all__ = [
 
 if TYPE_CHECKING:
     from forethought.activations import Activations, collect_activations
+    from forethought.attention import ablate_past
+    from forethought.config import TrainConfig
     from forethought.data import load_texts, make_token_splits, train_tokenizer
+    from forethought.experiments.compare import compare_regimes
+    from forethought.experiments.myopia_gap import run_myopia_gap
+    from forethought.experiments.size_sweep import run_size_sweep
     from forethought.interventions import patch_positions, transplant
     from forethought.models import load_model, save_model, tiny_model
-    from forethought.myopic_training import TrainConfig, gradient_split, myopic, train
+    from forethought.myopic_training import gradient_split, myopic, train
     from forethought.probes import lens_view, probe_sweep
     from forethought.runs import Run, load_run
 

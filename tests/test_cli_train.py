@@ -231,7 +231,7 @@ def test_myopia_gap_killed_mid_regime_resumes_to_the_uninterrupted_report(tmp_pa
 @pytest.mark.slow
 @pytest.mark.parametrize("start", ["gpt2 from scratch", "neox fine-tune"])
 def test_hf_backed_presets(tmp_path, checkpoint_dirs, start):
-    from forethought.experiments.myopia_gap import Preset, run_experiment
+    from forethought.experiments.myopia_gap import Preset, run_myopia_gap
     from forethought.myopic_training import TrainConfig
 
     regimes = ("vanilla", "myopic", "local-myopic")
@@ -241,7 +241,7 @@ def test_hf_backed_presets(tmp_path, checkpoint_dirs, start):
         preset = Preset("test", max_documents=12, seq_len=16, tokenizer=300, regimes=regimes,
                         architecture={"family": "gpt2", "n_layers": 1, "d_model": 16, "n_heads": 2, "n_ctx": 32})
     config = TrainConfig(steps=3, batch_size=4, warmup_steps=0, eval_every=3, checkpoint_every=3, progress=False)
-    report = run_experiment(preset, tmp_path, config)
+    report = run_myopia_gap(preset, tmp_path, config)
     assert set(report["regimes"]) == set(regimes) and report["local_myopia_gap"] is not None
     assert (tmp_path / "runs" / "local-myopic" / "past_model").is_dir()
     if start == "neox fine-tune":  # the frozen past is the pretrained model, and the tokenizer is the model's

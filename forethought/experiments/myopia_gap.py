@@ -97,11 +97,11 @@ def run(args: argparse.Namespace) -> int:
     if (out / RUNS).exists() and any((out / RUNS).glob(f"*/{CHECKPOINT}")) and not args.resume:
         raise InvalidArgumentError(f"{args.out!r} already holds a myopia-gap run; pass --resume to continue it or "
                                    "choose another --out")
-    run_experiment(preset, out, config, preset_name=args.preset)
+    run_myopia_gap(preset, out, config, preset_name=args.preset)
     return 0
 
 
-def run_experiment(preset: Preset, out: str | Path, config: TrainConfig, preset_name: str = "custom") -> dict:
+def run_myopia_gap(preset: Preset, out: str | Path, config: TrainConfig, preset_name: str = "custom") -> dict:
     """Train every regime of ``preset``, evaluate them on the same validation sequences and return the report.
 
     Each regime is trained with ``config``'s settings into ``out/runs/<regime>``; the report and figures are

@@ -47,7 +47,7 @@ import torch
 
 from forethought.errors import ContextLengthError, DataError, InvalidArgumentError
 from forethought.experiments.common import parse_models, shared_tokenizer
-from forethought.experiments.myopia_gap import PRESETS, RUNS, Preset, run_experiment
+from forethought.experiments.myopia_gap import PRESETS, RUNS, Preset, run_myopia_gap
 from forethought.models import is_native, load_model
 from forethought.myopic_training.trainer import CHECKPOINT, TrainConfig
 from forethought.reporting import check_out_dir, prepare_out_dir, provenance, save_figure, write_csv, write_json
@@ -153,7 +153,7 @@ def run_size_sweep(
             _check_same_settings(name, report, model_preset, config)
             print(f"{name}: finished, not trained again ({MODELS}/{name})")
         else:
-            report = run_experiment(model_preset, directory, config, preset_name=preset_name or "custom")
+            report = run_myopia_gap(model_preset, directory, config, preset_name=preset_name or "custom")
         reports[name] = report
         _check_same_tokens(reports)
     table = pd.DataFrame([sweep_row(name, source, sizes[name], reports[name]) for name, source in models.items()])
