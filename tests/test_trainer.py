@@ -132,6 +132,8 @@ def test_resuming_a_finished_run_is_a_no_op(tokenizer, splits, tmp_path):
 
 
 def test_signal_writes_a_checkpoint_before_stopping(tokenizer, splits, tmp_path):
+    before = signal.getsignal(signal.SIGINT)  # the default handler, or SIG_IGN in a background job
+
     def interrupt(record):
         if record["step"] == 3:
             os.kill(os.getpid(), signal.SIGINT)
@@ -139,7 +141,7 @@ def test_signal_writes_a_checkpoint_before_stopping(tokenizer, splits, tmp_path)
     with pytest.raises(TrainingInterrupted, match="after step 3"):
         train(_config(out_dir=tmp_path), _model(tokenizer), splits, on_step=interrupt)
     assert read_checkpoint(tmp_path / "checkpoint.pt")["step"] == 3
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGINT) is before  # the trainer's handler is gone again
 
 
 def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tokenizer, splits, tmp_path):
