@@ -292,8 +292,7 @@ def check_stream(stream: bool | str, methods: Sequence[str], config: ProbeSweepC
 
 
 def _should_stream(stream: bool | str, model: TransformerBridge, layers: Any, methods: list[str], n_seq: int,
-                   seq_len: int,
-                   config: ProbeSweepConfig) -> bool:
+                   seq_len: int, config: ProbeSweepConfig) -> bool:
     """Whether this model's sweep streams.
 
     It streams as asked, or (``"auto"``) when its activations would not fit the memory budget and every method
@@ -309,9 +308,9 @@ def _should_stream(stream: bool | str, model: TransformerBridge, layers: Any, me
 
 
 def _sweep_model(name: str, model: TransformerBridge, splits: tuple[Tensor, Tensor, Tensor], layers: Any,
-                 offsets: list[int],
-                 methods: list[str], config: ProbeSweepConfig, seed: int, device: Any, save_dir: Any,
-                 progress: bool, streamed: bool = False, world: World | None = None) -> list[dict[str, Any]]:
+                 offsets: list[int], methods: list[str], config: ProbeSweepConfig, seed: int, device: Any,
+                 save_dir: Any, progress: bool, streamed: bool = False,
+                 world: World | None = None) -> list[dict[str, Any]]:
     layers = resolve_layers(model, layers, RESID)
     if world is not None:  # each process probes its own depths over all the data (probes of a depth are independent)
         layers = [layers[i] for i in share(len(layers), world.rank, world.size)]
