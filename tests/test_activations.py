@@ -117,20 +117,11 @@ def test_two_processes_capture_what_one_process_does(tmp_path):
     """Under torchrun (gloo, CPU) the batches are split between 2 processes: the shard directory is byte for byte
     the one a single process writes, process 0 returns the whole in-memory result, process 1 its share."""
     import json
-    import os
-    import subprocess
-    import sys
 
     from safetensors.torch import load_file
+    from two_processes import run_alone_and_in_two_processes
 
-    script = tmp_path / "capture.py"
-    script.write_text(TWO_PROCESS_SCRIPT)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    single, double = tmp_path / "single", tmp_path / "double"
-    single.mkdir(), double.mkdir()
-    subprocess.run([sys.executable, str(script), str(single)], check=True, env=env, timeout=600)
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                    str(script), str(double)], check=True, env=env, timeout=600, capture_output=True)
+    single, double = run_alone_and_in_two_processes(TWO_PROCESS_SCRIPT, tmp_path)
     # 5 batches over 2 processes: 3 + 2 (6 + 3 sequences); 3 batches: 2 + 1 (6 + 2); 1 batch: 1 + 0
     shares = {"uneven": [0, 6, 9], "bf16": [0, 6, 8], "one": [0, 3, 3]}
     for case, (_, middle, end) in shares.items():

@@ -227,21 +227,11 @@ table.to_csv(os.path.join(out, f"table_{rank}.csv"), index=False)
 def test_two_processes_sweep_what_one_process_does(tmp_path):
     """Under torchrun (gloo, CPU) each process probes its own depths (3 over 2: 2 + 1); the gathered table and
     the saved probes, joined along the layers, equal a single process's."""
-    import os
-    import subprocess
-    import sys
-
     import pandas as pd
     from safetensors.torch import load_file
+    from two_processes import run_alone_and_in_two_processes
 
-    script = tmp_path / "sweep.py"
-    script.write_text(TWO_PROCESS_SWEEP)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    single, double = tmp_path / "single", tmp_path / "double"
-    single.mkdir(), double.mkdir()
-    subprocess.run([sys.executable, str(script), str(single)], check=True, env=env, timeout=600)
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                    str(script), str(double)], check=True, env=env, timeout=600, capture_output=True)
+    single, double = run_alone_and_in_two_processes(TWO_PROCESS_SWEEP, tmp_path)
     reference = pd.read_csv(single / "table_0.csv")
     assert len(reference) == 3 * 2 * 2
     for rank in (0, 1):  # every process gets the whole table

@@ -26,7 +26,7 @@ def test_fused_qkv_bridges_and_bigram_leave_parameters_unused(native_model, chec
 
 
 TWO_PROCESS_SCRIPT = """
-import json, sys, torch
+import json, os, sys, torch
 from forethought.models import tiny_model
 from forethought.myopic_training import TrainConfig, train
 torch.set_num_threads(1)
@@ -36,8 +36,8 @@ model = tiny_model(n_layers=2, d_model=16, n_heads=2, d_vocab=40, n_ctx=8, seed=
 config = TrainConfig(regime=regime, steps=4, batch_size=8, lr=1e-2, warmup_steps=1, eval_every=2, progress=False,
                      device="cpu")
 result = train(config, model, (tokens[:48], tokens[48:]))
-if int(__import__("os").environ.get("RANK", 0)) == 0:
-    json.dump({"losses": result.losses, "eval_loss": result.eval_loss}, open(out, "w"))
+if int(os.environ.get("RANK", 0)) == 0:
+    json.dump({"losses": result.losses, "eval_loss": result.eval_loss}, open(os.path.join(out, "losses.json"), "w"))
 """
 
 
@@ -46,17 +46,10 @@ if int(__import__("os").environ.get("RANK", 0)) == 0:
 def test_two_processes_give_the_single_process_losses(tmp_path, regime):
     """DDP over gloo on the CPU (with and without unused parameters) trains exactly as one process does."""
     import json
-    import os
-    import subprocess
-    import sys
 
-    script = tmp_path / "train.py"
-    script.write_text(TWO_PROCESS_SCRIPT)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    single, double = tmp_path / "single.json", tmp_path / "double.json"
-    subprocess.run([sys.executable, str(script), regime, str(single)], check=True, env=env, timeout=600)
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                    str(script), regime, str(double)], check=True, env=env, timeout=600, capture_output=True)
-    one, two = json.loads(single.read_text()), json.loads(double.read_text())
+    from two_processes import run_alone_and_in_two_processes
+
+    single, double = run_alone_and_in_two_processes(TWO_PROCESS_SCRIPT, tmp_path, regime)
+    one, two = (json.loads((directory / "losses.json").read_text()) for directory in (single, double))
     assert one["losses"] == pytest.approx(two["losses"], rel=1e-5)
     assert one["eval_loss"] == pytest.approx(two["eval_loss"], rel=1e-5)
