@@ -71,6 +71,20 @@ def _gloo_group() -> Any:
     return _GLOO_GROUPS[key]
 
 
+def process_device(device: torch.device | None, world: World | None) -> torch.device | None:
+    """This process's own GPU when several processes ask for ``cuda`` without an index (``LOCAL_RANK``).
+
+    Anything else is returned as it is: a plain process, a CPU, or an explicit ``cuda:N``.
+
+    Example:
+        >>> process_device(torch.device("cuda"), None)
+        device(type='cuda')
+    """
+    if world is None or device is None or device.type != "cuda" or device.index is not None:
+        return device
+    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", world.rank)))
+
+
 def share(n_items: int, rank: int, size: int) -> range:
     """The contiguous part of ``range(n_items)`` that process ``rank`` of ``size`` takes.
 

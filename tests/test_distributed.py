@@ -1,6 +1,7 @@
 import pytest
+import torch
 
-from forethought.distributed import current_world, share
+from forethought.distributed import World, current_world, process_device, share
 
 
 @pytest.mark.parametrize("size", [1, 2, 3, 7])
@@ -17,3 +18,13 @@ def test_a_plain_process_is_no_world(monkeypatch):
     assert current_world() is None
     monkeypatch.setenv("WORLD_SIZE", "1")
     assert current_world() is None
+
+
+def test_each_process_takes_its_own_gpu_when_asked_for_cuda(monkeypatch):
+    world = World(rank=1, size=2)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert process_device(torch.device("cuda"), world) == torch.device("cuda", 1)
+    assert process_device(torch.device("cuda", 0), world) == torch.device("cuda", 0)  # an explicit index stays
+    assert process_device(torch.device("cpu"), world) == torch.device("cpu")
+    assert process_device(torch.device("cuda"), None) == torch.device("cuda")  # a plain process
+    assert process_device(None, world) is None

@@ -77,7 +77,7 @@ from torch import Tensor
 from forethought.bootstrap import N_RESAMPLES
 from forethought.data.tokens import TokenSplits, split_sequences
 from forethought.devices import resolve_device
-from forethought.distributed import World, current_world, gather_objects, share
+from forethought.distributed import World, current_world, gather_objects, process_device, share
 from forethought.errors import InvalidArgumentError, check_positive, choices_text
 from forethought.hook_names import RESID, hook_name, resolve_layers
 from forethought.options import METHODS
@@ -209,6 +209,7 @@ def probe_sweep(
     offsets = check_offsets(offsets, train.shape[1])
     fit, val = split_sequences(train, val_fraction=config.val_fraction, seed=seed + 1)
     world = current_world()
+    device = process_device(device, world)
     rows = []
     for name, model in models.items():
         streamed = _should_stream(stream, model, layers, methods, len(train) + len(test), train.shape[1], config)
