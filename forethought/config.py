@@ -22,8 +22,8 @@ import os
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any, Literal
 
-from forethought.errors import InvalidArgumentError, check_positive
-from forethought.options import DEVICES, MIXED_PRECISION, MODES, REGIMES
+from forethought.errors import InvalidArgumentError, check_positive, check_probability
+from forethought.options import DEVICES, MIXED_PRECISION, MODES, check_regime
 
 if TYPE_CHECKING:
     from forethought.synthetic.model import RegressionModelConfig
@@ -93,8 +93,7 @@ class TrainConfig:
     gradient_split_batches: int = 4
 
     def __post_init__(self) -> None:
-        if self.regime not in REGIMES:
-            raise InvalidArgumentError(f"regime={self.regime!r} is unknown; choose one of {', '.join(REGIMES)}")
+        check_regime(self.regime)
         if self.mode not in MODES:
             raise InvalidArgumentError(f"mode={self.mode!r} is unknown; choose one of {', '.join(MODES)}")
         if isinstance(self.beta, bool) or not isinstance(self.beta, (int, float)) or not 0 <= self.beta <= 1:
@@ -213,8 +212,7 @@ class SyntheticConfig:
     def __post_init__(self) -> None:
         check_positive("k", self.k, integer=True)  # the task's own checks, without building it (torch)
         check_positive("frequency", self.frequency)
-        if isinstance(self.p, bool) or not isinstance(self.p, (int, float)) or not 0.0 < self.p <= 1.0:
-            raise InvalidArgumentError(f"p={self.p!r} is not allowed; expected a probability in (0, 1]")
+        check_probability("p", self.p)
         for name in ("seq_len", "n_layers", "d_model", "n_heads", "batch_size", "steps", "eval_sequences",
                      "probe_sequences"):
             check_positive(name, getattr(self, name), integer=True)

@@ -75,6 +75,16 @@ def check_positive(name: str, value: float, *, integer: bool = False) -> None:
         raise InvalidArgumentError(f"{name}={value!r} is not allowed; expected {kind}")
 
 
+def check_probability(name: str, value: float) -> None:
+    """Raise :class:`InvalidArgumentError` unless ``value`` is a probability in ``(0, 1]``.
+
+    Example:
+        >>> check_probability("p", 0.5)
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value <= 1.0:
+        raise InvalidArgumentError(f"{name}={value!r} is not allowed; expected a probability in (0, 1]")
+
+
 def choices_text(options: Iterable[object], limit: int = 12) -> str:
     """Format allowed values for an error message, eliding the middle of long lists.
 

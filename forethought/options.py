@@ -8,6 +8,8 @@ Example:
     ('strict', 'cutgrad')
 """
 
+from forethought.errors import InvalidArgumentError
+
 #: Myopic gradient modes (see :func:`forethought.myopic_training.myopic`).
 MODES = ("strict", "cutgrad")
 #: How a position sees the past when it is ablated (see :func:`forethought.attention.ablate_past`).
@@ -20,3 +22,9 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 MIXED_PRECISION = ("auto", "no", "bf16")
 #: Probe methods of a sweep (see :func:`forethought.probes.probe_sweep`).
 METHODS = ("vocab", "logistic", "future_lens", "ridge")
+
+
+def check_regime(regime: str) -> None:
+    """Raise :class:`~forethought.errors.InvalidArgumentError` unless ``regime`` is one of :data:`REGIMES`."""
+    if regime not in REGIMES:
+        raise InvalidArgumentError(f"regime={regime!r} is unknown; choose one of {', '.join(REGIMES)}")

@@ -56,7 +56,7 @@ from forethought.attention.recompute import (
     qkv,
 )
 from forethought.errors import InvalidArgumentError, UnsupportedArchitectureError
-from forethought.options import REGIMES
+from forethought.options import REGIMES, check_regime  # noqa: F401 - REGIMES re-exported
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
@@ -166,12 +166,6 @@ class RegimeModel:
     def forward_context(self) -> AbstractContextManager:
         """The context in which to run ``model`` to evaluate it as its regime defines."""
         return forward_context(self.regime, self.model, self.past_model)
-
-
-def check_regime(regime: str) -> None:
-    """Raise :class:`InvalidArgumentError` unless ``regime`` is one of :data:`REGIMES`."""
-    if regime not in REGIMES:
-        raise InvalidArgumentError(f"regime={regime!r} is unknown; choose one of {', '.join(REGIMES)}")
 
 
 def forward_context(regime: str, model: TransformerBridge,

@@ -33,7 +33,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from forethought.errors import InvalidArgumentError, check_positive
+from forethought.errors import InvalidArgumentError, check_positive, check_probability
 
 #: The values of ``p`` swept in the paper.
 PAPER_PS = (0.001, 0.01, 0.1, 0.3, 1.0)
@@ -87,8 +87,7 @@ class PrecacheTask:
         check_positive("k", self.k, integer=True)
         check_positive("frequency", self.frequency)
         check_positive("seq_len", self.seq_len, integer=True)
-        if isinstance(self.p, bool) or not isinstance(self.p, (int, float)) or not 0.0 < self.p <= 1.0:
-            raise InvalidArgumentError(f"p={self.p!r} is not allowed; expected a probability in (0, 1]")
+        check_probability("p", self.p)
 
     def sample(
         self,
