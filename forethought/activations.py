@@ -232,7 +232,8 @@ def collect_activations(
                     continue
                 for template, value in stacked.items():
                     if template not in buffers:
-                        buffers[template] = torch.empty((value.shape[0], n_rows, *value.shape[2:]), dtype=dtype)
+                        buffers[template] = torch.empty((value.shape[0], n_rows, *value.shape[2:]), dtype=dtype,
+                                                        device="cpu")  # activations are returned on the host
                     buffers[template][:, start - first_row : start - first_row + len(batch)] = value
 
     if world is not None:
@@ -348,7 +349,7 @@ def _all_or_none(world: World, error: Exception | None, doing: str) -> None:
 def _check_same_call(world: World, tokens: Tensor, batch_size: int, plan: dict, meta: dict, out_dir: Any) -> None:
     """Refuse (on every process) when processes pass different tokens, batch sizes or hooks."""
     flat = tokens.reshape(-1).long()
-    checksum = int((flat * torch.arange(1, flat.numel() + 1)).sum()) if flat.numel() else 0
+    checksum = int((flat * torch.arange(1, flat.numel() + 1, device=flat.device)).sum()) if flat.numel() else 0
     setup = zlib.crc32(json.dumps([plan, meta["dtype"], out_dir is None]).encode())
     every = gather_ints(world, [len(tokens), flat.numel(), checksum, batch_size, setup])
     what = ["tokens", "tokens", "tokens", "batch_size", "hooks, layers, dtype or out_dir"]

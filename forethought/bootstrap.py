@@ -31,9 +31,11 @@ def bootstrap_weights(n_groups: int, n_resamples: int = N_RESAMPLES, seed: int =
     """How often each group is drawn in each resample (each row sums to ``n_groups``), float64."""
     check_positive("n_groups", n_groups, integer=True)
     check_positive("n_resamples", n_resamples, integer=True)
-    draws = torch.randint(0, n_groups, (n_resamples, n_groups), generator=torch.Generator().manual_seed(seed))
-    return torch.zeros(n_resamples, n_groups, dtype=torch.float64).scatter_add_(
-        1, draws, torch.ones(n_resamples, n_groups, dtype=torch.float64))
+    # on the CPU: the same seed gives the same resamples on every machine
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    draws = torch.randint(0, n_groups, (n_resamples, n_groups), generator=generator, device="cpu")
+    return torch.zeros(n_resamples, n_groups, dtype=torch.float64, device="cpu").scatter_add_(
+        1, draws, torch.ones(n_resamples, n_groups, dtype=torch.float64, device="cpu"))
 
 
 def bootstrap_ci(
@@ -58,17 +60,18 @@ def bootstrap_ci(
     """
     if not 0 < level < 1:
         raise InvalidArgumentError(f"level={level!r} is not allowed; expected 0 < level < 1")
-    values = torch.as_tensor(values).double().cpu()
+    values = torch.as_tensor(values, device="cpu").double()
     if values.ndim == 0 or values.shape[-1] == 0:
         raise DataError("a bootstrap needs at least one group; got no values")
     n_groups = values.shape[-1]
-    counts = torch.ones(n_groups, dtype=torch.float64) if counts is None else torch.as_tensor(counts).double().cpu()
+    counts = (torch.ones(n_groups, dtype=torch.float64, device="cpu") if counts is None
+              else torch.as_tensor(counts, device="cpu").double())
     if counts.shape != (n_groups,):
         raise InvalidArgumentError(f"counts has shape {tuple(counts.shape)}; expected ({n_groups},), one per group")
     weights = bootstrap_weights(n_groups, n_resamples, seed)  # [resample, group]
     flat = values.reshape(-1, n_groups)
     statistic = (flat @ weights.T) / (weights @ counts).clamp(min=1e-300)  # [batch, resample]
     tail = (1 - level) / 2
-    quantiles = torch.quantile(statistic, torch.tensor([tail, 1 - tail], dtype=torch.float64), dim=-1)
+    quantiles = torch.quantile(statistic, torch.tensor([tail, 1 - tail], dtype=torch.float64, device="cpu"), dim=-1)
     shape = values.shape[:-1]
     return quantiles[0].reshape(shape), quantiles[1].reshape(shape)

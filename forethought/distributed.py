@@ -98,7 +98,7 @@ def share(n_items: int, rank: int, size: int) -> range:
 
 def agree(world: World, failed: bool) -> int | None:
     """Wait for every process; return the lowest rank that ``failed`` (each passes its own flag), or None."""
-    flags = torch.zeros(world.size, dtype=torch.int64)
+    flags = torch.zeros(world.size, dtype=torch.int64, device="cpu")  # gloo: host tensors
     flags[world.rank] = int(failed)
     dist.all_reduce(flags, group=world.group)
     failing = flags.nonzero().flatten().tolist()
@@ -107,7 +107,7 @@ def agree(world: World, failed: bool) -> int | None:
 
 def gather_ints(world: World, values: list[int]) -> list[list[int]]:
     """Every process's ``values`` (lists of one length), in rank order, on every process."""
-    mine = torch.tensor(values, dtype=torch.int64)
+    mine = torch.tensor(values, dtype=torch.int64, device="cpu")  # gloo: host tensors
     every = [torch.empty_like(mine) for _ in range(world.size)]
     dist.all_gather(every, mine, group=world.group)
     return [tensor.tolist() for tensor in every]

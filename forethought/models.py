@@ -264,7 +264,7 @@ def sync_fused_qkv(model: TransformerBridge) -> int:
             continue
         fused = attn.qkv.original_component
         parts = [getattr(attn, name).original_component for name in "qkv"]
-        probe = {attr: torch.arange(tensor.numel(), dtype=torch.float64).view(tensor.shape)
+        probe = {attr: torch.arange(tensor.numel(), dtype=torch.float64, device="cpu").view(tensor.shape)
                  for attr in ("weight", "bias") if isinstance(tensor := getattr(fused, attr, None), torch.Tensor)}
         fake_fused = SimpleNamespace(**probe, **({} if "bias" in probe else {"bias": None}))
         index_parts = split(SimpleNamespace(**{submodules["qkv"].name: fake_fused}))

@@ -10,8 +10,36 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
 
+import devices  # noqa: E402
+
 from forethought.data import load_texts, train_tokenizer  # noqa: E402
 from forethought.models import FAMILIES, load_model, save_random_checkpoint, tiny_model  # noqa: E402
+
+
+def pytest_addoption(parser):
+    parser.addoption("--device", default=os.environ.get("FORETHOUGHT_TEST_DEVICE") or "cpu",
+                     help="where tests build models, probes and tensors: cpu (default), cuda, cuda:N "
+                          "(also FORETHOUGHT_TEST_DEVICE)")
+
+
+def pytest_configure(config):
+    name = devices.set_device(config.getoption("--device"))
+    os.environ["FORETHOUGHT_TEST_DEVICE"] = str(name)  # for subprocesses and notebooks
+
+
+def pytest_collection_modifyitems(config, items):
+    if not devices.on_gpu():
+        return
+    skip = pytest.mark.skip(reason=f"about the CPU by nature; the suite runs on {devices.DEVICE}")
+    for item in items:
+        if "cpu_only" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def device():
+    """The suite's device (``--device``; the CPU by default)."""
+    return devices.DEVICE
 
 
 @pytest.fixture(scope="session")
@@ -33,13 +61,15 @@ def checkpoint_dirs(tmp_path_factory, tokenizer):
 def any_model(request, checkpoint_dirs, tokenizer):
     """One tiny model per backend: boot_native and HF-backed GPT-2, NeoX and Llama."""
     if request.param == "native":
-        return tiny_model(n_layers=2, d_model=32, n_heads=4, d_vocab=len(tokenizer), n_ctx=64, tokenizer=tokenizer)
-    return load_model(checkpoint_dirs[request.param])
+        return tiny_model(n_layers=2, d_model=32, n_heads=4, d_vocab=len(tokenizer), n_ctx=64, tokenizer=tokenizer,
+                          device=devices.DEVICE)
+    return load_model(checkpoint_dirs[request.param], device=devices.DEVICE)
 
 
 @pytest.fixture(scope="session")
 def native_model(tokenizer):
-    return tiny_model(n_layers=2, d_model=32, n_heads=4, d_vocab=len(tokenizer), n_ctx=64, tokenizer=tokenizer)
+    return tiny_model(n_layers=2, d_model=32, n_heads=4, d_vocab=len(tokenizer), n_ctx=64, tokenizer=tokenizer,
+                      device=devices.DEVICE)
 
 
 @pytest.fixture(scope="module")

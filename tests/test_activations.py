@@ -1,5 +1,6 @@
 import pytest
 import torch
+from devices import DEVICE
 
 from forethought.activations import Activations, collect_activations
 from forethought.errors import ContextLengthError, InvalidArgumentError, OutOfRangeError, UnknownHookError
@@ -64,7 +65,7 @@ def test_non_finite_activations_are_refused(tmp_path):
     from forethought.errors import NumericalError
     from forethought.models import tiny_model
 
-    model = tiny_model(n_layers=2, d_model=16, n_heads=2, d_vocab=20, n_ctx=8)
+    model = tiny_model(n_layers=2, d_model=16, n_heads=2, d_vocab=20, n_ctx=8, device=DEVICE)
     with torch.no_grad():
         model.blocks[1].attn.o._original_component.bias.fill_(float("nan"))
     tokens = torch.randint(0, 20, (4, 8))

@@ -11,9 +11,9 @@ import sys
 
 import pytest
 import torch
+from devices import main
 
 from forethought import __version__
-from forethought.cli import main
 from forethought.models import save_random_checkpoint
 
 pytestmark = pytest.mark.usefixtures("single_thread")

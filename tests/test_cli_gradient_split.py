@@ -5,8 +5,8 @@ from dataclasses import replace
 
 import pandas as pd
 import pytest
+from devices import main
 
-from forethought.cli import main
 from forethought.experiments.gradient_split import huber_loss, synthetic_batches
 from forethought.myopic_training.gradient_split import gradient_split
 from forethought.synthetic import PRESETS, train_regime

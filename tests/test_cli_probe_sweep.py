@@ -4,8 +4,8 @@ import json
 
 import pandas as pd
 import pytest
+from devices import DEVICE, main
 
-from forethought.cli import main
 from forethought.models import save_model, tiny_model
 
 REQUIRED = ["model", "layer", "offset", "method", "top1", "top5", "cross_entropy", "unigram_top1", "bigram_top1",
@@ -19,7 +19,7 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 def model_dirs(tmp_path_factory, tokenizer):
     root = tmp_path_factory.mktemp("models")
     return {name: save_model(tiny_model(n_layers=2, d_model=32, n_heads=4, d_vocab=len(tokenizer), n_ctx=64,
-                                        tokenizer=tokenizer, seed=seed), root / name)
+                                        tokenizer=tokenizer, seed=seed, device=DEVICE), root / name)
             for seed, name in enumerate(["vanilla", "myopic"])}
 
 

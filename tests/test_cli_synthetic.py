@@ -4,8 +4,8 @@ from dataclasses import replace
 import pandas as pd
 import pytest
 import torch
+from devices import main
 
-from forethought.cli import main
 from forethought.synthetic import PRESETS
 
 PNG = b"\x89PNG\r\n\x1a\n"

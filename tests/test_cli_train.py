@@ -9,8 +9,7 @@ import time
 
 import pytest
 import torch
-
-from forethought.cli import main
+from devices import DEVICE, main
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -248,8 +247,8 @@ def test_hf_backed_presets(tmp_path, checkpoint_dirs, start):
         assert report["data"]["tokenizer"]["vocab_size"] == 300
         from forethought.models import load_model
 
-        past, pretrained = (load_model(path).eval() for path in (tmp_path / "runs" / "local-myopic" / "past_model",
-                                                                checkpoint_dirs["neox"]))
+        paths = (tmp_path / "runs" / "local-myopic" / "past_model", checkpoint_dirs["neox"])
+        past, pretrained = (load_model(path, device=DEVICE).eval() for path in paths)
         tokens = torch.arange(16).view(1, 16)
         with torch.no_grad():
             torch.testing.assert_close(past(tokens), pretrained(tokens))

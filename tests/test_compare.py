@@ -6,6 +6,7 @@ import sys
 
 import pytest
 import torch
+from devices import DEVICE
 
 from forethought.data import TokenSplits
 from forethought.errors import InvalidArgumentError
@@ -16,7 +17,7 @@ from forethought.models import save_model, tiny_model
 @pytest.fixture(scope="module")
 def regime_models(tokenizer):
     return {name: tiny_model(n_layers=1, d_model=16, n_heads=2, d_vocab=len(tokenizer), n_ctx=16, seed=seed,
-                             tokenizer=tokenizer)
+                             tokenizer=tokenizer, device=DEVICE)
             for seed, name in enumerate(["vanilla", "myopic", "bigram"])}
 
 
@@ -82,7 +83,7 @@ def test_cli_bad_run_directory(tmp_path):
 
 
 def _one_error_line(capsys, argv):
-    from forethought.cli import main
+    from devices import main
 
     capsys.readouterr()
     try:
@@ -98,7 +99,8 @@ def _one_error_line(capsys, argv):
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
     """A smoke myopia-gap run on a local text file (so that the test can change the file afterwards)."""
-    from forethought.cli import main
+    from devices import main
+
     from forethought.data import load_texts
 
     folder = tmp_path_factory.mktemp("smoke")
@@ -125,7 +127,7 @@ def test_load_run_rebuilds_the_exact_training_data_and_models(smoke_run):
     report = json.loads((run_dir / "report.json").read_text())
     assert report["data"]["validation_sha256"] == run.manifest["validation_sha256"]
     assert len(run.splits.validation) == report["data"]["n_validation"]
-    saved = load_model(run_dir / "runs" / "myopic" / "model")
+    saved = load_model(run_dir / "runs" / "myopic" / "model", device=DEVICE)
     for ours, theirs in zip(run.models["myopic"].state_dict().values(), saved.state_dict().values(), strict=True):
         torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
     assert run.tokenizer.get_vocab() == saved.tokenizer.get_vocab()
@@ -133,7 +135,7 @@ def test_load_run_rebuilds_the_exact_training_data_and_models(smoke_run):
 
 @pytest.mark.slow
 def test_compare_run_reproduces_the_myopia_gap_and_refuses_changed_data(smoke_run, tmp_path, capsys):
-    from forethought.cli import main
+    from devices import main
 
     run_dir, corpus = smoke_run
     trained = json.loads((run_dir / "report.json").read_text())

@@ -2,6 +2,7 @@ import json
 
 import pytest
 import torch
+from devices import DEVICE
 
 from forethought.data import (
     builtin_corpus,
@@ -101,7 +102,7 @@ def test_tokenizer_needs_room_for_bytes():
 
 
 def test_tokens_must_fit_the_model():
-    model = tiny_model(n_layers=1, d_model=16, n_heads=2, d_vocab=20, n_ctx=8)
+    model = tiny_model(n_layers=1, d_model=16, n_heads=2, d_vocab=20, n_ctx=8, device=DEVICE)
     check_tokens_fit(model, torch.zeros(2, 8, dtype=torch.long))
     with pytest.raises(ContextLengthError, match="n_ctx=8"):
         check_tokens_fit(model, torch.zeros(2, 9, dtype=torch.long))

@@ -4,6 +4,7 @@
 import numpy as np
 import pytest
 import torch
+from devices import DEVICE
 from torch.nn import functional as F
 
 from forethought.attention import ablate_past
@@ -39,7 +40,7 @@ def test_loss_by_position_equals_per_position_cross_entropy(any_model):
 def test_evaluation_switches_dropout_off_and_restores_the_mode(checkpoint_dirs):
     from forethought.models import load_model
 
-    model = load_model(checkpoint_dirs["gpt2"])  # HF GPT-2 defaults to dropout 0.1
+    model = load_model(checkpoint_dirs["gpt2"], device=DEVICE)  # HF GPT-2 defaults to dropout 0.1
     model.train()
     tokens = _tokens(model)
     first, second = loss_by_position(model, tokens), loss_by_position(model, tokens)

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from devices import DEVICE
 from torch.nn import functional as F
 
 from forethought.attention import ablate_past
@@ -155,7 +156,8 @@ def test_share_is_zero_for_a_language_model_with_one_target(native_model):
 
 def _scalar_model(values):
     """One attention-only layer, d_model = d_head = 1, no norms, two positions; weights from ``values``."""
-    model = tiny_model(n_layers=1, d_model=1, n_heads=1, d_vocab=1, n_ctx=2, attn_only=True, normalization_type=None)
+    model = tiny_model(n_layers=1, d_model=1, n_heads=1, d_vocab=1, n_ctx=2, attn_only=True, normalization_type=None,
+                       device=DEVICE)
     attn = model.blocks[0].attn
     with torch.no_grad():
         for short in "qkvo":
@@ -261,7 +263,7 @@ def test_trainer_records_the_split_at_evaluation_steps(tmp_path):
     from forethought.myopic_training import TrainConfig, train
     from forethought.myopic_training.gradient_split import plot_gradient_split_over_training
 
-    model = tiny_model(n_layers=1, d_model=16, n_heads=2, d_vocab=20, n_ctx=8)
+    model = tiny_model(n_layers=1, d_model=16, n_heads=2, d_vocab=20, n_ctx=8, device=DEVICE)
     tokens = torch.randint(0, 20, (40, 8), generator=torch.Generator().manual_seed(0))
     config = TrainConfig(steps=6, batch_size=8, eval_every=2, gradient_split_every=4, gradient_split_batches=1,
                          checkpoint_every=6, progress=False, out_dir=tmp_path / "run")
@@ -281,7 +283,7 @@ def test_trainer_split_is_zero_where_the_forward_gives_no_path_into_the_past(reg
     """The bigram sees no past; the local-myopic model reads a frozen model's past."""
     from forethought.myopic_training import TrainConfig, train
 
-    model = tiny_model(n_layers=2, d_model=16, n_heads=2, d_vocab=20, n_ctx=8)
+    model = tiny_model(n_layers=2, d_model=16, n_heads=2, d_vocab=20, n_ctx=8, device=DEVICE)
     tokens = torch.randint(0, 20, (24, 8), generator=torch.Generator().manual_seed(0))
     config = TrainConfig(regime=regime, steps=2, batch_size=8, eval_every=2, gradient_split_every=2,
                          gradient_split_batches=1, progress=False)

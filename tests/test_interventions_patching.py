@@ -5,6 +5,7 @@ from contextlib import contextmanager
 import pytest
 import torch
 import transformer_lens.patching as tl_patching
+from devices import DEVICE
 
 from forethought.errors import (
     ForethoughtError,
@@ -262,7 +263,7 @@ def test_patch_activation_validates_its_source(native_model):
 def test_dropout_in_training_mode_is_refused(checkpoint_dirs):
     from forethought.models import load_model
 
-    model = load_model(checkpoint_dirs["gpt2"]).train()  # GPT-2 configs default to dropout 0.1
+    model = load_model(checkpoint_dirs["gpt2"], device=DEVICE).train()  # GPT-2 configs default to dropout 0.1
     clean, corrupt = _pair(model)
     with pytest.raises(InvalidArgumentError, match="eval"):
         patch_positions(model, clean, corrupt, progress=False)

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from devices import DEVICE
 
 from forethought.errors import ContextLengthError, DataError, ForethoughtError, InvalidArgumentError, OutOfRangeError
 from forethought.hook_names import hook_name
@@ -57,7 +58,7 @@ def test_transplant_equals_cached_generation_from_the_transplanted_first_forward
     """
     from forethought.models import load_model
 
-    model = load_model(checkpoint_dirs[family])
+    model = load_model(checkpoint_dirs[family], device=DEVICE)
     sources, prompt, layer = _sources(model), torch.tensor([5, 6, 7, 8]), 1
     result = transplant(model, sources, layers=[layer], prompts=[prompt], n_steps=4, progress=False)
     name = hook_name(model, "resid", layer)
@@ -128,6 +129,6 @@ def test_bad_input_raises(native_model, kwargs, error):
 
 
 def test_string_prompts_need_a_tokenizer():
-    model = tiny_model(n_layers=1, d_model=16, n_heads=2, d_vocab=20, n_ctx=16)
+    model = tiny_model(n_layers=1, d_model=16, n_heads=2, d_vocab=20, n_ctx=16, device=DEVICE)
     with pytest.raises(InvalidArgumentError, match="tokenizer"):
         transplant(model, torch.tensor([[1, 2, 3]]), progress=False)

@@ -1,5 +1,6 @@
 import pytest
 import torch
+from devices import DEVICE
 
 from forethought.errors import InvalidArgumentError, ModelNotAvailableError
 from forethought.models import FAMILIES, is_native, load_model, save_model, tiny_model
@@ -9,7 +10,7 @@ from forethought.models import FAMILIES, is_native, load_model, save_model, tiny
 def test_hf_checkpoint_logits_match_hf_forward(family, checkpoint_dirs):
     import transformers
 
-    bridge = load_model(checkpoint_dirs[family])
+    bridge = load_model(checkpoint_dirs[family], device=DEVICE)
     reference = transformers.AutoModelForCausalLM.from_pretrained(checkpoint_dirs[family], attn_implementation="eager")
     reference.eval()
     tokens = torch.randint(0, bridge.cfg.d_vocab, (2, 12), generator=torch.Generator().manual_seed(0))
@@ -22,27 +23,28 @@ def test_hf_checkpoint_logits_match_hf_forward(family, checkpoint_dirs):
 
 
 def test_tiny_model_is_native_and_seeded():
-    first = tiny_model(n_layers=1, d_model=16, n_heads=2, d_vocab=20, n_ctx=8, seed=3)
-    again = tiny_model(n_layers=1, d_model=16, n_heads=2, d_vocab=20, n_ctx=8, seed=3)
+    first = tiny_model(n_layers=1, d_model=16, n_heads=2, d_vocab=20, n_ctx=8, seed=3, device=DEVICE)
+    again = tiny_model(n_layers=1, d_model=16, n_heads=2, d_vocab=20, n_ctx=8, seed=3, device=DEVICE)
     tokens = torch.arange(8).unsqueeze(0)
     assert is_native(first)
     torch.testing.assert_close(first(tokens), again(tokens), rtol=0, atol=0)
 
 
 def test_native_save_load_round_trip(tmp_path, tokenizer):
-    model = tiny_model(n_layers=2, d_model=16, n_heads=2, d_vocab=len(tokenizer), n_ctx=16, tokenizer=tokenizer)
+    model = tiny_model(n_layers=2, d_model=16, n_heads=2, d_vocab=len(tokenizer), n_ctx=16, tokenizer=tokenizer,
+                       device=DEVICE)
     save_model(model, tmp_path / "saved")
-    again = load_model(tmp_path / "saved")
+    again = load_model(tmp_path / "saved", device=DEVICE)
     tokens = torch.randint(0, len(tokenizer), (2, 16))
     torch.testing.assert_close(model(tokens), again(tokens), rtol=0, atol=0)
     assert again.tokenizer is not None and len(again.tokenizer) == len(tokenizer)
 
 
 def test_hf_save_load_round_trip(tmp_path, checkpoint_dirs):
-    model = load_model(checkpoint_dirs["gpt2"])
+    model = load_model(checkpoint_dirs["gpt2"], device=DEVICE)
     save_model(model, tmp_path / "copy")
     tokens = torch.randint(0, model.cfg.d_vocab, (1, 10))
-    torch.testing.assert_close(model(tokens), load_model(tmp_path / "copy")(tokens))
+    torch.testing.assert_close(model(tokens), load_model(tmp_path / "copy", device=DEVICE)(tokens))
 
 
 def test_unknown_model_offline_says_how_to_fix():

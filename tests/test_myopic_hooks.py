@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from devices import DEVICE
 
 from forethought.attention import ablate_past
 from forethought.attention.recompute import attend
@@ -131,7 +132,7 @@ def test_hooks_removed_on_exit_and_on_error(native_model):
 def test_refuses_active_attention_dropout(checkpoint_dirs):
     from forethought.models import load_model
 
-    model = load_model(checkpoint_dirs["gpt2"])
+    model = load_model(checkpoint_dirs["gpt2"], device=DEVICE)
     model.train()
     with pytest.raises(UnsupportedArchitectureError, match="dropout"):
         with myopic(model):
@@ -139,7 +140,8 @@ def test_refuses_active_attention_dropout(checkpoint_dirs):
 
 
 def test_refuses_what_it_cannot_recompute():
-    model = tiny_model(n_layers=1, d_model=16, n_heads=2, d_vocab=20, n_ctx=16, positional_embedding_type="rotary")
+    model = tiny_model(n_layers=1, d_model=16, n_heads=2, d_vocab=20, n_ctx=16, positional_embedding_type="rotary",
+                       device=DEVICE)
     with pytest.raises(UnsupportedArchitectureError, match="hook_cos"):
         with myopic(model):
             model(_tokens(model), return_type="loss")
@@ -202,7 +204,7 @@ def test_bf16_autocast_is_accepted(checkpoint_dirs):
     """Under autocast the model's attention runs in bf16 even where its output is float32 (Llama)."""
     from forethought.models import load_model
 
-    model = load_model(checkpoint_dirs["llama"]).eval()
+    model = load_model(checkpoint_dirs["llama"], device=DEVICE).eval()
     with torch.autocast("cpu", dtype=torch.bfloat16), myopic(model):
         loss = model(_tokens(model), return_type="loss")
     loss.backward()

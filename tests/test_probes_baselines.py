@@ -95,10 +95,35 @@ def test_baselines_never_hit_other_in_a_top_k_space():
     labels = space.encode(tokens)
     coverage = space.in_space(labels).double().mean(-1)
     unigram = UnigramBaseline.fit(labels, space.n_classes)
-    bigram = BigramBaseline.fit(current, labels, space.n_classes, d_vocab=20)
+    bigram = BigramBaseline.fit(current, labels, space.n_classes, d_vocab=20, never=space.other)
+    pooled_bigram = BigramBaseline.fit(current, labels, space.n_classes, d_vocab=20)
     for scores, pooled in ((unigram.score(labels, space), unigram.score(labels)),
-                           (bigram.score(current, labels, space), bigram.score(current, labels))):
+                           (bigram.score(current, labels, space), pooled_bigram.score(current, labels))):
         assert torch.all(scores["top1"] <= coverage + 1e-12)
         assert torch.all(scores["top1"] < pooled["top1"])  # scored inside the space, "other" looked like a hit
         assert torch.all(scores["cross_entropy"] > pooled["cross_entropy"])
-    assert unigram.score(labels, space)["top1"].max() == 0  # "other" is the most frequent class
+    # "other" is the most frequent class, yet the unigram predicts the most frequent kept token: as often right
+    # as the whole vocabulary's unigram, whose most frequent token is that one
+    whole = UnigramBaseline.fit(tokens, 20).score(tokens)["top1"]
+    torch.testing.assert_close(unigram.score(labels, space)["top1"], whole)
+    assert whole.min() > 0
+
+
+def test_bigram_predicts_the_best_kept_token():
+    """Under a top-k space the bigram baseline predicts, for every input token, its most frequent *kept* follower:
+    the whole vocabulary's bigram prediction where that is kept, the next best kept one otherwise."""
+    from forethought.probes.targets import LabelSpace
+
+    current, tokens = _stream(vocab=20, classes=12)
+    space = LabelSpace.top_k(tokens, k=4, d_vocab=20)
+    labels = space.encode(tokens)
+    bigram = BigramBaseline.fit(current, labels, space.n_classes, d_vocab=20, never=space.other)
+    for offset in range(2):
+        predicted = bigram.predict(torch.arange(20), offset, k=5)
+        assert not (predicted == space.other).any()
+        for token in range(20):
+            followers = Counter(labels[offset][current == token].tolist())
+            followers.pop(space.other, None)
+            if followers:
+                best = max(followers.values())
+                assert followers[int(predicted[token, 0])] == best

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from devices import DEVICE
 from sklearn.linear_model import Ridge
 
 from forethought.activations import collect_activations
@@ -62,9 +63,10 @@ def test_least_squares_matches_sklearn_ridge():
 def model(request, checkpoint_dirs, tokenizer):
     """A fresh random model whose final-norm gain is raised, so its next-token distributions are not flat."""
     if request.param == "native":
-        model = tiny_model(n_layers=2, d_model=32, n_heads=4, d_vocab=len(tokenizer), n_ctx=64, tokenizer=tokenizer)
+        model = tiny_model(n_layers=2, d_model=32, n_heads=4, d_vocab=len(tokenizer), n_ctx=64, tokenizer=tokenizer,
+                           device=DEVICE)
     else:
-        model = load_model(checkpoint_dirs["gpt2"])
+        model = load_model(checkpoint_dirs["gpt2"], device=DEVICE)
     with torch.no_grad():
         for name, param in model.ln_final.named_parameters():
             if name.endswith("weight") or name.endswith(".w"):
@@ -141,7 +143,7 @@ def test_future_lens_sweep_accepts_bfloat16_features():
     from forethought.probes import probe_sweep
     from forethought.probes.sweep import ProbeSweepConfig
 
-    model = tiny_model(n_layers=1, d_model=16, n_heads=2, d_vocab=12, n_ctx=16)
+    model = tiny_model(n_layers=1, d_model=16, n_heads=2, d_vocab=12, n_ctx=16, device=DEVICE)
     tokens = torch.randint(0, 12, (40, 16), generator=torch.Generator().manual_seed(0))
     table = probe_sweep({"m": model}, tokens, offsets=[0, 1], method="future_lens", progress=False,
                         config=ProbeSweepConfig(feature_dtype=torch.bfloat16))

@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+from devices import DEVICE
 
 from forethought.errors import CheckpointError, InvalidArgumentError, VocabularyMismatchError
 from forethought.models import tiny_model
@@ -55,7 +56,7 @@ def test_loading_onto_a_mismatched_model_raises(linear_probes, native_model, tmp
     folder = save_probes(linear_probes[0], tmp_path / "probes", model=native_model)
     sizes = {"n_layers": 2, "d_model": 32, "n_heads": 4, "d_vocab": native_model.cfg.d_vocab, "n_ctx": 64, **change}
     with pytest.raises(VocabularyMismatchError, match="d_model=32"):
-        load_probes(folder, model=tiny_model(**sizes))
+        load_probes(folder, model=tiny_model(**sizes, device=DEVICE))
 
 
 def test_broken_files_raise_checkpoint_error(linear_probes, tmp_path):

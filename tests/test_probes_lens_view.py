@@ -10,8 +10,8 @@ from html.parser import HTMLParser
 import pandas as pd
 import pytest
 import torch
+from devices import DEVICE, main
 
-from forethought.cli import main
 from forethought.errors import DataError, InvalidArgumentError, ModelNotAvailableError, VocabularyMismatchError
 from forethought.hook_names import RESID, hook_name
 from forethought.models import load_model, save_model, tiny_model
@@ -256,7 +256,7 @@ def test_bad_input(native_model):
         lens_view(model, probes, [0.5, 1.5])
     with pytest.raises(VocabularyMismatchError):
         lens_view(model, probes, [1, model.cfg.d_vocab])
-    other = tiny_model(n_layers=2, d_model=32, n_heads=4, d_vocab=50, n_ctx=64)
+    other = tiny_model(n_layers=2, d_model=32, n_heads=4, d_vocab=50, n_ctx=64, device=DEVICE)
     with pytest.raises(VocabularyMismatchError, match="d_vocab=300"):
         lens_view(other, probes, [1, 2])
     with pytest.raises(ModelNotAvailableError, match="tokenizer"):
@@ -273,7 +273,7 @@ def sweep(tmp_path_factory, tokenizer):
     """A saved tiny model and the probes ``probe-sweep --save-probes`` fitted on it (vocab and ridge)."""
     root = tmp_path_factory.mktemp("lens")
     model_dir = save_model(tiny_model(n_layers=2, d_model=32, n_heads=4, d_vocab=len(tokenizer), n_ctx=64,
-                                      tokenizer=tokenizer, seed=3), root / "model")
+                                      tokenizer=tokenizer, seed=3, device=DEVICE), root / "model")
     assert main(["probe-sweep", "--model", f"m={model_dir}", "--seq-len", "24", "--max-sequences", "80",
                  "--offsets", "0,1", "--top-k", "20", "--max-epochs", "3", "--method", "vocab,ridge", "--no-progress",
                  "--save-probes", "--out", str(root / "sweep")]) == 0
@@ -289,7 +289,7 @@ def test_cli_end_to_end(sweep, tmp_path, method):
                  "--offset", "1", "--out", str(out)]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["lens_view.csv", "lens_view.html", "lens_view.png",
                                                       "report.json"]
-    model = load_model(model_dir)
+    model = load_model(model_dir, device=DEVICE)
     view = lens_view(model, probe_dir, PROMPT, offset=1)
     frame = pd.read_csv(out / "lens_view.csv")
     assert len(frame) == 3 * view.n_positions

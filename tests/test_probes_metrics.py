@@ -54,9 +54,10 @@ def test_k_larger_than_classes_and_bad_shapes():
         MetricAccumulator().result()
 
 
-def test_a_constant_other_predictor_scores_zero_under_a_top_k_space():
-    """Predicting "other" is never a hit: in a top-2 space of 10 tokens, a predictor that always says "other"
-    scores 0 top-1 even though most targets are "other"; its cross-entropy is over the vocabulary."""
+def test_other_is_never_a_prediction_under_a_top_k_space():
+    """"other" is never a prediction: in a top-2 space of 10 tokens, a predictor certain of "other" predicts its
+    best kept token (0, by its tied logits), which is right once in six, never more than coverage, although most
+    targets are "other"; its cross-entropy is over the vocabulary."""
     import math
 
     from forethought.probes.targets import LabelSpace
@@ -68,6 +69,54 @@ def test_a_constant_other_predictor_scores_zero_under_a_top_k_space():
     accumulator = MetricAccumulator(space=space)
     accumulator.add(logits, labels)
     result = accumulator.result()
-    assert result["top1"].item() == 0 and result["top5"].item() == 1 / 6  # top-5 holds the kept token 0
-    assert result["top1_in_space"].item() == 0
+    assert result["top1"].item() == 1 / 6 and result["top5"].item() == 1 / 6  # at most coverage, 1/6
+    assert result["top1_in_space"].item() == 1
     assert result["cross_entropy"].item() == pytest.approx((50 + 5 * math.log(8)) / 6, rel=1e-4)
+
+
+def test_a_top_k_probe_scores_as_its_whole_vocabulary_twin_on_the_kept_targets():
+    """On a known-answer stream (the hidden state is the answer's one-hot code) the probes over the whole vocabulary
+    and over the top-8 + "other" are both right on every target they can name: top-1 is the same on the kept
+    targets, and the top-k score over all targets is exactly its coverage."""
+    from forethought.probes.targets import LabelSpace
+    from forethought.probes.vocabulary import VocabProbeConfig, fit_vocab_probes
+
+    generator = torch.Generator().manual_seed(0)
+    vocab = 24
+    tokens = torch.multinomial(torch.linspace(1, 3, vocab), 3000, replacement=True, generator=generator)
+    features = torch.nn.functional.one_hot(tokens, vocab).float()[None] * 4 + 0.01 * torch.randn(
+        1, len(tokens), vocab, generator=generator)  # [layer, n, d]
+    train, test = slice(0, 2400), slice(2400, None)
+    config = VocabProbeConfig(max_epochs=60, lr=0.05, batch_size=256)
+    scores = {}
+    for space in (LabelSpace.full(vocab), LabelSpace.top_k(tokens[train], k=8, d_vocab=vocab)):
+        labels = space.encode(tokens)[None]
+        probes = fit_vocab_probes(features[:, train], labels[:, train], config=config, label_space=space)
+        accumulator = MetricAccumulator(space=space)
+        accumulator.add(probes.logits(features[:, test]).float(), labels[:, test])
+        scores[space.name] = accumulator.result()
+        scores[space.name]["coverage"] = space.coverage(tokens[test])
+    whole, top_k = scores["vocab"], scores["top8+other"]
+    assert whole["top1"].item() == 1.0 and top_k["top1_in_space"].item() == 1.0
+    assert top_k["top1"].item() == pytest.approx(top_k["coverage"])
+
+
+def test_random_and_constant_predictors_score_at_chance_under_a_top_k_space():
+    """Logits that ignore the input score what guessing the kept tokens scores: a constant predictor its token's
+    frequency, a random one about coverage / k, never more than coverage."""
+    from forethought.probes.targets import LabelSpace
+
+    generator = torch.Generator().manual_seed(1)
+    tokens = torch.randint(0, 50, (20000,), generator=generator)
+    space = LabelSpace.top_k(tokens, k=10, d_vocab=50)
+    labels = space.encode(tokens)[None]
+    constant = torch.zeros(1, len(tokens), space.n_classes)
+    constant[..., 3] = 1.0
+    constant[..., space.other] = 5.0
+    random = torch.randn(1, len(tokens), space.n_classes, generator=generator)
+    coverage = space.coverage(tokens)
+    for logits, expected in ((constant, (labels == 3).double().mean().item()), (random, coverage / 10)):
+        accumulator = MetricAccumulator(space=space)
+        accumulator.add(logits, labels)
+        top1 = accumulator.result()["top1"].item()
+        assert top1 == pytest.approx(expected, abs=0.01) and top1 <= coverage

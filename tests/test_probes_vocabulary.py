@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from devices import DEVICE
 from threadpoolctl import threadpool_limits
 
 from forethought.activations import collect_activations
@@ -39,7 +40,7 @@ def probe_data():
     """Residual-stream features of a tiny model on Markov data, labels in a top-4 + other space."""
     vocab, seq_len, offsets = 12, 16, [0, 1]
     tokens = markov_tokens(1000, seq_len, vocab)
-    model = tiny_model(n_layers=2, d_model=24, n_heads=4, d_vocab=vocab, n_ctx=seq_len)
+    model = tiny_model(n_layers=2, d_model=24, n_heads=4, d_vocab=vocab, n_ctx=seq_len, device=DEVICE)
     acts = collect_activations(model, tokens, progress=False)["resid"]
     n_pos = n_positions(seq_len, offsets)
     features = acts[:, :, :n_pos].reshape(3, -1, 24)

@@ -4,6 +4,7 @@ from collections import defaultdict
 
 import pytest
 import torch
+from devices import DEVICE
 
 from forethought.activations import collect_activations
 from forethought.data import load_texts
@@ -38,7 +39,7 @@ def _equal_length_texts(model, n, words=3):
 
 
 def _no_tokenizer_model():
-    return tiny_model(n_layers=1, d_model=16, n_heads=2, d_vocab=20, n_ctx=16)
+    return tiny_model(n_layers=1, d_model=16, n_heads=2, d_vocab=20, n_ctx=16, device=DEVICE)
 
 
 def test_as_tokens_tokenises_each_string_with_the_model_tokenizer(native_model):

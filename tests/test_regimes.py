@@ -3,6 +3,7 @@
 
 import pytest
 import torch
+from devices import DEVICE
 
 from forethought.attention import ablate_past
 from forethought.errors import InvalidArgumentError
@@ -97,7 +98,7 @@ def test_local_myopic_refuses_bad_past_models(native_model):
     with pytest.raises(InvalidArgumentError, match="separate past_model"):
         with local_myopic(native_model, native_model):
             pass
-    other = tiny_model(n_layers=1, d_model=32, n_heads=4, d_vocab=native_model.cfg.d_vocab, n_ctx=64)
+    other = tiny_model(n_layers=1, d_model=32, n_heads=4, d_vocab=native_model.cfg.d_vocab, n_ctx=64, device=DEVICE)
     with pytest.raises(InvalidArgumentError, match="layers"):
         with local_myopic(native_model, other):
             pass

@@ -10,8 +10,8 @@ import sys
 import pandas as pd
 import pytest
 import transformers
+from devices import main
 
-from forethought.cli import main
 from forethought.data import load_texts, train_tokenizer
 from forethought.experiments.size_sweep import parse_model_list
 from forethought.models import save_random_checkpoint

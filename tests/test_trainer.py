@@ -7,6 +7,7 @@ import signal
 
 import pytest
 import torch
+from devices import DEVICE
 
 from forethought.data import load_texts, make_token_splits
 from forethought.errors import CheckpointError, DataError, InvalidArgumentError, NumericalError
@@ -24,7 +25,7 @@ def splits(tokenizer):
 
 def _model(tokenizer, seed=0):
     return tiny_model(n_layers=2, d_model=16, n_heads=2, d_vocab=len(tokenizer), n_ctx=16, seed=seed,
-                      tokenizer=tokenizer)
+                      tokenizer=tokenizer, device=DEVICE)
 
 
 def _config(**overrides):
@@ -93,7 +94,7 @@ def test_training_lowers_the_loss_and_writes_a_loadable_run(tokenizer, splits, t
     logged = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert logged == result.history
     assert read_checkpoint(tmp_path / "checkpoint.pt")["step"] == 30
-    reloaded = load_model(tmp_path / "model")
+    reloaded = load_model(tmp_path / "model", device=DEVICE)
     with torch.no_grad():
         torch.testing.assert_close(reloaded(splits.validation), model(splits.validation))
     assert not model.training, "dropout stays off: the trainer keeps the model in eval mode"
@@ -196,14 +197,14 @@ def test_bad_data_is_refused(tokenizer, splits):
     with pytest.raises(DataError, match="10 training sequences are fewer than batch_size=16"):
         train(_config(batch_size=16), _model(tokenizer), (splits.train[:10], splits.validation))
     with pytest.raises(Exception, match="outside the model's vocabulary"):
-        train(_config(), tiny_model(n_layers=1, d_model=16, n_heads=2, d_vocab=50, n_ctx=16), splits)
+        train(_config(), tiny_model(n_layers=1, d_model=16, n_heads=2, d_vocab=50, n_ctx=16, device=DEVICE), splits)
 
 
 @pytest.mark.parametrize("regime", ["vanilla", "myopic", "local-myopic", "bigram"])
 @pytest.mark.parametrize("backend", ["native", "gpt2", "neox", "llama"])
 def test_every_regime_trains_every_backend(backend, checkpoint_dirs, tokenizer, splits, regime):
     # a fresh model per case: HF GPT-2 checkpoints have dropout 0.1, which the trainer must switch off
-    model = _model(tokenizer) if backend == "native" else load_model(checkpoint_dirs[backend])
+    model = _model(tokenizer) if backend == "native" else load_model(checkpoint_dirs[backend], device=DEVICE)
     model.train()
     before = {name: t.clone() for name, t in model.state_dict().items()}  # TransformerLens names on every backend
     result = train(_config(regime=regime, steps=2, warmup_steps=0, eval_every=2), model, splits)
@@ -215,9 +216,10 @@ def test_every_regime_trains_every_backend(backend, checkpoint_dirs, tokenizer, 
 
 @pytest.mark.parametrize("family", ["gpt2", "neox"])
 def test_fine_tuned_weights_survive_save_and_load(checkpoint_dirs, splits, tmp_path, family):
-    model = load_model(checkpoint_dirs[family])
+    model = load_model(checkpoint_dirs[family], device=DEVICE)
     result = train(_config(steps=3, lr=1e-2, out_dir=tmp_path), model, splits)
-    original, reloaded = load_model(checkpoint_dirs[family]).eval(), load_model(tmp_path / "model").eval()
+    paths = (checkpoint_dirs[family], tmp_path / "model")
+    original, reloaded = (load_model(path, device=DEVICE).eval() for path in paths)
     with torch.no_grad():
         tuned, before, after = result.model(splits.validation), original(splits.validation), reloaded(
             splits.validation)

@@ -1,6 +1,7 @@
 """Which training forwards leave parameters without gradient (where DDP must search for unused parameters)."""
 
 import pytest
+from devices import DEVICE
 
 from forethought.models import load_model
 from forethought.myopic_training import TrainConfig
@@ -16,13 +17,13 @@ def _unused(model, regime):
 @pytest.mark.parametrize("regime", ["vanilla", "myopic", "local-myopic"])
 def test_split_projection_models_use_every_parameter(native_model, checkpoint_dirs, regime):
     assert not _unused(native_model, regime)
-    assert not _unused(load_model(checkpoint_dirs["llama"]), regime)
+    assert not _unused(load_model(checkpoint_dirs["llama"], device=DEVICE), regime)
 
 
 def test_fused_qkv_bridges_and_bigram_leave_parameters_unused(native_model, checkpoint_dirs):
     assert _unused(native_model, "bigram")
     for family in ("gpt2", "neox"):
-        assert _unused(load_model(checkpoint_dirs[family]), "vanilla")
+        assert _unused(load_model(checkpoint_dirs[family], device=DEVICE), "vanilla")
 
 
 TWO_PROCESS_SCRIPT = """

@@ -91,7 +91,7 @@ def tokenize_and_chunk(
             f"the corpus is too short: {len(texts)} documents, {total} tokens give no sequence of "
             f"seq_len={seq_len}" + (f" from documents of >= {min_doc_tokens} tokens" if min_doc_tokens else "")
         )
-    return torch.tensor(pieces, dtype=torch.long)
+    return torch.tensor(pieces, dtype=torch.long, device="cpu")  # token data live on the host
 
 
 def split_sequences(
@@ -102,7 +102,7 @@ def split_sequences(
         raise InvalidArgumentError(f"val_fraction={val_fraction!r} is not allowed; expected 0 < val_fraction < 1")
     if len(tokens) < 2:
         raise DataError(f"{len(tokens)} sequence(s) cannot be split into train and validation; need at least 2")
-    order = torch.randperm(len(tokens), generator=torch.Generator().manual_seed(seed))
+    order = torch.randperm(len(tokens), generator=torch.Generator(device="cpu").manual_seed(seed), device="cpu")
     n_val = min(max(1, round(val_fraction * len(tokens))), len(tokens) - 1)
     return tokens[order[n_val:]], tokens[order[:n_val]]
 

@@ -131,7 +131,7 @@ def compare_regimes(
                               baseline=baseline, seed=seed if bootstrap_seed is None else bootstrap_seed)
     probed = {name: model for name, model in models.items() if name not in NOT_PROBED}
     probes = probe_sweep(probed, data, layers=layers, offsets=offsets, method=method, seed=seed, config=config,
-                         progress=progress)
+                         reference=baseline if baseline in probed else None, progress=progress)
     comparison = side_by_side(probes, baseline)
     result = RegimeComparison(losses=losses, probes=probes, comparison=comparison)
     if out_dir is not None:
@@ -145,18 +145,27 @@ def compare_regimes(
 def side_by_side(probes: pd.DataFrame, baseline: str, metric: str = "top1") -> pd.DataFrame:
     """One row per (layer, offset, method): each model's ``metric`` and its difference to ``baseline``'s.
 
-    Each model's ``_ci_low``/``_ci_high`` interval and ``gain_over_baseline`` come along when the table has them.
+    Each model's ``_ci_low``/``_ci_high`` interval and ``gain_over_baseline`` (with its paired interval) come along
+    when the table has them. For ``top1`` from a sweep with ``reference=baseline`` the difference
+    ``<model>_minus_<baseline>`` has its own 95 % paired-bootstrap interval over the shared test sequences
+    (``_ci_low``/``_ci_high``). The difference of the gains over the baselines is the same number (both models
+    are scored against the same baselines), so it has the same interval.
     """
     index = ["layer", "offset", "method"]
     order = [baseline] + [name for name in probes["model"].unique() if name != baseline]
-    extras = [column for column in (f"{metric}_ci_low", f"{metric}_ci_high", "gain_over_baseline")
-              if column in probes]
-    wide = {column: probes.pivot_table(index=index, columns="model", values=column, sort=False)
-            for column in [metric, *extras]}
+    extras = [column for column in (f"{metric}_ci_low", f"{metric}_ci_high", "gain_over_baseline",
+                                    "gain_over_baseline_ci_low", "gain_over_baseline_ci_high") if column in probes]
+    paired = metric == "top1" and "minus_reference_ci_low" in probes
+    differences = ["minus_reference", "minus_reference_ci_low", "minus_reference_ci_high"] if paired else []
+    wide = {column: probes.pivot_table(index=index, columns="model", values=column, sort=False, dropna=False)
+            for column in [metric, *extras, *differences]}
     table = pd.DataFrame({f"{name}_{column}": wide[column][name] for name in order
                           for column in [metric, *extras]})
     for name in order[1:]:
         table[f"{name}_minus_{baseline}"] = wide[metric][name] - wide[metric][baseline]
+        if paired:
+            for bound in ("ci_low", "ci_high"):
+                table[f"{name}_minus_{baseline}_{bound}"] = wide[f"minus_reference_{bound}"][name]
     return table.reset_index()
 
 

@@ -113,7 +113,8 @@ class FunctionMetric(Metric):
 
     def __call__(self, readout: Readout) -> Float[Tensor, " batch"]:
         """The wrapped function's value on ``readout``, as a tensor."""
-        return torch.as_tensor(self.function(readout))
+        value = self.function(readout)
+        return torch.as_tensor(value, device=value.device if isinstance(value, Tensor) else readout.logits.device)
 
 
 METRICS: dict[str, type[Metric]] = {"logit_diff": LogitDiff, "log_prob": LogProb, "kl": KLToClean}
@@ -166,7 +167,7 @@ def check_token_spec(spec: TokenSpec, name: str, batch: int, seq: int, d_vocab: 
         return
     if isinstance(spec, bool) or not isinstance(spec, (int, Tensor)):
         raise InvalidArgumentError(f"{name}={spec!r} is not allowed; expected an int, a tensor or None")
-    values = torch.as_tensor(spec)
+    values = torch.as_tensor(spec, device=spec.device if isinstance(spec, Tensor) else "cpu")
     if values.is_floating_point() or values.is_complex():
         raise InvalidArgumentError(f"{name} must hold integer token ids; got dtype {values.dtype}")
     shape = tuple(values.shape)

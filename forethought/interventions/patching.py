@@ -313,7 +313,7 @@ def _sweep(
             readout = partial(Readout, clean=clean_logits[:, r], corrupt=corrupt_logits[:, r], pos=r)
             baselines[r] = (_score(metric, readout(logits=clean_logits[:, r]), batch),
                             _score(metric, readout(logits=corrupt_logits[:, r]), batch))
-        values = torch.empty(len(cells), batch)
+        values = torch.empty(len(cells), batch, device="cpu")  # scores are gathered on the host
         bar = tqdm(total=len(cells), desc=f"patching {hook}", disable=not progress, unit="cell")
         for i, logits in run_variants(model, run_tokens, edits, batch_size):
             r = reads[i]
@@ -328,7 +328,7 @@ def _sweep(
         corrupt_baseline=torch.stack([baselines[r][1] for r in reads]).reshape(*shape, batch),
         dims=dims,
         coords=coords,
-        read_positions=torch.tensor(reads).reshape(shape),
+        read_positions=torch.tensor(reads, device="cpu").reshape(shape),
         metric=metric.name,
         hook=hook,
         direction=direction,
@@ -352,7 +352,7 @@ def capture(model: TransformerBridge, tokens: Tensor, names: list[str]) -> tuple
 
 
 def _score(metric: Metric, readout: Readout, batch: int) -> Tensor:
-    value = torch.as_tensor(metric(readout)).detach().float().cpu()
+    value = torch.as_tensor(metric(readout), device=readout.logits.device).detach().float().cpu()
     if value.shape != (batch,):
         raise InvalidArgumentError(f"metric {metric.name!r} returned shape {tuple(value.shape)}; "
                                    f"a metric must return one value per example, shape ({batch},)")

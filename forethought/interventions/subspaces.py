@@ -70,7 +70,7 @@ def as_directions(
     if hasattr(source, "weight") and hasattr(source, "label_space") and getattr(source.weight, "ndim", 0) == 4:
         rows = _linear_probes_rows(source, layer, offset, control)
         if tokens is not None:
-            classes = source.label_space.encode(torch.as_tensor(tokens).reshape(-1)).tolist()
+            classes = source.label_space.encode(torch.as_tensor(tokens, device="cpu").reshape(-1)).tolist()
     elif isinstance(source, torch.nn.Linear):
         rows = source.weight.detach()
     elif hasattr(source, "estimator") and hasattr(source, "r2"):  # RidgeProbeResult
@@ -78,13 +78,14 @@ def as_directions(
     elif hasattr(source, "coef_") or hasattr(source, "steps"):
         rows = _sklearn_rows(source)
     elif isinstance(source, (Tensor, np.ndarray, list, tuple)):
-        rows = torch.as_tensor(np.asarray(source) if isinstance(source, (list, tuple)) else source)
+        rows = (source if isinstance(source, Tensor)
+                else torch.as_tensor(np.asarray(source), device="cpu"))
     else:
         raise InvalidArgumentError(f"cannot take directions from {type(source).__name__}; pass a tensor "
                                    "[d_model] or [k, d_model], a LinearProbes, an nn.Linear or a scikit-learn model")
     if tokens is not None and classes is None:
         raise InvalidArgumentError("tokens= needs a probe with a label space (LinearProbes); use classes=")
-    rows = rows.detach().float().cpu() if isinstance(rows, Tensor) else torch.as_tensor(rows).float()
+    rows = rows.detach().float().cpu() if isinstance(rows, Tensor) else torch.as_tensor(rows, device="cpu").float()
     if rows.ndim == 1:
         rows = rows.unsqueeze(0)
     if rows.ndim != 2 or rows.shape[0] == 0:
@@ -131,8 +132,8 @@ def random_directions(like: Float[Tensor, "*rows d_model"], seed: int = 0) -> Fl
         tensor([5.])
     """
     like = as_directions(like)
-    generator = torch.Generator().manual_seed(seed)
-    random = torch.randn(like.shape, generator=generator)
+    generator = torch.Generator(device="cpu").manual_seed(seed)  # the same directions on every machine
+    random = torch.randn(like.shape, generator=generator, device="cpu").to(like.device)
     return random / random.norm(dim=-1, keepdim=True) * like.norm(dim=-1, keepdim=True)
 
 

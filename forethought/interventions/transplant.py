@@ -109,10 +109,10 @@ def transplant(
     names = [hook_name(model, RESID, layer) for layer in layer_list]
 
     n_sources = len(tokens)
-    ranks = torch.empty(len(prompt_tokens), len(layer_list), n_sources, n_steps, dtype=torch.long)
+    ranks = torch.empty(len(prompt_tokens), len(layer_list), n_sources, n_steps, dtype=torch.long, device="cpu")
     generated = torch.empty_like(ranks)
-    baseline = torch.empty(len(prompt_tokens), n_sources, n_steps, dtype=torch.long)
-    continuation = torch.empty(n_sources, n_steps, dtype=torch.long)
+    baseline = torch.empty(len(prompt_tokens), n_sources, n_steps, dtype=torch.long, device="cpu")
+    continuation = torch.empty(n_sources, n_steps, dtype=torch.long, device="cpu")
     chunks = range(0, n_sources, batch_size)
     bar = tqdm(total=len(chunks) * len(prompt_tokens) * (len(layer_list) + 1), desc="transplant",
                disable=not progress, unit="run")
@@ -209,7 +209,7 @@ def _prompt_tokens(model: TransformerBridge, prompt: Any, n_steps: int) -> Int[T
     if isinstance(prompt, str):
         ids = as_tokens(model, prompt, "prompt")[0]
     elif isinstance(prompt, Tensor) or (isinstance(prompt, Sequence) and all(isinstance(x, int) for x in prompt)):
-        ids = torch.as_tensor(prompt)
+        ids = torch.as_tensor(prompt, device=prompt.device if isinstance(prompt, Tensor) else "cpu")
     else:
         raise InvalidArgumentError(f"prompt {prompt!r} is not a string, a 1-D token tensor or a list of token ids")
     if ids.ndim != 1 or ids.numel() == 0 or ids.is_floating_point():

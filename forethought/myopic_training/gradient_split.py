@@ -305,9 +305,9 @@ def _accumulate(sums: dict[str, dict[str, Tensor]], key: str, grads: dict[str, T
 def _group_metrics(groups: dict[str, list[tuple[str, Any]]], g: dict[str, Tensor], g_m: dict[str, Tensor],
                    mode: str) -> list[dict[str, Any]]:
     """The metrics of every group and of the total, from the per-parameter gradients ``g`` and ``g_m``."""
-    rows, totals = [], torch.zeros(5, dtype=torch.float64)
+    rows, totals = [], torch.zeros(5, dtype=torch.float64, device="cpu")
     for group, members in groups.items():
-        sums = torch.zeros(5, dtype=torch.float64)
+        sums = torch.zeros(5, dtype=torch.float64, device="cpu")
         for name, _ in members:
             vanilla, myopic_grad = g[name].flatten(), g_m[name].flatten()
             precaching = vanilla - myopic_grad

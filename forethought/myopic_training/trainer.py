@@ -189,12 +189,13 @@ def _evaluate(accelerator: Any, config: TrainConfig, model: TransformerBridge, p
               tokens: Tensor) -> float:
     """Mean validation loss in the regime's forward; each process takes a shard and the sums are reduced."""
     shard = tokens[accelerator.process_index :: accelerator.num_processes]
-    sums = torch.zeros(tokens.shape[1] - 1, dtype=torch.float64)
+    sums = torch.zeros(tokens.shape[1] - 1, dtype=torch.float64, device=accelerator.device)
     if len(shard):
         regime_model = RegimeModel(model, config.regime, past_model)
         with accelerator.autocast():
             sums = position_loss_sums(regime_model, shard, batch_size=config.batch_size)
-    totals = torch.cat([sums, torch.tensor([float(len(shard))], dtype=torch.float64)]).to(accelerator.device)
+    count = torch.tensor([float(len(shard))], dtype=torch.float64, device=accelerator.device)
+    totals = torch.cat([sums.to(accelerator.device), count])
     totals = accelerator.reduce(totals, reduction="sum").cpu()
     return (totals[:-1].sum() / (totals[-1] * (tokens.shape[1] - 1))).item()
 

@@ -51,10 +51,11 @@ def plot_probe_heatmap(frame, metric: str = "top1", method: str | None = None, t
 
     Signed metrics (``gain_*``, ``selectivity``, ``*_minus_*``) and difference panels use a diverging map
     centred at 0 with a symmetric scale (never narrower than a tenth of the largest score, so noise does not
-    saturate). A ``*`` marks cells that the 95 % intervals (``top1_ci_low``/``top1_ci_high``, when the table has
-    them) separate from 0: for ``gain_over_baseline``, the probe's interval excludes the best baseline; in a
-    difference panel of ``top1``, the two models' intervals do not overlap (a conservative test that the
-    difference's interval excludes 0). The title names the label space and its coverage.
+    saturate). One rule marks cells in every panel: a ``*`` where the 95 % *paired* interval of the difference
+    shown excludes 0 (``<metric>_ci_low``/``_ci_high`` of a gain; in a difference panel of ``top1`` or
+    ``gain_over_baseline``, the second model's ``minus_reference_ci_low/high`` from a sweep with
+    ``reference=`` the first, the same interval for both as their baselines are the same). Cells without such an
+    interval carry no mark. The title names the label space and its coverage.
 
     Example:
         >>> import pandas as pd
@@ -87,35 +88,35 @@ def plot_probe_heatmap(frame, metric: str = "top1", method: str | None = None, t
     signed = is_signed(metric)
     scale = max(float(values.abs().max()), 1e-9)
     low, high = (-scale, scale) if signed else (values.min(), values.max())
-    has_ci = {"top1_ci_low", "top1_ci_high"} <= set(frame.columns)
 
     def grid(part, column):
-        return part.pivot_table(index="layer", columns="offset", values=column).sort_index(ascending=False)
+        return part.pivot_table(index="layer", columns="offset", values=column,
+                                dropna=False).sort_index(ascending=False)
+
+    def excludes_zero(part, prefix):
+        """``*`` cells: the paired interval ``prefix_ci_low/high`` lies wholly on one side of 0 (None: no interval)."""
+        if not {f"{prefix}_ci_low", f"{prefix}_ci_high"} <= set(part.columns):
+            return None
+        return (grid(part, f"{prefix}_ci_low") > 0) | (grid(part, f"{prefix}_ci_high") < 0)
 
     for row, name in enumerate(methods):
         part = frame[frame["method"] == name]
         per_model = {model: part[part["model"] == model] for model in models}
         tables = {model: grid(per_model[model], metric) for model in models}
-        marks = {model: None for model in models}
-        if has_ci and metric == "gain_over_baseline":
-            for model in models:
-                lows, highs = grid(per_model[model], "top1_ci_low"), grid(per_model[model], "top1_ci_high")
-                best = grid(per_model[model], "best_baseline_top1")
-                marks[model] = (lows > best) | (highs < best)
+        marks = {model: excludes_zero(per_model[model], metric) if signed else None for model in models}
         panels = [(model, tables[model], "RdBu_r" if signed else "viridis", low, high, 0.0 if signed else None,
                    marks[model]) for model in models]
         if difference:
             delta = tables[models[1]] - tables[models[0]]
             bound = max(float(np.nanmax(np.abs(delta.to_numpy()))), 0.1 * scale, 1e-9)
             mark = None
-            if has_ci and metric == "top1":
-                first, second = (per_model[m] for m in models)
-                mark = ((grid(second, "top1_ci_low") > grid(first, "top1_ci_high"))
-                        | (grid(second, "top1_ci_high") < grid(first, "top1_ci_low")))
+            if metric in ("top1", "gain_over_baseline") and (per_model[models[0]].get("minus_reference") is None
+                                                             or per_model[models[0]]["minus_reference"].isna().all()):
+                mark = excludes_zero(per_model[models[1]], "minus_reference")
             panels.append((f"{models[1]} − {models[0]}", delta, "RdBu_r", -bound, bound, 0.0, mark))
         for col, (label, table, cmap, vmin, vmax, center, mark) in enumerate(panels):
             ax = axes[row, col]
-            text = table.map(lambda v: f"{v:.2f}")
+            text = table.map(lambda v: f"{v:.3f}" if 0 < abs(v) < 0.005 else f"{v:.2f}")  # never "-0.00*"
             if mark is not None:
                 text = text + mark.reindex_like(table).fillna(False).map(lambda m: "*" if m else "")
             sns.heatmap(table, cmap=cmap, vmin=vmin, vmax=vmax, center=center,

@@ -1,6 +1,9 @@
 """Baselines a future-token probe must beat, and the control task that tells reading from memorising.
 
 * **Unigram**: always predict the label distribution of the training split (per offset).
+
+Under a top-k label space neither baseline ever predicts ``"other"``: its predictions are the best *kept* tokens,
+as a probe's are, so that its top-1 is the same with and without the space whenever those tokens are kept.
 * **Bigram at distance N**: predict the token at ``t + 1 + N`` from the token at ``t`` alone, with counts
   from the training split: ``p(y | x) = (c(x, y) + β·p_uni(y)) / (c(x) + β)`` with ``β = 1`` pseudo-count
   of smoothing towards the (Laplace-smoothed) unigram distribution, so input tokens never seen in training
@@ -43,12 +46,23 @@ def _laplace_unigram(labels: Int[Tensor, " n"], n_classes: int) -> Float[Tensor,
     return (counts + 1.0) / (counts.sum() + n_classes)
 
 
+def _never(space: LabelSpace | None) -> int | None:
+    """The class a baseline never predicts: ``"other"`` of a restricted space (None for the whole vocabulary)."""
+    return space.other if space is not None else None
+
+
+def _ranked(probs: Float[Tensor, " n_classes"], never: int | None) -> Int[Tensor, " n_kept"]:
+    """Classes from most to least probable (ties by index), without ``never``."""
+    order = torch.sort(-probs, stable=True).indices
+    return order if never is None else order[order != never]
+
+
 def _scores(log_probs_of_label: Tensor, ranks_ok: dict[int, Tensor], labels: Tensor,
             space: LabelSpace | None) -> dict[str, Tensor]:
     """Means over all targets.
 
-    Under a restricted ``space`` an ``"other"`` target is a miss and its cross-entropy is over the vocabulary
-    (see :mod:`forethought.probes.targets`).
+    Under a restricted ``space`` an ``"other"`` target is a miss (no baseline predicts ``"other"``) and its
+    cross-entropy is over the vocabulary (see :mod:`forethought.probes.targets`).
     """
     loss = -log_probs_of_label.double()
     if space is not None and space.restricted:
@@ -57,6 +71,7 @@ def _scores(log_probs_of_label: Tensor, ranks_ok: dict[int, Tensor], labels: Ten
         loss = loss + space.out_of_space_nats(labels)
     out = {f"top{k}": ok.double().mean() for k, ok in ranks_ok.items()}
     out["cross_entropy"] = loss.mean()
+    out["hits"] = ranks_ok[1]
     return out
 
 
@@ -77,11 +92,13 @@ class UnigramBaseline:
               ) -> dict[str, Float[Tensor, " offset"]]:
         """Top-1, top-5 accuracy and cross-entropy (nats) on ``labels``, one value per offset.
 
-        Scores are over all targets of a restricted ``space``: ``"other"`` is never a hit.
+        Scores are over all targets of a restricted ``space``: the predictions are its most frequent *kept*
+        tokens (``"other"`` is never predicted, so never a hit). ``"hits"`` holds every example's top-1 hit
+        ``[offset, n]``.
         """
         rows = []
         for probs, row in zip(self.probs, labels.cpu().long(), strict=True):
-            order = torch.sort(-probs, stable=True).indices
+            order = _ranked(probs, _never(space))
             rows.append(_scores(probs[row].log(), {k: torch.isin(row, order[:k]) for k in TOP_K}, row, space))
         return {name: torch.stack([r[name] for r in rows]) for name in rows[0]}
 
@@ -108,35 +125,45 @@ class BigramBaseline:
 
     @classmethod
     def fit(cls, current: Int[Tensor, " n"], labels: Int[Tensor, "offset n"], n_classes: int, d_vocab: int,
-            beta: float = 1.0) -> BigramBaseline:
-        """Count (token at t, label at t + 1 + N) pairs for every offset."""
+            beta: float = 1.0, never: int | None = None) -> BigramBaseline:
+        """Count (token at t, label at t + 1 + N) pairs for every offset.
+
+        ``never`` is a class never predicted (``"other"`` of a top-k space): the predictions are the best of the
+        other classes; the probabilities (and so the cross-entropy) still count it.
+        """
         if current.numel() == 0:
             raise DataError("cannot fit a bigram baseline on an empty training split")
         current = current.cpu().long()
-        tables = [cls._fit_one(current, row.long(), n_classes, d_vocab, beta) for row in labels.cpu()]
+        tables = [cls._fit_one(current, row.long(), n_classes, d_vocab, beta, never) for row in labels.cpu()]
         return cls(n_classes=n_classes, d_vocab=d_vocab, tables=tables, beta=beta)
 
     @staticmethod
-    def _fit_one(current: Tensor, labels: Tensor, n_classes: int, d_vocab: int, beta: float) -> _Pairs:
+    def _fit_one(current: Tensor, labels: Tensor, n_classes: int, d_vocab: int, beta: float,
+                 never: int | None) -> _Pairs:
         unigram = _laplace_unigram(labels, n_classes)
         keys, counts = torch.unique(current * n_classes + labels, return_counts=True)
         token_counts = torch.bincount(current, minlength=d_vocab)
         # candidate labels per input token: observed pairs ranked by smoothed score, then unigram order
-        k = min(max(TOP_K), n_classes)
+        k = min(max(TOP_K), n_classes - (never is not None))
         tokens, pair_labels = keys // n_classes, keys % n_classes
-        score = counts.double() + beta * unigram[pair_labels]
+        if never is not None:
+            keep = pair_labels != never
+            tokens, pair_labels, ranked_counts = tokens[keep], pair_labels[keep], counts[keep]
+        else:
+            ranked_counts = counts
+        score = ranked_counts.double() + beta * unigram[pair_labels]
         order = torch.sort(-score, stable=True).indices
         order = order[torch.sort(tokens[order], stable=True).indices]  # grouped by token, best first
         tokens, pair_labels = tokens[order], pair_labels[order]
         starts = torch.searchsorted(tokens, tokens, right=False)
-        rank = torch.arange(len(tokens)) - starts
-        observed = torch.full((d_vocab, k), -1, dtype=torch.long)
+        rank = torch.arange(len(tokens), device=tokens.device) - starts
+        observed = torch.full((d_vocab, k), -1, dtype=torch.long, device=tokens.device)
         keep = rank < k
         observed[tokens[keep], rank[keep]] = pair_labels[keep]
-        fallback = torch.sort(-unigram, stable=True).indices[:k].expand(d_vocab, k)
+        fallback = _ranked(unigram, never)[:k].expand(d_vocab, k)
         candidates = torch.cat([observed, fallback], dim=1)  # [d_vocab, 2k]
         same = candidates.unsqueeze(2) == candidates.unsqueeze(1)
-        earlier = torch.ones(2 * k, 2 * k, dtype=torch.bool).tril(-1)
+        earlier = torch.ones(2 * k, 2 * k, dtype=torch.bool, device=candidates.device).tril(-1)
         duplicate = (same & earlier).any(-1)
         invalid = (candidates < 0) | duplicate
         pick = torch.sort(invalid.long(), dim=1, stable=True).indices[:, :k]
@@ -160,7 +187,9 @@ class BigramBaseline:
               ) -> dict[str, Float[Tensor, " offset"]]:
         """Top-1, top-5 accuracy and cross-entropy (nats) on ``labels``, one value per offset.
 
-        Scores are over all targets of a restricted ``space``: ``"other"`` is never a hit.
+        Scores are over all targets of a restricted ``space``: ``"other"`` is never a hit (fit with
+        ``never=space.other`` so that the predictions are the best kept tokens). ``"hits"`` holds every example's
+        top-1 hit ``[offset, n]``.
         """
         current = current.cpu().long()
         rows = []
@@ -189,6 +218,6 @@ def control_labels(
     """
     if train_labels.numel() == 0:
         raise DataError("cannot build a control task from an empty training split")
-    generator = torch.Generator().manual_seed(seed)
-    pick = torch.randint(0, train_labels.numel(), (d_vocab,), generator=generator)
+    generator = torch.Generator(device="cpu").manual_seed(seed)  # the same task on every machine
+    pick = torch.randint(0, train_labels.numel(), (d_vocab,), generator=generator, device="cpu")
     return train_labels.flatten().cpu().long()[pick]

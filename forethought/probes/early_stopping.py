@@ -81,7 +81,7 @@ class PerProbeEarlyStopping:
         self.best = torch.full(shape, float("inf"), device=device)
         self.stale = torch.zeros(shape, dtype=torch.long, device=device)
         self.active = torch.ones(shape, dtype=torch.bool, device=device)
-        self.best_epoch = torch.zeros(shape, dtype=torch.long)
+        self.best_epoch = torch.zeros(shape, dtype=torch.long, device="cpu")
         self.epochs = 0
 
     def step(self, held_out: Tensor) -> Tensor:

@@ -140,7 +140,7 @@ def _labelled(features: Tensor | FeatureStore, tokens: Tensor, offsets: list[int
                     labels=space.encode(future_labels(tokens, offsets)).reshape(len(offsets), -1),
                     greedy=model_predictions(predictions, offsets).reshape(len(offsets), -1),
                     future_resid=future_resid,
-                    sequence=torch.arange(n_seq).repeat_interleave(n_pos))
+                    sequence=torch.arange(n_seq, device=tokens.device).repeat_interleave(n_pos))
 
 
 def split_data(data: Any, test_fraction: float, seed: int) -> tuple[Int[Tensor, "seq pos"], Int[Tensor, "seq pos"]]:

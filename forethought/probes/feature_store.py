@@ -43,7 +43,7 @@ class FeatureStore:
     def __init__(self, path: str | os.PathLike, n_layers: int, d_model: int, dtype: torch.dtype, n: int = 0):
         self.path = Path(path)
         self.n_layers, self.d_model, self.dtype, self.n = n_layers, d_model, dtype, n
-        self.row_bytes = n_layers * d_model * torch.empty((), dtype=dtype).element_size()
+        self.row_bytes = n_layers * d_model * dtype.itemsize
         self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
 
     @classmethod

@@ -342,9 +342,9 @@ def _fine_tune(lens: FutureLens, x: Tensor, y: Tensor, val_x: Tensor, val_y: Ten
         return total / val_x.shape[1]
 
     stopper.best = held_out()  # the starting point is epoch 0: fine-tuning must beat it
-    generator = torch.Generator().manual_seed(config.seed)
+    generator = torch.Generator(device="cpu").manual_seed(config.seed)  # the same order on every device
     for epoch in tqdm(range(config.max_epochs), desc="future lens", disable=not config.progress, unit="epoch"):
-        for batch in torch.randperm(x.shape[1], generator=generator).split(config.batch_size):
+        for batch in torch.randperm(x.shape[1], generator=generator, device="cpu").split(config.batch_size):
             batch = batch.to(x.device)
             loss = loss_fn(predict(x[:, batch]), y[:, batch]).sum() / len(batch)
             if not torch.isfinite(loss):
@@ -402,10 +402,11 @@ def fit_ridge_lens(
     _check_resid(features, future_resid, model)
     n_layers, _, d_model = features.shape
     n_offsets = future_resid.shape[0]
-    weight = torch.zeros(n_layers, n_offsets, d_model, d_model)
-    bias = torch.zeros(n_layers, n_offsets, d_model)
-    mean, scale = torch.zeros(n_layers, d_model), torch.ones(n_layers, d_model)
-    r2 = torch.zeros(n_layers, n_offsets)
+    # scikit-learn fits on the host; the lens moves to the model's device at the end
+    weight = torch.zeros(n_layers, n_offsets, d_model, d_model, device="cpu")
+    bias = torch.zeros(n_layers, n_offsets, d_model, device="cpu")
+    mean, scale = torch.zeros(n_layers, d_model, device="cpu"), torch.ones(n_layers, d_model, device="cpu")
+    r2 = torch.zeros(n_layers, n_offsets, device="cpu")
     pairs = [(i, j) for i in range(n_layers) for j in range(n_offsets)]
     for i, j in tqdm(pairs, desc="ridge probes", disable=not progress, unit="probe"):
         result = fit_ridge_probe(features[i].float(), future_resid[j].float(), groups=groups, seed=seed)

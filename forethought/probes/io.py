@@ -23,8 +23,10 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import torch
 from safetensors.torch import load_file, save_file
 
+from forethought.devices import resolve_device
 from forethought.errors import CheckpointError, InvalidArgumentError, VocabularyMismatchError
 from forethought.hook_names import RESID, hook_name, n_depths
 from forethought.probes.future_lens import FutureLens
@@ -78,13 +80,15 @@ def save_probes(probes: LinearProbes | FutureLens, directory: str | os.PathLike,
     return Path(directory)
 
 
-def load_probes(directory: str | os.PathLike, model: TransformerBridge | None = None) -> LinearProbes | FutureLens:
+def load_probes(directory: str | os.PathLike, model: TransformerBridge | None = None,
+                device: str | torch.device | None = None) -> LinearProbes | FutureLens:
     """Read probes written by :func:`save_probes`.
 
     Args:
         directory: the probe directory.
         model: the model the probes will read (required for a Future-Lens probe, which decodes with it);
             its ``d_model`` and ``d_vocab`` must match the saved ones.
+        device: where to put the probes (default: the model's device, else the CPU).
 
     Raises:
         CheckpointError: the directory is missing, incomplete, corrupt or of another format.
@@ -107,11 +111,13 @@ def load_probes(directory: str | os.PathLike, model: TransformerBridge | None = 
     if config["kind"] == FutureLens.kind and model is None:
         raise InvalidArgumentError("a Future-Lens probe decodes with its model's unembedding; pass model=")
     try:
-        return KINDS[config["kind"]].from_saved(tensors, config, model=model)
+        probes = KINDS[config["kind"]].from_saved(tensors, config, model=model)
     except KeyError as error:
         raise CheckpointError(f"probes in {str(directory)!r} lack {error}; the files are incomplete") from error
     except InvalidArgumentError as error:
         raise CheckpointError(f"probes in {str(directory)!r} are inconsistent: {error}") from error
+    device = resolve_device(device) or (next(model.parameters()).device if model is not None else None)
+    return probes if device is None else probes.to(device)
 
 
 def _check_fits_model(directory: str | os.PathLike, config: dict[str, Any], model: TransformerBridge) -> None:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
@@ -120,8 +121,8 @@ class AffineProbes(nn.Module):
         super().__init__()
         self.weight = nn.Parameter(weight.detach(), requires_grad=False)
         self.bias = nn.Parameter(bias.detach(), requires_grad=False)
-        self.register_buffer("mean", mean.detach())
-        self.register_buffer("scale", scale.detach())
+        self.register_buffer("mean", mean.detach().to(weight.device))  # one module, one device: the weights'
+        self.register_buffer("scale", scale.detach().to(weight.device))
         self.layers, self.tasks, self.label_space = list(layers), list(tasks), label_space
         self.meta = dict(meta) if meta is not None else {}
         self._check_shapes()
@@ -238,7 +239,7 @@ class AffineProbes(nn.Module):
         """The probes of some layers and tasks only, in the order given (a copy of the same kind)."""
         li = [_index(self.layers, layer, "layer") for layer in (layers if layers is not None else self.layers)]
         ti = [_index(self.tasks, task, "task") for task in (tasks if tasks is not None else self.tasks)]
-        lt = (torch.tensor(li)[:, None], torch.tensor(ti)[None, :])
+        lt = (torch.tensor(li, device=self.device)[:, None], torch.tensor(ti, device=self.device)[None, :])
         return self.replace(weight=self.weight[lt], bias=self.bias[lt], mean=self.mean[li], scale=self.scale[li],
                             layers=[self.layers[i] for i in li], tasks=[self.tasks[i] for i in ti],
                             meta=dict(self.meta))
@@ -334,13 +335,13 @@ class LinearProbes(AffineProbes):
 
     @classmethod
     def zeros(cls, layers: Sequence[int], tasks: Sequence[Task], d_model: int, label_space: LabelSpace,
-              **kwargs: Any) -> LinearProbes:
-        """All-zero probes (uniform predictions), e.g. as a starting point."""
+              device: torch.device | str = "cpu", **kwargs: Any) -> LinearProbes:
+        """All-zero probes (uniform predictions) on ``device``, e.g. as a starting point."""
         n_layers, n_tasks, n_classes = len(layers), len(tasks), label_space.n_classes
-        return cls(weight=torch.zeros(n_layers, n_tasks, d_model, n_classes),
-                   bias=torch.zeros(n_layers, n_tasks, n_classes), mean=torch.zeros(n_layers, d_model),
-                   scale=torch.ones(n_layers, d_model), layers=list(layers), tasks=list(tasks),
-                   label_space=label_space, **kwargs)
+        zeros = partial(torch.zeros, device=device)
+        return cls(weight=zeros(n_layers, n_tasks, d_model, n_classes), bias=zeros(n_layers, n_tasks, n_classes),
+                   mean=zeros(n_layers, d_model), scale=torch.ones(n_layers, d_model, device=device),
+                   layers=list(layers), tasks=list(tasks), label_space=label_space, **kwargs)
 
     @property
     def n_classes(self) -> int:

@@ -80,8 +80,8 @@ def fit_logistic_probes(
     n_tasks = labels.shape[0]
 
     mean, scale = feature_stats(features.cpu())
-    weight = torch.zeros(n_layers, n_tasks, d_model, n_classes)
-    bias = torch.full((n_layers, n_tasks, n_classes), float("-inf"))
+    weight = torch.zeros(n_layers, n_tasks, d_model, n_classes, device="cpu")  # scikit-learn fits on the host
+    bias = torch.full((n_layers, n_tasks, n_classes), float("-inf"), device="cpu")
     labels_np = labels.cpu().long().numpy()
     not_converged = 0
     pairs = [(i, j) for i in range(n_layers) for j in range(n_tasks)]

@@ -32,19 +32,35 @@ def _check(logits: Tensor, labels: Tensor) -> None:
 
 
 def correct_at_k(logits: Float[Tensor, "*batch n n_classes"], labels: Int[Tensor, "*lead n"],
-                 k: int) -> Float[Tensor, "*batch n"]:
-    """1.0 where the label is among the ``k`` highest logits (ties count as correct only if within top-k)."""
+                 k: int, never: int | None = None) -> Float[Tensor, "*batch n"]:
+    """1.0 where the label is among the ``k`` highest logits (ties count as correct only if within top-k).
+
+    ``never`` is a class that is never predicted (the ``"other"`` class of a top-k label space): the ``k`` best
+    of the remaining classes are taken, so a label ``never`` is always a miss.
+
+    Example:
+        >>> logits = torch.tensor([[[0.0, 1.0, 9.0]]])  # class 2 ("other") has the highest logit
+        >>> correct_at_k(logits, torch.tensor([[1]]), k=1, never=2).tolist()  # the best kept class is 1
+        [[1.0]]
+    """
     _check(logits, labels)
-    k = min(k, logits.shape[-1])
+    if never is not None:
+        logits = logits.clone()
+        logits[..., never] = float("-inf")
+    k = min(k, logits.shape[-1] - (never is not None))
     labels = labels.to(logits.device).long().expand(logits.shape[:-1])
     top = logits.topk(k, dim=-1).indices
-    return (top == labels.unsqueeze(-1)).any(-1).float()
+    hit = (top == labels.unsqueeze(-1)).any(-1)
+    return (hit if never is None else hit & (labels != never)).float()
 
 
 def top_k_accuracy(logits: Float[Tensor, "*batch n n_classes"], labels: Int[Tensor, "*lead n"],
-                   k: int = 1) -> Float[Tensor, "*batch"]:
-    """Fraction of examples whose label is among the ``k`` highest logits (``k`` is capped at ``n_classes``)."""
-    return correct_at_k(logits, labels, k).mean(-1)
+                   k: int = 1, never: int | None = None) -> Float[Tensor, "*batch"]:
+    """Fraction of examples whose label is among the ``k`` highest logits (``k`` is capped at ``n_classes``).
+
+    ``never``: a class never predicted (see :func:`correct_at_k`).
+    """
+    return correct_at_k(logits, labels, k, never).mean(-1)
 
 
 def token_cross_entropy(logits: Float[Tensor, "*batch n n_classes"],
@@ -65,11 +81,12 @@ class MetricAccumulator:
     """Sums top-1, top-5 and cross-entropy over chunks of examples, for data too large to score at once.
 
     With a restricted ``space`` (top-k + ``"other"``) the scores are over all targets, as the label space
-    demands (see :mod:`forethought.probes.targets`): a label ``"other"`` is a miss whatever is predicted, its
-    cross-entropy adds :meth:`~forethought.probes.targets.LabelSpace.out_of_space_nats`, and
-    ``top1_in_space`` (top-1 over the targets inside the space only) is added to the result. With
-    ``n_groups``, the top-1 hits are also summed per group (e.g. per sequence, for a bootstrap over
-    sequences): :attr:`group_hits` ``[..., n_groups]`` and :attr:`group_counts` ``[n_groups]``.
+    demands (see :mod:`forethought.probes.targets`): ``"other"`` is never a prediction (top-1 and top-5 take
+    the best *kept* tokens), so a label ``"other"`` is a miss; its cross-entropy adds
+    :meth:`~forethought.probes.targets.LabelSpace.out_of_space_nats`, and ``top1_in_space`` (top-1 over the
+    targets inside the space only) is added to the result. With ``n_groups``, the top-1 hits are also summed per
+    group (e.g. per sequence, for a bootstrap over sequences): :attr:`group_hits` ``[..., n_groups]`` and
+    :attr:`group_counts` ``[n_groups]``, on the CPU in float64.
 
     Example:
         >>> acc = MetricAccumulator()
@@ -77,10 +94,11 @@ class MetricAccumulator:
         >>> acc.result()["top1"].tolist()
         [0.5]
         >>> from forethought.probes.targets import LabelSpace
-        >>> acc = MetricAccumulator(space=LabelSpace(d_vocab=5, token_ids=(0,)))  # class 1 is "other"
-        >>> acc.add(torch.tensor([[[0.0, 9.0]]]), torch.tensor([[1]]))  # "other" predicted for an "other" target
+        >>> acc = MetricAccumulator(space=LabelSpace(d_vocab=5, token_ids=(0, 2)))  # class 2 is "other"
+        >>> logits = torch.tensor([[[0.0, 1.0, 9.0], [0.0, 1.0, 9.0]]])  # "other" has the highest logit
+        >>> acc.add(logits, torch.tensor([[1, 2]]))  # the best kept class (1) hits; an "other" target never does
         >>> acc.result()["top1"].tolist()
-        [0.0]
+        [0.5]
     """
 
     def __init__(self, ks: tuple[int, ...] = (1, 5), space: LabelSpace | None = None, n_groups: int | None = None):
@@ -100,11 +118,11 @@ class MetricAccumulator:
     def add(self, logits: Float[Tensor, "*batch n n_classes"], labels: Int[Tensor, "*lead n"],
             groups: Int[Tensor, " n"] | None = None) -> None:
         """Add the scores of one chunk of examples (``groups``: each example's group, when summing per group)."""
-        hits = {k: correct_at_k(logits, labels, k) for k in self.ks}
+        never = None if self.space is None else self.space.other
+        hits = {k: correct_at_k(logits, labels, k, never) for k in self.ks}
         loss = token_cross_entropy(logits, labels)
         if self.space is not None:
             inside = self.space.in_space(labels.to(logits.device)).expand(logits.shape[:-1])
-            hits = {k: hit * inside for k, hit in hits.items()}
             loss = loss + self.space.out_of_space_nats(labels.to(logits.device)).to(loss)
             self._sum("top1_in_space", hits[self.ks[0]].sum(-1))
             count = inside.sum(-1).double().cpu()
@@ -117,7 +135,8 @@ class MetricAccumulator:
                 raise InvalidArgumentError("this accumulator sums per group; pass groups=... to add()")
             hit = hits[self.ks[0]].double().cpu()
             index = groups.cpu().long().expand(hit.shape)
-            per_group = torch.zeros((*hit.shape[:-1], self.n_groups), dtype=torch.float64).scatter_add_(-1, index, hit)
+            per_group = torch.zeros((*hit.shape[:-1], self.n_groups), dtype=torch.float64, device="cpu")
+            per_group.scatter_add_(-1, index, hit)
             counts = torch.bincount(groups.cpu().long(), minlength=self.n_groups).double()
             self.group_hits = per_group if self.group_hits is None else self.group_hits + per_group
             self.group_counts = counts if self.group_counts is None else self.group_counts + counts

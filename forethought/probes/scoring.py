@@ -32,14 +32,17 @@ def score_probes(probes: AffineProbes, control: AffineProbes | None, test: Examp
     """Metrics ``[layer, offset]`` of the probes (and their controls) on the test split, chunk by chunk.
 
     Scores are over all targets of ``space``, with a bootstrap interval (over test sequences) of the probe's top-1.
+    ``sequence_hits`` (``[layer, offset, n_sequences]``) and ``sequence_counts`` (``[n_sequences]``) are the top-1
+    hits and examples of every test sequence, for paired intervals. Every result is on the CPU.
     """
     true = MetricAccumulator(space=space, n_groups=n_sequences)
     greedy, ctrl = MetricAccumulator(space=space), MetricAccumulator(ks=(1,), space=space)
     lens = test.future_resid is not None and hasattr(probes, "predict_resid")
     n_layers, n_tasks, d_model = len(probes.layers), len(probes.tasks), probes.d_model
-    squared_error = torch.zeros(n_layers, n_tasks, d_model, dtype=torch.float64)
-    target_sum = torch.zeros(n_tasks, d_model, dtype=torch.float64)
-    target_square = torch.zeros(n_tasks, d_model, dtype=torch.float64)
+    cpu = {"dtype": torch.float64, "device": "cpu"}  # sums over examples are kept on the host in float64
+    squared_error = torch.zeros(n_layers, n_tasks, d_model, **cpu)
+    target_sum = torch.zeros(n_tasks, d_model, **cpu)
+    target_square = torch.zeros(n_tasks, d_model, **cpu)
     for start, features in zip(range(0, test.n, chunk), feature_chunks(test.features, chunk), strict=True):
         part = slice(start, start + chunk)
         logits = probes.logits(features).float()
@@ -57,18 +60,32 @@ def score_probes(probes: AffineProbes, control: AffineProbes | None, test: Examp
     out.setdefault("top1_in_space", out["top1"])
     out["top1_ci_low"], out["top1_ci_high"] = bootstrap_ci(true.group_hits, true.group_counts,
                                                            n_resamples=n_resamples, seed=seed)
-    out["control_top1"] = ctrl.result()["top1"] if control is not None else torch.full((n_layers, n_tasks), math.nan)
-    out["r2"] = torch.full((n_layers, n_tasks), math.nan)
+    out["sequence_hits"], out["sequence_counts"] = true.group_hits, true.group_counts
+    nan = torch.full((n_layers, n_tasks), math.nan, **cpu)
+    out["control_top1"] = ctrl.result()["top1"] if control is not None else nan
+    out["r2"] = nan
     if lens:  # R² of every coordinate of the predicted residual, averaged over coordinates
         spread = (target_square - target_sum.square() / test.n).clamp(min=1e-12)  # [offset, d]
         out["r2"] = (1 - squared_error / spread).mean(-1)
     return out
 
 
-def baseline_scores(current: Int[Tensor, " n"], labels: Int[Tensor, "offset n"], test: Examples, space: LabelSpace
-                    ) -> dict[str, Float[Tensor, " offset"]]:
-    """Unigram and bigram baselines counted on the training examples (``current`` tokens, ``labels``)."""
+def baseline_scores(current: Int[Tensor, " n"], labels: Int[Tensor, "offset n"], test: Examples, space: LabelSpace,
+                    n_sequences: int) -> tuple[dict[str, Float[Tensor, " offset"]], dict[str, Tensor]]:
+    """Unigram and bigram baselines counted on the training examples (``current`` tokens, ``labels``).
+
+    Returns their scores on ``test`` (``unigram_top1``, ... one value per offset) and each baseline's top-1 hits
+    summed per test sequence (``{"unigram": [offset, n_sequences], "bigram": ...}``, float64 on the CPU) for the
+    paired intervals of the gains over them.
+    """
     unigram = UnigramBaseline.fit(labels, space.n_classes).score(test.labels, space)
-    bigram = BigramBaseline.fit(current, labels, space.n_classes, space.d_vocab).score(
+    bigram = BigramBaseline.fit(current, labels, space.n_classes, space.d_vocab, never=space.other).score(
         test.current, test.labels, space)
-    return {**{f"unigram_{k}": v for k, v in unigram.items()}, **{f"bigram_{k}": v for k, v in bigram.items()}}
+    sequence = test.sequence.cpu().long()
+    hits = {}
+    for name, scores in (("unigram", unigram), ("bigram", bigram)):
+        per_example = scores.pop("hits").double()  # [offset, n]
+        hits[name] = torch.zeros(per_example.shape[0], n_sequences, dtype=torch.float64, device="cpu").index_add_(
+            1, sequence, per_example)
+    return ({**{f"unigram_{k}": v for k, v in unigram.items()}, **{f"bigram_{k}": v for k, v in bigram.items()}},
+            hits)

@@ -23,15 +23,20 @@ Columns: ``model, layer, offset, method, hook, label_space, n_classes, coverage`
 against the model's own prediction of that token (the argmax of its next-token distribution at ``t + N``);
 ``unigram_*`` and ``bigram_*`` baselines (top1, top5, cross_entropy); ``best_baseline_top1`` (the stronger of
 the two), ``gain_over_baseline = top1 − best_baseline_top1`` and ``gain_over_depth0 = top1 − top1 at depth 0``
-(see :func:`add_gains`); ``control_top1`` and ``selectivity = top1 - control_top1``; ``r2`` of the lens
+(see :func:`add_gains`), each gain with a 95 % paired-bootstrap interval over test sequences
+(``gain_over_baseline_ci_low/high``, ``gain_over_depth0_ci_low/high``; see :func:`paired_intervals`; with
+``reference=`` also ``minus_reference`` and its interval); ``control_top1`` and ``selectivity = top1 -
+control_top1``; ``r2`` of the lens
 methods' predicted final-layer residual (mean over coordinates; NaN for direct probes; after the Future Lens's
 KL fine-tuning it can be negative, as the final norm ignores the residual's mean and scale); ``n_train`` and
 ``n_test`` examples; ``seed``.
 
-**Label space.** With ``top_k`` the probes predict the ``k`` most frequent future tokens plus ``"other"``
-(``label_space = "top{k}+other"``), but every score is over all targets (see
-:mod:`forethought.probes.targets`): a target outside the kept tokens is a miss for every method, the greedy
-prediction and the baselines, so ``top1 <= coverage`` (the share of test targets inside the space);
+**Label space.** With ``top_k`` the probes train on the ``k`` most frequent future tokens plus ``"other"``
+(``label_space = "top{k}+other"``), but ``"other"`` is never a prediction: top-1 and top-5 of every method, the
+control task and the baselines take the best *kept* tokens, and every score is over all targets (see
+:mod:`forethought.probes.targets`): a target outside the kept tokens is a miss, so ``top1 <= coverage`` (the
+share of test targets inside the space), and the top-k score equals the whole vocabulary's on the targets the
+space keeps, as far as the probes agree;
 ``top1_in_space`` is top-1 over the in-space targets only (equal to ``top1`` for the whole vocabulary), a
 diagnostic, never a headline.
 
@@ -69,12 +74,13 @@ from pathlib import Path
 from tempfile import TemporaryDirectory
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pandas as pd
 import torch
 from jaxtyping import Int
 from torch import Tensor
 
-from forethought.bootstrap import N_RESAMPLES
+from forethought.bootstrap import N_RESAMPLES, bootstrap_ci
 from forethought.data.tokens import TokenSplits, split_sequences
 from forethought.devices import resolve_device
 from forethought.distributed import World, current_world, gather_objects, process_device, share
@@ -96,6 +102,8 @@ if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
 
 LENS_METHODS = ("future_lens", "ridge")
+#: A row's private entry with its per-sequence hits (dropped from the table once the intervals are computed).
+SEQUENCE_HITS = "_sequence_hits"
 STREAMING_METHODS = ("vocab",)
 COLUMNS = [
     "model", "layer", "offset", "method", "hook", "label_space", "n_classes", "coverage",
@@ -103,6 +111,7 @@ COLUMNS = [
     "greedy_top1", "greedy_top5", "greedy_cross_entropy",
     "unigram_top1", "unigram_top5", "unigram_cross_entropy", "bigram_top1", "bigram_top5", "bigram_cross_entropy",
     "best_baseline_top1", "gain_over_baseline", "gain_over_depth0",
+    "gain_over_baseline_ci_low", "gain_over_baseline_ci_high", "gain_over_depth0_ci_low", "gain_over_depth0_ci_high",
     "control_top1", "selectivity", "r2", "n_train", "n_test", "seed",
 ]
 
@@ -167,6 +176,7 @@ def probe_sweep(
     config: ProbeSweepConfig | None = None,
     save_dir: str | Path | None = None,
     stream: bool | str = "auto",
+    reference: str | None = None,
     progress: bool = True,
 ) -> pd.DataFrame:
     """Probe every (layer, offset) of every model with every method; one row per measurement.
@@ -187,6 +197,9 @@ def probe_sweep(
             them a minibatch at a time, so host memory is set by the batch sizes instead of the number of
             tokens (``"vocab"`` only; the results equal the in-memory sweep's). ``"auto"`` streams when every
             method is ``"vocab"`` and the activations would exceed ``config.stream_above_gib``.
+        reference: the name of one of ``models``: every other model's rows get ``minus_reference`` (its top-1
+            minus the reference's at the same layer, offset and method) with a 95 % paired-bootstrap interval
+            over the shared test sequences (``minus_reference_ci_low/high``).
         progress: show progress bars.
 
     Returns:
@@ -217,7 +230,62 @@ def probe_sweep(
                              save_dir, progress and (world is None or world.is_main), streamed, world)
     if world is not None:
         rows = sorted((row for part in gather_objects(world, rows) for row in part), key=_row_order(models, methods))
-    return add_gains(pd.DataFrame(rows, columns=COLUMNS))
+    if reference is not None and reference not in models:
+        raise InvalidArgumentError(f"reference={reference!r} is not among the models {sorted(models)}")
+    intervals = paired_intervals(rows, reference, config.n_resamples, seed)
+    table = add_gains(pd.DataFrame([{k: v for k, v in row.items() if k != SEQUENCE_HITS} for row in rows],
+                                   columns=COLUMNS))
+    for column, values in intervals.items():
+        table[column] = values
+    return table
+
+
+@dataclass(frozen=True)
+class SequenceHits:
+    """One row's top-1 hits summed per test sequence: the probe's, its best baseline's, and the examples."""
+
+    probe: np.ndarray
+    best_baseline: np.ndarray
+    counts: np.ndarray
+
+
+def paired_intervals(rows: list[dict[str, Any]], reference: str | None, n_resamples: int, seed: int
+                     ) -> dict[str, list[float]]:
+    """95 % paired-bootstrap intervals of every difference a sweep reports, one value per row.
+
+    Every difference is between two predictors scored on the same test sequences, so the sequences are resampled
+    together (one set of bootstrap weights for all) and the interval is that of the difference itself:
+
+    * ``gain_over_baseline_ci_low/high``: the probe's top-1 minus that of the stronger baseline of its offset;
+    * ``gain_over_depth0_ci_low/high``: minus the top-1 of the same model, method and offset at depth 0 (NaN
+      where depth 0 was not probed);
+    * with ``reference`` (a model name): ``minus_reference`` (this model's top-1 minus the reference model's at
+      the same layer, offset and method) and its ``_ci_low/high``; NaN on the reference's own rows.
+    """
+    if not rows:
+        return {}
+    hits = [row[SEQUENCE_HITS] for row in rows]
+    counts = hits[0].counts
+    key = {(row["model"], row["method"], row["layer"], row["offset"]): h for row, h in zip(rows, hits, strict=True)}
+    nan = np.full_like(counts, np.nan)
+    differences = {
+        "gain_over_baseline": [h.probe - h.best_baseline for h in hits],
+        "gain_over_depth0": [h.probe - key[(r["model"], r["method"], 0, r["offset"])].probe
+                             if (r["model"], r["method"], 0, r["offset"]) in key else nan
+                             for r, h in zip(rows, hits, strict=True)],
+    }
+    out: dict[str, list[float]] = {}
+    if reference is not None:
+        differences["minus_reference"] = [
+            h.probe - key[(reference, r["method"], r["layer"], r["offset"])].probe
+            if r["model"] != reference and (reference, r["method"], r["layer"], r["offset"]) in key else nan
+            for r, h in zip(rows, hits, strict=True)]
+        out["minus_reference"] = [float(d.sum() / counts.sum()) for d in differences["minus_reference"]]
+    values = torch.as_tensor(np.stack([np.stack(v) for v in differences.values()]), device="cpu")
+    low, high = bootstrap_ci(values, torch.as_tensor(counts, device="cpu"), n_resamples=n_resamples, seed=seed)
+    for index, name in enumerate(differences):
+        out[f"{name}_ci_low"], out[f"{name}_ci_high"] = low[index].tolist(), high[index].tolist()
+    return out
 
 
 def _row_order(models: Mapping[str, Any], methods: list[str]) -> Any:
@@ -304,7 +372,7 @@ def _should_stream(stream: bool | str, model: TransformerBridge, layers: Any, me
     if set(methods) - set(STREAMING_METHODS):
         return False
     depths = len({*resolve_layers(model, layers, RESID), model.cfg.n_layers})
-    element = torch.empty((), dtype=config.feature_dtype).element_size()
+    element = config.feature_dtype.itemsize
     return depths * n_seq * seq_len * model.cfg.d_model * element > config.stream_above_gib * 2**30
 
 
@@ -376,8 +444,8 @@ def _fit_and_score(name: str, model: TransformerBridge, examples: tuple[Examples
     fit, val, test = examples
     controls = torch.stack([control_labels(fit.labels[i], model.cfg.d_vocab, seed=seed + 7919 * (i + 1))
                             for i in range(len(offsets))])  # [offset, d_vocab]
-    baselines = baseline_scores(torch.cat([fit.current, val.current]), torch.cat([fit.labels, val.labels], 1), test,
-                           space)
+    baselines, baseline_hits = baseline_scores(torch.cat([fit.current, val.current]),
+                                               torch.cat([fit.labels, val.labels], 1), test, space, n_test_sequences)
     coverage = space.coverage(test_targets)
     rows, saved = [], []
     for method in methods:
@@ -389,6 +457,7 @@ def _fit_and_score(name: str, model: TransformerBridge, examples: tuple[Examples
             if fitted is not None:
                 fitted.meta.update(model_name=name, hook=RESID, seed=seed)
                 saved.append((f"{method}{suffix}", fitted))
+        hits, counts = scores.pop("sequence_hits"), scores.pop("sequence_counts")
         for i, layer in enumerate(layers):
             for j, offset in enumerate(offsets):
                 row = {"model": name, "layer": layer, "offset": offset, "method": method,
@@ -398,6 +467,9 @@ def _fit_and_score(name: str, model: TransformerBridge, examples: tuple[Examples
                        **{key: float(value[j]) for key, value in baselines.items()},
                        "n_train": fit.n + val.n, "n_test": test.n, "seed": seed}
                 row["selectivity"] = row["top1"] - row["control_top1"]
+                best = "unigram" if row["unigram_top1"] >= row["bigram_top1"] else "bigram"
+                row[SEQUENCE_HITS] = SequenceHits(hits[i, j].numpy(), baseline_hits[best][j].numpy(),
+                                                  counts.numpy())
                 rows.append(row)
     return rows, saved
 

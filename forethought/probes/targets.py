@@ -7,9 +7,10 @@ the same examples.
 
 A :class:`LabelSpace` maps tokens to the classes a probe predicts: the whole vocabulary, or the ``k`` most
 frequent future tokens of the training split plus one ``"other"`` class (index ``k``) for the rest. The
-restricted space saves memory; it never changes what counts as right. Every method, the model's own greedy
-prediction and every baseline are scored against the true token over *all* targets: a target outside the
-kept tokens is a miss whatever is predicted (a prediction of ``"other"`` is never a hit), and its
+restricted space saves memory; it never changes what counts as right. ``"other"`` is a training class (it
+absorbs the probability of the pooled tokens) but never a prediction: top-1 and top-5 take the best *kept*
+tokens. Every method, the model's own greedy prediction and every baseline are scored against the true token
+over *all* targets: a target outside the kept tokens is a miss whatever is predicted, and its
 cross-entropy is that of the vocabulary distribution that spreads the ``"other"`` probability evenly over
 the pooled tokens (:meth:`LabelSpace.out_of_space_nats`). Report :meth:`LabelSpace.coverage` (the share of
 targets inside the space, an upper bound on any top-1) beside such numbers.

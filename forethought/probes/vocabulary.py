@@ -102,7 +102,7 @@ def split_held_out(
     n = features.shape[1]
     if n < 2:
         raise DataError(f"{n} example(s) cannot be split into training and held-out parts; need at least 2")
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(config.seed))
+    order = torch.randperm(n, generator=torch.Generator(device="cpu").manual_seed(config.seed), device="cpu")
     n_val = min(max(1, round(config.val_fraction * n)), n - 1)
     train, held_out = order[n_val:], order[:n_val]
     return features[:, train], targets[:, train], features[:, held_out], targets[:, held_out]
@@ -253,11 +253,11 @@ class _StackedSoftmax:
             val_y: Tensor) -> None:
         config = self.config
         n = x.n
-        generator = torch.Generator().manual_seed(config.seed)
+        generator = torch.Generator(device="cpu").manual_seed(config.seed)  # the same order on every device
         self.stopper.best = self.held_out_loss(val_x, val_y)  # epoch 0, the unigram start, is a candidate too
         epochs = tqdm(range(config.max_epochs), desc="probes", disable=not config.progress, unit="epoch")
         for epoch in epochs:
-            for batch in torch.randperm(n, generator=generator).split(config.batch_size):
+            for batch in torch.randperm(n, generator=generator, device="cpu").split(config.batch_size):
                 batch = batch.to(y.device)
                 loss = self.per_probe_loss(x.gather(batch), y.index_select(0, batch)).sum() / len(batch)
                 if not torch.isfinite(loss):

@@ -205,7 +205,7 @@ def load_trained_model(checkpoint: str | Path, device: str | torch.device = "cpu
 
 def held_out(config: SyntheticConfig, purpose: str, n_sequences: int) -> PrecacheBatch:
     """A fixed set of sequences drawn on the CPU (the same on every device) from the seed for ``purpose``."""
-    generator = torch.Generator().manual_seed(derive_seed(config.seed, purpose))
+    generator = torch.Generator(device="cpu").manual_seed(derive_seed(config.seed, purpose))
     return config.task().sample(n_sequences, generator)
 
 
@@ -236,7 +236,7 @@ def probe_layers(model: RegressionTransformer, batch: PrecacheBatch, config: Syn
     targets = probe_targets(batch.x, config.k, config.frequency, lags)
     names = list(targets)
     columns = torch.stack([targets[name][:, config.max_lag :] for name in names], dim=-1).reshape(-1, len(names))
-    groups = torch.arange(len(batch.x)).repeat_interleave(residuals.shape[2])
+    groups = torch.arange(len(batch.x), device=residuals.device).repeat_interleave(residuals.shape[2])
     rows = []
     for layer, stream in enumerate(residuals):
         result = fit_ridge_probe(stream.reshape(-1, stream.shape[-1]), columns, groups=groups,
