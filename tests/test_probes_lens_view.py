@@ -45,14 +45,14 @@ def resid(model, tokens: torch.Tensor, layers=LAYERS) -> torch.Tensor:
 
 
 def reference_top(probs: torch.Tensor, space: LabelSpace, k: int = 5) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-k token ids (-1 for "other") and probabilities, one cell at a time by sorting."""
+    """Top-k kept token ids ("other" is never a prediction) and probabilities, one cell at a time by sorting."""
     ids = torch.empty(*probs.shape[:2], k, dtype=torch.long)
     top = torch.empty(*probs.shape[:2], k)
+    kept = [c for c in range(probs.shape[2]) if c != space.other]
     for i in range(probs.shape[0]):
         for t in range(probs.shape[1]):
-            order = sorted(range(probs.shape[2]), key=lambda c: -float(probs[i, t, c]))[:k]
-            ids[i, t] = torch.tensor([OTHER_ID if c == space.other else
-                                      (space.token_ids[c] if space.restricted else c) for c in order])
+            order = sorted(kept, key=lambda c: -float(probs[i, t, c]))[:k]
+            ids[i, t] = torch.tensor([space.token_ids[c] if space.restricted else c for c in order])
             top[i, t] = probs[i, t, order]
     return ids, top
 
@@ -78,8 +78,8 @@ def test_grid_is_the_linear_probes_own_prediction(native_model, restricted):
     ids, top = reference_top(logits.softmax(-1), space)
     assert torch.equal(view.top_ids, ids)
     torch.testing.assert_close(view.top_probs, top, atol=1e-5, rtol=1e-4)
-    if restricted:  # both kinds of prediction are exercised
-        assert (view.top_ids[..., 0] == OTHER_ID).any() and (view.top_ids[..., 0] != OTHER_ID).any()
+    if restricted:  # "other" is the probes' most likely class somewhere, yet never shown
+        assert (logits.argmax(-1) == space.other).any() and not (view.top_ids == OTHER_ID).any()
 
     frame = view.to_frame()
     assert len(frame) == len(LAYERS) * len(tokens)
@@ -138,16 +138,18 @@ def test_hits_are_exactly_where_the_top_token_is_the_true_token(native_model):
         torch.testing.assert_close(torch.tensor(scored[scored.layer == 0]["true_prob"].to_list()), true_p)
 
 
-def test_other_is_shown_and_never_a_hit(native_model):
-    """The true tokens lie outside the kept ones, so their class is "other"; predicting "other" still misses."""
+def test_other_is_never_shown_and_never_a_hit(native_model):
+    """The probes are certain of "other", and the true tokens lie outside the kept ones: every cell shows the best
+    kept token instead (as scoring takes it), and none is a hit."""
     model = native_model
     space = LabelSpace(d_vocab=model.cfg.d_vocab, token_ids=(1, 2))
     probes = LinearProbes.zeros(LAYERS, TASKS, model.cfg.d_model, space)
     probes.bias[:, :, space.other] = 5.0
+    probes.bias[:, :, 1] = 1.0  # the best kept token is token 2 (class 1)
     view = lens_view(model, probes, [7, 9, 7, 7, 3], offset=0)
-    assert (view.top_ids[..., 0] == OTHER_ID).all() and not view.hits.any()
+    assert (view.top_ids[..., 0] == 2).all() and not (view.top_ids == OTHER_ID).any() and not view.hits.any()
     frame = view.to_frame()
-    assert (frame["top_token"] == OTHER).all() and frame["top_id"].isna().all()
+    assert (frame["top_token"] != OTHER).all() and (frame["top_id"] == 2).all()
     assert frame["true_prob"].isna().all()  # no kept class stands for the true token
     assert (frame.dropna(subset=["hit"])["hit"] == False).all()  # noqa: E712 - nullable booleans
     assert 'data-hit="1"' not in view.to_html()

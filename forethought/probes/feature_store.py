@@ -87,7 +87,7 @@ class FeatureStore:
         if index.numel() and (int(index.min()) < 0 or int(index.max()) >= self.n):
             raise InvalidArgumentError(f"example indices must lie in [0, {self.n}); got [{int(index.min())}, "
                                        f"{int(index.max())}]")
-        out = torch.empty(len(index), self.n_layers, self.d_model, dtype=self.dtype)
+        out = torch.empty(len(index), self.n_layers, self.d_model, dtype=self.dtype, device="cpu")
         buffer = _bytes(out)
         size = self.row_bytes
         for position, example in enumerate(index.tolist()):
@@ -97,7 +97,7 @@ class FeatureStore:
     def chunk(self, start: int, stop: int) -> Float[Tensor, "layer n d_model"]:
         """Examples ``start:stop`` as ``[layer, n, d_model]``, the in-memory layout (``features[:, start:stop]``)."""
         start, stop = max(0, start), min(stop, self.n)
-        out = torch.empty(max(0, stop - start), self.n_layers, self.d_model, dtype=self.dtype)
+        out = torch.empty(max(0, stop - start), self.n_layers, self.d_model, dtype=self.dtype, device="cpu")
         if len(out):
             self._read_into(_bytes(out), start * self.row_bytes)
         return out.transpose(0, 1)

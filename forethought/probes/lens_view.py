@@ -111,12 +111,12 @@ class LensView:
     @property
     def scored(self) -> Tensor:
         """``[pos]``: whether the true token of a position is known (it lies inside the prompt)."""
-        return torch.tensor([target is not None for target in self.target_ids], dtype=torch.bool)
+        return torch.tensor([target is not None for target in self.target_ids], dtype=torch.bool, device="cpu")
 
     @property
     def hits(self) -> Tensor:
         """``[layer, pos]``: top-1 prediction == true token ("other" and positions past the prompt: False)."""
-        targets = torch.tensor([OTHER_ID if target is None else target for target in self.target_ids])
+        targets = torch.tensor([OTHER_ID if target is None else target for target in self.target_ids], device="cpu")
         top = self.top_ids[..., 0]
         return (top == targets) & (top != OTHER_ID) & self.scored
 
@@ -260,7 +260,9 @@ def lens_view(
     with torch.no_grad():
         probs = probe.logits(features)[:, 0].float().softmax(-1).cpu()  # [layer, pos, n_classes]
     space = probes.label_space
-    top_probs, top_classes = probs.topk(min(k, space.n_classes), dim=-1)
+    shown_probs = probs if space.other is None else probs.index_fill(-1, torch.tensor([space.other], device=probs.device), -1.0)
+    top_probs, top_classes = shown_probs.topk(min(k, space.n_classes - (space.other is not None)), dim=-1)
+    top_probs = torch.gather(probs, -1, top_classes)  # "other" is never shown as a prediction
     top_ids = class_token_ids(space)[top_classes]
 
     prompt_ids = tokens[0].tolist()
@@ -281,9 +283,9 @@ def prompt_tokens(model: TransformerBridge, prompt: str | Sequence[int] | Tensor
         if tokenizer is None:
             raise ModelNotAvailableError("the model has no tokenizer to cut a text prompt with; pass token ids")
         ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        tokens = torch.tensor(ids, dtype=torch.long)
+        tokens = torch.tensor(ids, dtype=torch.long, device="cpu")
     else:
-        tokens = torch.as_tensor(prompt)
+        tokens = torch.as_tensor(prompt, device=prompt.device if isinstance(prompt, Tensor) else "cpu")
         if tokens.ndim == 2 and tokens.shape[0] == 1:
             tokens = tokens[0]
         if tokens.ndim != 1 or not (tokens.dtype in (torch.int64, torch.int32) or tokens.numel() == 0):
@@ -299,8 +301,8 @@ def prompt_tokens(model: TransformerBridge, prompt: str | Sequence[int] | Tensor
 def class_token_ids(space: LabelSpace) -> Int[Tensor, " n_classes"]:
     """The token id of every class of ``space`` (``-1`` for "other")."""
     if space.token_ids is None:
-        return torch.arange(space.d_vocab)
-    return torch.tensor([*space.token_ids, OTHER_ID], dtype=torch.long)
+        return torch.arange(space.d_vocab, device="cpu")
+    return torch.tensor([*space.token_ids, OTHER_ID], dtype=torch.long, device="cpu")
 
 
 def token_texts(model: TransformerBridge, ids: set[int]) -> dict[int, str]:
@@ -339,10 +341,10 @@ def _one_task(probes: LinearProbes | FutureLens, layers: list[int], task: Task) 
 
 def _true_probs(probs: Tensor, prompt_ids: list[int], offset: int, space: LabelSpace) -> Tensor:
     """``[layer, pos]`` probability of the true token's class; NaN past the prompt or for an "other" token."""
-    out = torch.full(probs.shape[:2], float("nan"))
+    out = torch.full(probs.shape[:2], float("nan"), device=probs.device)
     n = len(prompt_ids)
     for t in range(n - 1 - offset):
-        cls = int(space.encode(torch.tensor(prompt_ids[t + 1 + offset])))
+        cls = int(space.encode(torch.tensor(prompt_ids[t + 1 + offset], device="cpu")))
         if cls != space.other:
             out[:, t] = probs[:, t, cls]
     return out

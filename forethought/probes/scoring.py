@@ -39,10 +39,10 @@ def score_probes(probes: AffineProbes, control: AffineProbes | None, test: Examp
     greedy, ctrl = MetricAccumulator(space=space), MetricAccumulator(ks=(1,), space=space)
     lens = test.future_resid is not None and hasattr(probes, "predict_resid")
     n_layers, n_tasks, d_model = len(probes.layers), len(probes.tasks), probes.d_model
-    cpu = {"dtype": torch.float64, "device": "cpu"}  # sums over examples are kept on the host in float64
-    squared_error = torch.zeros(n_layers, n_tasks, d_model, **cpu)
-    target_sum = torch.zeros(n_tasks, d_model, **cpu)
-    target_square = torch.zeros(n_tasks, d_model, **cpu)
+    # sums over examples are kept on the host in float64
+    squared_error = torch.zeros(n_layers, n_tasks, d_model, dtype=torch.float64, device="cpu")
+    target_sum = torch.zeros(n_tasks, d_model, dtype=torch.float64, device="cpu")
+    target_square = torch.zeros_like(target_sum)
     for start, features in zip(range(0, test.n, chunk), feature_chunks(test.features, chunk), strict=True):
         part = slice(start, start + chunk)
         logits = probes.logits(features).float()
@@ -61,7 +61,7 @@ def score_probes(probes: AffineProbes, control: AffineProbes | None, test: Examp
     out["top1_ci_low"], out["top1_ci_high"] = bootstrap_ci(true.group_hits, true.group_counts,
                                                            n_resamples=n_resamples, seed=seed)
     out["sequence_hits"], out["sequence_counts"] = true.group_hits, true.group_counts
-    nan = torch.full((n_layers, n_tasks), math.nan, **cpu)
+    nan = torch.full((n_layers, n_tasks), math.nan, dtype=torch.float64, device="cpu")
     out["control_top1"] = ctrl.result()["top1"] if control is not None else nan
     out["r2"] = nan
     if lens:  # R² of every coordinate of the predicted residual, averaged over coordinates
