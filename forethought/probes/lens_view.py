@@ -260,9 +260,11 @@ def lens_view(
     with torch.no_grad():
         probs = probe.logits(features)[:, 0].float().softmax(-1).cpu()  # [layer, pos, n_classes]
     space = probes.label_space
-    shown_probs = probs if space.other is None else probs.index_fill(-1, torch.tensor([space.other], device=probs.device), -1.0)
+    shown_probs = probs  # "other" is never shown as a prediction: rank the kept tokens only
+    if space.other is not None:
+        shown_probs = probs.index_fill(-1, torch.tensor([space.other], device=probs.device), -1.0)
     top_probs, top_classes = shown_probs.topk(min(k, space.n_classes - (space.other is not None)), dim=-1)
-    top_probs = torch.gather(probs, -1, top_classes)  # "other" is never shown as a prediction
+    top_probs = torch.gather(probs, -1, top_classes)
     top_ids = class_token_ids(space)[top_classes]
 
     prompt_ids = tokens[0].tolist()
