@@ -24,6 +24,7 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -132,6 +133,54 @@ def load_run(directory: str | os.PathLike, device: str | None = None, models: bo
             loaded[name] = load_model(path, device=device, tokenizer=tokenizer)
     return Run(directory=directory, command=record.get("command", "?"), models=loaded, tokenizer=tokenizer,
                splits=splits, trained=dict(record.get("models", {})))
+
+
+def find_run(model_dir: str | os.PathLike) -> tuple[Path, str] | None:
+    """The run a model directory belongs to and the model's name there, or None.
+
+    A model belongs to a run when a ``run.json`` in its directory or up to four folders above lists it.
+    """
+    path = Path(model_dir).expanduser()
+    if not path.is_dir():
+        return None
+    path = path.resolve()
+    for parent in [path, *path.parents][:5]:
+        if (parent / RUN_FILE).is_file():
+            try:
+                record = json.loads((parent / RUN_FILE).read_text())
+            except ValueError:
+                return None
+            for name, entry in record.get("models", {}).items():
+                if isinstance(entry, dict) and (parent / str(entry.get("path", ""))).resolve() == path:
+                    return parent, name
+    return None
+
+
+def sequence_hashes(tokens: Any) -> set[str]:
+    """A SHA-256 of every token sequence (row) of ``tokens`` ``[seq, pos]``, to find shared sequences."""
+    rows = tokens.detach().cpu().long().numpy()
+    return {hashlib.sha256(row.tobytes()).hexdigest() for row in rows}
+
+
+def shared_fraction(tokens: Any, seen: set[str]) -> float:
+    """The fraction of the sequences (rows) of ``tokens`` whose hash is in ``seen``."""
+    rows = tokens.detach().cpu().long().numpy()
+    return sum(hashlib.sha256(row.tobytes()).hexdigest() in seen for row in rows) / max(len(rows), 1)
+
+
+def check_not_trained_on(test: Any, run: Run, model_name: str) -> None:
+    """Refuse (one line) test sequences cut afresh that come from the training split of ``run``'s model.
+
+    A corpus can repeat text, so even the run's own validation split shares a few sequences with its training
+    split; test sequences are refused when they share more than that, plus one percentage point.
+    """
+    seen = sequence_hashes(run.splits.train)
+    shared, own = shared_fraction(test, seen), shared_fraction(run.splits.validation, seen)
+    if shared > own + 0.01:
+        raise DataError(f"{shared:.0%} of the {len(test)} test sequences are in the training split of model "
+                        f"{model_name!r} (run {str(run.directory)!r}; its own validation split shares {own:.0%}): "
+                        "scoring it there would test on training text; leave the data options out to use the run's "
+                        "own split, or pass other text")
 
 
 def _load_tokenizer(path: Path) -> Any:

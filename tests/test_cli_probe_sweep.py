@@ -99,3 +99,30 @@ def test_run_is_probed_on_its_own_split_with_a_spread_over_seeds(tmp_path, capsy
     assert main(["probe-sweep", "--run", str(run), "--seq-len", "8", "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "cannot be combined with --run" in err[0]
+
+
+def test_a_run_model_is_probed_on_its_run_split_and_never_on_its_training_text(tmp_path, capsys):
+    """probe-sweep --model NAME=RUN/model finds the run the model belongs to and probes it on the run's own split
+    (the report says where the model came from); cutting the same corpus afresh, which puts training sequences in
+    the test split, is refused in one line."""
+    import forethought
+
+    run = tmp_path / "run"
+    assert main(["train", "--out", str(run), "--dataset", "builtin", "--max-documents", "40", "--seq-len", "16",
+                 "--vocab-size", "300", "--n-layers", "1", "--d-model", "16", "--n-heads", "2", "--batch-size", "4",
+                 "--steps", "2", "--no-progress"]) == 0
+    out = tmp_path / "probes"
+    base = ["probe-sweep", "--model", f"m={run / 'model'}", "--offsets", "0", "--max-epochs", "1", "--no-control",
+            "--no-progress"]
+    assert main([*base, "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    loaded = forethought.load_run(run, models=False)
+    assert report["data"]["validation_sha256"] == loaded.manifest["validation_sha256"]
+    assert report["data"]["source"] == "run"
+    assert report["models"]["m"]["trained"]["run"] == str(run.resolve())
+    capsys.readouterr()
+    assert main([*base, "--dataset", "builtin", "--seq-len", "16", "--val-fraction", "0.5",
+                 "--out", str(tmp_path / "fresh")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "training split" in err[0], err
+    assert not (tmp_path / "fresh").exists()

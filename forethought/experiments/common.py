@@ -117,3 +117,34 @@ def scoring_data_options(args: argparse.Namespace, verb: str) -> dict[str, Any]:
                                        f"data and split; pass --model NAME=DIR to {verb} other text")
     return {name: getattr(args, name) if getattr(args, name) is not None else default
             for name, default in defaults.items()}
+
+
+def model_data(sources: dict[str, str], models: dict[str, Any], args: argparse.Namespace, options: dict[str, Any]
+               ) -> tuple[Any, dict[str, Any]]:
+    """The data to score ``--model`` models on, never their training text, and where each model came from.
+
+    A model directory that belongs to a run (:func:`forethought.runs.find_run`) is scored on that run's own split
+    when no data option is given; when data are cut afresh, test sequences from any such model's training split
+    are refused. Returns the splits and, per model, ``{"run": DIR, "name": NAME_IN_RUN, **run.json entry}`` or
+    None.
+    """
+    from forethought.data import load_token_splits
+    from forethought.runs import check_not_trained_on, find_run, load_run
+
+    found = {name: find_run(source) for name, source in sources.items()}
+    runs = {where[0]: load_run(where[0], models=False) for where in found.values() if where is not None}
+    trained = {name: None if where is None else {"run": str(where[0]), "name": where[1],
+                                                 **runs[where[0]].trained.get(where[1], {})}
+               for name, where in found.items()}
+    given = any(getattr(args, option) is not None for option in DATA_DEFAULTS)
+    if runs and not given:
+        splits = next(iter(runs.values())).splits  # the first run's own split
+    else:
+        splits = load_token_splits(options["dataset"], shared_tokenizer(models), options["seq_len"],
+                                   text_field=options["text_field"], max_sequences=options["max_sequences"],
+                                   val_fraction=options["val_fraction"], seed=args.seed)
+        splits.manifest["models"] = sources
+    for where in found.values():
+        if where is not None and splits is not runs[where[0]].splits:
+            check_not_trained_on(splits.validation, runs[where[0]], where[1])
+    return splits, trained

@@ -40,10 +40,10 @@ from typing import Any
 import pandas as pd
 
 from forethought import plots
-from forethought.data import TokenSplits, load_token_splits
+from forethought.data import TokenSplits
 from forethought.devices import resolve_device
 from forethought.errors import InvalidArgumentError
-from forethought.experiments.common import parse_ints, parse_models, scoring_data_options, shared_tokenizer
+from forethought.experiments.common import model_data, parse_ints, parse_models, scoring_data_options
 from forethought.models import load_model
 from forethought.myopic_training.evaluation import MyopiaReport, evaluate_regimes, format_gap, plot_report
 from forethought.probes.sweep import ProbeSweepConfig, label_space_summary, probe_sweep
@@ -211,11 +211,9 @@ def run(args: argparse.Namespace) -> int:
         if args.baseline not in sources:
             raise InvalidArgumentError(f"--baseline {args.baseline!r} is not among the models {sorted(sources)}")
         models = {name: load_model(source, device=args.device) for name, source in sources.items()}
-        splits = load_token_splits(options["dataset"], shared_tokenizer(models), options["seq_len"],
-                                   text_field=options["text_field"], max_sequences=options["max_sequences"],
-                                   val_fraction=options["val_fraction"], seed=args.seed)
-        splits.manifest["models"] = sources
-        trained_as, bootstrap_seed = None, None
+        splits, trained = model_data(sources, models, args, options)
+        trained_as = {name: (entry or {}).get("trained_as") for name, entry in trained.items()}
+        bootstrap_seed = None
     if args.baseline not in models:
         raise InvalidArgumentError(f"--baseline {args.baseline!r} is not among the models {sorted(models)}")
     prepare_out_dir(args.out)

@@ -45,11 +45,10 @@ from typing import Any
 import pandas as pd
 
 from forethought import plots
-from forethought.data import load_token_splits
 from forethought.devices import resolve_device
 from forethought.distributed import current_world
 from forethought.errors import InvalidArgumentError
-from forethought.experiments.common import parse_ints, parse_models, scoring_data_options, shared_tokenizer
+from forethought.experiments.common import model_data, parse_ints, parse_models, scoring_data_options
 from forethought.models import load_model
 from forethought.probes.sweep import (
     METHODS,
@@ -96,11 +95,9 @@ def run(args: argparse.Namespace) -> int:
         sources = {name: str(loaded.directory / entry["path"]) for name, entry in trained.items()}
         splits = loaded.splits
     else:
-        sources, trained = parse_models(args.model), {}
+        sources = parse_models(args.model)
         models = {name: load_model(source, device=args.device) for name, source in sources.items()}
-        splits = load_token_splits(options["dataset"], shared_tokenizer(models), options["seq_len"],
-                                   text_field=options["text_field"], max_sequences=options["max_sequences"],
-                                   val_fraction=options["val_fraction"], seed=args.seed)
+        splits, trained = model_data(sources, models, args, options)
     world = current_world()  # under torchrun / accelerate launch each process probes some depths; process 0 writes
     if world is None or world.is_main:
         prepare_out_dir(out)
@@ -137,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
                    for name, model in models.items()},
         "data": {**(splits.manifest or {}), "test_sequences": len(splits.validation),
                  "n_train": int(headline["n_train"].iloc[0]), "n_test": int(headline["n_test"].iloc[0]),
-                 "source": "run" if args.run else "dataset"},
+                 "source": "run" if args.run or splits.manifest.get("models") is None else "dataset"},
         "label_space": label_space_summary(headline),
         "best": best.to_dict(orient="records"),
         "seed_spread": seed_spread(table).to_dict(orient="records") if len(seeds) > 1 else None,
