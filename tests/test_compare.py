@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 
+import pandas as pd
 import pytest
 import torch
 from devices import DEVICE
@@ -140,8 +141,13 @@ def test_compare_run_reproduces_the_myopia_gap_and_refuses_changed_data(smoke_ru
     run_dir, corpus = smoke_run
     trained = json.loads((run_dir / "report.json").read_text())
     assert main(["compare", "--run", str(run_dir), "--out", str(tmp_path / "cmp"), "--offsets", "0,1", "--top-k",
-                 "20", "--no-progress"]) == 0
+                 "20", "--max-epochs", "3", "--no-progress"]) == 0
     compared = json.loads((tmp_path / "cmp" / "report.json").read_text())
+    assert compared["config"]["max_epochs"] == 3
+    pairs = pd.read_csv(tmp_path / "cmp" / "probe_comparison.csv")
+    difference = pairs["myopic_minus_vanilla"]
+    assert (pairs["myopic_minus_vanilla_ci_low"] <= difference + 1e-12).all()
+    assert (difference <= pairs["myopic_minus_vanilla_ci_high"] + 1e-12).all()
     for name in ("vanilla", "myopic", "bigram"):
         assert compared["regimes"][name]["eval_loss"] == pytest.approx(trained["regimes"][name]["eval_loss"],
                                                                        abs=1e-6)

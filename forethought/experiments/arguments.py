@@ -146,6 +146,8 @@ def compare(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--method", default="vocab", choices=METHODS, help="probe method")
     parser.add_argument("--top-k", type=int, help="probes predict the k most frequent future tokens plus 'other' "
                         "(scored over all targets: 'other' is never a hit; default: the whole vocabulary)")
+    parser.add_argument("--max-epochs", type=int, help="training epochs at most for vocab and future_lens probes "
+                        "(default: the probe configs')")
     parser.add_argument("--seed", type=int, default=0, help="probe training and bootstrap (and the split, with "
                         "--model)")
     parser.add_argument("--device", help="where to run models and probes (default: where each model loads)")

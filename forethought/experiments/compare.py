@@ -135,9 +135,10 @@ def compare_regimes(
     comparison = side_by_side(probes, baseline)
     result = RegimeComparison(losses=losses, probes=probes, comparison=comparison)
     if out_dir is not None:
-        top_k = (config or ProbeSweepConfig()).top_k
+        sweep = config or ProbeSweepConfig()
         _write(result, Path(out_dir), baseline, {"layers": layers, "offsets": list(offsets), "method": method,
-                                                 "baseline": baseline, "seed": seed, "top_k": top_k},
+                                                 "baseline": baseline, "seed": seed, "top_k": sweep.top_k,
+                                                 "max_epochs": sweep.vocab.max_epochs},
                seed, getattr(data, "manifest", None))
     return result
 
@@ -218,7 +219,8 @@ def run(args: argparse.Namespace) -> int:
         raise InvalidArgumentError(f"--baseline {args.baseline!r} is not among the models {sorted(models)}")
     prepare_out_dir(args.out)
     result = compare_regimes(models, splits, out_dir=args.out, layers=layers, offsets=offsets, method=args.method,
-                             baseline=args.baseline, seed=args.seed, config=ProbeSweepConfig(top_k=args.top_k),
+                             baseline=args.baseline, seed=args.seed,
+                             config=ProbeSweepConfig(top_k=args.top_k).with_max_epochs(args.max_epochs),
                              progress=args.progress, trained_as=trained_as, bootstrap_seed=bootstrap_seed)
     print(f"myopia gap {format_gap(result.losses)} nats/token; wrote {args.out}")
     return 0

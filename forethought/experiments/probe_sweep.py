@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import argparse
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from typing import Any
 
 import pandas as pd
@@ -79,9 +79,7 @@ def run(args: argparse.Namespace) -> int:
                               stream_dir=args.stream_dir)
     stream = "auto" if args.stream is None else args.stream
     check_stream(stream, methods, config)
-    if args.max_epochs is not None:
-        config = replace(config, vocab=replace(config.vocab, max_epochs=args.max_epochs),
-                         future_lens=replace(config.future_lens, max_epochs=args.max_epochs))
+    config = config.with_max_epochs(args.max_epochs)
     out = check_out_dir(args.out)
     resolve_device(args.device)
 

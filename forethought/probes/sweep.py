@@ -162,6 +162,18 @@ class ProbeSweepConfig:
             if not 0 < value < 1:
                 raise InvalidArgumentError(f"{name}={value!r} is not allowed; expected 0 < {name} < 1")
 
+    def with_max_epochs(self, max_epochs: int | None) -> ProbeSweepConfig:
+        """This config with the epoch-trained methods (vocab, future_lens) capped at ``max_epochs`` (None: as is).
+
+        Example:
+            >>> ProbeSweepConfig().with_max_epochs(3).future_lens.max_epochs
+            3
+        """
+        if max_epochs is None:
+            return self
+        return replace(self, vocab=replace(self.vocab, max_epochs=max_epochs),
+                       future_lens=replace(self.future_lens, max_epochs=max_epochs))
+
 
 def probe_sweep(
     models: Mapping[str, Any] | Any,
