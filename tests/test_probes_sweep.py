@@ -249,3 +249,49 @@ def test_two_processes_sweep_what_one_process_does(tmp_path):
         else:
             layers = [json.loads((root / path).read_text())["layers"] for root in (single, double)]
             assert layers[0] == layers[1]
+
+
+def test_paired_intervals_resample_both_sides_together():
+    """Each difference's interval is the percentile bootstrap of the difference itself, the two predictors' hits of
+    a test sequence resampled together (checked against a slow loop over the resamples)."""
+    import numpy as np
+
+    from forethought.bootstrap import bootstrap_weights
+    from forethought.probes.sweep import SEQUENCE_HITS, SequenceHits, paired_intervals
+
+    rng = np.random.default_rng(0)
+    counts = rng.integers(5, 15, 30).astype(float)
+    base = rng.binomial(counts.astype(int), 0.3).astype(float)
+    rows = []
+    for model, shift in (("vanilla", 0), ("myopic", 1)):
+        for layer in (0, 1):
+            probe = np.minimum(base + shift * (layer == 1), counts)
+            rows.append({"model": model, "method": "vocab", "layer": layer, "offset": 0,
+                         SEQUENCE_HITS: SequenceHits(probe, base * 0.5, counts)})
+    out = paired_intervals(rows, "vanilla", n_resamples=200, seed=3)
+    weights = bootstrap_weights(30, 200, seed=3).numpy()
+
+    def slow(values):
+        stats = sorted(float((w * values).sum() / (w * counts).sum()) for w in weights)
+        return np.quantile(stats, [0.025, 0.975])
+
+    for i, row in enumerate(rows):
+        h = row[SEQUENCE_HITS]
+        np.testing.assert_allclose([out["gain_over_baseline_ci_low"][i], out["gain_over_baseline_ci_high"][i]],
+                                   slow(h.probe - h.best_baseline), rtol=1e-9)
+        depth0 = rows[2 * (i // 2)][SEQUENCE_HITS].probe
+        np.testing.assert_allclose([out["gain_over_depth0_ci_low"][i], out["gain_over_depth0_ci_high"][i]],
+                                   slow(h.probe - depth0), rtol=1e-9, atol=1e-12)
+    assert np.isnan(out["minus_reference"][0]) and out["minus_reference"][2] == 0 == out["minus_reference_ci_low"][2]
+    expected = slow(rows[3][SEQUENCE_HITS].probe - rows[1][SEQUENCE_HITS].probe)
+    np.testing.assert_allclose([out["minus_reference_ci_low"][3], out["minus_reference_ci_high"][3]], expected)
+    assert out["minus_reference_ci_low"][3] > 0  # one more hit in every sequence: the interval excludes 0
+
+
+def test_a_model_against_itself_differs_by_nothing(model):
+    """The same model under two names: every paired difference is exactly 0 with the interval [0, 0]."""
+    table = probe_sweep({"a": model, "b": model}, skip_one_chain(60), offsets=[0, 1], config=FAST, reference="a",
+                        progress=False)
+    other = table[table["model"] == "b"]
+    assert (other[["minus_reference", "minus_reference_ci_low", "minus_reference_ci_high"]] == 0).all().all()
+    assert table[table["model"] == "a"]["minus_reference"].isna().all()
