@@ -5,7 +5,9 @@ one part is recorded (``"error"``) without losing the others; the JSON is rewrit
 
 * ``environment``: device name, torch / CUDA / cuDNN versions, the versions of forethought's dependencies;
 * ``myopic_step``: time and peak CUDA memory of a myopic training step over a vanilla one (forward, backward,
-  AdamW; bf16 autocast; the step functions of ``benchmarks/myopic_step.py``) for a GPT-2-small shape and a
+  AdamW; bf16 autocast; the step functions of ``benchmarks/myopic_step.py``), both also over plain HF transformers
+  with SDPA on the same weights and batch (interleaved), with tokens/s and MFU (6 x parameters x tokens / time /
+  the peak bf16 matmul rate measured in the same part), for a GPT-2-small shape and a
   Llama-3.2-1B shape (random weights, HF checkpoints written offline) at T = 1024, for ``strict`` and ``cutgrad``;
 * ``probe_sweep``: ``benchmarks/probes.py --big`` over 200 k tokens of a 12-layer d_model=768 random-init model
   (tokens/s, peak GPU memory);
@@ -174,17 +176,22 @@ def _timed_step(step, model, optimizer, tokens, mode: str, autocast) -> tuple[fl
     return seconds, (torch.cuda.max_memory_allocated() if cuda else None), before
 
 
-def _step_row(model, optimizer, tokens, mode: str, autocast, repeats: int) -> dict[str, Any]:
-    """Median step time and peak memory of vanilla and myopic steps (interleaved), and their ratios."""
+def _step_row(model, optimizer, tokens, mode: str, autocast, repeats: int,
+              hf: tuple | None = None) -> dict[str, Any]:
+    """Median step time and peak memory of vanilla and myopic steps (interleaved), and their ratios; with
+    ``hf = (model, optimizer)``, plain HF SDPA steps interleaved beside them and every time over HF SDPA's."""
     sys.path.insert(0, str(BENCHMARKS))
-    from myopic_step import myopic_step, vanilla_step
+    from myopic_step import hf_step, myopic_step, vanilla_step
 
-    for step in (vanilla_step, myopic_step):  # warm-up (and AdamW's state)
-        _timed_step(step, model, optimizer, tokens, mode, autocast)
-    runs: dict[str, list] = {"vanilla": [], "myopic": []}
+    steps = {"vanilla": (vanilla_step, model, optimizer), "myopic": (myopic_step, model, optimizer)}
+    if hf is not None:
+        steps = {"hf_sdpa": (hf_step, *hf), **steps}
+    for step, step_model, step_optimizer in steps.values():  # warm-up (and AdamW's state)
+        _timed_step(step, step_model, step_optimizer, tokens, mode, autocast)
+    runs: dict[str, list] = {name: [] for name in steps}
     for _ in range(repeats):  # interleaved, so that clock or load changes hit both alike
-        runs["vanilla"].append(_timed_step(vanilla_step, model, optimizer, tokens, mode, autocast))
-        runs["myopic"].append(_timed_step(myopic_step, model, optimizer, tokens, mode, autocast))
+        for name, (step, step_model, step_optimizer) in steps.items():
+            runs[name].append(_timed_step(step, step_model, step_optimizer, tokens, mode, autocast))
     row: dict[str, Any] = {}
     for regime, values in runs.items():
         row[f"{regime}_ms"] = 1e3 * statistics.median(v[0] for v in values)
@@ -192,6 +199,11 @@ def _step_row(model, optimizer, tokens, mode: str, autocast, repeats: int) -> di
             row[f"{regime}_peak_gib"] = max(v[1] for v in values) / 2**30
             row[f"{regime}_step_gib"] = max(v[1] - v[2] for v in values) / 2**30  # above weights and AdamW state
     row["time_ratio"] = row["myopic_ms"] / row["vanilla_ms"]
+    if hf is not None:
+        row["vanilla_over_hf_sdpa"] = row["vanilla_ms"] / row["hf_sdpa_ms"]
+        row["myopic_over_hf_sdpa"] = row["myopic_ms"] / row["hf_sdpa_ms"]
+        for name in steps:
+            row[f"{name}_tokens_per_s"] = tokens.numel() / (row[f"{name}_ms"] / 1e3)
     if "vanilla_peak_gib" in row:
         row["peak_memory_ratio"] = row["myopic_peak_gib"] / row["vanilla_peak_gib"]
         row["step_memory_ratio"] = row["myopic_step_gib"] / row["vanilla_step_gib"]
@@ -210,18 +222,26 @@ def myopic_step_ratios(smoke: bool, budget: float, emit: Emit) -> None:
     autocast = (lambda: torch.autocast(device, dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
     repeats = 2 if smoke else 5
     tokenizer = _tokenizer()
+    sys.path.insert(0, str(BENCHMARKS))
+    from myopic_step import load_hf_sdpa, peak_matmul_flops
+
+    peak, peak_dtype = peak_matmul_flops(torch.device(device))
     result: dict[str, Any] = {"device": device, "precision": "bf16 autocast" if bf16 else "float32",
-                              "repeats": repeats, "shapes": {}, "rows": []}
+                              "repeats": repeats, "peak_matmul_tflops": peak / 1e12, "peak_matmul_dtype": peak_dtype,
+                              "shapes": {}, "rows": []}
     for name, shape in STEP_SHAPES[smoke].items():
         if time.perf_counter() - start > 0.6 * budget:
             result["shapes"][name] = {**shape, "error": "skipped: the part's time budget was nearly spent"}
             emit(result)
             continue
-        model = optimizer = None
+        model = optimizer = hf = None
         try:
             with tempfile.TemporaryDirectory() as folder:
                 made = time.perf_counter()
                 model = load_model(_checkpoint(shape, Path(folder), tokenizer), device=device, tokenizer=tokenizer)
+                hf_model = load_hf_sdpa(folder, device)  # the anchor: plain HF SDPA on the same weights
+                hf = (hf_model, torch.optim.AdamW(hf_model.parameters(), lr=1e-4))
+                del hf_model
                 result["shapes"][name] = {**shape, "parameters": sum(p.numel() for p in model.parameters()),
                                           "build_seconds": round(time.perf_counter() - made, 1)}
             model.eval()  # dropout off, as the trainer does
@@ -232,7 +252,10 @@ def myopic_step_ratios(smoke: bool, budget: float, emit: Emit) -> None:
                 row: dict[str, Any] = {"shape": name, "mode": mode, "batch": shape["batch"],
                                        "seq_len": shape["seq_len"]}
                 try:
-                    row.update(_step_row(model, optimizer, tokens, mode, autocast, repeats))
+                    row.update(_step_row(model, optimizer, tokens, mode, autocast, repeats, hf))
+                    parameters = result["shapes"][name]["parameters"]
+                    for regime in ("hf_sdpa", "vanilla", "myopic"):
+                        row[f"{regime}_mfu"] = 6 * parameters * row[f"{regime}_tokens_per_s"] / peak
                 except torch.cuda.OutOfMemoryError as error:
                     row["error"] = f"OutOfMemoryError: {str(error).splitlines()[0]}"
                     optimizer.zero_grad(set_to_none=True)
@@ -241,7 +264,7 @@ def myopic_step_ratios(smoke: bool, budget: float, emit: Emit) -> None:
         except Exception as error:  # one shape's failure must not lose the other's figures
             result["shapes"].setdefault(name, dict(shape))["error"] = f"{type(error).__name__}: {error}"
             emit(result)
-        del model, optimizer
+        del model, optimizer, hf
         gc.collect()
         if device == "cuda":
             torch.cuda.empty_cache()
@@ -385,7 +408,8 @@ def headline(report: dict[str, Any]) -> dict[str, Any]:
     """The figures to read first, flattened from the parts (absent where a part failed)."""
     figures: dict[str, Any] = {"device": report.get("environment", {}).get("device")}
     for row in report.get("myopic_step", {}).get("rows", []):
-        for key in ("time_ratio", "peak_memory_ratio", "step_memory_ratio"):
+        for key in ("time_ratio", "vanilla_over_hf_sdpa", "myopic_over_hf_sdpa", "peak_memory_ratio",
+                    "step_memory_ratio"):
             if key in row:
                 figures[f"myopic_step {row['shape']} {row['mode']} {key}"] = round(row[key], 3)
     sweep = report.get("probe_sweep", {})

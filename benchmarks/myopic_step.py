@@ -13,6 +13,13 @@ A step is forward + backward + AdamW update. Three tables:
 * ``reference``: vs a vanilla step (goal <= 1.3x) and vs the slow per-position reference (goal >= 20x faster at
   T = 64) on small native and GPT-2 models. The reference back-propagates each position's loss on its own, with
   the tensors the mode detaches cut at earlier positions in every layer (T forward/backward passes).
+* ``anchor`` (default): plain HF transformers with SDPA attention on the same weights and batch (the path a user
+  would otherwise pick) beside forethought's vanilla and myopic steps, interleaved; every time as a ratio to HF
+  SDPA, tokens/s, and model FLOPs utilisation (6 x parameters x tokens / time / the peak matmul rate measured in
+  the same run: bf16 on CUDA, float32 on CPU).
+* ``ops`` (default without a GPU): what a GPU pays for, counted on any machine: aten operations per training step
+  and tensors of shape ``[..., T, T]`` created, for HF SDPA, forethought's eager bridge, its SDPA kernel
+  (vanilla) and myopic steps, on GPT-2, GPT-NeoX and Llama (4 layers, d_model 128, T = 256, batch 2).
 * ``paper`` (default with a CUDA GPU): the ``gpt2-paper`` preset's training settings (GPT-2 124M from scratch,
   batch 512 of 64 tokens, lr 6e-4, bf16 autocast) for a few hundred steps on random tokens, through
   :func:`train`; steps/s for vanilla and myopic.
@@ -56,6 +63,34 @@ def myopic_step(model, optimizer, tokens, mode, attention="auto"):
     loss.backward()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
+
+
+def hf_step(model, optimizer, tokens, mode):
+    """A plain HF transformers training step (the anchor): ``model`` is an ``AutoModelForCausalLM``."""
+    model(tokens, labels=tokens).loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def load_hf_sdpa(folder, device):
+    """The checkpoint in ``folder`` as plain HF transformers with SDPA attention, in eval mode (dropout off)."""
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(folder, attn_implementation="sdpa").to(device).eval()
+
+
+def peak_matmul_flops(device: torch.device) -> tuple[float, str]:
+    """The best FLOP/s of a large matmul on ``device`` (bf16 on CUDA, float32 on CPU), and its dtype's name."""
+    dtype, n = (torch.bfloat16, 8192) if device.type == "cuda" else (torch.float32, 1024)
+    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
+    best = float("inf")
+    for _ in range(5):
+        start = time.perf_counter()
+        a @ b
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best, str(dtype).removeprefix("torch.")
 
 
 def reference_step(model, optimizer, tokens, mode):
@@ -158,6 +193,60 @@ def scaling(args) -> None:
                 print(line, flush=True)
 
 
+def anchor(args) -> None:
+    """HF SDPA, forethought vanilla and myopic steps on the same weights and batch: ratios to HF SDPA, tokens/s, MFU."""
+    device = torch.device(args.device)
+    peak, peak_dtype = peak_matmul_flops(device)
+    tokenizer = train_tokenizer(load_texts("builtin"), vocab_size=VOCAB)
+    autocast = partial(torch.autocast, device.type, dtype=torch.bfloat16, enabled=args.bf16)
+    print(f"\nanchor: {args.layers} layers, d_model {args.d_model}, {args.heads} heads, batch {args.batch_size}; "
+          f"{device}{', bf16 autocast' if args.bf16 else ''}; medians of {args.repeats} interleaved steps; peak "
+          f"{peak_dtype} matmul {peak / 1e12:.2f} TFLOP/s (this run)")
+    print(f"{'family':<7}{'T':>6}  {'step':<14}{'ms':>10}{'/ HF SDPA':>11}{'tokens/s':>11}{'MFU':>8}", flush=True)
+    for family in args.families:
+        folder = save_random_checkpoint(family, tempfile.mkdtemp(), d_model=args.d_model, n_layers=args.layers,
+                                        n_heads=args.heads, n_ctx=max(args.seq_lens), tokenizer=tokenizer)
+        models = {"hf-sdpa": load_hf_sdpa(folder, device), "forethought": load_model(folder).to(device).eval()}
+        parameters = sum(p.numel() for p in models["hf-sdpa"].parameters())
+        optimizers = {name: torch.optim.AdamW(model.parameters(), lr=1e-4) for name, model in models.items()}
+        steps = {"HF SDPA": ("hf-sdpa", hf_step, None), "vanilla": ("forethought", vanilla_step, None)}
+        steps.update({f"myopic {mode}": ("forethought", myopic_step, mode) for mode in args.modes})
+        for seq_len in args.seq_lens:
+            tokens = torch.randint(0, len(tokenizer), (args.batch_size, seq_len),
+                                   generator=torch.Generator().manual_seed(seq_len)).to(device)
+            times: dict[str, list[float]] = {name: [] for name in steps}
+            for repeat in range(args.repeats + 1):  # the first round warms up (AdamW state, first calls)
+                for name, (which, step, mode) in steps.items():
+                    with autocast():
+                        seconds = median_seconds(step, models[which], optimizers[which], tokens, mode, 1, device)
+                    if repeat:
+                        times[name].append(seconds)
+            for name, values in times.items():
+                ratio = _paired_ratio(values, times["HF SDPA"])
+                seconds = statistics.median(values)
+                rate = args.batch_size * seq_len / seconds
+                print(f"{family:<7}{seq_len:>6}  {name:<14}{1e3 * seconds:>10.1f}{ratio:>11.2f}{rate:>11.0f}"
+                      f"{6 * parameters * rate / peak:>8.1%}", flush=True)
+
+
+def op_counts(args) -> None:
+    """Aten operations and [..., T, T] tensors per training step, for HF SDPA and forethought, per family."""
+    from forethought.attention.opcount import training_step_counts
+
+    tokenizer = train_tokenizer(load_texts("builtin")[:30], vocab_size=300)
+    seq_len, batch = 256, 2
+    print(f"\nops: one training step (forward, backward, AdamW), 4 layers, d_model 128, 4 heads, T={seq_len}, "
+          f"batch {batch}: aten ops (ratio to HF SDPA) and tensors of shape [..., T, T]")
+    print(f"{'family':<7}{'step':<16}{'aten ops':>10}{'/ HF SDPA':>11}{'[T, T]':>8}")
+    for family in ("gpt2", "neox", "llama"):
+        folder = save_random_checkpoint(family, tempfile.mkdtemp(), d_model=128, n_layers=4, n_heads=4,
+                                        n_ctx=seq_len, tokenizer=tokenizer)
+        tokens = torch.randint(0, len(tokenizer), (batch, seq_len), generator=torch.Generator().manual_seed(0))
+        counts = training_step_counts(str(folder), tokens, modes=tuple(args.modes), tokenizer=tokenizer)
+        for name, (ops, square) in counts.items():
+            print(f"{family:<7}{name:<16}{ops:>10}{ops / counts['hf-sdpa'][0]:>11.2f}{square:>8}", flush=True)
+
+
 def step_ratios(args) -> None:
     models = {"native": tiny_model(n_layers=args.layers, d_model=args.d_model, n_heads=args.heads, d_vocab=VOCAB,
                                    n_ctx=args.seq_len)}
@@ -226,8 +315,10 @@ def paper_throughput(steps: int, scale: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tables", nargs="+", choices=("scaling", "reference", "paper"), default=None,
-                        help="which tables to print (default: scaling, and paper with CUDA)")
+    parser.add_argument("--tables", nargs="+", choices=("anchor", "ops", "scaling", "reference", "paper"),
+                        default=None, help="which tables to print (default: anchor and scaling, with CUDA paper, "
+                        "without CUDA ops)")
+    parser.add_argument("--bf16", action="store_true", help="anchor: bf16 autocast")
     parser.add_argument("--families", nargs="+", choices=("gpt2", "llama", "neox"), default=["gpt2", "llama"])
     parser.add_argument("--seq-lens", type=int, nargs="+", default=[64, 256, 1024, 2048])
     parser.add_argument("--modes", nargs="+", choices=("strict", "cutgrad"), default=["strict"])
@@ -247,7 +338,11 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    tables = args.tables or (["scaling", "paper"] if torch.cuda.is_available() else ["scaling"])
+    tables = args.tables or (["anchor", "scaling", "paper"] if torch.cuda.is_available() else ["ops", "anchor"])
+    if "ops" in tables:
+        op_counts(args)
+    if "anchor" in tables:
+        anchor(args)
     if "scaling" in tables:
         scaling(args)
     if "reference" in tables:

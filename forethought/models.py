@@ -50,6 +50,7 @@ def tiny_model(
     tokenizer: Any = None,
     device: str | torch.device | None = None,
     dtype: torch.dtype | None = None,
+    attention: str = "sdpa",
 ) -> TransformerBridge:
     """A randomly initialised TL-native transformer (``TransformerBridge.boot_native``).
 
@@ -68,12 +69,15 @@ def tiny_model(
         tokenizer: optional tokenizer attached to the bridge.
         device: where to put it (default: left where it is built, the CPU).
         dtype: parameter dtype (default: torch's default dtype, float32).
+        attention: ``"sdpa"`` (forethought's fused attention kernel, see :mod:`forethought.attention.sdpa`;
+            eager whenever attention patterns are hooked) or ``"eager"`` (the bridge's own ``[T, T]`` softmax).
 
     Example:
         >>> model = tiny_model(n_layers=1, d_model=16, n_heads=2, d_vocab=20, n_ctx=8)
         >>> model(torch.zeros(1, 4, dtype=torch.long)).shape
         torch.Size([1, 4, 20])
     """
+    _check_attention(attention)
     for name, value in {"n_layers": n_layers, "d_model": d_model, "n_heads": n_heads, "d_vocab": d_vocab,
                         "n_ctx": n_ctx}.items():
         if not isinstance(value, int) or value <= 0:
@@ -102,7 +106,16 @@ def tiny_model(
         normalization_type=normalization_type,
         seed=seed,
     )
-    return _boot_native(cfg, tokenizer=tokenizer, device=device, dtype=dtype)
+    return _with_attention(_boot_native(cfg, tokenizer=tokenizer, device=device, dtype=dtype), attention)
+
+
+def _with_attention(model: TransformerBridge, attention: str) -> TransformerBridge:
+    """Install forethought's fused attention kernel on ``model`` when ``attention == "sdpa"``."""
+    from forethought.attention.sdpa import install_sdpa
+
+    if attention == "sdpa":
+        install_sdpa(model)
+    return model
 
 
 def _boot_native(cfg: TransformerBridgeConfig, tokenizer: Any, device: Any, dtype: Any) -> TransformerBridge:
@@ -110,6 +123,12 @@ def _boot_native(cfg: TransformerBridgeConfig, tokenizer: Any, device: Any, dtyp
 
     model = TransformerBridge.boot_native(cfg, tokenizer=tokenizer, device=device, dtype=dtype)
     return model
+
+
+def _check_attention(attention: str) -> None:
+    from forethought.attention.sdpa import check_attention
+
+    check_attention(attention)
 
 
 def is_native(model: TransformerBridge) -> bool:
@@ -123,6 +142,7 @@ def load_model(
     dtype: torch.dtype | None = None,
     tokenizer: Any = None,
     require_tokenizer: bool = True,
+    attention: str = "sdpa",
 ) -> TransformerBridge:
     """Load a model as a ``TransformerBridge``.
 
@@ -135,6 +155,9 @@ def load_model(
             without one (e.g. a randomly initialised Llama).
         require_tokenizer: refuse a local ``save_pretrained`` directory without tokenizer files (unless
             ``tokenizer`` is given); ``False`` for work on token ids alone, such as benchmarks.
+        attention: ``"sdpa"`` (default: forethought's fused attention kernel under the bridge, which falls back to
+            the bridge's eager attention whenever ``hook_pattern``/``hook_attn_scores`` are hooked; see
+            :mod:`forethought.attention.sdpa`) or ``"eager"`` (the bridge's own ``[T, T]`` softmax throughout).
 
     Raises:
         ModelNotAvailableError: the name is not a directory and cannot be fetched (e.g. offline).
@@ -151,11 +174,12 @@ def load_model(
     """
     if not str(name_or_dir).strip():
         raise InvalidArgumentError("the model name is empty; pass a hub name or a local model directory")
+    _check_attention(attention)
     path = Path(name_or_dir).expanduser()
     if isinstance(tokenizer, (str, os.PathLike)):
         tokenizer = _load_tokenizer(tokenizer)
     if path.is_dir() and (path / NATIVE_CONFIG).exists():
-        return _load_native(path, tokenizer=tokenizer, device=device, dtype=dtype)
+        return _with_attention(_load_native(path, tokenizer=tokenizer, device=device, dtype=dtype), attention)
     if path.is_dir():
         _check_hf_directory(path, needs_tokenizer=require_tokenizer and tokenizer is None)
     if not path.is_dir() and _hub_offline():
@@ -167,7 +191,8 @@ def load_model(
     from transformer_lens.model_bridge import TransformerBridge
 
     try:
-        return TransformerBridge.boot_transformers(str(path) if path.is_dir() else str(name_or_dir), **kwargs)
+        return _with_attention(
+            TransformerBridge.boot_transformers(str(path) if path.is_dir() else str(name_or_dir), **kwargs), attention)
     except pickle.UnpicklingError as error:
         raise CheckpointError(
             f"the weights of {str(name_or_dir)!r} hold pickled objects beyond tensors; refusing to load them (they "

@@ -68,10 +68,45 @@ def fused_attend(
     expanded. The values are those of fused attention over ``k_past, v_past``; with ``k_self`` differing from
     ``k_past`` in value the gradient would be wrong, so use ``attend`` there.
     """
-    out, lse = attention_with_lse(*(x.transpose(1, 2) for x in (q, k_past, v_past)), scale=scale)
-    out = SplitDiagonal.apply(out, q.transpose(1, 2), k_self.transpose(1, 2), v_self.transpose(1, 2),
-                              k_past.transpose(1, 2), v_past.transpose(1, 2), lse, scale)
+    out = fused_attention(*(x.transpose(1, 2) for x in (q, k_self, v_self, k_past, v_past)), scale=scale)
     return out.transpose(1, 2)
+
+
+def fused_attention(
+    q: Float[Tensor, "batch head pos d_head"],
+    k_self: Float[Tensor, "batch kv_head pos d_head"],
+    v_self: Float[Tensor, "batch kv_head pos d_head"],
+    k_past: Float[Tensor, "batch kv_head pos d_head"],
+    v_past: Float[Tensor, "batch kv_head pos d_head"],
+    scale: float,
+) -> Float[Tensor, "batch head pos d_head"]:
+    """:func:`fused_attend` in the kernels' head-major layout.
+
+    One fused attention call over the past keys and values plus the O(T) diagonal correction (:class:`SplitDiagonal`).
+    """
+    out, lse = attention_with_lse(q, k_past, v_past, scale=scale)
+    return SplitDiagonal.apply(out, q, k_self, v_self, k_past, v_past, lse, scale)
+
+
+def causal_attention(
+    q: Float[Tensor, "batch head pos d_head"],
+    k: Float[Tensor, "batch kv_head pos d_head"],
+    v: Float[Tensor, "batch kv_head pos d_head"],
+    scale: float,
+) -> Float[Tensor, "batch head pos d_head"]:
+    """Causal attention through the same fused kernel as :func:`attention_with_lse`; kv heads may be grouped.
+
+    Using the same kernel makes a vanilla forward and a myopic one equal bit for bit.
+    """
+    if _CPU_FLASH is not None and q.device.type == "cpu":
+        return _CPU_FLASH(q, k, v, 0.0, True, scale=scale)[0]
+    group = q.shape[1] // k.shape[1]
+    return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=group > 1)
+
+
+def wide_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The wider of float32 and ``dtype``: where softmax sums and log-sum-exps are computed."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def attention_with_lse(
@@ -80,14 +115,14 @@ def attention_with_lse(
     v: Float[Tensor, "batch kv_head pos d_head"],
     scale: float,
 ) -> tuple[Float[Tensor, "batch head pos d_head"], Float[Tensor, "batch head pos"]]:
-    """Causal attention (differentiable) and each query's log-sum-exp of scores (a constant, float32).
+    """Causal attention (differentiable) and each query's log-sum-exp of scores (a constant, :func:`wide_dtype`).
 
     On CPU one call of the flash-attention kernel gives both. Elsewhere the output comes from
     ``scaled_dot_product_attention`` and the log-sum-exp from :func:`causal_logsumexp`.
     """
     if _CPU_FLASH is not None and q.device.type == "cpu":
         out, lse = _CPU_FLASH(q, k, v, 0.0, True, scale=scale)
-        return out, lse.detach().float()
+        return out, lse.detach().to(wide_dtype(q.dtype))
     group = q.shape[1] // k.shape[1]
     out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=group > 1)
     return out, causal_logsumexp(q, k, scale)
@@ -100,7 +135,7 @@ def causal_logsumexp(
     scale: float,
     block: int | None = None,
 ) -> Float[Tensor, "batch head pos"]:
-    """``logsumexp_{i <= t}(scale · q_t·k_i)`` in float32, ``block`` queries at a time (default ``d_head``).
+    """``logsumexp_{i <= t}(scale · q_t·k_i)`` in :func:`wide_dtype`, ``block`` queries at a time (default ``d_head``).
 
     No more than ``[batch, head, block, pos]`` scores exist at once.
 
@@ -113,8 +148,9 @@ def causal_logsumexp(
     batch, n_heads, n, d_head = q.shape
     n_kv = k.shape[1]
     block = block or max(d_head, 1)
-    grouped = q.float().unflatten(1, (n_kv, n_heads // n_kv))  # [batch, kv_head, group, pos, d]
-    keys = k.float().unsqueeze(2).transpose(-1, -2)  # [batch, kv_head, 1, d, pos]
+    wide = wide_dtype(q.dtype)
+    grouped = q.to(wide).unflatten(1, (n_kv, n_heads // n_kv))  # [batch, kv_head, group, pos, d]
+    keys = k.to(wide).unsqueeze(2).transpose(-1, -2)  # [batch, kv_head, 1, d, pos]
     out = []
     for start in range(0, n, block):
         stop = min(start + block, n)
@@ -153,11 +189,13 @@ class SplitDiagonal(torch.autograd.Function):
         if not any(wanted[2:6]):
             return grad, None, None, None, None, None, None, None
 
-        def grouped(x: Tensor) -> Tensor:  # [batch, head, ...] -> [batch, kv_head, group, ...] in float32
-            return x.float().unflatten(1, (n_kv, group))
+        wide = wide_dtype(q.dtype)
+
+        def grouped(x: Tensor) -> Tensor:  # [batch, head, ...] -> [batch, kv_head, group, ...], widened
+            return x.to(wide).unflatten(1, (n_kv, group))
 
         q_g, out_g, grad_g, lse_g = grouped(q), grouped(out), grouped(grad), grouped(lse)
-        k_g, v_g = k.float().unsqueeze(2), v.float().unsqueeze(2)  # [batch, kv_head, 1, pos, d]
+        k_g, v_g = k.to(wide).unsqueeze(2), v.to(wide).unsqueeze(2)  # [batch, kv_head, 1, pos, d]
         own = ((q_g * k_g).sum(-1) * ctx.scale - lse_g).exp()  # p_tt, [batch, kv_head, group, pos]
         d_v = (own.unsqueeze(-1) * grad_g).sum(2)  # [batch, kv_head, pos, d]
         d_score = own * (grad_g * (v_g - out_g)).sum(-1)

@@ -164,7 +164,8 @@ def attend(
     eye = torch.eye(n, dtype=torch.bool, device=q.device)
     future = torch.ones(n, n, dtype=torch.bool, device=q.device).triu(1)
     scores = torch.where(eye, own.unsqueeze(-1), scores).masked_fill(future, float("-inf"))
-    pattern = scores.float().softmax(dim=-1).to(q.dtype)
+    wide = torch.float64 if q.dtype == torch.float64 else torch.float32  # the wider of float32 and q's dtype
+    pattern = scores.to(wide).softmax(dim=-1).to(q.dtype)
     own_weight = pattern.diagonal(dim1=-2, dim2=-1).unsqueeze(-1)  # [batch, head, pos, 1]
     out = pattern @ v_past + own_weight * (v_self - v_past)
     return out.transpose(1, 2)

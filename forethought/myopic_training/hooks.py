@@ -8,9 +8,13 @@ loss at position ``t`` reach only what position ``t`` computes itself (see DESIG
   ``W_K, W_V`` (the weights learn through the past, the past's hidden states do not);
 * ``beta``: past keys/values are ``(1 - beta) * myopic + beta * live`` (``beta=1`` is vanilla).
 
-It works by replacing each attention output ``z`` with ``z.detach() + (r - r.detach())``, where ``r`` is the
-attention recomputed from the hooked q, k, v with the myopic view of the past: the value is the model's own
-``z``, the gradient is ``r``'s. ``r`` comes from fused attention with a diagonal gradient correction
+Where forethought's attention kernel is installed (:mod:`forethought.attention.sdpa`, the default), the kernel
+itself computes each layer's attention once, myopically: fused attention over the past keys and values (equal in
+value to the live ones, so the forward is the vanilla one bit for bit) plus the O(T) diagonal correction of
+:func:`~forethought.attention.fused.fused_attention`. Elsewhere (eager models, layers whose patterns are hooked,
+``attention="eager"``) it works by replacing each attention output ``z`` with ``z.detach() + (r - r.detach())``,
+where ``r`` is the attention recomputed from the hooked q, k, v with the myopic view of the past: the value is the
+model's own ``z``, the gradient is ``r``'s. ``r`` comes from fused attention with a diagonal gradient correction
 (:func:`~forethought.attention.fused.fused_attend`, O(T) extra memory) or, as the reference and where that
 cannot run, from the eager ``[T, T]`` softmax of :func:`~forethought.attention.recompute.attend`. The same
 recomputation, with another view of the past, is :func:`~forethought.attention.ablation.ablate_past`.
@@ -29,12 +33,13 @@ Example:
 
 from __future__ import annotations
 
-from contextlib import AbstractContextManager
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
 from typing import TYPE_CHECKING, Any, Literal
 
 from torch import Tensor
 
-from forethought.attention.fused import fused_attend, fused_supported
+from forethought.attention.fused import fused_attend, fused_attention, fused_supported
 from forethought.attention.recompute import (
     LayerCapture,
     RecomputedAttention,
@@ -44,10 +49,10 @@ from forethought.attention.recompute import (
     expand_kv,
     geometry,
     heads,
-    installed,
     qkv,
     rotate,
 )
+from forethought.attention.sdpa import kernel_view
 from forethought.errors import InvalidArgumentError, UnsupportedArchitectureError
 from forethought.options import MODES
 
@@ -84,7 +89,40 @@ def myopic(model: TransformerBridge, mode: Literal["strict", "cutgrad"] = "stric
     layers = list(range(model.cfg.n_layers))
     geometries = {layer: geometry(model, layer) for layer in layers}
 
+    recompute = RecomputedAttention(model, layers, lambda layer, capture, z: make_z(layer, capture, z),
+                                    with_inputs=mode == "cutgrad")
+
+    def past_view(layer: int, capture: LayerCapture, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Past keys/values ``[batch, kv_head, pos, d]`` with the gradient of the mode's view of the past.
+
+        They equal the live ``k, v`` in value, so the forward stays the vanilla one bit for bit.
+        """
+        k_past, v_past = k.detach(), v.detach()
+        if mode == "cutgrad":  # the gradient of keys/values recomputed from the detached projection input
+            k_cut, v_cut = (x.transpose(1, 2) for x in _from_detached_input(model, layer, capture, geometries[layer]))
+            k_past = k_past + (1 - beta) * (k_cut - k_cut.detach())
+            v_past = v_past + (1 - beta) * (v_cut - v_cut.detach())
+        if beta:
+            k_past, v_past = k_past + beta * (k - k.detach()), v_past + beta * (v - v.detach())
+        return k_past, v_past
+
+    def kernel(layer: int, q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor | None:
+        """The installed kernel's myopic attention for ``layer`` (None: leave it to the ``hook_z`` route)."""
+        if attention == "eager" or not fused_supported(*(x.transpose(1, 2) for x in (q, k, v))):
+            return None
+        if attention_dropout_active(model, layer):
+            raise UnsupportedArchitectureError(
+                f"attention dropout is active in layer {layer}; myopic gradients need model.eval() or dropout 0"
+            )
+        capture = recompute.captures[layer]
+        if geometries[layer].rotary:  # the same architectures as the hook_z route (rotary needs hook_cos/sin)
+            capture["hook_cos"]
+        k_past, v_past = past_view(layer, capture, k, v)
+        return fused_attention(q, k, v, k_past, v_past, scale)
+
     def make_z(layer: int, capture: LayerCapture, z: Tensor) -> Tensor:
+        if state is not None and state.take(layer):  # the kernel computed this layer's attention myopically
+            return z
         geo = geometries[layer]
         if attention_dropout_active(model, layer):
             raise UnsupportedArchitectureError(
@@ -111,7 +149,15 @@ def myopic(model: TransformerBridge, mode: Literal["strict", "cutgrad"] = "stric
         check_matches(recomputed, z, layer, geo, f"myopic gradients ({mode})")
         return z.detach() + (recomputed - recomputed.detach())
 
-    return installed(RecomputedAttention(model, layers, make_z, with_inputs=mode == "cutgrad"), model)
+    state = None
+
+    @contextmanager
+    def context() -> Iterator[Any]:
+        nonlocal state
+        with kernel_view(model, kernel) as state, recompute:
+            yield model
+
+    return context()
 
 
 def _from_detached_input(model: TransformerBridge, layer: int, capture: LayerCapture,
