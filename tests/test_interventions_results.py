@@ -19,6 +19,7 @@ from forethought.interventions import (
 )
 from forethought.interventions.directions import DirectionEffect as DirectionEffectFromDirections
 from forethought.interventions.patching import PatchResult as PatchResultFromPatching
+from forethought.interventions.results import NO_SCALE, VARIES
 from forethought.interventions.transplant import TransplantResult as TransplantResultFromTransplant
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -83,3 +84,87 @@ def test_direction_effect(native_model):
                                       layer=1, offsets=(0,), n_random=0, progress=False)
     _check_repr(direction_only, "DirectionEffect")
     assert "0 random draws" in repr(direction_only)
+
+
+# -- PatchResult: masked cells, signs, restoration by the metric's direction, labels of all examples ------------
+
+ISSUE_CLEAN, ISSUE_CORRUPT = ["If the object is a list, the"], ["If the object is a tuple, the"]
+
+
+def _synthetic_patch(values, clean, corrupt, metric="kl", direction="denoise"):
+    """A [1 layer, n pos] PatchResult with one example from plain lists."""
+    column = lambda xs: torch.tensor(xs, dtype=torch.float32).reshape(1, -1, 1)  # noqa: E731
+    n = len(values)
+    return PatchResult(per_example=column(values), clean_baseline=column(clean), corrupt_baseline=column(corrupt),
+                       dims=("layer", "pos"), coords={"layer": [0], "pos": list(range(n))},
+                       read_positions=torch.arange(n).reshape(1, n), metric=metric, hook="resid",
+                       direction=direction)
+
+
+def test_cells_without_a_baseline_difference_are_nan_with_a_reason_never_inf():
+    # float noise between the baselines (1e-9) used to give ±inf; an exact tie gave 0/0
+    result = _synthetic_patch([0.0, 1e-9, 0.3], clean=[0.0, 0.0, 0.0], corrupt=[0.0, 2e-9, 0.5])
+    normalized = result.normalized()
+    assert not normalized.isinf().any()
+    assert normalized[0, :2].isnan().all() and abs(normalized[0, 2].item() - 0.4) < 1e-6
+    frame = result.to_frame()
+    assert frame["note"].tolist()[:2] == [NO_SCALE] * 2 and frame["note"].iloc[2] == ""
+    assert frame["normalized"].iloc[:2].isna().all()
+
+
+def test_the_issue_prompt_pair_gives_no_inf_and_no_negative_zero(native_model):
+    result = patch_positions(native_model, ISSUE_CLEAN, ISSUE_CORRUPT, "kl", read_offset=1, progress=False)
+    normalized = result.normalized()
+    assert not normalized.isinf().any()
+    assert normalized[:, 0].isnan().all()  # before the edited token the KL of both runs is 0: nothing to restore
+    for tensor in (normalized, result.effect()):
+        finite = tensor[~tensor.isnan()]
+        assert not (torch.signbit(finite) & (finite == 0)).any(), "no -0.0 anywhere"
+    for kl in (result.values, result.per_example, result.clean_baseline, result.corrupt_baseline):
+        assert (kl >= 0).all() and not torch.signbit(kl).any()
+    assert "-0.0" not in repr(result)
+    frame = result.to_frame(per_example=True)
+    assert not any(str(v).startswith("-0.0000") for v in frame[["value", "normalized", "clean", "corrupt"]]
+                   .map(lambda x: f"{x:.4f}").to_numpy().ravel())
+
+
+def test_kl_is_never_negative():
+    from forethought.interventions import kl_divergence
+
+    logits = torch.randn(64, 300, generator=torch.Generator().manual_seed(0)) * 30
+    kl = kl_divergence(logits, logits + 1e-7)
+    assert (kl >= 0).all() and not torch.signbit(kl).any()
+
+
+def test_repr_names_the_most_restored_cell_for_kl_not_the_largest_kl():
+    # denoising KL: the cell with KL 0.01 (corrupt 0.5) restores 98 %; the one with KL 0.9 restores nothing
+    result = _synthetic_patch([0.9, 0.01, 0.4], clean=[0.0, 0.0, 0.0], corrupt=[0.5, 0.5, 0.5])
+    text = repr(result)
+    assert "most restored 0.980" in text and "pos 1" in text and "largest |value|" not in text
+    assert result.effect()[0, 1].item() == pytest.approx(0.98)
+    noised = _synthetic_patch([0.9, 0.01, 0.4], clean=[0.0, 0.0, 0.0], corrupt=[0.5, 0.5, 0.5], direction="noise")
+    assert "most destroyed 1.800" in repr(noised) and "pos 0" in repr(noised)
+    nothing = _synthetic_patch([0.0, 0.0], clean=[0.0, 0.0], corrupt=[0.0, 0.0])
+    assert "no cell has a clean-corrupt difference" in repr(nothing)
+
+
+def test_plot_shows_restoration_bright_where_restored():
+    result = _synthetic_patch([0.9, 0.01, 0.4], clean=[0.0, 0.0, 0.0], corrupt=[0.5, 0.5, 0.5])
+    figure = result.plot()
+    mesh = figure.axes[0].collections[0]
+    shown = mesh.get_array().ravel()
+    assert list(shown) == pytest.approx([-0.8, 0.98, 0.2])  # the fraction restored, not the raw KL
+    assert "restored" in figure.axes[-1].get_ylabel()
+    raw = result.plot(normalized=False)
+    assert raw.axes[0].collections[0].cmap.name == "viridis_r"  # low KL (clean) is bright
+    assert "lower = closer to clean" in raw.axes[-1].get_ylabel()
+
+
+def test_token_labels_come_from_all_examples(native_model):
+    clean = torch.tensor([[5, 6, 7, 8], [5, 9, 7, 8]])
+    corrupt = clean.clone()
+    corrupt[:, 2] = 10
+    result = patch_positions(native_model, clean, corrupt, "kl", progress=False)
+    decode = native_model.tokenizer.decode
+    assert result.labels == [decode([5]), VARIES, decode([7]), decode([8])]
+    assert result.to_frame().query("layer == 0")["token"].tolist() == result.labels

@@ -38,7 +38,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
-from jaxtyping import Float
+from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
@@ -53,7 +53,7 @@ from forethought.interventions._core import (
     run_variants,
 )
 from forethought.interventions.metrics import Metric, Readout, resolve_metric
-from forethought.interventions.results import PatchResult
+from forethought.interventions.results import VARIES, PatchResult
 from forethought.prompts import Prompts
 
 if TYPE_CHECKING:
@@ -332,7 +332,7 @@ def _sweep(
         metric=metric.name,
         hook=hook,
         direction=direction,
-        labels=_labels(model, clean[0]),
+        labels=_labels(model, clean),
     )
 
 
@@ -377,11 +377,13 @@ def _head_count(model: TransformerBridge, hook: str, layer: int) -> int:
     return model.cfg.n_heads
 
 
-def _labels(model: TransformerBridge, tokens: Tensor) -> list[str] | None:
+def _labels(model: TransformerBridge, tokens: Int[Tensor, "batch pos"]) -> list[str] | None:
+    """The clean token at each position, shared by all examples; ``"(varies)"`` where the examples differ."""
     tokenizer = getattr(model, "tokenizer", None)
     if tokenizer is None:
         return None
+    same = (tokens == tokens[:1]).all(0).tolist()
     try:
-        return [tokenizer.decode([int(t)]) for t in tokens]
+        return [tokenizer.decode([int(t)]) if shared else VARIES for t, shared in zip(tokens[0], same, strict=True)]
     except Exception:  # noqa: BLE001 - labels are decoration; a tokenizer that cannot decode gives none
         return None

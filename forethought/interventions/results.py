@@ -35,6 +35,12 @@ if TYPE_CHECKING:
 __all__ = ["DirectionEffect", "PatchResult", "TransplantResult"]
 
 
+#: Why a cell's ``normalized`` value is NaN (the ``note`` column of :meth:`PatchResult.to_frame`).
+NO_SCALE = "no scale: the clean and corrupted baselines coincide (the corruption does not change the metric here)"
+#: How a token label reads at a position where the examples' clean tokens differ.
+VARIES = "(varies)"
+
+
 @dataclass(repr=False)
 class PatchResult:
     """A patching sweep: one metric value per cell and example, with the unpatched baselines beside it.
@@ -49,7 +55,8 @@ class PatchResult:
         metric: the metric's name.
         hook: the hook template that was patched (``"resid"``: layer 0 is the embeddings).
         direction: ``"denoise"`` or ``"noise"``.
-        labels: the first clean prompt's tokens as strings, one per position (``None`` without a tokenizer).
+        labels: the clean tokens as strings, one per position, shared by all examples; a position where the
+            examples' tokens differ reads ``"(varies)"`` (``None`` without a tokenizer).
     """
 
     per_example: Float[Tensor, "*cells batch"]
@@ -66,22 +73,50 @@ class PatchResult:
     @property
     def values(self) -> Float[Tensor, "*cells"]:
         """Batch mean of the metric per cell."""
-        return self.per_example.mean(-1)
+        return self.per_example.mean(-1) + 0.0  # + 0.0 turns -0.0 into 0.0
+
+    def no_scale(self) -> Tensor:
+        """``[*cells]`` booleans: cells whose clean and corrupted baselines (batch means) coincide.
+
+        There the corruption changes nothing at the read position (e.g. it lies after the read position, or
+        the metric is a KL read before the edited token), so a fraction restored has no meaning. "Coincide" is
+        up to float noise: ``|clean - corrupt| <= 1e-5 + 1e-4 * max(|clean|, |corrupt|)``.
+        """
+        clean, corrupt = self.clean_baseline.mean(-1), self.corrupt_baseline.mean(-1)
+        return (clean - corrupt).abs() <= 1e-5 + 1e-4 * clean.abs().maximum(corrupt.abs())
 
     def normalized(self) -> Float[Tensor, "*cells"]:
         """``(patched - corrupt) / (clean - corrupt)`` of the batch means: 0 is the corrupted run, 1 the clean.
 
-        Cells whose clean and corrupted baselines coincide have no scale and come out ``nan`` or ``inf``.
+        Whatever the metric's direction (for ``"kl"`` lower is cleaner, for ``"logit_diff"`` higher), 1 means
+        the patched run behaves like the clean one. Cells without a scale (:meth:`no_scale`) are NaN, never
+        ``inf``; their reason is the ``note`` column of :meth:`to_frame`.
         """
         clean, corrupt = self.clean_baseline.mean(-1), self.corrupt_baseline.mean(-1)
-        return (self.values - corrupt) / (clean - corrupt)
+        fraction = (self.values - corrupt) / (clean - corrupt)
+        return torch.where(self.no_scale(), torch.full_like(fraction, float("nan")), fraction) + 0.0
+
+    def effect(self) -> Float[Tensor, "*cells"]:
+        """What each cell does, as a fraction of the clean-corrupt difference: larger is a bigger effect.
+
+        Denoising: the fraction of the clean behaviour the patch *restores* (:meth:`normalized`). Noising: the
+        fraction it *destroys* (``1 - normalized``). NaN where :meth:`no_scale`.
+        """
+        return self.normalized() if self.direction == "denoise" else 1.0 - self.normalized() + 0.0
+
+    @property
+    def effect_name(self) -> str:
+        """``"restored"`` (denoising) or ``"destroyed"`` (noising): what :meth:`effect` measures."""
+        return "restored" if self.direction == "denoise" else "destroyed"
 
     def to_frame(self, per_example: bool = False) -> pd.DataFrame:
         """A tidy table: one row per cell (or per cell and example), with the axes as columns.
 
-        Columns: the swept axes, ``read_pos``, ``value``, ``normalized``, ``clean``, ``corrupt`` (the batch
-        means of the baselines), ``sem`` (standard error of ``value``), ``metric``, ``hook``, ``direction``,
-        and ``token`` (the clean token at the patched position) when positions are swept and labels exist.
+        Columns: the swept axes, ``read_pos``, ``value``, ``normalized`` (NaN where the baselines coincide),
+        ``effect`` (:meth:`effect`: fraction restored by denoising, destroyed by noising), ``note`` (why
+        ``normalized`` is NaN, else empty), ``clean``, ``corrupt`` (the batch means of the baselines), ``sem``
+        (standard error of ``value``), ``metric``, ``hook``, ``direction``, and ``token`` (the clean token at
+        the patched position, ``"(varies)"`` where the examples differ) when positions are swept and labels exist.
         """
         grid = [dict(zip(self.dims, cell, strict=True)) for cell in product(*(self.coords[d] for d in self.dims))]
         n = self.per_example.shape[-1]
@@ -89,8 +124,10 @@ class PatchResult:
             "read_pos": self.read_positions.flatten().tolist(),
             "value": self.values.flatten().tolist(),
             "normalized": self.normalized().flatten().tolist(),
-            "clean": self.clean_baseline.mean(-1).flatten().tolist(),
-            "corrupt": self.corrupt_baseline.mean(-1).flatten().tolist(),
+            "effect": self.effect().flatten().tolist(),
+            "note": [NO_SCALE if masked else "" for masked in self.no_scale().flatten().tolist()],
+            "clean": (self.clean_baseline.mean(-1) + 0.0).flatten().tolist(),
+            "corrupt": (self.corrupt_baseline.mean(-1) + 0.0).flatten().tolist(),
             "sem": (self.per_example.std(-1) / n**0.5 if n > 1 else torch.full_like(self.values, float("nan")))
             .flatten().tolist(),
         }
@@ -101,14 +138,19 @@ class PatchResult:
             if self.labels is not None and "pos" in cell:
                 row["token"] = self.labels[cell["pos"]]
             if per_example:
-                for example, value in enumerate(self.per_example.reshape(len(grid), n)[i].tolist()):
+                for example, value in enumerate((self.per_example.reshape(len(grid), n)[i] + 0.0).tolist()):
                     rows.append({**row, "example": example, "value": value})
             else:
                 rows.append(row)
         return pd.DataFrame(rows)
 
-    def plot(self, normalized: bool = False, title: str | None = None) -> Figure:
-        """The sweep as a heatmap (:func:`forethought.plots.plot_patching_heatmap`)."""
+    def plot(self, normalized: bool = True, title: str | None = None) -> Figure:
+        """The sweep as a heatmap (:func:`forethought.plots.plot_patching_heatmap`).
+
+        By default the fraction restored (denoising) or destroyed (noising), so a bright cell is one that
+        matters whatever the metric's direction; ``normalized=False`` shows the raw metric, coloured so that
+        bright is closer to the clean run (for ``"kl"``: low KL).
+        """
         from forethought.plots import plot_patching_heatmap
 
         return plot_patching_heatmap(self, normalized=normalized, title=title)
@@ -116,12 +158,16 @@ class PatchResult:
     def __repr__(self) -> str:
         shape = " x ".join(f"{len(self.coords[d])} {d}" for d in self.dims)
         n = self.per_example.shape[-1]
-        values = self.values
-        top = values.nan_to_num(0.0).abs().flatten().argmax()
-        index = [int(i) for i in torch.unravel_index(top, values.shape)]
+        head = (f"PatchResult({self.direction} patching of {self.hook}, {self.metric}: {shape}, {n} example"
+                f"{'s' if n != 1 else ''}; ")
+        effect = self.effect()
+        if bool(effect.isnan().all()):
+            return head + "no cell has a clean-corrupt difference to restore)"
+        top = effect.nan_to_num(float("-inf")).flatten().argmax()
+        index = [int(i) for i in torch.unravel_index(top, effect.shape)]
         where = ", ".join(f"{d} {self.coords[d][i]}" for d, i in zip(self.dims, index, strict=True))
-        return (f"PatchResult({self.direction} patching of {self.hook}, {self.metric}: {shape}, {n} example"
-                f"{'s' if n != 1 else ''}; largest |value| {values.flatten()[top].item():+.4g} at {where})")
+        return (head + f"most {self.effect_name} {effect.flatten()[top].item() + 0.0:.3f} of the clean-corrupt "
+                f"difference at {where}; {self.metric} {self.values.flatten()[top].item() + 0.0:.4g} there)")
 
 
 @dataclass(repr=False)
