@@ -50,7 +50,7 @@ def test_patch_result(native_model):
     assert isinstance(frame, pd.DataFrame) and len(frame) == 2 * tokens.shape[1]
     assert isinstance(result.plot(), Figure) and isinstance(result.plot(normalized=True, title="t"), Figure)
     _check_repr(result, "PatchResult")
-    assert "layer 0, pos 2" in repr(result)  # embeddings at the corrupted position restore the most
+    assert "depth 0, pos 2" in repr(result)  # embeddings at the corrupted position restore the most
     heads = patch_heads(native_model, tokens, corrupt, "kl", layers=[1], progress=False)
     _check_repr(heads, "PatchResult")
     assert "1 layer x 4 head" in repr(heads) and isinstance(heads.plot(), Figure)
@@ -60,10 +60,10 @@ def test_transplant_result(native_model):
     result = transplant(native_model, _tokens(native_model), layers=[0, 2], prompts=[[1, 2, 3]], n_steps=2,
                         progress=False)
     frame = result.to_frame(ks=(1,))
-    assert list(frame.columns) == ["prompt", "layer", "offset", "k", "precision"]
+    assert list(frame.columns) == ["prompt", "transplanted", "depth", "offset", "k", "precision"]
     assert isinstance(result.plot(k=1), Figure)
     _check_repr(result, "TransplantResult")
-    assert "precision@1 at offset 0: best 1.000 (layer 2)" in repr(result)  # the final state fixes the next token
+    assert "precision@1 at offset 0: best 1.000 (depth 2)" in repr(result)  # the final state fixes the next token
     wide = result.precision_table(k=1)
     assert list(wide.index) == [0, 2, "none"] and float(wide.loc[2, 0]) == 1.0
     with warnings.catch_warnings(record=True) as caught:
@@ -96,7 +96,7 @@ def _synthetic_patch(values, clean, corrupt, metric="kl", direction="denoise"):
     column = lambda xs: torch.tensor(xs, dtype=torch.float32).reshape(1, -1, 1)  # noqa: E731
     n = len(values)
     return PatchResult(per_example=column(values), clean_baseline=column(clean), corrupt_baseline=column(corrupt),
-                       dims=("layer", "pos"), coords={"layer": [0], "pos": list(range(n))},
+                       dims=("depth", "pos"), coords={"depth": [0], "pos": list(range(n))},
                        read_positions=torch.arange(n).reshape(1, n), metric=metric, hook="resid",
                        direction=direction)
 
@@ -167,4 +167,42 @@ def test_token_labels_come_from_all_examples(native_model):
     result = patch_positions(native_model, clean, corrupt, "kl", progress=False)
     decode = native_model.tokenizer.decode
     assert result.labels == [decode([5]), VARIES, decode([7]), decode([8])]
-    assert result.to_frame().query("layer == 0")["token"].tolist() == result.labels
+    assert result.to_frame().query("depth == 0")["token"].tolist() == result.labels
+
+
+# -- one name per layer convention: "depth" is a residual depth, no sentinel -1 -------------------------------------
+
+
+def test_transplant_frame_has_no_sentinel_depth(native_model):
+    result = transplant(native_model, _tokens(native_model), layers=[0, 2], prompts=[[1, 2, 3]], n_steps=2,
+                        progress=False)
+    frame = result.to_frame(ks=(1,))
+    assert "layer" not in frame.columns and not (frame["depth"] == -1).any()
+    untouched = frame[~frame["transplanted"]]
+    assert len(untouched) == 2 and untouched["depth"].isna().all()  # one per offset, depth missing
+    assert frame.loc[frame["transplanted"], "depth"].tolist() == [0, 2, 0, 2]
+    assert str(frame["depth"].dtype) == "Int64" and frame["transplanted"].dtype == bool
+    assert result.precision_table(k=1).index.name == "depth"
+
+
+def test_direction_effect_names_its_residual_depth(native_model):
+    n = native_model.cfg.n_layers
+    effect = direction_effect(native_model, _tokens(native_model), torch.randn(native_model.cfg.d_model), layer=-1,
+                              offsets=(0,), n_random=0, progress=False)
+    assert effect.depth == n and (effect.frame["depth"] == n).all()  # -1 is the final depth, stored as such
+    assert f"resid depth {n}" in repr(effect)
+    inside = direction_effect(native_model, _tokens(native_model), torch.randn(native_model.cfg.d_model), layer=1,
+                              hook="hook_resid_mid", offsets=(0,), n_random=0, progress=False)
+    assert (inside.frame["layer"] == 1).all() and "depth" not in inside.frame.columns
+
+
+def test_patch_result_names_residual_depths(native_model):
+    tokens = _tokens(native_model)
+    corrupt = tokens.clone()
+    corrupt[:, 2] = (corrupt[:, 2] + 1) % native_model.cfg.d_vocab
+    resid = patch_positions(native_model, tokens, corrupt, "kl", progress=False)
+    assert resid.dims == ("depth", "pos") and resid.coords["depth"] == [0, 1, 2]
+    assert list(resid.to_frame().columns[:2]) == ["depth", "pos"] and "3 depth x 6 pos" in repr(resid)
+    assert resid.plot().axes[0].get_ylabel() == "residual depth"
+    block = patch_positions(native_model, tokens, corrupt, "kl", hook="hook_attn_out", progress=False)
+    assert block.dims == ("layer", "pos") and block.coords["layer"] == [0, 1]

@@ -10,7 +10,7 @@ Example:
     >>> from forethought.models import tiny_model
     >>> model = tiny_model(n_layers=2, d_model=16, n_heads=2, d_vocab=20, n_ctx=8)
     >>> result = patch_positions(model, torch.tensor([[1, 2, 3]]), torch.tensor([[1, 5, 3]]), "kl", progress=False)
-    >>> repr(result).startswith("PatchResult(denoise patching of resid, kl: 3 layer x 3 pos, 1 example")
+    >>> repr(result).startswith("PatchResult(denoise patching of resid, kl: 3 depth x 3 pos, 1 example")
     True
 """
 
@@ -49,11 +49,13 @@ class PatchResult:
         per_example: metric of the patched run, ``[*dims, batch]``.
         clean_baseline: the metric on the unpatched clean run at the same read position, ``[*dims, batch]``.
         corrupt_baseline: the same on the unpatched corrupted run.
-        dims: names of the swept axes, e.g. ``("layer", "pos")`` or ``("layer", "head")``.
-        coords: the layer / position / head index of every entry along each swept axis.
+        dims: names of the swept axes: ``("depth", "pos")`` for the residual stream (``"depth"``: 0 is the
+            embeddings, ``n_layers`` the final state), ``("layer", "pos")`` or ``("layer", "head")`` for a hook
+            inside a block (``"layer"``: the block index).
+        coords: the depth / layer / position / head index of every entry along each swept axis.
         read_positions: the position each cell's metric was read at, ``[*dims]``.
         metric: the metric's name.
-        hook: the hook template that was patched (``"resid"``: layer 0 is the embeddings).
+        hook: the hook template that was patched (``"resid"``: depth 0 is the embeddings).
         direction: ``"denoise"`` or ``"noise"``.
         labels: the clean tokens as strings, one per position, shared by all examples; a position where the
             examples' tokens differ reads ``"(varies)"`` (``None`` without a tokenizer).
@@ -205,20 +207,24 @@ class TransplantResult:
         return (self.baseline_ranks < k).float().mean(dim=1).mean(0)
 
     def precision_table(self, k: int = 1) -> pd.DataFrame:
-        """Precision@k as a wide ``layer x offset`` table (rows: layers; last row ``"none"``: no transplant)."""
-        frame = pd.DataFrame(self.precision(k).numpy(), index=pd.Index(self.layers, name="layer"),
+        """Precision@k as a wide ``depth x offset`` table (rows: residual depths; last row ``"none"``: none)."""
+        frame = pd.DataFrame(self.precision(k).numpy(), index=pd.Index(self.layers, name="depth"),
                              columns=pd.Index(range(self.ranks.shape[-1]), name="offset"))
         frame.loc["none"] = self.baseline_precision(k).numpy()
         return frame
 
     def table(self, k: int = 1) -> pd.DataFrame:
         """Deprecated: :meth:`precision_table` (wide) or :meth:`to_frame` (tidy)."""
-        warnings.warn("TransplantResult.table is deprecated; use precision_table(k) for the wide layer x offset "
+        warnings.warn("TransplantResult.table is deprecated; use precision_table(k) for the wide depth x offset "
                       "table or to_frame() for the tidy one", DeprecationWarning, stacklevel=2)
         return self.precision_table(k)
 
     def to_frame(self, ks: Sequence[int] = (1, 5)) -> pd.DataFrame:
-        """Tidy: one row per (prompt, layer, offset, k) with ``precision``; ``layer`` is ``-1`` for no transplant."""
+        """Tidy: one row per (prompt, depth, offset, k) with ``precision``.
+
+        ``transplanted`` is False for the neutral prompt run without a transplant, whose ``depth`` is missing
+        (``<NA>``, a nullable integer column); otherwise ``depth`` is the residual depth transplanted.
+        """
         rows = []
         for k in ks:
             per_prompt = self.precision(k, per_prompt=True)
@@ -226,12 +232,13 @@ class TransplantResult:
             for p, prompt in enumerate(self.prompts):
                 label = prompt if isinstance(prompt, str) else " ".join(map(str, prompt))
                 for offset in range(self.ranks.shape[-1]):
-                    rows.append({"prompt": label, "layer": -1, "offset": offset, "k": k,
+                    rows.append({"prompt": label, "transplanted": False, "depth": None, "offset": offset, "k": k,
                                  "precision": float(baseline[p, offset])})
-                    for i, layer in enumerate(self.layers):
-                        rows.append({"prompt": label, "layer": layer, "offset": offset, "k": k,
-                                     "precision": float(per_prompt[p, i, offset])})
-        return pd.DataFrame(rows)
+                    for i, depth in enumerate(self.layers):
+                        rows.append({"prompt": label, "transplanted": True, "depth": depth, "offset": offset,
+                                     "k": k, "precision": float(per_prompt[p, i, offset])})
+        frame = pd.DataFrame(rows, columns=["prompt", "transplanted", "depth", "offset", "k", "precision"])
+        return frame.astype({"depth": "Int64", "transplanted": bool})
 
     def plot(self, k: int = 1, title: str | None = None) -> Figure:
         """Precision@k as a heatmap (:func:`forethought.plots.plot_transplant_precision`)."""
@@ -245,7 +252,7 @@ class TransplantResult:
         best = int(offset0.argmax())
         return (f"TransplantResult({n_sources} source{'s' if n_sources != 1 else ''} at position {self.position}, "
                 f"{len(self.layers)} depths, {n_prompts} prompt{'s' if n_prompts != 1 else ''}, {n_steps} offsets; "
-                f"precision@1 at offset 0: best {offset0[best].item():.3f} (layer {self.layers[best]}), "
+                f"precision@1 at offset 0: best {offset0[best].item():.3f} (depth {self.layers[best]}), "
                 f"no transplant {self.baseline_precision(1)[0].item():.3f})")
 
 
@@ -253,7 +260,10 @@ class TransplantResult:
 class DirectionEffect:
     """How an intervention at position ``t`` changes the predictions at ``t + offset``, next to placebos.
 
-    ``frame`` (also :meth:`to_frame`) has one row per (condition, draw, position, offset): ``condition`` is
+    ``depth`` is where it intervened: the residual depth for ``hook="resid"`` (0 is the embeddings), the block
+    index for a hook inside a block (also :attr:`layer`, the name of the argument of ``direction_effect``).
+    ``frame`` (also :meth:`to_frame`) has one row per (condition, draw, position, offset), with ``depth`` (or
+    ``layer``, for a hook inside a block) in every row: ``condition`` is
     ``"direction"`` or ``"random"`` (draw ``0 .. n_random - 1``), ``read_pos = pos + offset``, and batch means of
     ``kl`` (KL(original || intervened) of the next-token distribution at ``read_pos``), ``top1_changed`` (the
     fraction of sequences whose top prediction changed) and ``delta_logprob`` (change in log-probability of
@@ -264,6 +274,16 @@ class DirectionEffect:
     mode: str
     layer: int
     hook: str
+
+    @property
+    def depth(self) -> int:
+        """Where the intervention was made (a residual depth for ``hook="resid"``; see the class docstring)."""
+        return self.layer
+
+    @property
+    def axis(self) -> str:
+        """``"depth"`` for the residual stream, ``"layer"`` (a block index) for a hook inside a block."""
+        return "depth" if self.hook == "resid" else "layer"
 
     def to_frame(self) -> pd.DataFrame:
         """The tidy table of every measurement (a copy of :attr:`frame`)."""
@@ -282,7 +302,7 @@ class DirectionEffect:
 
     def __repr__(self) -> str:
         frame = self.frame
-        where = f"{self.mode} at {self.hook} layer {self.layer}"
+        where = f"{self.mode} at {self.hook} {self.axis} {self.layer}"
         if frame.empty:
             return f"DirectionEffect({where}: no measurements)"
         first = int(frame["offset"].min())

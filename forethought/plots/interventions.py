@@ -20,17 +20,18 @@ def plot_patching_heatmap(result, normalized: bool = True, title: str | None = N
         >>> result = patch_positions(model, torch.tensor([[1, 2, 3]]), torch.tensor([[1, 5, 3]]), "kl",
         ...                          progress=False)
         >>> plot_patching_heatmap(result).axes[0].get_ylabel()
-        'layer (resid)'
+        'residual depth'
     """
     import matplotlib.pyplot as plt
     import seaborn as sns
 
     frame = result.to_frame()
     column = "effect" if normalized else "value"
-    across = "pos" if result.dims == ("layer", "pos") else "head"
+    axis = result.dims[0]  # "depth" (residual stream) or "layer" (a block's hook)
+    across = "pos" if result.dims == (axis, "pos") else "head"
     if "token" in frame and across == "pos":
         frame["pos"] = [f"{p}: {t!r}" for p, t in zip(frame["pos"], frame["token"], strict=True)]
-    panels = list(dict.fromkeys(frame["head"])) if result.dims == ("layer", "pos", "head") else [None]
+    panels = list(dict.fromkeys(frame["head"])) if result.dims == (axis, "pos", "head") else [None]
     if normalized:
         style = {"cmap": "viridis", "center": None}
         label = f"fraction {result.effect_name} ({result.metric})"
@@ -40,17 +41,18 @@ def plot_patching_heatmap(result, normalized: bool = True, title: str | None = N
         style = {"cmap": "viridis_r" if lower_is_clean else "viridis", "center": None}
         label = f"{result.metric} ({'lower' if lower_is_clean else 'higher'} = closer to clean)"
     width = 1.2 + 0.45 * frame["pos" if "pos" in frame else "head"].nunique()
-    height = 1.2 + 0.45 * frame["layer"].nunique()
+    height = 1.2 + 0.45 * frame[axis].nunique()
     fig, axes = plt.subplots(1, len(panels), figsize=(min(width * len(panels), 24), height), squeeze=False,
                              sharey=True)
     for index, (ax, head) in enumerate(zip(axes[0], panels, strict=True)):
         part = frame if head is None else frame[frame["head"] == head]
         columns = "pos" if head is not None else across
-        table = part.pivot_table(index="layer", columns=columns, values=column, sort=False, dropna=False)
+        table = part.pivot_table(index=axis, columns=columns, values=column, sort=False, dropna=False)
         last = index == len(panels) - 1
         sns.heatmap(table, **style, annot=table.size <= 120, fmt=".2f", annot_kws={"size": 7}, cbar=last,
                     cbar_kws={"label": label} if last else None, ax=ax)
-        ax.set(xlabel=columns, ylabel=f"layer ({result.hook})" if index == 0 else "",
+        ax.set(xlabel=columns, ylabel=(f"{axis} ({result.hook})" if axis == "layer" else "residual depth")
+               if index == 0 else "",
                title=f"head {head}" if head is not None else "")
     reads = sorted(set(frame["read_pos"]))
     read = f"read at pos {reads[0]}"
@@ -84,7 +86,7 @@ def plot_transplant_precision(result, k: int = 1, title: str | None = None):
     fig, ax = plt.subplots(figsize=(1.5 + 0.7 * table.shape[1], 1.2 + 0.45 * table.shape[0]))
     sns.heatmap(table.astype(float), vmin=0.0, vmax=1.0, cmap="viridis", annot=True, fmt=".2f",
                 annot_kws={"size": 8}, cbar_kws={"label": f"precision@{k}"}, ax=ax)
-    ax.set(xlabel="offset N (token t + 1 + N)", ylabel="layer transplanted (resid)",
+    ax.set(xlabel="offset N (token t + 1 + N)", ylabel="residual depth transplanted",
            title=title or f"Future-token transplant, precision@{k}")
     fig.tight_layout()
     return fig
@@ -113,6 +115,6 @@ def plot_direction_effect(effect, metric: str = "kl", title: str | None = None):
     fig, ax = plt.subplots(figsize=(5.5, 4))
     sns.pointplot(data=effect.frame, x="offset", y=metric, hue="condition", errorbar="se", dodge=0.2, ax=ax)
     ax.set(xlabel="offset N (prediction of token t + 1 + N)", ylabel=metric,
-           title=title or f"{effect.mode} at layer {effect.layer} ({effect.hook})")
+           title=title or f"{effect.mode} at {effect.axis} {effect.layer} ({effect.hook})")
     fig.tight_layout()
     return fig
