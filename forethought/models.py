@@ -33,6 +33,8 @@ if TYPE_CHECKING:  # transformer_lens is imported when a model is made: `import 
 
 NATIVE_CONFIG = "forethought_native.json"
 NATIVE_WEIGHTS = "model.safetensors"
+#: Written beside every saved model: how its string prompts are tokenised (``{"prepend_bos": bool}``).
+PROMPTS_FILE = "forethought_prompts.json"
 
 
 def tiny_model(
@@ -51,6 +53,7 @@ def tiny_model(
     device: str | torch.device | None = None,
     dtype: torch.dtype | None = None,
     attention: str = "sdpa",
+    prepend_bos: bool = False,
 ) -> TransformerBridge:
     """A randomly initialised TL-native transformer (``TransformerBridge.boot_native``).
 
@@ -71,6 +74,8 @@ def tiny_model(
         dtype: parameter dtype (default: torch's default dtype, float32).
         attention: ``"sdpa"`` (forethought's fused attention kernel, see :mod:`forethought.attention.sdpa`;
             eager whenever attention patterns are hooked) or ``"eager"`` (the bridge's own ``[T, T]`` softmax).
+        prepend_bos: whether string prompts get a BOS token first (:func:`forethought.prompts.prepends_bos`).
+            False, as forethought trains its models: on sequences cut from a stream, which start without one.
 
     Example:
         >>> model = tiny_model(n_layers=1, d_model=16, n_heads=2, d_vocab=20, n_ctx=8)
@@ -106,7 +111,9 @@ def tiny_model(
         normalization_type=normalization_type,
         seed=seed,
     )
-    return _with_attention(_boot_native(cfg, tokenizer=tokenizer, device=device, dtype=dtype), attention)
+    model = _boot_native(cfg, tokenizer=tokenizer, device=device, dtype=dtype)
+    model.cfg.default_prepend_bos = bool(prepend_bos)
+    return _with_attention(model, attention)
 
 
 def _with_attention(model: TransformerBridge, attention: str) -> TransformerBridge:
@@ -179,7 +186,8 @@ def load_model(
     if isinstance(tokenizer, (str, os.PathLike)):
         tokenizer = _load_tokenizer(tokenizer)
     if path.is_dir() and (path / NATIVE_CONFIG).exists():
-        return _with_attention(_load_native(path, tokenizer=tokenizer, device=device, dtype=dtype), attention)
+        return _with_attention(_prompt_convention(_load_native(path, tokenizer=tokenizer, device=device,
+                                                               dtype=dtype), path), attention)
     if path.is_dir():
         _check_hf_directory(path, needs_tokenizer=require_tokenizer and tokenizer is None)
     if not path.is_dir() and _hub_offline():
@@ -191,8 +199,8 @@ def load_model(
     from transformer_lens.model_bridge import TransformerBridge
 
     try:
-        return _with_attention(
-            TransformerBridge.boot_transformers(str(path) if path.is_dir() else str(name_or_dir), **kwargs), attention)
+        model = TransformerBridge.boot_transformers(str(path) if path.is_dir() else str(name_or_dir), **kwargs)
+        return _with_attention(_prompt_convention(model, path) if path.is_dir() else model, attention)
     except pickle.UnpicklingError as error:
         raise CheckpointError(
             f"the weights of {str(name_or_dir)!r} hold pickled objects beyond tensors; refusing to load them (they "
@@ -210,6 +218,19 @@ def load_model(
 
 #: Files of which at least one makes a ``save_pretrained`` directory's tokenizer loadable.
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
+
+
+def _prompt_convention(model: TransformerBridge, path: Path) -> TransformerBridge:
+    """Adopt the prompt convention saved beside the model (:data:`PROMPTS_FILE`), if any."""
+    record = path / PROMPTS_FILE
+    if record.is_file():
+        try:
+            prepend_bos = json.loads(record.read_text())["prepend_bos"]
+        except (ValueError, KeyError, TypeError) as error:
+            raise CheckpointError(f"{str(record)!r} is damaged ({type(error).__name__}); save the model again"
+                                  ) from error
+        model.cfg.default_prepend_bos = bool(prepend_bos)
+    return model
 
 
 def _check_hf_directory(path: Path, needs_tokenizer: bool) -> None:
@@ -255,9 +276,12 @@ def save_model(model: TransformerBridge, out_dir: str | os.PathLike) -> Path:
     """Save a model so that :func:`load_model` restores it, atomically (a temp dir renamed into place).
 
     Native models are written as safetensors weights and the bridge config; HF-backed bridges use the
-    wrapped model's ``save_pretrained``. The tokenizer, if any, is saved beside them.
+    wrapped model's ``save_pretrained``. The tokenizer, if any, is saved beside them, and so is the model's prompt
+    convention (:data:`PROMPTS_FILE`: whether string prompts start with a BOS token).
     """
     with atomic_directory(out_dir) as tmp:
+        prepend_bos = bool(getattr(model.cfg, "default_prepend_bos", True))
+        (tmp / PROMPTS_FILE).write_text(json.dumps({"prepend_bos": prepend_bos}))
         if is_native(model):
             config = {key: value for key, value in model.cfg.to_dict().items() if _json_safe(value)}
             (tmp / NATIVE_CONFIG).write_text(json.dumps(config, indent=1, sort_keys=True))

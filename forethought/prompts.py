@@ -1,8 +1,16 @@
 """Prompts as tokens: one place where strings become the ``[batch, pos]`` integer tensors every function takes.
 
-Wherever forethought accepts tokens, it also accepts a string or a list of strings. They are tokenised with
-the model's own tokenizer (``model.to_tokens``, which prepends a BOS token where the model's default does),
-one string at a time, and stacked. Strings that tokenise to different lengths are refused: the batch would
+Wherever forethought accepts tokens, it also accepts a string or a list of strings. They are tokenised here and
+nowhere else (interventions, activations, the lens view, greedy generation all call :func:`as_tokens`), with the
+model's own tokenizer, one string at a time, and stacked.
+
+Whether a BOS token is prepended follows the model's own training convention, :func:`prepends_bos` (TransformerLens'
+``model.cfg.default_prepend_bos``). Models forethought trains learn from sequences cut out of a stream of documents
+joined by EOS, which never start with a BOS token: :func:`~forethought.models.tiny_model` says so
+(``prepend_bos=False``), the training runners set it on the models they train, run manifests record it
+(``"prepend_bos"``), and :func:`~forethought.models.save_model` / :func:`~forethought.models.load_model` and
+:func:`~forethought.runs.load_run` carry it along. Other models keep TransformerLens' default for their
+architecture. Strings that tokenise to different lengths are refused: the batch would
 need padding and an attention mask, which the interventions do not handle; pass prompts of equal token
 length, or token tensors.
 
@@ -33,15 +41,34 @@ if TYPE_CHECKING:
 #: What every ``tokens`` argument accepts.
 Prompts = str | Sequence[str] | Int[Tensor, "batch pos"] | Int[Tensor, " pos"]
 
-__all__ = ["Prompts", "as_tokens"]
+__all__ = ["Prompts", "as_tokens", "prepends_bos", "set_prepends_bos"]
+
+
+def prepends_bos(model: TransformerBridge) -> bool:
+    """Whether string prompts for ``model`` start with a BOS token: the convention it was trained with.
+
+    Example:
+        >>> from forethought.models import tiny_model
+        >>> prepends_bos(tiny_model(n_layers=1, d_model=16, n_heads=2, d_vocab=20, n_ctx=8))  # trained without
+        False
+    """
+    return bool(getattr(model.cfg, "default_prepend_bos", True))
+
+
+def set_prepends_bos(model: TransformerBridge, prepend_bos: bool) -> TransformerBridge:
+    """Record on ``model`` whether its prompts start with a BOS token (see the module docstring); returns it."""
+    if not isinstance(prepend_bos, bool):
+        raise InvalidArgumentError(f"prepend_bos={prepend_bos!r} is not allowed; expected True or False")
+    model.cfg.default_prepend_bos = prepend_bos
+    return model
 
 
 def as_tokens(model: TransformerBridge, prompts: Any, name: str = "tokens") -> Int[Tensor, "batch pos"]:
     """Integer tokens ``[batch, pos]`` for ``model`` from a string, a list of strings or a token tensor.
 
     Tensors are kept as they are (a 1-D tensor becomes a batch of one; no copy, no device move); strings are
-    tokenised on the CPU. Either way the tokens are checked against the model (ids in its vocabulary, length
-    within its context).
+    tokenised on the CPU, with a BOS token first exactly when :func:`prepends_bos` says the model was trained
+    so. Either way the tokens are checked against the model (ids in its vocabulary, length within its context).
 
     Args:
         model: a ``TransformerBridge``; strings need ``model.tokenizer``.
@@ -66,7 +93,7 @@ def as_tokens(model: TransformerBridge, prompts: Any, name: str = "tokens") -> I
         >>> as_tokens(model, ["x", "a longer one"])  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ...
-        forethought.errors.InvalidArgumentError: tokens tokenise to different lengths (2, 10 tokens); ...
+        forethought.errors.InvalidArgumentError: tokens tokenise to different lengths (1, 9 tokens); ...
     """
     if isinstance(prompts, str):
         prompts = [prompts]
@@ -88,7 +115,8 @@ def _tokenize(model: TransformerBridge, texts: list[str], name: str) -> Int[Tens
     if getattr(model, "tokenizer", None) is None:
         raise InvalidArgumentError(f"{name} are strings, but the model has no tokenizer (model.tokenizer is None); "
                                    "pass integer token tensors [batch, pos] instead")
-    rows = [model.to_tokens(text, move_to_device=False, truncate=False)[0].cpu() for text in texts]
+    bos = prepends_bos(model)
+    rows = [model.to_tokens(text, prepend_bos=bos, move_to_device=False, truncate=False)[0].cpu() for text in texts]
     lengths = [len(row) for row in rows]
     if len(set(lengths)) > 1:
         shown = ", ".join(str(n) for n in lengths[:8]) + (", ..." if len(lengths) > 8 else "")

@@ -32,8 +32,9 @@ from pathlib import Path
 from typing import Any
 
 from forethought.data.manifest import rebuild_splits
-from forethought.data.tokens import TokenSplits
+from forethought.data.tokens import PREPEND_BOS, TokenSplits
 from forethought.errors import DataError, InvalidArgumentError
+from forethought.prompts import set_prepends_bos
 from forethought.reporting import atomic_directory, write_json
 
 RUN_FILE = "run.json"
@@ -129,8 +130,9 @@ def load_run(directory: str | os.PathLike, device: str | None = None, models: bo
         if not path.is_dir():
             raise InvalidArgumentError(f"run {str(directory)!r} lists model {name!r} at {entry['path']!r}, which "
                                        "does not exist (an unfinished run? continue it with --resume)")
-        if models:
-            loaded[name] = load_model(path, device=device, tokenizer=tokenizer)
+        if models:  # the run's prompt convention: its sequences start without a BOS token (older runs too)
+            loaded[name] = set_prepends_bos(load_model(path, device=device, tokenizer=tokenizer),
+                                            bool(splits.manifest.get("prepend_bos", PREPEND_BOS)))
     return Run(directory=directory, command=record.get("command", "?"), models=loaded, tokenizer=tokenizer,
                splits=splits, trained=dict(record.get("models", {})))
 

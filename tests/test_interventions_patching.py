@@ -109,7 +109,7 @@ def test_planning_offset_matches_slow_reference(any_model, direction, metric):
     with torch.no_grad():
         ours = patch_positions(any_model, clean, corrupt, metric, hook="resid", direction=direction, read_offset=2,
                                batch_size=64, progress=False)
-        expected, _, _ = _slow_sweep(any_model, clean, corrupt, metric, "resid", ours.coords["layer"],
+        expected, _, _ = _slow_sweep(any_model, clean, corrupt, metric, "resid", ours.coords["depth"],
                                      ours.coords["pos"], direction, 2)
     assert ours.coords["pos"] == [0, 1, 2, 3]
     assert ours.read_positions.tolist() == [[2, 3, 4, 5]] * (any_model.cfg.n_layers + 1)
@@ -160,14 +160,14 @@ def test_result_frame_and_normalisation(native_model):
                              progress=False)
     assert isinstance(result, PatchResult)
     frame = result.to_frame()
-    assert len(frame) == 4 and list(frame[["layer", "pos"]].itertuples(index=False, name=None)) == [
+    assert len(frame) == 4 and list(frame[["depth", "pos"]].itertuples(index=False, name=None)) == [
         (0, 1), (0, 2), (1, 1), (1, 2)]
     assert {"value", "normalized", "clean", "corrupt", "sem", "read_pos", "token", "metric", "hook",
             "direction"} <= set(frame.columns)
     expected = (frame["value"] - frame["corrupt"]) / (frame["clean"] - frame["corrupt"])
     torch.testing.assert_close(torch.tensor(frame["normalized"].values), torch.tensor(expected.values))
     # patching the embeddings at the corrupted position (layer 0 of "resid") restores the clean run exactly
-    assert abs(frame.loc[(frame.layer == 0) & (frame.pos == 1), "normalized"].item() - 1) < 1e-5
+    assert abs(frame.loc[(frame.depth == 0) & (frame.pos == 1), "normalized"].item() - 1) < 1e-5
     assert len(result.to_frame(per_example=True)) == 4 * clean.shape[0]
 
 
@@ -274,6 +274,6 @@ def test_heatmap(native_model):
 
     clean, corrupt = _pair(native_model)
     figure = plot_patching_heatmap(patch_positions(native_model, clean, corrupt, progress=False), normalized=True)
-    assert figure.axes[0].get_ylabel() == "layer (resid)"
+    assert figure.axes[0].get_ylabel() == "residual depth"
     heads = patch_heads(native_model, clean, corrupt, positions=[1, 2], progress=False)
     assert len(plot_patching_heatmap(heads).axes) == native_model.cfg.n_heads + 1  # panels + colour bar

@@ -282,6 +282,16 @@ def sweep(tmp_path_factory, tokenizer):
     return model_dir, root / "sweep"
 
 
+def test_cli_says_in_one_line_what_it_wrote(sweep, tmp_path, capsys):
+    model_dir, sweep_dir = sweep
+    out = tmp_path / "view"
+    capsys.readouterr()
+    assert main(["lens-view", "--model", str(model_dir), "--probes", str(sweep_dir / "probes" / "m" / "vocab"),
+                 "--prompt", PROMPT, "--offset", "1", "--out", str(out)]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 1 and "lens view" in lines[0] and str(out) in lines[0] and "lens_view.html" in lines[0]
+
+
 @pytest.mark.parametrize("method", ["vocab", "ridge"])
 def test_cli_end_to_end(sweep, tmp_path, method):
     model_dir, sweep_dir = sweep

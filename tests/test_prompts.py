@@ -129,3 +129,69 @@ def test_direction_effect_and_past_ablation_take_strings(native_model):
     assert from_text.frame.equals(from_tokens.frame)
     ablation = past_ablation_effect(native_model, texts, progress=False)
     assert ablation.equals(past_ablation_effect(native_model, tokens, progress=False))
+
+
+# -- one tokenisation of string prompts everywhere: the model's own training convention ----------------------------
+
+
+def test_the_convention_is_the_models_and_tiny_models_are_trained_without_bos(native_model, tokenizer):
+    from forethought.prompts import prepends_bos, set_prepends_bos
+
+    text = "If the object is a list, the"
+    plain = tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert not prepends_bos(native_model)  # forethought trains on sequences that start without BOS
+    assert as_tokens(native_model, text)[0].tolist() == plain
+    with_bos = tiny_model(n_layers=1, d_model=16, n_heads=2, d_vocab=len(tokenizer), n_ctx=64, tokenizer=tokenizer,
+                          prepend_bos=True)
+    assert prepends_bos(with_bos) and as_tokens(with_bos, text)[0].tolist() == [tokenizer.bos_token_id, *plain]
+    assert set_prepends_bos(with_bos, False) is with_bos and as_tokens(with_bos, text)[0].tolist() == plain
+    with pytest.raises(InvalidArgumentError):
+        set_prepends_bos(with_bos, "yes")
+
+
+@pytest.mark.parametrize("prepend_bos", [False, True])
+def test_one_string_lands_on_the_same_positions_everywhere(tokenizer, prepend_bos):
+    """patch_positions, transplant, greedy, collect_activations and the lens view cut a string the same way."""
+    from forethought.probes.lens_view import prompt_tokens
+
+    model = tiny_model(n_layers=2, d_model=32, n_heads=4, d_vocab=len(tokenizer), n_ctx=64, tokenizer=tokenizer,
+                       prepend_bos=prepend_bos)
+    text = "If the object is a list, the"
+    expected = as_tokens(model, text)
+    assert (expected[0, 0].item() == tokenizer.bos_token_id) == prepend_bos
+    assert torch.equal(prompt_tokens(model, text), expected)  # the lens view once never prepended BOS
+    assert torch.equal(collect_activations(model, text, hooks=["resid"], progress=False).tokens, expected)
+    patched = patch_positions(model, text, text, "kl", layers=[0], progress=False)
+    assert patched.labels == [tokenizer.decode([t]) for t in expected[0].tolist()]
+    moved = transplant(model, text, prompts=[text], n_steps=1, progress=False)
+    assert torch.equal(moved.continuation, greedy(model, expected, n_steps=1)[0])
+
+
+def test_saved_models_keep_their_convention(tmp_path, tokenizer, checkpoint_dirs):
+    from forethought.models import load_model, save_model
+    from forethought.prompts import prepends_bos, set_prepends_bos
+
+    native = tiny_model(n_layers=1, d_model=16, n_heads=2, d_vocab=len(tokenizer), n_ctx=16, tokenizer=tokenizer)
+    assert not prepends_bos(load_model(save_model(native, tmp_path / "native")))
+    hf = load_model(checkpoint_dirs["gpt2"])
+    assert prepends_bos(hf)  # TransformerLens' default for GPT-2 when nothing says otherwise
+    loaded = load_model(save_model(set_prepends_bos(hf, False), tmp_path / "gpt2"))
+    assert not prepends_bos(loaded)
+    set_prepends_bos(hf, True)  # the fixture is shared
+
+
+def test_runs_record_and_restore_the_convention(tmp_path, tokenizer):
+    from forethought.data import load_token_splits
+    from forethought.models import PROMPTS_FILE, save_model
+    from forethought.prompts import prepends_bos
+    from forethought.runs import load_run, write_run
+
+    splits = load_token_splits("builtin", tokenizer, seq_len=16, max_documents=20)
+    assert splits.manifest["prepend_bos"] is False  # the sequences are cut from a stream: none starts with BOS
+    model = tiny_model(n_layers=1, d_model=16, n_heads=2, d_vocab=len(tokenizer), n_ctx=16, tokenizer=tokenizer,
+                       prepend_bos=True)
+    save_model(model, tmp_path / "model")
+    (tmp_path / "model" / PROMPTS_FILE).unlink()  # as a model saved before the convention was recorded
+    write_run(tmp_path, "train", splits, {"model": {"path": "model", "trained_as": "vanilla"}})
+    run = load_run(tmp_path)
+    assert run.manifest["prepend_bos"] is False and not prepends_bos(run.models["model"])

@@ -4,9 +4,11 @@
 :func:`~forethought.data.make_token_splits`) and attaches a **manifest** to the splits: the source (dataset name
 or absolute path, text field, dataset split, ``max_documents``, a SHA-256 of the documents used), the tokenizer
 (name and a hash of its vocabulary), ``seq_len``, ``min_doc_tokens``, ``max_sequences``, ``val_fraction``,
-``seed``, and SHA-256 hashes of the training and validation token tensors. :func:`rebuild_splits` builds the
-splits again from a manifest and refuses (:class:`~forethought.errors.DataError`, one line) when anything
-differs: a changed dataset file, another Python's builtin corpus, another tokenizer, a different split.
+``seed``, ``prepend_bos`` (whether the sequences start with a BOS token: never, and so neither do string prompts
+for the models trained on them), and SHA-256 hashes of the training and validation token tensors.
+:func:`rebuild_splits` builds the splits again from a manifest and refuses (:class:`~forethought.errors.DataError`,
+one line) when anything differs: a changed dataset file, another Python's builtin corpus, another tokenizer, a
+different split.
 
 Example:
     >>> from forethought.data import load_texts, train_tokenizer
@@ -29,7 +31,7 @@ import numpy as np
 from torch import Tensor
 
 from forethought.data.text import BUILTIN, load_texts
-from forethought.data.tokens import TokenSplits, make_token_splits
+from forethought.data.tokens import PREPEND_BOS, TokenSplits, make_token_splits
 from forethought.errors import DataError, InvalidArgumentError
 
 MANIFEST_VERSION = 1
@@ -94,7 +96,7 @@ def load_token_splits(
     splits.manifest = {
         "version": MANIFEST_VERSION, "dataset": _source_name(dataset), "text_field": text_field, "split": split,
         "max_documents": max_documents, "seq_len": seq_len, "min_doc_tokens": min_doc_tokens,
-        "max_sequences": max_sequences, "val_fraction": val_fraction, "seed": seed,
+        "max_sequences": max_sequences, "val_fraction": val_fraction, "seed": seed, "prepend_bos": PREPEND_BOS,
         "n_documents": len(texts), "texts_sha256": texts_sha256(texts),
         "tokenizer": {"name_or_path": getattr(tokenizer, "name_or_path", None), "vocab_size": len(tokenizer),
                       "sha256": tokenizer_sha256(tokenizer)},

@@ -24,6 +24,9 @@ if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
 
 SPECIAL_TOKENS = ["<|endoftext|>"]
+#: Whether the sequences cut here start with a BOS token: never (they are cut from a stream of documents joined by
+#: EOS), so models trained on them take string prompts without one (:func:`forethought.prompts.prepends_bos`).
+PREPEND_BOS = False
 
 
 def train_tokenizer(texts: list[str], vocab_size: int = 1024, min_frequency: int = 2) -> Any:

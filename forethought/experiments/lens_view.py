@@ -74,4 +74,7 @@ def run(args: argparse.Namespace) -> int:
         "files": FILES,
         "provenance": provenance(),
     })
+    hits = ", ".join(f"{hits}/{n}" for hits, n in view.hit_counts().values())
+    print(f"lens view of {len(view.prompt_ids)} tokens at depths {view.layers}, offset {view.offset} (hits by depth: "
+          f"{hits}); wrote {', '.join(FILES)} to {out}")
     return 0

@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from forethought.data import check_tokens_fit
+from forethought.data.tokens import PREPEND_BOS
 from forethought.errors import ContextLengthError, InvalidArgumentError, ModelNotAvailableError, check_positive
 from forethought.experiments.common import load_splits, save_gradient_split_plot
 from forethought.experiments.config_cli import dataclass_overrides
@@ -49,6 +50,7 @@ from forethought.models import load_model, save_random_checkpoint, tiny_model
 from forethought.myopic_training.evaluation import evaluate_regimes, format_gap, plot_report
 from forethought.myopic_training.regimes import REGIMES
 from forethought.myopic_training.trainer import CHECKPOINT, MODEL_DIR, PAST_MODEL_DIR, TrainConfig, check_device, train
+from forethought.prompts import set_prepends_bos
 from forethought.reporting import (
     atomic_directory,
     check_out_dir,
@@ -181,19 +183,23 @@ def run_myopia_gap(preset: Preset, out: str | Path, config: TrainConfig, preset_
 
 
 def _model_factory(preset: Preset, tokenizer: Any, out: Path, seed: int) -> Any:
-    """A function returning a fresh copy of the starting model: the same initialisation for every regime."""
+    """A function returning a fresh copy of the starting model: the same initialisation for every regime.
+
+    Every copy takes string prompts as it is trained: without a BOS token (:data:`forethought.data.tokens.PREPEND_BOS`).
+    """
     if preset.model is not None:
-        return lambda: load_model(preset.model)
+        return lambda: set_prepends_bos(load_model(preset.model), PREPEND_BOS)
     architecture = dict(preset.architecture)
     family = architecture.pop("family", "native")
     if family == "native":
         architecture.setdefault("n_ctx", preset.seq_len)
-        return lambda: tiny_model(**architecture, d_vocab=len(tokenizer), seed=seed, tokenizer=tokenizer)
+        return lambda: tiny_model(**architecture, d_vocab=len(tokenizer), seed=seed, tokenizer=tokenizer,
+                                  prepend_bos=PREPEND_BOS)
     initial = out / RUNS / "initial"
     if not initial.exists():  # written under a temporary name and renamed: a killed run never leaves half of it
         with atomic_directory(initial) as tmp:
             save_random_checkpoint(family, tmp, tokenizer=tokenizer, seed=seed, **architecture)
-    return lambda: load_model(initial)
+    return lambda: set_prepends_bos(load_model(initial), PREPEND_BOS)
 
 
 def _check_context(preset: Preset, splits: Any, starting_model: Any) -> None:

@@ -21,11 +21,13 @@ import time
 from dataclasses import asdict
 
 from forethought.data import check_tokens_fit
+from forethought.data.tokens import PREPEND_BOS
 from forethought.errors import InvalidArgumentError
 from forethought.experiments.common import load_splits, save_gradient_split_plot
 from forethought.experiments.config_cli import dataclass_overrides
 from forethought.models import load_model, tiny_model
 from forethought.myopic_training.trainer import CHECKPOINT, MODEL_DIR, TrainConfig, check_device, train
+from forethought.prompts import set_prepends_bos
 from forethought.reporting import check_out_dir, prepare_out_dir, provenance, save_figure, write_json
 from forethought.runs import write_run
 
@@ -53,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
         model = tiny_model(n_layers=args.n_layers, d_model=args.d_model, n_heads=args.n_heads,
                            d_vocab=len(splits.tokenizer), n_ctx=args.seq_len, seed=args.seed,
                            tokenizer=splits.tokenizer)
+    set_prepends_bos(model, PREPEND_BOS)  # trained on sequences that start without a BOS token: prompts follow
     past_model = load_model(args.past_model) if args.past_model else None
     for tokens in (splits.train, splits.validation):  # refuse before anything is written
         for checked in (model, past_model):

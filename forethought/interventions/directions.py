@@ -37,7 +37,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from forethought.errors import InvalidArgumentError, OutOfRangeError, choices_text
-from forethought.hook_names import RESID, hook_name
+from forethought.hook_names import RESID, check_layer, hook_name
 from forethought.interventions._core import (
     Edit,
     device_of,
@@ -172,7 +172,8 @@ def direction_effect(
         model: a ``TransformerBridge`` with a deterministic forward.
         tokens: sequences ``[batch, pos]`` (token tensors, or strings of equal token length), run teacher-forced.
         directions: what :func:`as_directions` accepts (a probe's class directions, a subspace, ...).
-        layer: where to intervene (``"resid"`` depth: 0 is the embeddings).
+        layer: where to intervene: the residual depth for ``hook="resid"`` (0 is the embeddings, ``n_layers`` the
+            final state; the result's ``depth`` column), the block index for a hook inside a block.
         mode: ``"project_out"`` (remove the span) or ``"add"`` (add ``scale`` times the direction).
         scale: as in :func:`add_direction` (``mode="add"`` only).
         normalize: as in :func:`add_direction` (``mode="add"`` only).
@@ -205,6 +206,8 @@ def direction_effect(
     if isinstance(n_random, bool) or not isinstance(n_random, int) or n_random < 0:
         raise InvalidArgumentError(f"n_random={n_random!r} is not allowed; expected an integer >= 0")
     name = hook_name(model, hook, layer)
+    layer = check_layer(model, layer, hook)
+    axis = "depth" if hook == RESID else "layer"
     require_deterministic(model)
 
     rows = as_directions(directions)
@@ -239,7 +242,7 @@ def direction_effect(
                     delta = float((logp[:, r].gather(-1, next_tokens[:, r]) -
                                    base_logp[:, r].gather(-1, next_tokens[:, r])).mean())
                 records.append({
-                    "condition": condition, "draw": draw, "pos": t, "offset": offset, "read_pos": r,
+                    axis: layer, "condition": condition, "draw": draw, "pos": t, "offset": offset, "read_pos": r,
                     "kl": float(kl_divergence(base[:, r], logits[:, r]).mean()),
                     "top1_changed": float((logits[:, r].argmax(-1) != base[:, r].argmax(-1)).float().mean()),
                     "delta_logprob": delta,

@@ -142,9 +142,9 @@ def resolve_metric(metric: Any) -> Metric:
 
 def kl_divergence(reference: Float[Tensor, "batch d_vocab"], other: Float[Tensor, "batch d_vocab"]
                   ) -> Float[Tensor, " batch"]:
-    """``KL(softmax(reference) || softmax(other))`` per row, in nats."""
+    """``KL(softmax(reference) || softmax(other))`` per row, in nats; never below 0 (float rounding is clamped)."""
     log_p, log_q = reference.float().log_softmax(-1), other.float().log_softmax(-1)
-    return (log_p.exp() * (log_p - log_q)).sum(-1)
+    return (log_p.exp() * (log_p - log_q)).sum(-1).clamp_min(0.0)
 
 
 def select_tokens(spec: TokenSpec, readout: Readout, default: Tensor) -> Int[Tensor, " batch"]:

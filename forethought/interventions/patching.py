@@ -23,11 +23,14 @@ Example:
     >>> clean = torch.tensor([[1, 2, 3, 4, 5]])
     >>> corrupt = torch.tensor([[1, 7, 3, 4, 5]])
     >>> result = patch_positions(model, clean, corrupt, metric=LogitDiff(answer=3, wrong=4), progress=False)
-    >>> result.values.shape  # [layer, pos]; "resid" layer 0 is the embeddings
+    >>> result.values.shape  # [depth, pos]: residual depths 0 (the embeddings) .. n_layers
     torch.Size([3, 5])
     >>> frame = result.to_frame()
     >>> list(frame.columns[:4])
-    ['layer', 'pos', 'read_pos', 'value']
+    ['depth', 'pos', 'read_pos', 'value']
+
+The swept layer axis is named by what it indexes: ``"depth"`` for the residual stream (``hook="resid"``: 0 is the
+embeddings, ``n_layers`` the final state), ``"layer"`` (a block index) for a hook inside a block.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
-from jaxtyping import Float
+from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
@@ -53,7 +56,7 @@ from forethought.interventions._core import (
     run_variants,
 )
 from forethought.interventions.metrics import Metric, Readout, resolve_metric
-from forethought.interventions.results import PatchResult
+from forethought.interventions.results import VARIES, PatchResult
 from forethought.prompts import Prompts
 
 if TYPE_CHECKING:
@@ -151,7 +154,10 @@ def patch_positions(
     batch_size: int = 32,
     progress: bool = True,
 ) -> PatchResult:
-    """Patch one (layer, position) cell at a time at ``hook``: a ``[layer, pos]`` sweep.
+    """Patch one (layer, position) cell at a time at ``hook``: a ``[depth, pos]`` or ``[layer, pos]`` sweep.
+
+    The residual stream (``hook="resid"``) is swept by depth (dims ``("depth", "pos")``), a hook inside a block by
+    block index (dims ``("layer", "pos")``).
 
     Args:
         model: a ``TransformerBridge`` with a deterministic forward (``eval()`` if it has dropout).
@@ -164,7 +170,7 @@ def patch_positions(
         hook: any hook whose activation is ``[batch, pos, ...]``: ``"resid"`` (residual stream, layers
             ``0..n_layers``), ``"hook_resid_pre"``, ``"hook_attn_out"``, ``"hook_mlp_out"``, ``"attn.hook_z"``
             (all heads at once), ...
-        layers: layers to sweep (``"all"``, an int or a list).
+        layers: depths (for ``"resid"``) or blocks to sweep (``"all"``, an int or a list).
         positions: positions to sweep (``"all"``: every position whose read position exists).
         direction: ``"denoise"`` (clean into corrupted run) or ``"noise"`` (corrupted into clean run).
         read_pos: the position the metric is read at (ignored when ``read_offset`` is given).
@@ -188,8 +194,9 @@ def patch_positions(
     offset = _check_offset(read_offset, seq)
     pos_list = _patched_positions("all" if positions is None else positions, seq, offset)
     cells = [(layer, pos, None) for layer in layer_list for pos in pos_list]
-    return _sweep(model, clean_tokens, corrupt_tokens, metric, hook, cells, ("layer", "pos"),
-                  {"layer": layer_list, "pos": pos_list}, direction, read_pos, offset, batch_size, progress)
+    axis = layer_axis(hook)
+    return _sweep(model, clean_tokens, corrupt_tokens, metric, hook, cells, (axis, "pos"),
+                  {axis: layer_list, "pos": pos_list}, direction, read_pos, offset, batch_size, progress)
 
 
 def patch_heads(
@@ -258,6 +265,11 @@ def patch_heads(
                   offset, batch_size, progress)
 
 
+def layer_axis(hook: str) -> str:
+    """The name of a sweep's layer axis: ``"depth"`` (residual depth) for ``"resid"``, ``"layer"`` (block) otherwise."""
+    return "depth" if hook == RESID else "layer"
+
+
 def _patched_positions(positions: Sequence[int] | int | str, seq: int, offset: int | None) -> list[int]:
     """The positions to patch; with a read offset, ``"all"`` means every position whose read position exists."""
     if offset is not None and isinstance(positions, str) and positions == "all":
@@ -292,7 +304,7 @@ def _sweep(
     if read_offset is None:
         read_pos = resolve_index(read_pos, seq, "read_pos")
     require_deterministic(model)
-    names = {layer: hook_name(model, hook, layer) for layer in coords["layer"]}
+    names = {layer: hook_name(model, hook, layer) for layer in coords[dims[0]]}
 
     with torch.no_grad():
         clean_logits, clean_acts = capture(model, clean, list(names.values()))
@@ -332,7 +344,7 @@ def _sweep(
         metric=metric.name,
         hook=hook,
         direction=direction,
-        labels=_labels(model, clean[0]),
+        labels=_labels(model, clean),
     )
 
 
@@ -377,11 +389,13 @@ def _head_count(model: TransformerBridge, hook: str, layer: int) -> int:
     return model.cfg.n_heads
 
 
-def _labels(model: TransformerBridge, tokens: Tensor) -> list[str] | None:
+def _labels(model: TransformerBridge, tokens: Int[Tensor, "batch pos"]) -> list[str] | None:
+    """The clean token at each position, shared by all examples; ``"(varies)"`` where the examples differ."""
     tokenizer = getattr(model, "tokenizer", None)
     if tokenizer is None:
         return None
+    same = (tokens == tokens[:1]).all(0).tolist()
     try:
-        return [tokenizer.decode([int(t)]) for t in tokens]
+        return [tokenizer.decode([int(t)]) if shared else VARIES for t, shared in zip(tokens[0], same, strict=True)]
     except Exception:  # noqa: BLE001 - labels are decoration; a tokenizer that cannot decode gives none
         return None

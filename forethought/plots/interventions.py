@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 
-def plot_patching_heatmap(result, normalized: bool = False, title: str | None = None):
+def plot_patching_heatmap(result, normalized: bool = True, title: str | None = None):
     """Heatmap of an activation-patching sweep (a :class:`forethought.interventions.PatchResult`).
 
     Layers run down, positions (labelled with the clean tokens) or heads across; a ``[layer, pos, head]`` sweep
-    gets one panel per head. ``normalized`` plots ``(patched − corrupt) / (clean − corrupt)`` instead of the raw
-    metric.
+    gets one panel per head. By default (``normalized``) a cell shows the fraction of the clean-corrupt
+    difference it restores (denoising) or destroys (noising), so a bright cell matters whatever the metric's
+    direction; cells where the baselines coincide are left blank (nothing to restore). ``normalized=False``
+    shows the raw metric, coloured so that bright is closer to the clean run (for ``"kl"``, low KL).
 
     Example:
         >>> import torch
@@ -18,39 +20,47 @@ def plot_patching_heatmap(result, normalized: bool = False, title: str | None = 
         >>> result = patch_positions(model, torch.tensor([[1, 2, 3]]), torch.tensor([[1, 5, 3]]), "kl",
         ...                          progress=False)
         >>> plot_patching_heatmap(result).axes[0].get_ylabel()
-        'layer (resid)'
+        'residual depth'
     """
     import matplotlib.pyplot as plt
     import seaborn as sns
 
     frame = result.to_frame()
-    column = "normalized" if normalized else "value"
-    across = "pos" if result.dims == ("layer", "pos") else "head"
+    column = "effect" if normalized else "value"
+    axis = result.dims[0]  # "depth" (residual stream) or "layer" (a block's hook)
+    across = "pos" if result.dims == (axis, "pos") else "head"
     if "token" in frame and across == "pos":
         frame["pos"] = [f"{p}: {t!r}" for p, t in zip(frame["pos"], frame["token"], strict=True)]
-    panels = list(dict.fromkeys(frame["head"])) if result.dims == ("layer", "pos", "head") else [None]
-    sequential = result.metric == "kl" and not normalized
+    panels = list(dict.fromkeys(frame["head"])) if result.dims == (axis, "pos", "head") else [None]
+    if normalized:
+        style = {"cmap": "viridis", "center": None}
+        label = f"fraction {result.effect_name} ({result.metric})"
+    else:
+        clean, corrupt = frame["clean"].mean(), frame["corrupt"].mean()
+        lower_is_clean = clean < corrupt  # e.g. KL to the clean run: 0 is clean
+        style = {"cmap": "viridis_r" if lower_is_clean else "viridis", "center": None}
+        label = f"{result.metric} ({'lower' if lower_is_clean else 'higher'} = closer to clean)"
     width = 1.2 + 0.45 * frame["pos" if "pos" in frame else "head"].nunique()
-    height = 1.2 + 0.45 * frame["layer"].nunique()
+    height = 1.2 + 0.45 * frame[axis].nunique()
     fig, axes = plt.subplots(1, len(panels), figsize=(min(width * len(panels), 24), height), squeeze=False,
                              sharey=True)
     for index, (ax, head) in enumerate(zip(axes[0], panels, strict=True)):
         part = frame if head is None else frame[frame["head"] == head]
         columns = "pos" if head is not None else across
-        table = part.pivot_table(index="layer", columns=columns, values=column, sort=False, dropna=False)
+        table = part.pivot_table(index=axis, columns=columns, values=column, sort=False, dropna=False)
         last = index == len(panels) - 1
-        sns.heatmap(table, cmap="viridis" if sequential else "RdBu_r", center=None if sequential else 0.0,
-                    annot=table.size <= 120, fmt=".2f", annot_kws={"size": 7}, cbar=last,
-                    cbar_kws={"label": f"{result.metric}{' (normalized)' if normalized else ''}"} if last else None,
-                    ax=ax)
-        ax.set(xlabel=columns, ylabel=f"layer ({result.hook})" if index == 0 else "",
+        sns.heatmap(table, **style, annot=table.size <= 120, fmt=".2f", annot_kws={"size": 7}, cbar=last,
+                    cbar_kws={"label": label} if last else None, ax=ax)
+        ax.set(xlabel=columns, ylabel=(f"{axis} ({result.hook})" if axis == "layer" else "residual depth")
+               if index == 0 else "",
                title=f"head {head}" if head is not None else "")
     reads = sorted(set(frame["read_pos"]))
     read = f"read at pos {reads[0]}"
     if len(reads) > 1 and "pos" in result.dims:
         offset = int(frame["read_pos"].iloc[0]) - int(result.coords["pos"][0])
         read = f"read {offset} position{'s' if offset != 1 else ''} after the patch"
-    fig.suptitle(title or f"{result.direction} patching of {result.hook}: {result.metric}, {read}")
+    blank = " (blank: nothing to restore)" if normalized and frame["note"].astype(bool).any() else ""
+    fig.suptitle(title or f"{result.direction} patching of {result.hook}: {result.metric}, {read}{blank}")
     fig.tight_layout()
     return fig
 
@@ -76,7 +86,7 @@ def plot_transplant_precision(result, k: int = 1, title: str | None = None):
     fig, ax = plt.subplots(figsize=(1.5 + 0.7 * table.shape[1], 1.2 + 0.45 * table.shape[0]))
     sns.heatmap(table.astype(float), vmin=0.0, vmax=1.0, cmap="viridis", annot=True, fmt=".2f",
                 annot_kws={"size": 8}, cbar_kws={"label": f"precision@{k}"}, ax=ax)
-    ax.set(xlabel="offset N (token t + 1 + N)", ylabel="layer transplanted (resid)",
+    ax.set(xlabel="offset N (token t + 1 + N)", ylabel="residual depth transplanted",
            title=title or f"Future-token transplant, precision@{k}")
     fig.tight_layout()
     return fig
@@ -105,6 +115,6 @@ def plot_direction_effect(effect, metric: str = "kl", title: str | None = None):
     fig, ax = plt.subplots(figsize=(5.5, 4))
     sns.pointplot(data=effect.frame, x="offset", y=metric, hue="condition", errorbar="se", dodge=0.2, ax=ax)
     ax.set(xlabel="offset N (prediction of token t + 1 + N)", ylabel=metric,
-           title=title or f"{effect.mode} at layer {effect.layer} ({effect.hook})")
+           title=title or f"{effect.mode} at {effect.axis} {effect.layer} ({effect.hook})")
     fig.tight_layout()
     return fig

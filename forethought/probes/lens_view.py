@@ -57,6 +57,7 @@ from forethought.probes.future_lens import FutureLens
 from forethought.probes.io import load_probes
 from forethought.probes.linear import LinearProbes, Task
 from forethought.probes.targets import LabelSpace
+from forethought.prompts import as_tokens
 from forethought.reporting import atomic_write, save_figure, write_csv
 
 if TYPE_CHECKING:
@@ -279,13 +280,17 @@ def lens_view(
 
 
 def prompt_tokens(model: TransformerBridge, prompt: str | Sequence[int] | Tensor) -> Int[Tensor, "1 pos"]:
-    """A prompt as token ids ``[1, pos]``: text through the model's tokenizer, ids as they are; checked to fit."""
+    """A prompt as token ids ``[1, pos]``, checked to fit: ids as they are, text as forethought tokenises it.
+
+    Text goes through :func:`forethought.prompts.as_tokens` like every string prompt: the model's tokenizer, with a
+    BOS token first exactly when the model was trained so.
+    """
     if isinstance(prompt, str):
-        tokenizer = getattr(model, "tokenizer", None)
-        if tokenizer is None:
+        if getattr(model, "tokenizer", None) is None:
             raise ModelNotAvailableError("the model has no tokenizer to cut a text prompt with; pass token ids")
-        ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        tokens = torch.tensor(ids, dtype=torch.long, device="cpu")
+        if not prompt:
+            raise DataError("the prompt is empty; pass at least one token")
+        return as_tokens(model, prompt, "prompt").long()
     else:
         tokens = torch.as_tensor(prompt, device=prompt.device if isinstance(prompt, Tensor) else "cpu")
         if tokens.ndim == 2 and tokens.shape[0] == 1:
