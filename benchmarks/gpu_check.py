@@ -1,22 +1,31 @@
 """The GPU check: every figure of one run in one JSON file (what ``benchmarks/gpu_check.sh`` runs).
 
 Parts, each in its own process with its own time budget, so that a crash, an out-of-memory error or a timeout in
-one part is recorded (``"error"``) without losing the others; the JSON is rewritten after every part:
+one part is recorded (``"error"``) without losing the others; the JSON is rewritten after every part. They run in
+this order, by value for a short GPU slot (``--parts`` picks some; the order stays):
 
 * ``environment``: device name, torch / CUDA / cuDNN versions, the versions of forethought's dependencies;
+* ``commands``: every ``forethought`` command at smoke size with ``--device cuda``, each in its own process: exit
+  code, seconds and its last error line (``benchmarks/gpu_check_suite.py``; full output in ``commands.log``);
+* ``probe_sweep``: ``benchmarks/probes.py --big`` over 200 k tokens of a 12-layer d_model=768 random-init model
+  (tokens/s, peak GPU memory);
+* ``suite``: the test suite and the doctests with ``FORETHOUGHT_TEST_DEVICE=cuda``, over the machine's cores
+  (pytest-xdist) with a per-test timeout (pytest-timeout) where those are installed: passed / failed / errors /
+  skipped from its JUnit report, the failing tests with their last error line (tracebacks in
+  ``suite_failures.txt``); interrupted at the part's cap with the tests finished by then;
 * ``myopic_step``: time and peak CUDA memory of a myopic training step over a vanilla one (forward, backward,
   AdamW; bf16 autocast; the step functions of ``benchmarks/myopic_step.py``), both also over plain HF transformers
   with SDPA on the same weights and batch (interleaved), with tokens/s and MFU (6 x parameters x tokens / time /
   the peak bf16 matmul rate measured in the same part), for a GPT-2-small shape and a
   Llama-3.2-1B shape (random weights, HF checkpoints written offline) at T = 1024, for ``strict`` and ``cutgrad``;
-* ``probe_sweep``: ``benchmarks/probes.py --big`` over 200 k tokens of a 12-layer d_model=768 random-init model
-  (tokens/s, peak GPU memory);
-* ``synthetic``: about two minutes of ``forethought synthetic --preset paper`` (both regimes; the number of steps
+* ``synthetic``: up to two minutes of ``forethought synthetic --preset paper`` (both regimes; the number of steps
   is chosen from a short timed run), with steps/s and the losses.
 
-    python benchmarks/gpu_check.py OUT.json [--total-seconds 420] [--cpu-smoke]
+    python benchmarks/gpu_check.py OUT.json [--total-seconds 500] [--parts commands,suite] [--cpu-smoke]
 
-``--cpu-smoke`` runs the same code at toy sizes in about a minute on a CPU (the plumbing, not the numbers).
+``--cpu-smoke`` runs the same code at toy sizes on a CPU (the plumbing, not the numbers): commands and the suite
+run on the CPU, the suite over a few quick files. Text files (``commands.log``, ``suite_failures.txt``) are written
+beside the JSON.
 """
 
 from __future__ import annotations
@@ -41,9 +50,16 @@ from pathlib import Path
 from typing import Any
 
 BENCHMARKS = Path(__file__).resolve().parent
-FORMAT = "forethought-gpu-check-v1"
+if str(BENCHMARKS) not in sys.path:
+    sys.path.insert(0, str(BENCHMARKS))
+
+import gpu_check_suite  # noqa: E402  (beside this file)
+
+FORMAT = "forethought-gpu-check-v2"
 #: Each part's time budget in seconds (full size, CPU smoke); a part never gets more than what is left in total.
-BUDGETS = {"environment": (60, 60), "myopic_step": (170, 150), "probe_sweep": (110, 120), "synthetic": (170, 120)}
+#: Full size they add up to more than the default total cap (500 s): the last parts get what the others leave.
+BUDGETS = {"environment": (20, 60), "commands": (110, 420), "probe_sweep": (90, 120), "suite": (240, 150),
+           "myopic_step": (150, 150), "synthetic": (120, 120)}
 #: Seconds of training (both regimes together) in the synthetic part.
 SYNTHETIC_TRAIN_SECONDS = {False: 100.0, True: 6.0}
 #: The models of the myopic step benchmark: HF config fields, batch size and sequence length.
@@ -328,15 +344,57 @@ def synthetic_run(smoke: bool, budget: float, emit: Emit) -> None:
     emit(result)
 
 
+#: Where the parts' text files go (beside the JSON); set by the driver for each part's process.
+ARTIFACTS = Path(".")
+
+
+def suite_run(smoke: bool, budget: float, emit: Emit) -> None:
+    """The test suite on the device (``benchmarks/gpu_check_suite.py``)."""
+    gpu_check_suite.suite(smoke, budget, emit, ARTIFACTS)
+
+
+def commands_run(smoke: bool, budget: float, emit: Emit) -> None:
+    """Every CLI command at smoke size on the device (``benchmarks/gpu_check_suite.py``)."""
+    gpu_check_suite.commands(smoke, budget, emit, ARTIFACTS)
+
+
+#: The parts in the order they run: by value for a short GPU slot.
 PARTS: dict[str, Callable[[bool, float, Emit], None]] = {
     "environment": environment,
-    "myopic_step": myopic_step_ratios,
+    "commands": commands_run,
     "probe_sweep": probe_sweep_throughput,
+    "suite": suite_run,
+    "myopic_step": myopic_step_ratios,
     "synthetic": synthetic_run,
 }
 
 
+def parse_parts(text: str | None) -> list[str]:
+    """``--parts``: comma-separated part names (``all`` or nothing: every part), run in :data:`PARTS` order."""
+    if text is None or text.strip() in ("", "all"):
+        return list(PARTS)
+    chosen = {name.strip() for name in text.split(",") if name.strip()}
+    unknown = sorted(chosen - set(PARTS))
+    if unknown:
+        raise ValueError(f"unknown part(s) {', '.join(unknown)}; choose from {', '.join(PARTS)}")
+    return [name for name in PARTS if name in chosen]
+
+
 # --- the runner -----------------------------------------------------------------------------------------------
+
+
+def parse_budgets(text: str | None) -> dict[str, float]:
+    """``--budgets``: ``PART=SECONDS`` pairs, comma-separated, that replace those parts' budgets."""
+    budgets: dict[str, float] = {}
+    for item in filter(None, (text or "").split(",")):
+        name, _, seconds = item.partition("=")
+        if name.strip() not in PARTS:
+            raise ValueError(f"--budgets: unknown part {name.strip()!r}; choose from {', '.join(PARTS)}")
+        try:
+            budgets[name.strip()] = float(seconds)
+        except ValueError:
+            raise ValueError(f"--budgets: {item!r} is not PART=SECONDS") from None
+    return budgets
 
 
 def write_json(path: Path, value: dict[str, Any]) -> None:
@@ -355,11 +413,13 @@ def _finite(value: Any) -> Any:
     return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
-def run_part(name: str, seconds: float, smoke: bool, folder: Path) -> dict[str, Any]:
-    """Run one part in a child process (its own session, killed whole at ``seconds``); its figures and error."""
+def run_part(name: str, seconds: float, smoke: bool, folder: Path, artifacts: Path | None = None) -> dict[str, Any]:
+    """Run one part in a child process (its own session, killed whole at ``seconds``); its figures and error.
+    The part writes its text files, if any, into ``artifacts`` (default: ``folder``)."""
     part_file, log_file = folder / f"{name}.json", folder / f"{name}.log"
     command = [sys.executable, str(Path(__file__).resolve()), "--part", name, "--part-out", str(part_file),
-               "--budget", f"{seconds:.0f}"] + (["--cpu-smoke"] if smoke else [])
+               "--budget", f"{seconds:.0f}", "--artifacts", str(artifacts or folder)]
+    command += ["--cpu-smoke"] if smoke else []
     start = time.perf_counter()
     error = None
     with open(log_file, "w") as log:
@@ -383,19 +443,25 @@ def run_part(name: str, seconds: float, smoke: bool, folder: Path) -> dict[str, 
             **figures}
 
 
-def run_all(out: Path, total_seconds: float, smoke: bool, setup: dict[str, Any]) -> dict[str, Any]:
+def run_all(out: Path, total_seconds: float, smoke: bool, setup: dict[str, Any], parts: list[str] | None = None,
+            budgets: dict[str, float] | None = None) -> dict[str, Any]:
+    """Run ``parts`` (default: all, in :data:`PARTS` order) within ``total_seconds``, each within its budget
+    (:data:`BUDGETS`, or ``budgets``); the JSON is rewritten after each part."""
     deadline = time.monotonic() + total_seconds
+    parts = list(PARTS) if parts is None else parts
+    budgets = {name: BUDGETS[name][smoke] for name in PARTS} | (budgets or {})
     report: dict[str, Any] = {"format": FORMAT, "started": datetime.datetime.now(datetime.timezone.utc).isoformat(),
-                              "cpu_smoke": smoke, "total_seconds_cap": total_seconds, "setup": setup}
+                              "cpu_smoke": smoke, "total_seconds_cap": total_seconds, "parts": parts,
+                              "setup": setup}
     write_json(out, report)
     with tempfile.TemporaryDirectory() as folder:
-        for name in PARTS:
+        for name in parts:
             left = deadline - time.monotonic() - 5  # keep a few seconds to write the JSON
-            seconds = min(BUDGETS[name][smoke], left)
+            seconds = min(budgets[name], left)
             if seconds < 10:
                 report[name] = {"error": f"skipped: {max(0, left):.0f} s left of the total cap"}
             else:
-                report[name] = run_part(name, seconds, smoke, Path(folder))
+                report[name] = run_part(name, seconds, smoke, Path(folder), artifacts=out.parent)
             print(f"{name}: {report[name]['error'] or 'ok'} ({report[name].get('wall_seconds', 0)} s)", flush=True)
             write_json(out, _finite(report))
     report["seconds"] = round(total_seconds - (deadline - time.monotonic()), 1)
@@ -407,6 +473,14 @@ def run_all(out: Path, total_seconds: float, smoke: bool, setup: dict[str, Any])
 def headline(report: dict[str, Any]) -> dict[str, Any]:
     """The figures to read first, flattened from the parts (absent where a part failed)."""
     figures: dict[str, Any] = {"device": report.get("environment", {}).get("device")}
+    suite = report.get("suite", {})
+    for key in ("passed", "failed", "errors", "skipped", "not_run"):
+        if suite.get(key) is not None:
+            figures[f"suite {key}"] = suite[key]
+    if suite.get("cut_by_time_cap"):
+        figures["suite cut_by_time_cap"] = suite["cut_by_time_cap"]
+    for row in report.get("commands", {}).get("rows", []):
+        figures[f"command {row['name']}"] = row.get("exit_code")
     for row in report.get("myopic_step", {}).get("rows", []):
         for key in ("time_ratio", "vanilla_over_hf_sdpa", "myopic_over_hf_sdpa", "peak_memory_ratio",
                     "step_memory_ratio"):
@@ -425,7 +499,10 @@ def headline(report: dict[str, Any]) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", nargs="?", type=Path, help="the JSON file to write")
-    parser.add_argument("--total-seconds", type=float, default=420, help="wall-clock cap of all parts together")
+    parser.add_argument("--total-seconds", type=float, default=500, help="wall-clock cap of all parts together")
+    parser.add_argument("--parts", help=f"comma-separated parts to run, in this order: {','.join(PARTS)} "
+                        "(default: all)")
+    parser.add_argument("--budgets", help="PART=SECONDS,...: replace these parts' time budgets")
     parser.add_argument("--cpu-smoke", action="store_true", help="toy sizes: check the plumbing on a CPU")
     parser.add_argument("--setup-log", type=Path, help="the install step's log (its tail goes in the JSON)")
     parser.add_argument("--setup-status", help="the install step's outcome, as gpu_check.sh saw it")
@@ -433,8 +510,11 @@ def main() -> None:
     parser.add_argument("--part", choices=sorted(PARTS), help=argparse.SUPPRESS)
     parser.add_argument("--part-out", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--budget", type=float, help=argparse.SUPPRESS)
+    parser.add_argument("--artifacts", type=Path, default=Path("."), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.part:  # a child process: one part, its figures rewritten to --part-out as they come
+        global ARTIFACTS
+        ARTIFACTS = args.artifacts
         if not args.cpu_smoke:
             os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         else:
@@ -445,10 +525,14 @@ def main() -> None:
         return
     if args.out is None:
         parser.error("give the JSON file to write")
+    try:
+        parts, budgets = parse_parts(args.parts), parse_budgets(args.budgets)
+    except ValueError as error:
+        parser.error(str(error))
     setup: dict[str, Any] = {"status": args.setup_status, "seconds": args.setup_seconds}
     if args.setup_log and args.setup_log.exists():
         setup["log_tail"] = args.setup_log.read_text(errors="replace").splitlines()[-20:]
-    report = run_all(args.out, args.total_seconds, args.cpu_smoke, setup)
+    report = run_all(args.out, args.total_seconds, args.cpu_smoke, setup, parts, budgets)
     print(json.dumps(report["headline"], indent=1))
     print(f"wrote {args.out}")
 
