@@ -43,7 +43,9 @@ def run_alone_and_in_two_processes(script: str, tmp_path: Path, *args: str) -> t
     directory as its last argument; returns those directories ``(single, double)``."""
     path = tmp_path / "script.py"
     path.write_text(script)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo", "MASTER_ADDR": "127.0.0.1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1"}
+    if sys.platform.startswith("linux"):
+        env.setdefault("GLOO_SOCKET_IFNAME", "lo")
     for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_PORT"):
         env.pop(name, None)  # this test's own process is no member of a run
     single, double = tmp_path / "single", tmp_path / "double"
