@@ -472,7 +472,8 @@ def run_all(out: Path, total_seconds: float, smoke: bool, setup: dict[str, Any],
 
 def headline(report: dict[str, Any]) -> dict[str, Any]:
     """The figures to read first, flattened from the parts (absent where a part failed)."""
-    figures: dict[str, Any] = {"device": report.get("environment", {}).get("device")}
+    figures: dict[str, Any] = {"device": report.get("environment", {}).get("device")
+                               or report.get("commands", {}).get("device") or report.get("suite", {}).get("device")}
     suite = report.get("suite", {})
     for key in ("passed", "failed", "errors", "skipped", "not_run"):
         if suite.get(key) is not None:

@@ -114,6 +114,7 @@ if os.environ.get("WORLD_SIZE"):
 
 
 @pytest.mark.slow
+@pytest.mark.cpu_only
 def test_two_processes_capture_what_one_process_does(tmp_path):
     """Under torchrun (gloo, CPU) the batches are split between 2 processes: the shard directory is byte for byte
     the one a single process writes, process 0 returns the whole in-memory result, process 1 its share."""

@@ -227,6 +227,7 @@ table.to_csv(os.path.join(out, f"table_{rank}.csv"), index=False)
 
 
 @pytest.mark.slow
+@pytest.mark.cpu_only
 def test_two_processes_sweep_what_one_process_does(tmp_path):
     """Under torchrun (gloo, CPU) each process probes its own depths (3 over 2: 2 + 1); the gathered table and
     the saved probes, joined along the layers, equal a single process's."""

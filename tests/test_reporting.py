@@ -28,6 +28,7 @@ def _mode(path) -> int:
     return stat.S_IMODE(os.stat(path).st_mode)
 
 
+@pytest.mark.cpu_only
 def test_files_and_directories_get_the_umask_permissions(tmp_path, umask_022):
     assert _mode(write_json(tmp_path / "report.json", {"a": 1})) == 0o644
     with atomic_directory(tmp_path / "model") as folder:

@@ -43,6 +43,7 @@ if int(os.environ.get("RANK", 0)) == 0:
 
 
 @pytest.mark.slow
+@pytest.mark.cpu_only
 @pytest.mark.parametrize("regime", ["myopic", "bigram"])
 def test_two_processes_give_the_single_process_losses(tmp_path, regime):
     """DDP over gloo on the CPU (with and without unused parameters) trains exactly as one process does."""
