@@ -13,7 +13,6 @@ Example:
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import pickle
@@ -116,9 +115,28 @@ def tiny_model(
     return _with_attention(model, attention)
 
 
+def inputs_to_model_device(module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+    """A forward pre-hook: a tensor input (tokens or embeddings) on another device moves to the model's.
+
+    Installed on every model :func:`load_model` and :func:`tiny_model` return, so that tokens kept on the CPU work
+    with a model on a GPU everywhere a model is called, TransformerLens' own ``run_with_cache`` included.
+    """
+    if not args or not isinstance(args[0], torch.Tensor):
+        return None
+    device = next(module.parameters()).device
+    if args[0].device == device:
+        return None
+    return (args[0].to(device), *args[1:]), kwargs
+
+
 def _with_attention(model: TransformerBridge, attention: str) -> TransformerBridge:
-    """Install forethought's fused attention kernel on ``model`` when ``attention == "sdpa"``."""
+    """The model, ready to use: inputs move to its device, and forethought's attention kernel when asked.
+
+    The pre-hook :func:`inputs_to_model_device` always; the fused kernel when ``attention == "sdpa"``.
+    """
     from forethought.attention.sdpa import install_sdpa
+
+    model.register_forward_pre_hook(inputs_to_model_device, with_kwargs=True)
 
     if attention == "sdpa":
         install_sdpa(model)

@@ -117,7 +117,7 @@ def test_load_run_rebuilds_the_exact_training_data_and_models(smoke_run):
     from forethought.models import load_model
 
     run_dir, _ = smoke_run
-    run = forethought.load_run(run_dir)
+    run = forethought.load_run(run_dir, device=DEVICE)
     assert set(run.models) == {"vanilla", "myopic", "bigram", "local-myopic"}
     assert run.trained_as["myopic"] == "myopic" and run.trained["myopic"]["mode"] == "strict"
     from forethought.data import load_texts, make_token_splits, train_tokenizer

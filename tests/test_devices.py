@@ -52,8 +52,8 @@ def test_the_suite_device_is_the_one_asked_for(device, native_model):
 
 
 def test_tolerances_widen_only_off_the_cpu():
-    assert tolerance(1e-5, 1e-6) == ({"rtol": 1e-5, "atol": 1e-6} if DEVICE.type == "cpu"
-                                     else {"rtol": 1e-4, "atol": 1e-5})
+    assert tolerance(1e-5, 1e-6) == pytest.approx({"rtol": 1e-5, "atol": 1e-6} if DEVICE.type == "cpu"
+                                                  else {"rtol": 1e-4, "atol": 1e-5})
 
 
 def test_cpu_tokens_with_a_model_on_the_device(native_model):

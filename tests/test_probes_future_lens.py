@@ -124,7 +124,7 @@ def test_ridge_lens_wraps_the_ridge_probes(native_model):
     r2 = torch.tensor(lens.meta["ridge_r2"])
     assert r2[0, 0] > 0.99 and r2[1, 0] < 0.1 and lens.layers == [2, 0] and lens.meta["method"] == "ridge"
     with torch.no_grad():
-        torch.testing.assert_close(lens.predict_resid(features)[0, 0], final, atol=1e-2, rtol=1e-2)
+        torch.testing.assert_close(lens.predict_resid(features)[0, 0].cpu(), final.cpu(), atol=1e-2, rtol=1e-2)
 
 
 @pytest.mark.usefixtures("unchecked_shapes")

@@ -35,7 +35,7 @@ def _perturbed_copy(model, scale=0.05, seed=1):
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in other.parameters():
-            p.add_(scale * torch.randn(p.shape, generator=generator, dtype=p.dtype))
+            p.add_(scale * torch.randn(p.shape, generator=generator, dtype=p.dtype).to(p.device))
     return other
 
 

@@ -65,14 +65,15 @@ def decode(model: TransformerBridge, resid: Float[Tensor, "... d_model"]) -> Flo
     """The model's own read-out of a final-layer residual: ``unembed(ln_final(resid))``.
 
     On a ``TransformerBridge`` this equals the model's logits when ``resid`` is the last block's output
-    (``blocks.{n_layers-1}.hook_resid_post``), on every backend.
+    (``blocks.{n_layers-1}.hook_resid_post``), on every backend. The logits are on the model's device, wherever
+    ``resid`` is.
     """
     ln_final, unembed = getattr(model, "ln_final", None), getattr(model, "unembed", None)
     if ln_final is None or unembed is None:
         raise UnsupportedArchitectureError(f"{type(model).__name__} has no ln_final/unembed components to decode "
                                            "residuals with")
-    dtype = next(model.parameters()).dtype  # features may be stored in another dtype (e.g. bfloat16)
-    return unembed(ln_final(resid.to(dtype)))
+    weight = next(model.parameters())  # features may be stored in another dtype (e.g. bfloat16) and place
+    return unembed(ln_final(resid.to(weight.device, weight.dtype)))
 
 
 @dataclass
