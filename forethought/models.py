@@ -306,8 +306,11 @@ def save_model(model: TransformerBridge, out_dir: str | os.PathLike) -> Path:
             state = {name: tensor.detach().contiguous().cpu() for name, tensor in model.state_dict().items()}
             save_file(state, str(tmp / NATIVE_WEIGHTS))
         else:
+            from forethought.attention.sdpa import sdpa_attention
+
             sync_fused_qkv(model)
-            _save_hf_weights(model.original_model, tmp)
+            with sdpa_attention(model, enabled=False):  # the HF config as HF wrote it (eager, output_attentions)
+                _save_hf_weights(model.original_model, tmp)
         if model.tokenizer is not None:
             model.tokenizer.save_pretrained(tmp)
     return Path(out_dir)

@@ -148,7 +148,10 @@ def test_share_is_zero_with_a_single_position():
 
 def test_share_is_zero_for_a_language_model_with_one_target(native_model):
     split = gradient_split(native_model, _tokens(native_model, pos=2), batch_size=2)
-    assert split.to_frame()["norm_ratio"].max() < 1e-5
+    frame = split.to_frame()
+    # zero up to rounding, against the gradient's scale: W_Q and W_K get no gradient at all from a query that sees
+    # only itself, so their own norm ratio compares two rounding errors of the fused kernel's backward
+    assert frame["precaching_norm"].max() < 1e-5 * frame["grad_norm"].max()
 
 
 # -- a closed form -----------------------------------------------------------------------------------------------
