@@ -17,6 +17,7 @@ import copy
 import json
 import os
 import pickle
+import types
 from pathlib import Path
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
@@ -116,28 +117,28 @@ def tiny_model(
     return _with_attention(model, attention)
 
 
-def inputs_to_model_device(module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
-    """A forward pre-hook: a tensor input (tokens or embeddings) on another device moves to the model's.
+def forward_on_model_device(self: TransformerBridge, input: Any, *args: Any, **kwargs: Any) -> Any:
+    """The bridge's own ``forward``, after moving a tensor ``input`` (tokens or embeddings) to the model's device.
 
-    Installed on every model :func:`load_model` and :func:`tiny_model` return, so that tokens kept on the CPU work
-    with a model on a GPU everywhere a model is called, TransformerLens' own ``run_with_cache`` included.
+    Installed on every model :func:`load_model` and :func:`tiny_model` return (as the instance's ``forward``, which
+    calling the model and TransformerLens' ``run_with_cache`` both reach), so that tokens kept on the CPU work with
+    a model on a GPU everywhere a model is called.
     """
-    if not args or not isinstance(args[0], torch.Tensor):
-        return None
-    device = next(module.parameters()).device
-    if args[0].device == device:
-        return None
-    return (args[0].to(device), *args[1:]), kwargs
+    if isinstance(input, torch.Tensor):
+        device = next(self.parameters()).device
+        if input.device != device:
+            input = input.to(device)
+    return type(self).forward(self, input, *args, **kwargs)
 
 
 def _with_attention(model: TransformerBridge, attention: str) -> TransformerBridge:
     """The model, ready to use: inputs move to its device, and forethought's attention kernel when asked.
 
-    The pre-hook :func:`inputs_to_model_device` always; the fused kernel when ``attention == "sdpa"``.
+    :func:`forward_on_model_device` always; the fused kernel when ``attention == "sdpa"``.
     """
     from forethought.attention.sdpa import install_sdpa
 
-    model.register_forward_pre_hook(inputs_to_model_device, with_kwargs=True)
+    model.forward = types.MethodType(forward_on_model_device, model)
 
     if attention == "sdpa":
         install_sdpa(model)

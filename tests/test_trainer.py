@@ -232,3 +232,17 @@ def test_runs_with_other_precision_settings_in_one_process(tokenizer, splits):
     second = train(_config(steps=2, warmup_steps=0, mixed_precision="no"), _model(tokenizer), splits)
     assert all(math.isfinite(loss) for loss in first.losses + second.losses)
     assert first.losses[0] != second.losses[0], "bf16 autocast changes the numbers"
+
+
+def test_a_model_trained_in_mixed_precision_computes_in_its_own_precision_afterwards(tokenizer, splits, tmp_path):
+    """Steps run under bf16 autocast, but the model a run returns is no longer wrapped in it: its logits are those
+    of the same weights saved and loaded (on a GPU the default mixed precision is bf16, and a run's own report and a
+    later `compare` must score the same model the same way)."""
+    model = _model(tokenizer)
+    result = train(_config(steps=2, warmup_steps=0, mixed_precision="bf16", out_dir=tmp_path), model, splits)
+    assert "_original_forward" not in vars(result.model)
+    reloaded = load_model(tmp_path / "model", device=DEVICE)
+    with torch.no_grad():
+        ours, theirs = result.model(splits.validation[:4]), reloaded(splits.validation[:4])
+    assert ours.dtype == torch.float32
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=0)

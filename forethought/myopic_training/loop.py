@@ -174,7 +174,9 @@ def run_training(
     if accelerator.num_processes > 1 and accelerator.ddp_handler is not None and find_unused_parameters is not None:
         accelerator.ddp_handler.find_unused_parameters = find_unused_parameters()  # DDP searches only where needed
     wrapped, optimizer = accelerator.prepare(model, optimizer, device_placement=[False, False])
-    model = accelerator.unwrap_model(wrapped)
+    # without accelerate's mixed-precision wrapper on forward: steps run under accelerator.autocast() below, and the
+    # model the run returns (and evaluates) computes in its own precision, as it will once saved and loaded
+    model = accelerator.unwrap_model(wrapped, keep_fp32_wrapper=False)
 
     step, history, seconds = 0, [], 0.0
     if checkpoint is not None and config.resume and checkpoint.exists():
