@@ -24,6 +24,7 @@ def _reference(model, tokens):
     """Cross-entropy of each next token from the full logits, averaged over sequences, one position at a time."""
     with torch.no_grad():
         logits = model(tokens).double()
+    tokens = tokens.to(logits.device)
     return torch.stack([F.cross_entropy(logits[:, t], tokens[:, t + 1]) for t in range(tokens.shape[1] - 1)])
 
 

@@ -141,7 +141,8 @@ def test_share_is_zero_with_a_single_position():
                for _ in range(2)]
     split = gradient_split(model, batches, loss_fn=lambda m, b: F.huber_loss(m(b[0]), b[1]))
     assert "input_map" in split.groups
-    assert split.to_frame()["norm_ratio"].max() < 1e-5
+    frame = split.to_frame()  # zero up to rounding, against the gradient's scale (W_Q and W_K get none at all)
+    assert frame["precaching_norm"].max() < 1e-5 * frame["grad_norm"].max()
     for mode in MODES:
         assert abs(split.share(mode)) < 1e-6
 
@@ -176,7 +177,7 @@ def test_two_position_model_matches_the_closed_form():
          "p0": 0.2, "p1": -0.4}
     e, target = (0.7, -1.3), (0.3, -0.6)
     model = _scalar_model(v)
-    batch = (torch.tensor([[[e[0]], [e[1]]]]), torch.tensor([target]))
+    batch = (torch.tensor([[[e[0]], [e[1]]]], device=DEVICE), torch.tensor([target], device=DEVICE))
 
     def loss_fn(m, b):
         return 0.5 * (m(b[0], return_type="logits")[..., 0] - b[1]).square().sum()

@@ -46,7 +46,7 @@ def test_projection_removes_the_span_at_the_chosen_positions_only(any_model):
     _, original = _run(any_model, tokens, name)
     with project_out(any_model, directions, LAYER, positions=[2, 4]):
         _, edited = _run(any_model, tokens, name)
-    assert (edited[:, [2, 4]] @ directions.T).abs().max() < 1e-4
+    assert (edited[:, [2, 4]] @ directions.T.to(edited.device)).abs().max() < 1e-4
     assert torch.equal(edited[:, [0, 1, 3, 5]], original[:, [0, 1, 3, 5]])
     basis = orthonormal_basis(directions)
     expected = original[:, [2, 4]] - (original[:, [2, 4]] @ basis.T) @ basis
@@ -85,6 +85,7 @@ def test_add_direction_adds_the_scaled_unit_vector(native_model):
         _, unit = _run(native_model, tokens, name)
     with add_direction(native_model, direction, LAYER, scale=2.0, normalize=False):
         _, raw = _run(native_model, tokens, name)
+    direction = direction.to(original.device)
     torch.testing.assert_close(unit - original, (2.0 * direction / direction.norm()).expand_as(original))
     torch.testing.assert_close(raw - original, (2.0 * direction).expand_as(original))
 

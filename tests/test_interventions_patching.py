@@ -179,6 +179,7 @@ def test_token_specs_per_example_and_per_position(native_model):
     b = patch_positions(native_model, clean, corrupt, LogProb(target=per_position), read_offset=1, progress=False)
     with torch.no_grad():
         logp = native_model(clean).log_softmax(-1)
+    logp = logp.cpu()
     torch.testing.assert_close(a.clean_baseline[0, 0], logp[[0, 1], -1, [3, 4]])
     # read at pos + 1: the target there is per_position[:, pos + 1]
     torch.testing.assert_close(b.clean_baseline[0, 2], logp[[0, 1], 3, [3, 13]])

@@ -18,7 +18,7 @@ def test_hf_checkpoint_logits_match_hf_forward(family, checkpoint_dirs):
         ours = bridge(tokens)
         theirs = reference(tokens).logits
     assert ours.shape == theirs.shape
-    torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(ours.cpu(), theirs, atol=1e-4, rtol=1e-4)
     assert not is_native(bridge)
 
 
