@@ -24,7 +24,8 @@ def pytest_addoption(parser):
 
 def pytest_configure(config):
     name = devices.set_device(config.getoption("--device"))
-    os.environ["FORETHOUGHT_TEST_DEVICE"] = str(name)  # for subprocesses and notebooks
+    os.environ["FORETHOUGHT_TEST_DEVICE"] = str(name)  # for subprocesses
+    os.environ["FORETHOUGHT_DEVICE"] = str(name)  # the device variable at the top of every notebook
 
 
 def pytest_collection_modifyitems(config, items):
