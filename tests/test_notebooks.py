@@ -58,3 +58,22 @@ def test_code_parses_including_the_paper_scale_branch(name):
 def test_paper_scale_is_read(name):
     sources = [cell.source for cell in _code_cells(_read(name))[1:]]
     assert any("PAPER_SCALE" in source for source in sources), f"{name}: PAPER_SCALE is set but never used"
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_the_device_is_one_variable_at_the_top(name):
+    """Every model and probe runs on ``DEVICE``, set once in the second code cell from ``FORETHOUGHT_DEVICE`` (which
+    the test suite sets to its own device), so the notebook runs wherever the suite does."""
+    cells = _code_cells(_read(name))
+    setters = [index for index, cell in enumerate(cells)
+               for node in ast.walk(ast.parse(cell.source)) if isinstance(node, ast.Assign)
+               and any(isinstance(target, ast.Name) and target.id == "DEVICE" for target in node.targets)]
+    assert setters == [1], f"{name}: DEVICE is set in code cells {setters}; set it once, in the second"
+    assert 'os.environ.get("FORETHOUGHT_DEVICE")' in cells[1].source
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_temporary_folders_are_removed(name):
+    """A notebook that makes a temporary folder removes it before it ends."""
+    source = "\n".join(cell.source for cell in _code_cells(_read(name)))
+    assert source.count("mkdtemp(") == source.count("shutil.rmtree("), f"{name}: a temporary folder is left behind"
