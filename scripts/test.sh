@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Sets up forethought and runs its checks offline: ruff, then the whole test suite, notebooks included.
 # Arguments are passed to pytest instead of the default selection, e.g. `bash scripts/test.sh -m "not slow" tests`.
+# FORETHOUGHT_TEST_DEVICE=cuda (passed on to pytest, like `--device cuda`) runs the suite with its models on a GPU.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
