@@ -175,3 +175,33 @@ def test_bad_attention_argument(native_model):
     with pytest.raises(InvalidArgumentError, match="attention='flash'"):
         with myopic(native_model, attention="flash"):
             pass
+
+
+@pytest.mark.parametrize("lse_error, trusted", [(0.0, True), (1e-2, False)])
+def test_a_kernel_log_sum_exp_is_used_only_once_checked_against_the_reference(monkeypatch, lse_error, trusted):
+    """The CUDA kernel's log-sum-exp enters the myopic backward only where a check on a small input found it equal
+    to the reference: a kernel that is off by 0.01 nats is refused, and the reference path is kept."""
+    import torch.nn.functional as F
+
+    from forethought.attention import fused
+
+    def kernel(q, k, v, bias, compute_lse, dropout, is_causal, scale):
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
+        return out, fused.causal_logsumexp(q, k, scale) + lse_error, None, None
+
+    monkeypatch.setattr(fused, "_CUDA_EFFICIENT", kernel)
+    monkeypatch.setattr(fused, "_KERNEL_LSE_OK", {})
+    assert fused._kernel_lse_ok(torch.device("cpu"), torch.float32) is trusted
+    assert fused._kernel_lse_ok(torch.device("cpu"), torch.float64) is False  # the kernel has no float64
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the CUDA kernel's own log-sum-exp")
+def test_the_cuda_kernel_agrees_with_the_reference():
+    from forethought.attention import fused
+
+    generator = torch.Generator(device="cpu").manual_seed(3)
+    q, k, v = (torch.randn(2, 4, 50, 32, generator=generator).cuda() for _ in range(3))
+    k, v = k[:, :2], v[:, :2]
+    out, lse = fused._kernel_attention_with_lse(q, k, v, 0.2)
+    torch.testing.assert_close(lse, fused.causal_logsumexp(q, k, 0.2), rtol=1e-4, atol=1e-4)
+    assert fused._kernel_lse_ok(q.device, torch.float32)
