@@ -18,6 +18,8 @@ import json
 import os
 import pickle
 import types
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
@@ -115,6 +117,24 @@ def tiny_model(
     model = _boot_native(cfg, tokenizer=tokenizer, device=device, dtype=dtype)
     model.cfg.default_prepend_bos = bool(prepend_bos)
     return _with_attention(model, attention)
+
+
+@contextmanager
+def quiet_hf_progress() -> Iterator[None]:
+    """Hide transformers' own progress bars ("Loading weights", "Writing model shards") for a moment.
+
+    forethought shows its own progress where work is long; these per-file bars of tiny loads would only clutter a
+    notebook or a log. The setting is restored afterwards.
+    """
+    from transformers.utils import logging as hf_logging
+
+    enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            hf_logging.enable_progress_bar()
 
 
 def forward_on_model_device(self: TransformerBridge, input: Any, *args: Any, **kwargs: Any) -> Any:
@@ -219,7 +239,8 @@ def load_model(
     from transformer_lens.model_bridge import TransformerBridge
 
     try:
-        model = TransformerBridge.boot_transformers(str(path) if path.is_dir() else str(name_or_dir), **kwargs)
+        with quiet_hf_progress():
+            model = TransformerBridge.boot_transformers(str(path) if path.is_dir() else str(name_or_dir), **kwargs)
         return _with_attention(_prompt_convention(model, path) if path.is_dir() else model, attention)
     except pickle.UnpicklingError as error:
         raise CheckpointError(
@@ -364,7 +385,8 @@ def _save_hf_weights(hf_model: Any, out: Path) -> None:
         names = set(transformers.AutoModelForCausalLM.from_config(hf_model.config).state_dict())
     wrapped = {name.replace("._original_component", ""): tensor for name, tensor in hf_model.state_dict().items()}
     state = {name: wrapped[name].detach().contiguous() for name in names if name in wrapped}
-    hf_model.save_pretrained(out, state_dict=state)
+    with quiet_hf_progress():
+        hf_model.save_pretrained(out, state_dict=state)
 
 
 def _load_native(path: Path, tokenizer: Any, device: Any, dtype: Any) -> TransformerBridge:
@@ -476,7 +498,8 @@ def save_random_checkpoint(
         torch.manual_seed(seed)
         model = model_class(config)
     out = Path(out_dir)
-    model.save_pretrained(out)
+    with quiet_hf_progress():
+        model.save_pretrained(out)
     if tokenizer is not None:
         tokenizer.save_pretrained(out)
     return out

@@ -3,7 +3,7 @@ import torch
 from devices import DEVICE
 
 from forethought.errors import InvalidArgumentError, ModelNotAvailableError
-from forethought.models import FAMILIES, is_native, load_model, save_model, tiny_model
+from forethought.models import FAMILIES, is_native, load_model, save_model, save_random_checkpoint, tiny_model
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -61,3 +61,17 @@ def test_directory_without_model(tmp_path):
 def test_tiny_model_rejects_bad_sizes(kwargs):
     with pytest.raises(InvalidArgumentError):
         tiny_model(**kwargs)
+
+
+def test_loading_and_saving_show_no_third_party_progress_bars(tmp_path, tokenizer, capsys):
+    """transformers' per-file bars ("Loading weights", "Writing model shards") stay hidden, and its own setting is
+    left as it was."""
+    from transformers.utils import logging as hf_logging
+
+    before = hf_logging.is_progress_bar_enabled()
+    path = save_random_checkpoint("gpt2", tmp_path / "gpt2", d_model=16, n_layers=1, n_heads=2, n_ctx=16,
+                                  tokenizer=tokenizer)
+    save_model(load_model(path, device=DEVICE), tmp_path / "again")
+    captured = capsys.readouterr()
+    assert "Loading weights" not in captured.err and "Writing model shards" not in captured.err
+    assert hf_logging.is_progress_bar_enabled() == before
