@@ -1,7 +1,9 @@
 """Models: every model in forethought is a TransformerLens 4 ``TransformerBridge``.
 
-* :func:`load_model` boots a hub name or a local ``save_pretrained`` directory (GPT-2, GPT-NeoX/Pythia,
-  Llama families), or a directory written by :func:`save_model` for a native model.
+* :func:`load_model` boots a hub name or a local ``save_pretrained`` directory (GPT-2, GPT-NeoX/Pythia, Llama,
+  Qwen2/3, Gemma-2/3, Mistral, OLMo-2, Phi-3 and the other families TransformerLens bridges), or a directory written
+  by :func:`save_model` for a native model.
+* :func:`save_random_checkpoint` writes small random-weight checkpoints of :data:`ALL_FAMILIES` offline.
 * :func:`tiny_model` builds a randomly initialised ``boot_native`` model from a few sizes (no HF, no network).
 
 Example:

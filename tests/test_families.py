@@ -279,3 +279,12 @@ def test_banded_soft_capped_attend_equals_per_query_loop():
     for a, b in zip(torch.autograd.grad((ours * weights).sum(), inputs),
                     torch.autograd.grad((reference * weights).sum(), inputs), strict=True):
         torch.testing.assert_close(a, b)
+
+
+def test_a_feature_it_cannot_recompute_is_refused_by_name(family, model, monkeypatch):
+    """Norms applied after rotary (HunYuan) would make the hooked normalised key the wrong one: refused up front."""
+    if "qk_norm" not in FEATURES[family]:
+        pytest.skip(f"{family} has no q/k norm")
+    monkeypatch.setattr(model.cfg, "qk_norm_after_rope", True, raising=False)
+    with pytest.raises(UnsupportedArchitectureError, match="uses query/key norms after rotary in layer 0"):
+        myopic(model)

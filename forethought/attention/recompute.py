@@ -2,15 +2,23 @@
 
 This is the machinery behind :func:`~forethought.myopic_training.myopic` and
 :func:`~forethought.attention.ablation.ablate_past`. Each attention layer's ``hook_q``, ``hook_k``, ``hook_v`` (and,
-for rotary models, ``hook_cos``/``hook_sin``, and the projection inputs ``k.hook_in``/``v.hook_in``) are
-captured during the forward; at ``hook_z`` (the input of the output projection) the attention output is
-recomputed with each query ``t`` seeing its own key/value ``k_t, v_t`` and a *past* key/value ``k_i, v_i``
-(``i < t``) chosen by the caller: detached, recomputed from a detached input, zero, a mean, ...
+for rotary models, ``hook_cos``/``hook_sin``; for layers with query/key norms, ``hook_q_normed``/``hook_k_normed``;
+and the projection inputs ``k.hook_in``/``v.hook_in``) are captured during the forward; at ``hook_z`` (the input
+of the output projection) the attention output is recomputed with each query ``t`` seeing its own key/value
+``k_t, v_t`` and a *past* key/value ``k_i, v_i`` (``i < t``) chosen by the caller: detached, recomputed from a
+detached input, zero, a mean, ...
+
+What the families of current studies add is recomputed exactly (:class:`Geometry`): query/key norms (Qwen3,
+OLMo-2, Gemma-3: the bridge's ``hook_k`` is the projection *before* the norm, so the normalised hooks are read, and a
+key recomputed from a detached input goes through the layer's own norm), sliding windows (Mistral, Gemma-2/3: a
+banded causal mask, HF's rule ``t - window < i <= t``), soft-capped scores (Gemma-2: ``cap * tanh(s / cap)`` before
+the mask) and the HF module's score scale (Gemma's ``query_pre_attn_scalar``).
 
 Only hook points that fire and take edits on every supported backend are used (``hook_attn_scores`` edits are
 discarded on ``boot_native`` models), and every recomputation is checked against the model's own output, so a
-backend whose attention differs (dropout, soft-capping, ALiBi, sliding windows, another rotary layout) raises
-:class:`~forethought.errors.UnsupportedArchitectureError` instead of silently giving wrong gradients.
+backend whose attention differs (dropout, ALiBi, attention sinks, norms after rotary, another rotary layout, a
+native model's soft cap) raises :class:`~forethought.errors.UnsupportedArchitectureError`, naming the feature where
+it is recognised, instead of silently giving wrong gradients.
 """
 
 from __future__ import annotations

@@ -69,13 +69,18 @@ def myopic(model: TransformerBridge, mode: Literal["strict", "cutgrad"] = "stric
     """Make gradients myopic inside the ``with`` block; forward values stay exactly those of the model.
 
     Args:
-        model: a ``TransformerBridge`` (``boot_native``, or HF-backed GPT-2, GPT-NeoX, Llama).
+        model: a ``TransformerBridge`` (``boot_native``, or HF-backed GPT-2, GPT-NeoX, Llama, Qwen2, Qwen3, Gemma-2,
+            Gemma-3, Mistral, OLMo-2, Phi-3). With query/key norms, ``"strict"`` holds the past's *normalised*
+            keys constant (the norm's gain, like ``W_K``, does not learn through the past); ``"cutgrad"`` recomputes
+            them through the live norm. Layers with a sliding window shorter than the sequence, or soft-capped
+            scores, take the eager recomputation.
         mode: ``"strict"`` (past keys/values are constants) or ``"cutgrad"`` (past attention inputs are
             constants; ``W_K, W_V`` still learn through the past).
         beta: interpolation towards the vanilla gradient, in ``[0, 1]``.
         attention: how the attention is recomputed for the gradient: ``"fused"`` (scaled-dot-product attention
             plus a diagonal correction, O(T) extra memory), ``"eager"`` (a ``[T, T]`` softmax, the reference),
-            or ``"auto"``: fused wherever it can run (matching dtypes and devices), eager otherwise.
+            or ``"auto"``: fused wherever it can run (matching dtypes and devices, plain causal attention), eager
+            otherwise.
 
     Raises:
         UnsupportedArchitectureError: the model's attention cannot be recomputed exactly (checked on every
