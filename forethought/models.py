@@ -1,7 +1,9 @@
 """Models: every model in forethought is a TransformerLens 4 ``TransformerBridge``.
 
-* :func:`load_model` boots a hub name or a local ``save_pretrained`` directory (GPT-2, GPT-NeoX/Pythia,
-  Llama families), or a directory written by :func:`save_model` for a native model.
+* :func:`load_model` boots a hub name or a local ``save_pretrained`` directory (GPT-2, GPT-NeoX/Pythia, Llama,
+  Qwen2/3, Gemma-2/3, Mistral, OLMo-2, Phi-3 and the other families TransformerLens bridges), or a directory written
+  by :func:`save_model` for a native model.
+* :func:`save_random_checkpoint` writes small random-weight checkpoints of :data:`ALL_FAMILIES` offline.
 * :func:`tiny_model` builds a randomly initialised ``boot_native`` model from a few sizes (no HF, no network).
 
 Example:
@@ -445,7 +447,12 @@ def _offline_message(name: Any) -> str:
     )
 
 
+#: The families the default test fixtures run on.
 FAMILIES = ("gpt2", "neox", "llama")
+#: Families of current planning studies (small random configs; see :func:`save_random_checkpoint`).
+RECENT_FAMILIES = ("qwen2", "qwen3", "gemma2", "gemma3", "mistral", "olmo2", "phi3")
+#: Every family :func:`save_random_checkpoint` writes.
+ALL_FAMILIES = FAMILIES + RECENT_FAMILIES
 
 
 def save_random_checkpoint(
@@ -458,12 +465,29 @@ def save_random_checkpoint(
     tokenizer: Any = None,
     d_vocab: int | None = None,
     seed: int = 0,
+    sliding_window: int = 8,
+    config_overrides: dict[str, Any] | None = None,
 ) -> Path:
     """Write a randomly initialised HF checkpoint with ``save_pretrained`` (offline stand-ins for hub models).
 
-    ``family`` is ``"gpt2"``, ``"neox"`` (Pythia: rotary on a quarter of each head, parallel attention) or
-    ``"llama"`` (rotary, grouped-query attention with ``n_heads // 2`` key/value heads, RMSNorm, gated MLP).
-    The tokenizer, if given, is saved beside the weights and sets the vocabulary size.
+    ``family`` is one of :data:`ALL_FAMILIES`:
+
+    * ``"gpt2"``; ``"neox"`` (Pythia: rotary on a quarter of each head, parallel attention); ``"llama"`` (rotary,
+      grouped-query attention, RMSNorm, gated MLP);
+    * ``"qwen2"`` (Llama-like with q/k/v biases); ``"qwen3"`` (per-head RMSNorm of queries and keys);
+      ``"olmo2"`` (RMSNorm of the whole query and key projections, norms after attention and MLP);
+      ``"phi3"`` (one fused q/k/v projection);
+    * ``"mistral"`` (a sliding window of ``sliding_window`` positions in every layer);
+      ``"gemma2"`` (sliding window in even layers, full attention in odd ones, soft-capped attention scores and
+      logits, scores scaled by ``query_pre_attn_scalar = 2 * head_dim`` rather than ``head_dim``);
+      ``"gemma3"`` (text only: sliding window in even layers with their own rotary base, per-head q/k RMSNorm, the
+      same score scaling).
+
+    Every family after GPT-2 and NeoX uses grouped-query attention with ``n_heads // 2`` key/value heads and
+    ``head_dim = d_model // n_heads``. The default ``sliding_window`` is shorter than the sequences tests use, so
+    that the window matters. ``config_overrides`` are set on the HF config last (e.g.
+    ``{"attn_logit_softcapping": 1.0}``). The tokenizer, if given, is saved beside the weights and sets the
+    vocabulary size.
 
     Example:
         >>> import tempfile
@@ -475,10 +499,17 @@ def save_random_checkpoint(
     """
     import transformers
 
-    if family not in FAMILIES:
-        raise InvalidArgumentError(f"family={family!r} is unknown; choose one of {FAMILIES}")
+    if family not in ALL_FAMILIES:
+        raise InvalidArgumentError(f"family={family!r} is unknown; choose one of {ALL_FAMILIES}")
     vocab = len(tokenizer) if tokenizer is not None else (d_vocab or 256)
     common = {"vocab_size": vocab, "bos_token_id": 0, "eos_token_id": 0}
+    head_dim = d_model // n_heads
+    decoder = {"hidden_size": d_model, "num_hidden_layers": n_layers, "num_attention_heads": n_heads,
+               "num_key_value_heads": max(1, n_heads // 2), "intermediate_size": 4 * d_model,
+               "max_position_embeddings": n_ctx, "pad_token_id": 0, **common}
+    alternating = ["sliding_attention" if layer % 2 == 0 else "full_attention" for layer in range(n_layers)]
+    gemma = {"head_dim": head_dim, "sliding_window": sliding_window, "query_pre_attn_scalar": 2 * head_dim,
+             "layer_types": alternating}
     if family == "gpt2":
         config = transformers.GPT2Config(n_embd=d_model, n_layer=n_layers, n_head=n_heads, n_positions=n_ctx,
                                          **common)
@@ -489,11 +520,30 @@ def save_random_checkpoint(
                                             max_position_embeddings=n_ctx, rotary_pct=0.25,
                                             use_parallel_residual=True, **common)
         model_class = transformers.GPTNeoXForCausalLM
-    else:
+    elif family == "llama":
         config = transformers.LlamaConfig(hidden_size=d_model, num_hidden_layers=n_layers,
                                           num_attention_heads=n_heads, num_key_value_heads=max(1, n_heads // 2),
                                           intermediate_size=4 * d_model, max_position_embeddings=n_ctx, **common)
         model_class = transformers.LlamaForCausalLM
+    elif family == "qwen2":
+        config, model_class = transformers.Qwen2Config(**decoder), transformers.Qwen2ForCausalLM
+    elif family == "qwen3":
+        config, model_class = transformers.Qwen3Config(head_dim=head_dim, **decoder), transformers.Qwen3ForCausalLM
+    elif family == "olmo2":
+        config, model_class = transformers.Olmo2Config(**decoder), transformers.Olmo2ForCausalLM
+    elif family == "phi3":
+        config, model_class = transformers.Phi3Config(**decoder), transformers.Phi3ForCausalLM
+    elif family == "mistral":
+        config = transformers.MistralConfig(head_dim=head_dim, sliding_window=sliding_window, **decoder)
+        model_class = transformers.MistralForCausalLM
+    elif family == "gemma2":
+        config = transformers.Gemma2Config(**gemma, **decoder)
+        model_class = transformers.Gemma2ForCausalLM
+    else:
+        config = transformers.Gemma3TextConfig(**gemma, **decoder)
+        model_class = transformers.Gemma3ForCausalLM
+    for key, value in (config_overrides or {}).items():
+        setattr(config, key, value)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = model_class(config)

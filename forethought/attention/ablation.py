@@ -69,6 +69,6 @@ def ablate_past(
         else:
             k_past = k.mean(dim=(0, 1), keepdim=True).expand_as(k)
             v_past = v.mean(dim=(0, 1), keepdim=True).expand_as(v)
-        return attend(q, k, v, k_past, v_past, geo.scale).to(z.dtype)
+        return attend(q, k, v, k_past, v_past, geo.scale, window=geo.window, softcap=geo.softcap).to(z.dtype)
 
     return installed(RecomputedAttention(model, layers, make_z), model)

@@ -2,15 +2,23 @@
 
 This is the machinery behind :func:`~forethought.myopic_training.myopic` and
 :func:`~forethought.attention.ablation.ablate_past`. Each attention layer's ``hook_q``, ``hook_k``, ``hook_v`` (and,
-for rotary models, ``hook_cos``/``hook_sin``, and the projection inputs ``k.hook_in``/``v.hook_in``) are
-captured during the forward; at ``hook_z`` (the input of the output projection) the attention output is
-recomputed with each query ``t`` seeing its own key/value ``k_t, v_t`` and a *past* key/value ``k_i, v_i``
-(``i < t``) chosen by the caller: detached, recomputed from a detached input, zero, a mean, ...
+for rotary models, ``hook_cos``/``hook_sin``; for layers with query/key norms, ``hook_q_normed``/``hook_k_normed``;
+and the projection inputs ``k.hook_in``/``v.hook_in``) are captured during the forward; at ``hook_z`` (the input
+of the output projection) the attention output is recomputed with each query ``t`` seeing its own key/value
+``k_t, v_t`` and a *past* key/value ``k_i, v_i`` (``i < t``) chosen by the caller: detached, recomputed from a
+detached input, zero, a mean, ...
+
+What the families of current studies add is recomputed exactly (:class:`Geometry`): query/key norms (Qwen3,
+OLMo-2, Gemma-3: the bridge's ``hook_k`` is the projection *before* the norm, so the normalised hooks are read, and a
+key recomputed from a detached input goes through the layer's own norm), sliding windows (Mistral, Gemma-2/3: a
+banded causal mask, HF's rule ``t - window < i <= t``), soft-capped scores (Gemma-2: ``cap * tanh(s / cap)`` before
+the mask) and the HF module's score scale (Gemma's ``query_pre_attn_scalar``).
 
 Only hook points that fire and take edits on every supported backend are used (``hook_attn_scores`` edits are
 discarded on ``boot_native`` models), and every recomputation is checked against the model's own output, so a
-backend whose attention differs (dropout, soft-capping, ALiBi, sliding windows, another rotary layout) raises
-:class:`~forethought.errors.UnsupportedArchitectureError` instead of silently giving wrong gradients.
+backend whose attention differs (dropout, ALiBi, attention sinks, norms after rotary, another rotary layout, a
+native model's soft cap) raises :class:`~forethought.errors.UnsupportedArchitectureError`, naming the feature where
+it is recognised, instead of silently giving wrong gradients.
 """
 
 from __future__ import annotations
@@ -33,6 +41,8 @@ if TYPE_CHECKING:
 #: Hooks captured per layer (relative to ``blocks.{layer}.attn.``).
 QKV_HOOKS = ("hook_q", "hook_k", "hook_v")
 ROTARY_HOOKS = ("hook_cos", "hook_sin")
+#: The normalised query and key, on layers with query/key norms (captured where the hooks exist).
+NORM_HOOKS = ("hook_q_normed", "hook_k_normed")
 INPUT_HOOKS = ("k.hook_in", "v.hook_in")
 
 
@@ -52,7 +62,14 @@ class LayerCapture:
 
 @dataclass
 class Geometry:
-    """What is needed to recompute attention scores from hooked q and k."""
+    """What is needed to recompute attention scores from hooked q and k.
+
+    ``window``: the layer's sliding window (query ``t`` sees keys ``t - window < i <= t``), None for full causal
+    attention. ``softcap``: scores become ``softcap * tanh(scores / softcap)`` before the mask and softmax (Gemma-2).
+    ``qk_norm``: where the layer normalises queries and keys, per position and before rotary: ``"pre_reshape"``
+    (over the whole projection, OLMo-2), ``"post_reshape"`` (over each head, Qwen3, Gemma-3), or None; the hooked
+    ``hook_q_normed``/``hook_k_normed`` are then the query and key the scores are made of.
+    """
 
     n_heads: int
     n_kv_heads: int
@@ -60,6 +77,16 @@ class Geometry:
     scale: float
     rotary: bool
     architecture: str
+    window: int | None = None
+    softcap: float | None = None
+    qk_norm: str | None = None
+
+    def fusable(self, seq_len: int) -> bool:
+        """Whether plain causal attention (a fused kernel) computes this layer for ``seq_len`` positions.
+
+        A sliding window at least as long as the sequence masks nothing beyond the causal mask.
+        """
+        return self.softcap is None and (self.window is None or self.window >= seq_len)
 
 
 def geometry(model: TransformerBridge, layer: int) -> Geometry:
@@ -75,7 +102,15 @@ def geometry(model: TransformerBridge, layer: int) -> Geometry:
     for flag in ("use_local_attn", "use_qk_norm"):
         if getattr(cfg, flag, False):
             raise UnsupportedArchitectureError(f"{architecture} sets {flag}; its attention cannot be recomputed")
-    if getattr(cfg, "attn_scores_soft_cap", -1.0) > 0:
+    attn = model.blocks[layer].attn
+    hf_attn = getattr(attn, "original_component", None)
+    for feature, present in unsupported_features(attn, hf_attn, cfg).items():
+        if present:
+            raise UnsupportedArchitectureError(
+                f"{architecture} uses {feature} in layer {layer}; forethought cannot recompute its attention exactly"
+            )
+    softcap = getattr(hf_attn, "attn_logit_softcapping", None)
+    if softcap is None and getattr(cfg, "attn_scores_soft_cap", -1.0) > 0:  # native models: not reproduced
         raise UnsupportedArchitectureError(f"{architecture} soft-caps attention scores; it cannot be recomputed")
     attn_scale = getattr(cfg, "attn_scale", -1.0)
     scale = 1.0 / (attn_scale if attn_scale and attn_scale > 0 else math.sqrt(cfg.d_head))
@@ -83,6 +118,9 @@ def geometry(model: TransformerBridge, layer: int) -> Geometry:
         scale = 1.0
     if getattr(cfg, "scale_attn_by_inverse_layer_idx", False):
         scale /= layer + 1
+    hf_scale = getattr(hf_attn, "scaling", None)
+    if isinstance(hf_scale, (int, float)) and _reads_hf_scaling(attn):  # Gemma's query_pre_attn_scalar, ...
+        scale = float(hf_scale)
     return Geometry(
         n_heads=cfg.n_heads,
         n_kv_heads=getattr(cfg, "n_key_value_heads", None) or cfg.n_heads,
@@ -90,19 +128,63 @@ def geometry(model: TransformerBridge, layer: int) -> Geometry:
         scale=scale,
         rotary=positional == "rotary",
         architecture=architecture,
+        window=sliding_window(model, layer),
+        softcap=float(softcap) if softcap is not None else None,
+        qk_norm=getattr(attn, "_qk_norm_phase", None),
     )
+
+
+def unsupported_features(attn: Any, hf_attn: Any, cfg: Any) -> dict[str, bool]:
+    """Attention features forethought does not recompute, each with whether layer ``attn`` has it."""
+    hf_cfg = getattr(hf_attn, "config", None)
+    return {
+        "query/key norms after rotary": bool(getattr(cfg, "qk_norm_after_rope", False)),
+        "a per-head query/key norm weight": bool(getattr(attn, "_qk_norm_per_head", False)),
+        "a gated query projection": bool(getattr(cfg, "gated_q_proj", False)),
+        "attention sinks": getattr(hf_attn, "sinks", None) is not None,
+        "a learned key multiplier": getattr(hf_attn, "key_multiplier", None) is not None,
+        "clipped q/k/v": getattr(hf_cfg, "clip_qkv", None) is not None,
+        "interleaved rotary pairs": bool(getattr(cfg, "rotary_interleaved_cos_sin", False)
+                                         or getattr(cfg, "rotary_adjacent_pairs", False)),
+    }
+
+
+def _reads_hf_scaling(attn: Any) -> bool:
+    """Whether the bridge's attention multiplies its scores by the HF module's ``scaling`` (rotary bridges do)."""
+    from transformer_lens.model_bridge.generalized_components.position_embeddings_attention import (
+        PositionEmbeddingsAttentionBridge,
+    )
+
+    return isinstance(attn, PositionEmbeddingsAttentionBridge)
+
+
+def sliding_window(model: TransformerBridge, layer: int) -> int | None:
+    """The sliding window of ``layer`` from the HF config (None: full causal attention, or a native model).
+
+    HF's rule: with ``layer_types``, a layer typed ``"sliding_attention"`` has the config's ``sliding_window``; without
+    it (Mistral, Phi-3), every layer has it when it is set.
+    """
+    hf_config = getattr(getattr(model, "original_model", None), "config", None)
+    hf_config = getattr(hf_config, "text_config", None) or hf_config
+    window = getattr(hf_config, "sliding_window", None)
+    if not isinstance(window, int) or window <= 0 or getattr(hf_config, "use_sliding_window", True) is False:
+        return None
+    layer_types = getattr(hf_config, "layer_types", None)
+    if layer_types is not None and layer < len(layer_types) and layer_types[layer] != "sliding_attention":
+        return None
+    return window
 
 
 def capture_hooks(model: TransformerBridge, layers: list[int], captures: dict[int, LayerCapture],
                   with_inputs: bool) -> list[tuple[str, Callable]]:
     """Forward hooks that store each layer's q, k, v (and cos/sin, projection inputs) in ``captures``."""
-    names = [*QKV_HOOKS, *ROTARY_HOOKS, *(INPUT_HOOKS if with_inputs else ())]
+    names = [*QKV_HOOKS, *ROTARY_HOOKS, *NORM_HOOKS, *(INPUT_HOOKS if with_inputs else ())]
     hooks = []
     for layer in layers:
         for name in names:
             full = f"blocks.{layer}.attn.{name}"
             if full not in model.hook_dict:
-                if name in ROTARY_HOOKS:
+                if name in ROTARY_HOOKS or name in NORM_HOOKS:
                     continue
                 raise UnsupportedArchitectureError(
                     f"{type(model).__name__} has no hook {full!r}; forethought cannot recompute its attention"
@@ -151,11 +233,15 @@ def attend(
     k_past: Float[Tensor, "batch pos head d_head"],
     v_past: Float[Tensor, "batch pos head d_head"],
     scale: float,
+    window: int | None = None,
+    softcap: float | None = None,
 ) -> Float[Tensor, "batch pos head d_head"]:
     """Causal attention in which each query reads its own key/value from one tensor and earlier ones from another.
 
-    Query ``t`` sees ``k_self[t], v_self[t]`` for itself and ``k_past[i], v_past[i]`` for every earlier ``i``.
-    With ``k_past is k_self`` and ``v_past is v_self`` it is ordinary attention.
+    Query ``t`` sees ``k_self[t], v_self[t]`` for itself and ``k_past[i], v_past[i]`` for every earlier ``i``
+    (only ``i > t - window`` with a sliding ``window``). Scores are soft-capped, ``softcap * tanh(s / softcap)``,
+    before the mask when ``softcap`` is given. With ``k_past is k_self`` and ``v_past is v_self`` it is ordinary
+    attention.
     """
     q, k_self, v_self, k_past, v_past = (x.transpose(1, 2) for x in (q, k_self, v_self, k_past, v_past))
     scores = torch.einsum("bhqd,bhkd->bhqk", q, k_past) * scale
@@ -163,7 +249,12 @@ def attend(
     n = q.shape[2]
     eye = torch.eye(n, dtype=torch.bool, device=q.device)
     future = torch.ones(n, n, dtype=torch.bool, device=q.device).triu(1)
-    scores = torch.where(eye, own.unsqueeze(-1), scores).masked_fill(future, float("-inf"))
+    if window is not None and window < n:  # keys at i <= t - window fall outside query t's window
+        future = future | torch.ones(n, n, dtype=torch.bool, device=q.device).tril(-window)
+    scores = torch.where(eye, own.unsqueeze(-1), scores)
+    if softcap is not None:
+        scores = torch.tanh(scores / softcap) * softcap
+    scores = scores.masked_fill(future, float("-inf"))
     wide = torch.float64 if q.dtype == torch.float64 else torch.float32  # the wider of float32 and q's dtype
     pattern = scores.to(wide).softmax(dim=-1).to(q.dtype)
     own_weight = pattern.diagonal(dim1=-2, dim2=-1).unsqueeze(-1)  # [batch, head, pos, 1]
@@ -181,8 +272,17 @@ def check_matches(recomputed: Tensor, actual: Tensor, layer: int, geo: Geometry,
         raise UnsupportedArchitectureError(
             f"cannot guarantee {what} on {geo.architecture}: layer {layer}'s recomputed attention differs from the "
             f"model's by {error:.2e} (active attention dropout? call model.eval() or set dropout to 0; otherwise the "
-            "attention uses scaling/masking forethought does not reproduce)"
+            f"attention uses scaling/masking forethought does not reproduce; it assumed {_assumed(geo)})"
         )
+
+
+def _assumed(geo: Geometry) -> str:
+    """The geometry a recomputation used, in words (for error messages)."""
+    parts = [f"scale {geo.scale:.4g}", "rotary" if geo.rotary else "no rotary",
+             f"window {geo.window}" if geo.window else "no window",
+             f"soft cap {geo.softcap:g}" if geo.softcap else "no soft cap",
+             f"{geo.qk_norm} q/k norm" if geo.qk_norm else "no q/k norm"]
+    return ", ".join(parts)
 
 
 def _autocast_enabled() -> bool:
@@ -248,12 +348,41 @@ class RecomputedAttention(AbstractContextManager):
 
 def qkv(capture: LayerCapture, geo: Geometry) -> tuple[Tensor, Tensor, Tensor]:
     """The layer's live query (rotated), key (rotated, kv heads) and value (kv heads), ``[batch, pos, head, d]``."""
-    q = heads(capture["hook_q"], geo.n_heads, geo.d_head)
-    k = heads(capture["hook_k"], geo.n_kv_heads, geo.d_head)
+    if geo.qk_norm is not None:
+        q = normed_heads(capture["hook_q_normed"], geo.qk_norm, geo.n_heads, geo.d_head)
+        k = normed_heads(capture["hook_k_normed"], geo.qk_norm, geo.n_kv_heads, geo.d_head)
+    else:
+        q = heads(capture["hook_q"], geo.n_heads, geo.d_head)
+        k = heads(capture["hook_k"], geo.n_kv_heads, geo.d_head)
     v = heads(capture["hook_v"], geo.n_kv_heads, geo.d_head)
     if geo.rotary:
         q, k = rotate(q, capture), rotate(k, capture)
     return q, k, v
+
+
+def normed_heads(tensor: Tensor, phase: str, n_heads: int, d_head: int) -> Float[Tensor, "batch pos head d_head"]:
+    """A ``hook_q_normed``/``hook_k_normed`` tensor as ``[batch, pos, head, d_head]``.
+
+    The bridge fires them on ``[batch, pos, head * d_head]`` for a norm over the whole projection (``"pre_reshape"``,
+    OLMo-2) and on ``[batch, head, pos, d_head]`` for a norm over each head (``"post_reshape"``, Qwen3, Gemma-3).
+    """
+    if phase == "pre_reshape":
+        return heads(tensor, n_heads, d_head)
+    return tensor.transpose(1, 2)
+
+
+def apply_qk_norm(attn: Any, name: str, projected: Tensor, geo: Geometry, n_heads: int) -> Tensor:
+    """Heads ``[batch, pos, head, d_head]`` of a q or k projection output, through the layer's own norm ``name``.
+
+    The HF norm module runs (live weights), on the layout the bridge gives it: the flat projection for
+    ``"pre_reshape"``, each head's features for ``"post_reshape"``.
+    """
+    norm = getattr(getattr(attn, name, None), "original_component", None)
+    if not callable(norm):
+        raise UnsupportedArchitectureError(f"{geo.architecture} has no module {name!r} to normalise with")
+    if geo.qk_norm == "pre_reshape":
+        return heads(norm(projected), n_heads, geo.d_head)
+    return norm(heads(projected, n_heads, geo.d_head))
 
 
 @contextmanager

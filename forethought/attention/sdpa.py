@@ -13,8 +13,10 @@ the classes stay untouched), the part that turns q, k, v into the attention outp
 
 Every hook except ``hook_attn_scores`` and ``hook_pattern`` fires and keeps its edits. Whenever one of those two
 has a hook (e.g. ``run_with_cache``), or the call is one the kernel does not reproduce (a padding mask, a filled
-KV cache, active attention dropout, ``use_attn_result``, split q/k/v inputs, soft-capping, q/k norms, ...), the
-bridge's own eager code runs instead, so patterns stay observable and nothing silently changes.
+KV cache, active attention dropout, ``use_attn_result``, split q/k/v inputs, soft-capping, q/k norms, a sliding
+window shorter than the sequence, ...), the bridge's own eager code runs instead, so patterns stay observable and
+nothing silently changes. (Families whose layers the kernel does not install on, such as Qwen3, OLMo-2, Gemma-2
+and Gemma-3, run the bridge's eager attention throughout.)
 
 The kernel computes causal attention with one fused call (the flash kernel on CPU, ``scaled_dot_product_attention``
 elsewhere). :func:`~forethought.myopic_training.myopic` registers a *view* with the kernel, so that a myopic step
@@ -65,6 +67,14 @@ class KernelState:
         self.views: list[View] = []
         self.handled: set[int] = set()
         self.hf_attn_implementation: str | None = None
+        #: Each layer's sliding window (None: full causal attention); the kernel runs a windowed layer only while
+        #: the sequence fits in its window (where the band masks nothing beyond the causal mask).
+        self.windows: dict[int, int | None] = {}
+
+    def windowed(self, layer: int, seq_len: int) -> bool:
+        """True when ``layer`` has a sliding window shorter than ``seq_len``: the kernel must not compute it."""
+        window = self.windows.get(layer)
+        return window is not None and window < seq_len
 
     def attend(self, layer: int, q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
         """Causal attention of one layer (``[batch, head, pos, d]``, k/v may have fewer heads).
@@ -116,9 +126,12 @@ def install_sdpa(model: TransformerBridge) -> int:
     """
     if sdpa_installed(model):
         return sum(_replaced(block.attn) for block in model.blocks)
+    from forethought.attention.recompute import sliding_window
+
     state = KernelState()
     count = 0
     for layer, block in enumerate(model.blocks):
+        state.windows[layer] = sliding_window(model, layer)
         count += _install_layer(block.attn, state, layer)
     hf_config = getattr(getattr(model, "original_model", None), "config", None)
     if count and hasattr(hf_config, "_attn_implementation"):
@@ -269,6 +282,7 @@ def _joint_qkv_attention(self: Any, q: Tensor, k: Tensor, v: Tensor, **kwargs: A
     cfg = self.config
     if (
         kwargs.get("attention_mask") is not None
+        or state.windowed(layer, q.shape[1])
         or patterns_observed(self)
         or getattr(self, "_reorder_and_upcast_attn", False)
         or bool(getattr(cfg, "use_attn_result", False))
@@ -317,7 +331,6 @@ def _plain_rotary(attn: Any) -> bool:
         or getattr(hf, "attn_logit_softcapping", None) is not None
         or getattr(hf, "sinks", None) is not None
         or attn._modules.get("gate") is not None
-        or getattr(hf, "sliding_window", None) is not None
         or not hasattr(hf, "head_dim")
     )
 
@@ -332,8 +345,11 @@ def _rotary_forward(self: Any, *args: Any, **kwargs: Any) -> Any:
 
     state, layer = vars(self)[_ATTRIBUTE]
     cfg = self.config
+    hidden = kwargs.get("hidden_states", args[0] if args else None)
     if (
         kwargs.get("attention_mask") is not None
+        or not isinstance(hidden, Tensor)
+        or state.windowed(layer, hidden.shape[-2])
         or kwargs.get("position_embeddings") is None
         or patterns_observed(self)
         or bool(getattr(cfg, "use_split_qkv_input", False))

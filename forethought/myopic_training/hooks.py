@@ -43,6 +43,7 @@ from forethought.attention.fused import fused_attend, fused_attention, fused_sup
 from forethought.attention.recompute import (
     LayerCapture,
     RecomputedAttention,
+    apply_qk_norm,
     attend,
     attention_dropout_active,
     check_matches,
@@ -68,13 +69,18 @@ def myopic(model: TransformerBridge, mode: Literal["strict", "cutgrad"] = "stric
     """Make gradients myopic inside the ``with`` block; forward values stay exactly those of the model.
 
     Args:
-        model: a ``TransformerBridge`` (``boot_native``, or HF-backed GPT-2, GPT-NeoX, Llama).
+        model: a ``TransformerBridge`` (``boot_native``, or HF-backed GPT-2, GPT-NeoX, Llama, Qwen2, Qwen3, Gemma-2,
+            Gemma-3, Mistral, OLMo-2, Phi-3). With query/key norms, ``"strict"`` holds the past's *normalised*
+            keys constant (the norm's gain, like ``W_K``, does not learn through the past); ``"cutgrad"`` recomputes
+            them through the live norm. Layers with a sliding window shorter than the sequence, or soft-capped
+            scores, take the eager recomputation.
         mode: ``"strict"`` (past keys/values are constants) or ``"cutgrad"`` (past attention inputs are
             constants; ``W_K, W_V`` still learn through the past).
         beta: interpolation towards the vanilla gradient, in ``[0, 1]``.
         attention: how the attention is recomputed for the gradient: ``"fused"`` (scaled-dot-product attention
             plus a diagonal correction, O(T) extra memory), ``"eager"`` (a ``[T, T]`` softmax, the reference),
-            or ``"auto"``: fused wherever it can run (matching dtypes and devices), eager otherwise.
+            or ``"auto"``: fused wherever it can run (matching dtypes and devices, plain causal attention), eager
+            otherwise.
 
     Raises:
         UnsupportedArchitectureError: the model's attention cannot be recomputed exactly (checked on every
@@ -108,7 +114,8 @@ def myopic(model: TransformerBridge, mode: Literal["strict", "cutgrad"] = "stric
 
     def kernel(layer: int, q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor | None:
         """The installed kernel's myopic attention for ``layer`` (None: leave it to the ``hook_z`` route)."""
-        if attention == "eager" or not fused_supported(*(x.transpose(1, 2) for x in (q, k, v))):
+        if (attention == "eager" or not fused_supported(*(x.transpose(1, 2) for x in (q, k, v)))
+                or not geometries[layer].fusable(q.shape[2])):
             return None
         if attention_dropout_active(model, layer):
             raise UnsupportedArchitectureError(
@@ -135,17 +142,19 @@ def myopic(model: TransformerBridge, mode: Literal["strict", "cutgrad"] = "stric
             k_past, v_past = _from_detached_input(model, layer, capture, geo)
         if beta:
             k_past, v_past = (1 - beta) * k_past + beta * k, (1 - beta) * v_past + beta * v
-        fused = attention != "eager" and fused_supported(q, k_past, v_past)
+        fused = attention != "eager" and fused_supported(q, k_past, v_past) and geo.fusable(q.shape[1])
         if attention == "fused" and not fused:
             raise UnsupportedArchitectureError(
                 f"attention='fused' cannot run layer {layer} of {geo.architecture} (q {q.dtype} on {q.device}, "
-                f"k {k_past.dtype} on {k_past.device}); use attention='auto' or 'eager'"
+                f"k {k_past.dtype} on {k_past.device}, sliding window {geo.window}, soft cap {geo.softcap}, "
+                f"{q.shape[1]} positions); use attention='auto' or 'eager'"
             )
         if fused:  # own and past keys/values are equal in value: the fused path applies
             recomputed = fused_attend(q, k, v, k_past, v_past, geo.scale)
         else:
             k_self, v_self, k_past, v_past = (expand_kv(x, geo.n_heads) for x in (k, v, k_past, v_past))
-            recomputed = attend(q, k_self, v_self, k_past, v_past, geo.scale)
+            banded = {name: value for name, value in (("window", geo.window), ("softcap", geo.softcap)) if value}
+            recomputed = attend(q, k_self, v_self, k_past, v_past, geo.scale, **banded)
         check_matches(recomputed, z, layer, geo, f"myopic gradients ({mode})")
         return z.detach() + (recomputed - recomputed.detach())
 
@@ -172,8 +181,10 @@ def _from_detached_input(model: TransformerBridge, layer: int, capture: LayerCap
                 f"{geo.architecture} has no separate {name} projection at blocks.{layer}.attn.{name}; "
                 "use mode='strict'"
             )
-        projected.append(heads(projection(capture[f"{name}.hook_in"].detach()), geo.n_kv_heads, geo.d_head))
-    k_past, v_past = projected
+        projected.append(projection(capture[f"{name}.hook_in"].detach()))
+    k_past, v_past = (heads(x, geo.n_kv_heads, geo.d_head) for x in projected)
+    if geo.qk_norm is not None:  # the key as attention reads it: through the layer's k norm, with its live weights
+        k_past = apply_qk_norm(attn, "k_norm", projected[0], geo, geo.n_kv_heads)
     if geo.rotary:
         k_past = rotate(k_past, capture)
     return k_past, v_past
