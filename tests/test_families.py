@@ -23,6 +23,7 @@ from forethought.hook_names import hook_name
 from forethought.interventions import LogitDiff, greedy, patch_heads, patch_positions, transplant
 from forethought.models import RECENT_FAMILIES, load_model, save_random_checkpoint
 from forethought.myopic_training import myopic
+from forethought.myopic_training.reference import accumulate_per_position_gradients
 from forethought.probes.sweep import ProbeSweepConfig, probe_sweep
 from forethought.probes.vocabulary import VocabProbeConfig
 
@@ -172,33 +173,10 @@ def _myopic_step(model, tokens, **kwargs):
 
 
 def per_position_reference(model, tokens, mode):
-    """The myopic gradient by its definition: for each t, detach the past in every layer and back-propagate ℓ_t.
-
-    ``strict`` detaches the keys and values as attention reads them: the normalised key (``hook_k_normed``) where
-    the layer has a q/k norm, so that the norm's gain, like ``W_K``, does not learn through the past; ``cutgrad``
-    detaches the inputs of the key and value projections.
-    """
+    """The myopic gradient by its definition (forethought.myopic_training.reference): for each t, detach the past in
+    every layer and back-propagate ℓ_t; ``strict`` detaches the normalised key where the layer has a q/k norm."""
     model.zero_grad()
-    n_targets = tokens.shape[0] * (tokens.shape[1] - 1)
-    names = []
-    for layer in range(model.cfg.n_layers):
-        prefix = f"blocks.{layer}.attn."
-        if mode == "strict":
-            normed = prefix + "hook_k_normed"
-            names += [normed if normed in model.hook_dict else prefix + "hook_k", prefix + "hook_v"]
-        else:
-            names += [prefix + "k.hook_in", prefix + "v.hook_in"]
-    for t in range(tokens.shape[1] - 1):
-        def detach_past(x, hook, t=t):
-            axis = getattr(hook, "pos_dim", None) or 1  # per-head normed keys are [batch, head, pos, d_head]
-            shape = [1] * x.ndim
-            shape[axis] = -1
-            past = (torch.arange(x.shape[axis], device=x.device) < t).view(shape)
-            return torch.where(past, x.detach(), x)
-
-        with model.hooks(fwd_hooks=[(name, detach_past) for name in names]):
-            per_token = model(tokens, return_type="loss", loss_per_token=True)
-        (per_token[:, t].sum() / n_targets).backward()
+    accumulate_per_position_gradients(model, tokens, mode)
     return _grads(model)
 
 
