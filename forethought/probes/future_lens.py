@@ -120,6 +120,7 @@ class FutureLens(AffineProbes):
     """
 
     kind = "future_lens"
+    needs_model = True
 
     def __init__(self, weight: Float[Tensor, "layer task d_model d_model"], bias: Float[Tensor, "layer task d_model"],
                  mean: Float[Tensor, "layer d_model"], scale: Float[Tensor, "layer d_model"], layers: Sequence[int],
