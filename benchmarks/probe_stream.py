@@ -39,7 +39,8 @@ def child(args: argparse.Namespace) -> None:
     config = ProbeSweepConfig(top_k=args.top_k, batch_size=16, stream_dir=args.stream_dir,
                               vocab=VocabProbeConfig(max_epochs=args.epochs, batch_size=512))
     start = time.perf_counter()
-    table = probe_sweep(model, tokens, offsets=[0, 1], config=config, stream=args.mode == "stream", progress=False)
+    sweep = probe_sweep(model, tokens, offsets=[0, 1], config=config, stream=args.mode == "stream", progress=False)
+    table = sweep.to_frame()
     seconds = time.perf_counter() - start
     table.to_csv(Path(args.stream_dir) / f"table_{args.tokens}_{args.mode}.csv", index=False)
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

@@ -141,7 +141,7 @@ def big_sweep(args: argparse.Namespace) -> dict:
         torch.cuda.synchronize()
     start = time.perf_counter()
     table = probe_sweep({"random": model}, tokens, offsets=OFFSETS, method="vocab", config=config, device=device,
-                        stream=args.big_stream, progress=False)
+                        stream=args.big_stream, progress=False).to_frame()
     if device == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start

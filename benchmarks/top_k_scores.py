@@ -36,7 +36,7 @@ def main() -> None:
         start = time.perf_counter()
         config = ProbeSweepConfig(control=False).with_max_epochs(args.max_epochs)
         table = probe_sweep({args.model: model}, run.splits, layers=[args.layer], offsets=offsets, top_k=top_k,
-                            config=config, progress=False)
+                            config=config, progress=False).to_frame()
         row = {"label space": "whole vocabulary" if top_k is None else f"top-{top_k} + other",
                "coverage": table["coverage"].iloc[0]}
         for _, line in table.iterrows():

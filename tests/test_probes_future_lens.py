@@ -146,5 +146,5 @@ def test_future_lens_sweep_accepts_bfloat16_features():
     model = tiny_model(n_layers=1, d_model=16, n_heads=2, d_vocab=12, n_ctx=16, device=DEVICE)
     tokens = torch.randint(0, 12, (40, 16), generator=torch.Generator().manual_seed(0))
     table = probe_sweep({"m": model}, tokens, offsets=[0, 1], method="future_lens", progress=False,
-                        config=ProbeSweepConfig(feature_dtype=torch.bfloat16))
+                        config=ProbeSweepConfig(feature_dtype=torch.bfloat16)).to_frame()
     assert table["top1"].notna().all()

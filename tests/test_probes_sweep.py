@@ -49,7 +49,8 @@ def model():
 
 @pytest.fixture(scope="module")
 def known_answer(model):
-    return probe_sweep({"random": model}, skip_one_chain(300), offsets=[0, 1, 2], config=FAST, progress=False)
+    sweep = probe_sweep({"random": model}, skip_one_chain(300), offsets=[0, 1, 2], config=FAST, progress=False)
+    return sweep.to_frame()
 
 
 def test_known_answer_offset_one_is_read_from_the_current_token(known_answer):
@@ -76,7 +77,7 @@ def test_table_layout(known_answer):
 
 def test_iid_tokens_every_offset_is_at_chance(model):
     tokens = torch.randint(0, 8, (300, SEQ_LEN), generator=torch.Generator().manual_seed(1))
-    table = probe_sweep(model, tokens, offsets=[1, 2, 3], config=FAST, progress=False)
+    table = probe_sweep(model, tokens, offsets=[1, 2, 3], config=FAST, progress=False).to_frame()
     assert table["model"].unique().tolist() == ["model"]
     assert ((table["top1"] - 1 / 8).abs() < 0.05).all(), table["top1"]
     assert ((table["bigram_top1"] - 1 / 8).abs() < 0.05).all()
@@ -88,7 +89,7 @@ def test_two_models_methods_top_k_and_saved_probes(model, tmp_path):
     other = tiny_model(n_layers=2, d_model=32, n_heads=4, d_vocab=VOCAB, n_ctx=SEQ_LEN, seed=1, device=DEVICE)
     config = ProbeSweepConfig(vocab=VocabProbeConfig(max_epochs=3))
     table = probe_sweep({"a": model, "b": other}, splits, layers=[0, 2], offsets=[1], top_k=5,
-                        method=["vocab", "future_lens"], config=config, save_dir=tmp_path, progress=False)
+                        method=["vocab", "future_lens"], config=config, save_dir=tmp_path, progress=False).to_frame()
     assert len(table) == 2 * 2 * 2 and set(table["label_space"]) == {"top5+other"} and set(table["n_classes"]) == {6}
     assert table["coverage"].between(0, 1).all()
     lens = table[table["method"] == "future_lens"]
@@ -104,7 +105,7 @@ def test_two_models_methods_top_k_and_saved_probes(model, tmp_path):
 def test_logistic_and_ridge_methods(model):
     tokens = skip_one_chain(60, seed=3)
     table = probe_sweep(model, tokens, layers=[0], offsets=[1], method=["logistic", "ridge"], top_k=5,
-                        progress=False).set_index("method")
+                        progress=False).to_frame().set_index("method")
     logistic = table.loc["logistic"]  # offset 1 is readable, but only the in-space targets can be hit
     assert logistic["top1_in_space"] > 0.9 and logistic["control_top1"] > 0
     assert logistic["coverage"] - 0.05 < logistic["top1"] <= logistic["coverage"] < 0.5
@@ -120,7 +121,7 @@ def test_lens_on_the_last_layer_agrees_with_the_model_in_any_label_space(model):
     config = ProbeSweepConfig(control=False, future_lens=FutureLensConfig(ridge=0.0, max_epochs=0))
     for top_k in (None, 3):
         row = probe_sweep(model, skip_one_chain(40), layers=[2], offsets=[0], method="future_lens", top_k=top_k,
-                          config=config, progress=False).iloc[0]
+                          config=config, progress=False).to_frame().iloc[0]
         assert row["r2"] > 0.99
         assert row["greedy_top1"] > 0.99 if top_k is None else row["greedy_top1"] <= 1
 
@@ -159,7 +160,7 @@ def test_an_iid_stream_with_a_small_top_k_gives_chance_top1():
     determines, is no information about the future, so it has no chance level here.)"""
     tokens = torch.randint(0, 40, (160, SEQ_LEN), generator=torch.Generator().manual_seed(0))
     model = tiny_model(n_layers=1, d_model=16, n_heads=2, d_vocab=40, n_ctx=SEQ_LEN, device=DEVICE)
-    table = probe_sweep(model, tokens, offsets=[0, 1], top_k=2, config=FAST, progress=False)
+    table = probe_sweep(model, tokens, offsets=[0, 1], top_k=2, config=FAST, progress=False).to_frame()
     for column in ("top1", "unigram_top1", "bigram_top1"):
         assert table[column].max() < 2 / 40, column
     assert (table["top1"] <= table["coverage"]).all() and (table["coverage"] < 0.1).all()
@@ -173,8 +174,8 @@ def test_a_streamed_sweep_equals_the_in_memory_sweep(model, tmp_path, top_k):
     config = ProbeSweepConfig(batch_size=7, eval_batch_size=300, stream_dir=str(tmp_path),
                               vocab=VocabProbeConfig(max_epochs=4, batch_size=128))
     kwargs = {"offsets": [0, 1, 2], "top_k": top_k, "config": config, "progress": False}
-    in_memory = probe_sweep({"random": model}, tokens, stream=False, **kwargs)
-    streamed = probe_sweep({"random": model}, tokens, stream=True, **kwargs)
+    in_memory = probe_sweep({"random": model}, tokens, stream=False, **kwargs).to_frame()
+    streamed = probe_sweep({"random": model}, tokens, stream=True, **kwargs).to_frame()
     assert list(streamed.columns) == list(in_memory.columns)
     numeric = [column for column in COLUMNS if in_memory[column].dtype.kind == "f"]
     assert (streamed.drop(columns=numeric) == in_memory.drop(columns=numeric)).all().all()
@@ -197,7 +198,7 @@ def test_streaming_chooses_itself_and_refuses_methods_it_cannot_run(model, tmp_p
         assert len(seen) == 3  # "auto" streamed fit, val and test: they exceed the budget
         probe_sweep(model, tokens, offsets=[0], config=replace(tiny_budget, stream_above_gib=1.0), progress=False)
         assert len(seen) == 3  # ... and keeps data within it in memory
-        table = probe_sweep(model, tokens, offsets=[0], method="ridge", config=tiny_budget, progress=False)
+        table = probe_sweep(model, tokens, offsets=[0], method="ridge", config=tiny_budget, progress=False).to_frame()
         assert len(table) == 3 and len(seen) == 3  # ridge cannot stream, so "auto" keeps it in memory
     with pytest.raises(InvalidArgumentError, match="stream=True"):
         probe_sweep(model, tokens, method=["vocab", "ridge"], stream=True, progress=False)
@@ -222,7 +223,7 @@ tokens[:, 2::2] = (tokens[:, :-2:2] * 5 + 1) % 12  # something to read two token
 config = ProbeSweepConfig(vocab=VocabProbeConfig(max_epochs=3), future_lens=FutureLensConfig(max_epochs=1))
 table = probe_sweep(model, tokens, offsets=[0, 1], method=["vocab", "future_lens"], config=config,
                     save_dir=os.path.join(out, "probes"), progress=False)
-table.to_csv(os.path.join(out, f"table_{rank}.csv"), index=False)
+table.to_frame().to_csv(os.path.join(out, f"table_{rank}.csv"), index=False)
 """
 
 
@@ -292,7 +293,7 @@ def test_paired_intervals_resample_both_sides_together():
 def test_a_model_against_itself_differs_by_nothing(model):
     """The same model under two names: every paired difference is exactly 0 with the interval [0, 0]."""
     table = probe_sweep({"a": model, "b": model}, skip_one_chain(60), offsets=[0, 1], config=FAST, reference="a",
-                        progress=False)
+                        progress=False).to_frame()
     other = table[table["model"] == "b"]
     assert (other[["minus_reference", "minus_reference_ci_low", "minus_reference_ci_high"]] == 0).all().all()
     assert table[table["model"] == "a"]["minus_reference"].isna().all()

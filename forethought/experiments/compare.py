@@ -131,7 +131,7 @@ def compare_regimes(
                               baseline=baseline, seed=seed if bootstrap_seed is None else bootstrap_seed)
     probed = {name: model for name, model in models.items() if name not in NOT_PROBED}
     probes = probe_sweep(probed, data, layers=layers, offsets=offsets, method=method, seed=seed, config=config,
-                         reference=baseline if baseline in probed else None, progress=progress)
+                         reference=baseline if baseline in probed else None, progress=progress).to_frame()
     comparison = side_by_side(probes, baseline)
     result = RegimeComparison(losses=losses, probes=probes, comparison=comparison)
     if out_dir is not None:

@@ -50,8 +50,8 @@ from forethought.distributed import current_world
 from forethought.errors import InvalidArgumentError
 from forethought.experiments.common import model_data, parse_ints, parse_models, scoring_data_options
 from forethought.models import load_model
+from forethought.probes.methods import method_names
 from forethought.probes.sweep import (
-    METHODS,
     ProbeSweepConfig,
     check_stream,
     label_space_summary,
@@ -70,9 +70,9 @@ def run(args: argparse.Namespace) -> int:
     offsets = parse_ints(args.offsets, "offsets")
     seeds = parse_ints(args.seeds, "seeds") if args.seeds else [args.seed]
     methods = [m.strip() for m in args.method.split(",") if m.strip()]
-    unknown = [m for m in methods if m not in METHODS]
+    unknown = [m for m in methods if m not in method_names()]
     if unknown or not methods:
-        raise InvalidArgumentError(f"--method {args.method!r} is unknown; choose from {', '.join(METHODS)}")
+        raise InvalidArgumentError(f"--method {args.method!r} is unknown; choose from {', '.join(method_names())}")
     options = scoring_data_options(args, verb="probe")
     config = ProbeSweepConfig(top_k=args.top_k, control=not args.no_control, test_fraction=options["val_fraction"],
                               batch_size=args.batch_size, stream_above_gib=args.stream_above_gib,
@@ -103,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
     tables = [probe_sweep(models, splits, layers=layers, offsets=offsets, method=methods, seed=seed,
                           device=args.device, config=config,
                           save_dir=out / "probes" / (f"seed{seed}" if len(seeds) > 1 else "")
-                          if args.save_probes else None, stream=stream, progress=args.progress)
+                          if args.save_probes else None, stream=stream, progress=args.progress).to_frame()
               for seed in seeds]
     seconds = time.perf_counter() - start
     if world is not None and not world.is_main:

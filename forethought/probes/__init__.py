@@ -1,7 +1,10 @@
 """Future-token probes: does the hidden state at position ``t`` already hold the token at ``t + 1 + N``?
 
-* :func:`probe_sweep`: every model × layer × offset × method from one activation pass → a tidy DataFrame
-  with accuracy, cross-entropy, agreement with the model's own predictions, baselines and control task.
+* :func:`probe_sweep`: every model × layer × offset × method from one activation pass → a :class:`ProbeSweep`
+  whose ``.to_frame()`` is a tidy table of accuracy, cross-entropy, agreement with the model's own predictions,
+  baselines and control task, with ``.plot()``, ``.probes`` and ``.save()``.
+* Probe methods are objects (:class:`ProbeMethod`), registered by name (:func:`register`, :func:`get_method`,
+  :func:`method_names`); each fits its probes from one model's :class:`SweepPlan`.
 * Direct probes: :func:`fit_vocab_probes` (all pairs at once, AdamW, early stopping) and
   :func:`fit_logistic_probes` (scikit-learn, one pair at a time); both return :class:`LinearProbes`.
 * The Future-Lens linear model: :func:`fit_future_lens` (and :func:`fit_ridge_lens`, its least-squares
@@ -27,7 +30,7 @@ Example:
     >>> from forethought.models import tiny_model
     >>> model = tiny_model(n_layers=1, d_model=16, n_heads=2, d_vocab=12, n_ctx=16)
     >>> tokens = torch.randint(0, 12, (40, 16), generator=torch.Generator().manual_seed(0))
-    >>> table = probe_sweep({"random": model}, tokens, offsets=[0, 1], top_k=5, progress=False)
+    >>> table = probe_sweep({"random": model}, tokens, offsets=[0, 1], top_k=5, progress=False).to_frame()
     >>> sorted(table.label_space.unique())
     ['top5+other']
 """
@@ -46,9 +49,12 @@ from forethought.probes.io import load_probes, save_probes
 from forethought.probes.lens_view import LensView, lens_view
 from forethought.probes.linear import LinearProbes, Task, feature_stats
 from forethought.probes.logistic import LogisticProbeConfig, fit_logistic_probes
+from forethought.probes.methods import ProbeMethod, get_method, method_names, register
 from forethought.probes.metrics import MetricAccumulator, cross_entropy, top_k_accuracy
+from forethought.probes.plan import ProbeSweepConfig, SweepPlan, TrainingExamples
 from forethought.probes.regression import RidgeProbeResult, fit_ridge_probe
-from forethought.probes.sweep import METHODS, ProbeSweepConfig, add_gains, probe_sweep, seed_spread
+from forethought.probes.result import ProbeSweep
+from forethought.probes.sweep import METHODS, add_gains, probe_sweep, seed_spread
 from forethought.probes.targets import LabelSpace, future_labels, model_predictions
 from forethought.probes.vocabulary import VocabProbeConfig, describe_memory, fit_vocab_probes
 
@@ -62,9 +68,13 @@ __all__ = [
     "LinearProbes",
     "LogisticProbeConfig",
     "MetricAccumulator",
+    "ProbeMethod",
+    "ProbeSweep",
     "ProbeSweepConfig",
     "RidgeProbeResult",
+    "SweepPlan",
     "Task",
+    "TrainingExamples",
     "UnigramBaseline",
     "VocabProbeConfig",
     "add_gains",
@@ -80,11 +90,14 @@ __all__ = [
     "fit_ridge_probe",
     "fit_vocab_probes",
     "future_labels",
+    "get_method",
     "least_squares",
     "lens_view",
     "load_probes",
+    "method_names",
     "model_predictions",
     "probe_sweep",
+    "register",
     "save_probes",
     "seed_spread",
     "top_k_accuracy",

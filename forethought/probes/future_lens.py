@@ -48,12 +48,12 @@ from tqdm.auto import tqdm
 from forethought.errors import (
     DataError,
     InvalidArgumentError,
-    NumericalError,
     UnsupportedArchitectureError,
     VocabularyMismatchError,
 )
-from forethought.probes.early_stopping import MinibatchFitConfig, PerProbeEarlyStopping
+from forethought.probes.early_stopping import MinibatchFitConfig
 from forethought.probes.linear import AffineProbes, Task, feature_stats
+from forethought.probes.stacked import TensorBatches, train_stacked
 from forethought.probes.targets import LabelSpace
 from forethought.probes.vocabulary import check_features, split_held_out
 
@@ -120,6 +120,7 @@ class FutureLens(AffineProbes):
     """
 
     kind = "future_lens"
+    needs_model = True
 
     def __init__(self, weight: Float[Tensor, "layer task d_model d_model"], bias: Float[Tensor, "layer task d_model"],
                  mean: Float[Tensor, "layer d_model"], scale: Float[Tensor, "layer d_model"], layers: Sequence[int],
@@ -323,44 +324,25 @@ def fit_label_lens(
 
 def _fine_tune(lens: FutureLens, x: Tensor, y: Tensor, val_x: Tensor, val_y: Tensor, loss_fn: Any,
                config: FutureLensConfig) -> None:
-    """AdamW on the lens maps with per-probe early stopping; ``loss_fn(ĥ, targets) -> [L, T]`` summed loss."""
+    """Fine-tune the lens maps by :func:`~forethought.probes.stacked.train_stacked`; ``loss_fn(ĥ, targets) -> [L, T]``.
+
+    ``x [layer, n, d]`` and ``y [task, n, ...]`` are layer-major; the lens keeps every probe's best epoch.
+    """
     weight = lens.weight.detach().clone().requires_grad_(True)
     bias = lens.bias.detach().clone().requires_grad_(True)
-    optimizer = torch.optim.AdamW([{"params": [weight], "weight_decay": config.weight_decay},
-                                   {"params": [bias], "weight_decay": 0.0}], lr=config.lr)
     mean, scale = lens.mean[:, None], lens.scale[:, None]
-    stopper = PerProbeEarlyStopping(tuple(weight.shape[:2]), config.patience, config.min_delta, x.device)
 
-    def predict(features: Tensor) -> Tensor:
-        return torch.einsum("lnd,ltde->ltne", (features.float() - mean) / scale, weight) + bias[:, :, None]
+    def loss(features: Tensor, targets: Tensor) -> Tensor:
+        predicted = torch.einsum("lnd,ltde->ltne", (features.float() - mean) / scale, weight) + bias[:, :, None]
+        return loss_fn(predicted, targets)
 
-    def held_out() -> Tensor:
-        total = torch.zeros(weight.shape[:2], device=x.device)
-        with torch.no_grad():
-            for start in range(0, val_x.shape[1], config.eval_batch_size):
-                stop = start + config.eval_batch_size
-                total += loss_fn(predict(val_x[:, start:stop]), val_y[:, start:stop])
-        return total / val_x.shape[1]
-
-    stopper.best = held_out()  # the starting point is epoch 0: fine-tuning must beat it
-    generator = torch.Generator(device="cpu").manual_seed(config.seed)  # the same order on every device
-    for epoch in tqdm(range(config.max_epochs), desc="future lens", disable=not config.progress, unit="epoch"):
-        for batch in torch.randperm(x.shape[1], generator=generator, device="cpu").split(config.batch_size):
-            batch = batch.to(x.device)
-            loss = loss_fn(predict(x[:, batch]), y[:, batch]).sum() / len(batch)
-            if not torch.isfinite(loss):
-                raise NumericalError(f"future-lens loss became {loss.item()} at epoch {epoch}; lower lr")
-            grads = torch.autograd.grad(loss, [weight, bias])  # the model's own parameters get no gradient
-            for param, grad in zip((weight, bias), grads, strict=True):
-                param.grad = grad
-            optimizer.step()
-        improved = stopper.step(held_out())
-        with torch.no_grad():
-            lens.weight.copy_(torch.where(improved[:, :, None, None], weight, lens.weight))
-            lens.bias.copy_(torch.where(improved[:, :, None], bias, lens.bias))
-        if stopper.done:
-            break
-    lens.meta.update(epochs=stopper.epochs, best_epoch=stopper.best_epoch.tolist())
+    fitted = train_stacked([(weight, config.weight_decay), (bias, 0.0)], loss, TensorBatches(x, y, axis=1),
+                           TensorBatches(val_x, val_y, axis=1), config, desc="future lens",
+                           masks=[lambda improved: improved[:, :, None, None], lambda improved: improved[:, :, None]])
+    with torch.no_grad():
+        lens.weight.copy_(fitted.best[0])
+        lens.bias.copy_(fitted.best[1])
+    lens.meta.update(epochs=fitted.stopper.epochs, best_epoch=fitted.stopper.best_epoch.tolist())
 
 
 def _device(model: TransformerBridge, config: FutureLensConfig) -> torch.device:

@@ -29,8 +29,8 @@ from safetensors.torch import load_file, save_file
 from forethought.devices import resolve_device
 from forethought.errors import CheckpointError, InvalidArgumentError, VocabularyMismatchError
 from forethought.hook_names import RESID, hook_name, n_depths
-from forethought.probes.future_lens import FutureLens
-from forethought.probes.linear import LinearProbes
+from forethought.probes.linear import AffineProbes
+from forethought.probes.methods import probe_types
 from forethought.reporting import atomic_directory
 
 if TYPE_CHECKING:
@@ -40,18 +40,19 @@ CONFIG = "probes.json"
 WEIGHTS = "probes.safetensors"
 FORMAT = "forethought-probes"
 VERSION = 1
-KINDS = {LinearProbes.kind: LinearProbes, FutureLens.kind: FutureLens}
 
 
-def save_probes(probes: LinearProbes | FutureLens, directory: str | os.PathLike,
+def save_probes(probes: AffineProbes, directory: str | os.PathLike,
                 model: TransformerBridge | None = None) -> Path:
     """Write ``probes`` to ``directory`` (replacing it); ``model`` fills in the model name and hook names.
 
     Returns:
         The directory written.
     """
-    if not isinstance(probes, tuple(KINDS.values())):
-        raise InvalidArgumentError(f"cannot save {type(probes).__name__}; expected LinearProbes or FutureLens")
+    kinds = probe_types()
+    if not isinstance(probes, tuple(kinds.values())):
+        raise InvalidArgumentError(f"cannot save {type(probes).__name__}; expected the probes of a registered "
+                                   f"method ({', '.join(t.__name__ for t in kinds.values())})")
     meta = dict(probes.meta)
     if model is not None:
         meta.setdefault("model_name", str(getattr(model.cfg, "model_name", "")))
@@ -81,7 +82,7 @@ def save_probes(probes: LinearProbes | FutureLens, directory: str | os.PathLike,
 
 
 def load_probes(directory: str | os.PathLike, model: TransformerBridge | None = None,
-                device: str | torch.device | None = None) -> LinearProbes | FutureLens:
+                device: str | torch.device | None = None) -> AffineProbes:
     """Read probes written by :func:`save_probes`.
 
     Args:
@@ -95,23 +96,24 @@ def load_probes(directory: str | os.PathLike, model: TransformerBridge | None = 
         VocabularyMismatchError: ``model`` has another width or vocabulary than the probes.
     """
     path = Path(directory)
+    kinds = probe_types()
     try:
         config = json.loads((path / CONFIG).read_text())
         tensors = load_file(str(path / WEIGHTS))
     except Exception as error:  # noqa: BLE001 - OSError, JSON's ValueError, safetensors' own error types
         raise CheckpointError(f"cannot read probes in {str(directory)!r}: {error}") from error
-    if not isinstance(config, dict) or config.get("format") != FORMAT or config.get("kind") not in KINDS:
-        raise CheckpointError(f"{str(path / CONFIG)!r} is not a forethought probe file (kinds: {sorted(KINDS)})")
+    if not isinstance(config, dict) or config.get("format") != FORMAT or config.get("kind") not in kinds:
+        raise CheckpointError(f"{str(path / CONFIG)!r} is not a forethought probe file (kinds: {sorted(kinds)})")
     if model is not None and (model.cfg.d_model != config["d_model"] or model.cfg.d_vocab != config["d_vocab"]):
         raise VocabularyMismatchError(
             f"probes in {str(directory)!r} were fitted on d_model={config['d_model']}, d_vocab={config['d_vocab']}"
             f"; this model has d_model={model.cfg.d_model}, d_vocab={model.cfg.d_vocab}")
     if model is not None:
         _check_fits_model(directory, config, model)
-    if config["kind"] == FutureLens.kind and model is None:
-        raise InvalidArgumentError("a Future-Lens probe decodes with its model's unembedding; pass model=")
+    if kinds[config["kind"]].needs_model and model is None:
+        raise InvalidArgumentError(f"a {config['kind']} probe decodes with its model's unembedding; pass model=")
     try:
-        probes = KINDS[config["kind"]].from_saved(tensors, config, model=model)
+        probes = kinds[config["kind"]].from_saved(tensors, config, model=model)
     except KeyError as error:
         raise CheckpointError(f"probes in {str(directory)!r} lack {error}; the files are incomplete") from error
     except InvalidArgumentError as error:

@@ -24,6 +24,7 @@ Example:
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -91,7 +92,7 @@ def feature_stats(
     return mean.float(), std.float()
 
 
-class AffineProbes(nn.Module):
+class AffineProbes(nn.Module, ABC):
     """Per-layer standardisation and one affine map per (layer, task): what every probe kind stores.
 
     A ``torch.nn.Module``: ``weight`` and ``bias`` are parameters (frozen when fitted; ``requires_grad_()``
@@ -110,6 +111,8 @@ class AffineProbes(nn.Module):
     """
 
     kind: ClassVar[str] = "affine"
+    #: whether loading needs the model the probes read (e.g. to decode with its unembedding)
+    needs_model: ClassVar[bool] = False
     weight: Float[Tensor, "layer task d_model d_out"]
     bias: Float[Tensor, "layer task d_out"]
     mean: Float[Tensor, "layer d_model"]
@@ -172,10 +175,10 @@ class AffineProbes(nn.Module):
                                        f"[{len(self.layers)}, n, {self.d_model}]")
         return (features.to(self.device, self.mean.dtype) - self.mean[:, None]) / self.scale[:, None]
 
+    @abstractmethod
     def _head(self, x: Float[Tensor, "layer n d_model"], layers: slice, tasks: slice
               ) -> Float[Tensor, "layer task n n_classes"]:
         """Class logits of the probes ``[layers, tasks]`` for standardised features of those layers."""
-        raise NotImplementedError
 
     def logits(self, features: Float[Tensor, "layer n d_model"]) -> Float[Tensor, "layer task n n_classes"]:
         """Class logits of every probe for ``features`` (one row of features per probed layer)."""

@@ -4,9 +4,10 @@
 the final one), builds the future-token labels of every offset, fits the requested probe methods on the
 training sequences (all (layer, offset) pairs at once), and scores them on held-out sequences against
 the true tokens, against the model's own greedy predictions, and against the baselines and the control
-task. The result is a pandas DataFrame with one row per (model, layer, offset, method).
+task. The result is a :class:`~forethought.probes.result.ProbeSweep`: its table (``.to_frame()``) has one row per
+(model, layer, offset, method), and it holds the fitted probes, the heatmaps and ``save``/``load``.
 
-Methods (``method=``):
+Methods (``method=``; each is one registered object, see :mod:`forethought.probes.methods`):
 
 * ``"vocab"``: direct softmax-regression probes trained together with AdamW
   (:mod:`forethought.probes.vocabulary`);
@@ -51,7 +52,8 @@ Splits are by sequence: ``TokenSplits.validation`` (or ``test_fraction`` of a to
 ``val_fraction`` of the remaining sequences is held out for early stopping.
 
 The steps live in their own modules: :mod:`forethought.probes.examples` (the activation pass → probe examples,
-in memory or streamed), :mod:`forethought.probes.fitting` (a method's name → its trainer) and
+in memory or streamed), :mod:`forethought.probes.plan` (one model's plan, the one object the steps read),
+:mod:`forethought.probes.methods` (the registered methods, each fitting its probes from the plan) and
 :mod:`forethought.probes.scoring` (metrics of the probes, their control task and the baselines); this module
 joins them per model and process and keeps the table's helpers (:func:`add_gains`, :func:`seed_spread`).
 
@@ -60,16 +62,18 @@ Example:
     >>> from forethought.models import tiny_model
     >>> model = tiny_model(n_layers=1, d_model=16, n_heads=2, d_vocab=12, n_ctx=16)
     >>> tokens = torch.randint(0, 12, (40, 16), generator=torch.Generator().manual_seed(0))
-    >>> table = probe_sweep({"random": model}, tokens, offsets=[0, 1], progress=False)
-    >>> table[["model", "layer", "offset", "method"]].shape
+    >>> sweep = probe_sweep({"random": model}, tokens, offsets=[0, 1], progress=False)
+    >>> sweep.to_frame()[["model", "layer", "offset", "method"]].shape
     (4, 4)
+    >>> sorted(sweep.probes["random"])
+    ['vocab', 'vocab_control']
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from contextlib import ExitStack
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from tempfile import TemporaryDirectory
 from typing import TYPE_CHECKING, Any
@@ -80,31 +84,30 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
-from forethought.bootstrap import N_RESAMPLES, bootstrap_ci
+from forethought.bootstrap import bootstrap_ci
 from forethought.data.tokens import TokenSplits, split_sequences
 from forethought.devices import resolve_device
 from forethought.distributed import World, current_world, gather_objects, process_device, share
-from forethought.errors import InvalidArgumentError, check_positive, choices_text
+from forethought.errors import InvalidArgumentError, choices_text
 from forethought.hook_names import RESID, hook_name, resolve_layers
 from forethought.options import METHODS
 from forethought.probes.baselines import control_labels
 from forethought.probes.examples import Examples, collect_examples, split_data, stream_examples
-from forethought.probes.fitting import fit_method
-from forethought.probes.future_lens import FutureLensConfig
-from forethought.probes.io import save_probes
-from forethought.probes.linear import concat_layers
-from forethought.probes.logistic import LogisticProbeConfig
+from forethought.probes.linear import AffineProbes, concat_layers
+from forethought.probes.methods import ProbeMethod, get_method, method_names
+from forethought.probes.plan import ProbeSweepConfig, SweepPlan, TrainingExamples
+from forethought.probes.result import ProbeSweep
 from forethought.probes.scoring import baseline_scores, score_probes
 from forethought.probes.targets import LabelSpace, check_offsets, future_labels
-from forethought.probes.vocabulary import VocabProbeConfig
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
 
-LENS_METHODS = ("future_lens", "ridge")
+__all__ = ["COLUMNS", "METHODS", "SEQUENCE_HITS", "ProbeSweep", "ProbeSweepConfig", "add_gains", "check_stream",
+           "label_space_summary", "paired_intervals", "probe_sweep", "seed_spread"]
+
 #: A row's private entry with its per-sequence hits (dropped from the table once the intervals are computed).
 SEQUENCE_HITS = "_sequence_hits"
-STREAMING_METHODS = ("vocab",)
 COLUMNS = [
     "model", "layer", "offset", "method", "hook", "label_space", "n_classes", "coverage",
     "top1", "top1_ci_low", "top1_ci_high", "top5", "cross_entropy", "top1_in_space",
@@ -114,65 +117,6 @@ COLUMNS = [
     "gain_over_baseline_ci_low", "gain_over_baseline_ci_high", "gain_over_depth0_ci_low", "gain_over_depth0_ci_high",
     "control_top1", "selectivity", "r2", "n_train", "n_test", "seed",
 ]
-
-
-@dataclass
-class ProbeSweepConfig:
-    """Everything :func:`probe_sweep` needs besides the models, the data, layers, offsets and methods.
-
-    Attributes:
-        top_k: restrict labels to the ``k`` most frequent future tokens of the training split plus
-            ``"other"`` (None: the whole vocabulary).
-        control: also train every probe on a Hewitt & Liang control task (doubles the probes).
-        test_fraction: share of sequences held out for scoring when ``data`` is a token tensor.
-        val_fraction: share of the training sequences held out for early stopping.
-        batch_size: sequences per forward pass when collecting activations.
-        eval_batch_size: examples per chunk when scoring.
-        n_resamples: bootstrap resamples (over test sequences) for the ``top1_ci_low/high`` interval (95 %).
-        feature_dtype: dtype the activations are stored in (e.g. ``torch.bfloat16`` halves their memory).
-        stream_above_gib: with ``stream="auto"``, stream when the activations would take more than this (GiB).
-        stream_dir: where a streaming sweep writes its temporary feature files (default: the system's
-            temporary directory); they are deleted when the sweep ends.
-        vocab, logistic, future_lens: settings of each method (their seeds and devices are set from the sweep).
-    """
-
-    top_k: int | None = None
-    control: bool = True
-    test_fraction: float = 0.2
-    val_fraction: float = 0.1
-    batch_size: int = 32
-    eval_batch_size: int = 2048
-    n_resamples: int = N_RESAMPLES
-    feature_dtype: torch.dtype = torch.float32
-    stream_above_gib: float = 4.0
-    stream_dir: str | None = None
-    vocab: VocabProbeConfig = field(default_factory=VocabProbeConfig)
-    logistic: LogisticProbeConfig = field(default_factory=LogisticProbeConfig)
-    future_lens: FutureLensConfig = field(default_factory=FutureLensConfig)
-
-    def __post_init__(self) -> None:
-        check_positive("batch_size", self.batch_size, integer=True)
-        check_positive("eval_batch_size", self.eval_batch_size, integer=True)
-        check_positive("n_resamples", self.n_resamples, integer=True)
-        check_positive("stream_above_gib", self.stream_above_gib)
-        if self.top_k is not None:
-            check_positive("top_k", self.top_k, integer=True)
-        for name in ("test_fraction", "val_fraction"):
-            value = getattr(self, name)
-            if not 0 < value < 1:
-                raise InvalidArgumentError(f"{name}={value!r} is not allowed; expected 0 < {name} < 1")
-
-    def with_max_epochs(self, max_epochs: int | None) -> ProbeSweepConfig:
-        """This config with the epoch-trained methods (vocab, future_lens) capped at ``max_epochs`` (None: as is).
-
-        Example:
-            >>> ProbeSweepConfig().with_max_epochs(3).future_lens.max_epochs
-            3
-        """
-        if max_epochs is None:
-            return self
-        return replace(self, vocab=replace(self.vocab, max_epochs=max_epochs),
-                       future_lens=replace(self.future_lens, max_epochs=max_epochs))
 
 
 def probe_sweep(
@@ -190,8 +134,8 @@ def probe_sweep(
     stream: bool | str = "auto",
     reference: str | None = None,
     progress: bool = True,
-) -> pd.DataFrame:
-    """Probe every (layer, offset) of every model with every method; one row per measurement.
+) -> ProbeSweep:
+    """Probe every (layer, offset) of every model with every method; one table row per measurement.
 
     Args:
         models: ``{"name": model}`` (or a single model, named ``"model"``).
@@ -199,7 +143,8 @@ def probe_sweep(
             :class:`~forethought.data.TokenSplits` (its validation split is the test set).
         layers: ``"all"`` or residual-stream depths (0 = embeddings, ``n_layers`` = last block's output).
         offsets: future offsets ``N`` (``0`` = the next token ``t + 1``).
-        method: one of ``"vocab"``, ``"logistic"``, ``"future_lens"``, ``"ridge"``, or a list of them.
+        method: a registered method (``"vocab"``, ``"logistic"``, ``"future_lens"``, ``"ridge"``; see
+            :mod:`forethought.probes.methods`), or a list of them.
         top_k: overrides ``config.top_k`` (the label space).
         seed: seeds the splits, the control task, and every trainer.
         device: where to run the models and train the probes (default: each model's device).
@@ -215,7 +160,9 @@ def probe_sweep(
         progress: show progress bars.
 
     Returns:
-        A DataFrame with the columns listed in the module docstring.
+        A :class:`~forethought.probes.result.ProbeSweep`: ``.to_frame()`` is the table with the columns listed in
+        the module docstring, ``.probes`` the fitted probes by model and method (on process 0 under several
+        processes), ``.plot()`` the heatmaps.
     """
     config = config or ProbeSweepConfig()
     if top_k is not None:
@@ -224,32 +171,39 @@ def probe_sweep(
     models = dict(models) if isinstance(models, Mapping) else {"model": models}
     if not models:
         raise InvalidArgumentError("models is empty; pass {'name': model, ...}")
-    methods = [method] if isinstance(method, str) else list(method)
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown or not methods:
-        raise InvalidArgumentError(f"method={unknown[0] if unknown else method!r} is unknown; choose from "
-                                   f"{choices_text(METHODS)}")
-    check_stream(stream, methods, config)
+    names = [method] if isinstance(method, str) else list(method)
+    if not names:
+        raise InvalidArgumentError(f"method={method!r} is unknown; choose from {choices_text(method_names())}")
+    methods = [get_method(name) for name in names]
+    check_stream(stream, names, config)
     train, test = split_data(data, config.test_fraction, seed)
     offsets = check_offsets(offsets, train.shape[1])
     fit, val = split_sequences(train, val_fraction=config.val_fraction, seed=seed + 1)
     world = current_world()
     device = process_device(device, world)
-    rows = []
-    for name, model in models.items():
-        streamed = _should_stream(stream, model, layers, methods, len(train) + len(test), train.shape[1], config)
-        rows += _sweep_model(name, model, (fit, val, test), layers, offsets, methods, config, seed, device,
-                             save_dir, progress and (world is None or world.is_main), streamed, world)
-    if world is not None:
-        rows = sorted((row for part in gather_objects(world, rows) for row in part), key=_row_order(models, methods))
     if reference is not None and reference not in models:
         raise InvalidArgumentError(f"reference={reference!r} is not among the models {sorted(models)}")
+    rows, probes = [], {}
+    for name, model in models.items():
+        plan = _plan(name, model, layers, offsets, fit, config, seed, device,
+                     progress=progress and (world is None or world.is_main),
+                     streamed=_should_stream(stream, model, layers, methods, len(train) + len(test), train.shape[1],
+                                             config), world=world)
+        model_rows, fitted = _sweep_model(plan, methods, (fit, val, test)) if plan.layers else ([], {})
+        rows += model_rows
+        probes[name] = _gather_probes(world, plan, fitted) if world is not None else fitted
+    if world is not None:
+        rows = sorted((row for part in gather_objects(world, rows) for row in part), key=_row_order(models, names))
     intervals = paired_intervals(rows, reference, config.n_resamples, seed)
     table = add_gains(pd.DataFrame([{k: v for k, v in row.items() if k != SEQUENCE_HITS} for row in rows],
                                    columns=COLUMNS))
     for column, values in intervals.items():
         table[column] = values
-    return table
+    result = ProbeSweep(table, probes, {"offsets": offsets, "methods": names, "seed": seed, "top_k": config.top_k,
+                                        "reference": reference, "streamed": stream})
+    if save_dir is not None and (world is None or world.is_main):
+        result.save_probes(save_dir, models)
+    return result
 
 
 @dataclass(frozen=True)
@@ -364,15 +318,16 @@ def check_stream(stream: bool | str, methods: Sequence[str], config: ProbeSweepC
     """
     if stream not in (True, False, "auto"):
         raise InvalidArgumentError(f"stream={stream!r} is not allowed; expected True, False or 'auto'")
-    if stream is True and set(methods) - set(STREAMING_METHODS):
-        raise InvalidArgumentError(f"stream=True trains {choices_text(STREAMING_METHODS)} probes only; got "
+    streaming = [name for name in method_names() if get_method(name).streams]
+    if stream is True and set(methods) - set(streaming):
+        raise InvalidArgumentError(f"stream=True trains {choices_text(streaming)} probes only; got "
                                    f"method={list(methods)}; run the other methods with stream=False")
     if stream is not False and config.stream_dir is not None and not Path(config.stream_dir).is_dir():
         raise InvalidArgumentError(f"stream_dir={config.stream_dir!r} is not a directory; create it or leave "
                                    "stream_dir unset for the system's temporary directory")
 
 
-def _should_stream(stream: bool | str, model: TransformerBridge, layers: Any, methods: list[str], n_seq: int,
+def _should_stream(stream: bool | str, model: TransformerBridge, layers: Any, methods: list[ProbeMethod], n_seq: int,
                    seq_len: int, config: ProbeSweepConfig) -> bool:
     """Whether this model's sweep streams.
 
@@ -381,98 +336,98 @@ def _should_stream(stream: bool | str, model: TransformerBridge, layers: Any, me
     """
     if stream != "auto":
         return bool(stream)
-    if set(methods) - set(STREAMING_METHODS):
+    if not all(method.streams for method in methods):
         return False
     depths = len({*resolve_layers(model, layers, RESID), model.cfg.n_layers})
     element = config.feature_dtype.itemsize
     return depths * n_seq * seq_len * model.cfg.d_model * element > config.stream_above_gib * 2**30
 
 
-def _sweep_model(name: str, model: TransformerBridge, splits: tuple[Tensor, Tensor, Tensor], layers: Any,
-                 offsets: list[int], methods: list[str], config: ProbeSweepConfig, seed: int, device: Any,
-                 save_dir: Any, progress: bool, streamed: bool = False,
-                 world: World | None = None) -> list[dict[str, Any]]:
+def _plan(name: str, model: TransformerBridge, layers: Any, offsets: list[int], fit_tokens: Tensor,
+          config: ProbeSweepConfig, seed: int, device: Any, *, progress: bool, streamed: bool,
+          world: World | None) -> SweepPlan:
+    """One model's plan: its depths (this process's share under several), its device and its label space."""
     layers = resolve_layers(model, layers, RESID)
     if world is not None:  # each process probes its own depths over all the data (probes of a depth are independent)
         layers = [layers[i] for i in share(len(layers), world.rank, world.size)]
-        if not layers:
-            _save_gathered(world, [], name, methods, model, save_dir)
-            return []
     device = torch.device(device) if device is not None else next(model.parameters()).device
-    if device != next(model.parameters()).device:
+    if layers and device != next(model.parameters()).device:
         model = model.to(device)
-    with_resid = any(m in LENS_METHODS for m in methods)
-    space = (LabelSpace.top_k(future_labels(splits[0], offsets), config.top_k, model.cfg.d_vocab)
+    space = (LabelSpace.top_k(future_labels(fit_tokens, offsets), config.top_k, model.cfg.d_vocab)
              if config.top_k is not None else LabelSpace.full(model.cfg.d_vocab))
+    return SweepPlan(name=name, model=model, layers=layers, offsets=offsets, space=space, config=config, seed=seed,
+                     device=device, progress=progress, streamed=streamed)
+
+
+def _sweep_model(plan: SweepPlan, methods: list[ProbeMethod], splits: tuple[Tensor, Tensor, Tensor]
+                 ) -> tuple[list[dict[str, Any]], dict[str, AffineProbes]]:
+    """The activation pass over one model's fit, held-out and test sequences, then every method fitted and scored."""
+    config = plan.config
     with ExitStack() as cleanup:
-        if streamed:
+        if plan.streamed:
             directory = Path(cleanup.enter_context(TemporaryDirectory(prefix="forethought-features-",
                                                                       dir=config.stream_dir)))
-            fit, val, test = (stream_examples(model, tokens, layers, offsets, space, directory / f"{part}.bin",
-                                              batch_size=config.batch_size, feature_dtype=config.feature_dtype,
-                                              device=device, progress=progress)
-                              for part, tokens in zip(("fit", "val", "test"), splits, strict=True))
-            for split in (fit, val, test):
+            examples = tuple(stream_examples(plan.model, tokens, plan.layers, plan.offsets, plan.space,
+                                             directory / f"{part}.bin", batch_size=config.batch_size,
+                                             feature_dtype=config.feature_dtype, device=plan.device,
+                                             progress=plan.progress)
+                             for part, tokens in zip(("fit", "val", "test"), splits, strict=True))
+            for split in examples:
                 cleanup.callback(split.features.close)
         else:
-            fit, val, test = (collect_examples(model, tokens, layers, offsets, space, batch_size=config.batch_size,
-                                               feature_dtype=config.feature_dtype, device=device,
-                                               with_resid=with_resid, progress=progress)
-                              for tokens in splits)
-        rows, fitted = _fit_and_score(name, model, (fit, val, test), len(splits[2]), future_labels(splits[2], offsets),
-                                      layers, offsets, methods, space, config, seed, device, progress)
-    if world is not None:
-        _save_gathered(world, fitted, name, methods, model, save_dir)
-    elif save_dir is not None:
-        for path, probes in fitted:
-            save_probes(probes, Path(save_dir) / name / path, model=model)
-    return rows
+            with_resid = any(method.needs_resid for method in methods)
+            examples = tuple(collect_examples(plan.model, tokens, plan.layers, plan.offsets, plan.space,
+                                              batch_size=config.batch_size, feature_dtype=config.feature_dtype,
+                                              device=plan.device, with_resid=with_resid, progress=plan.progress)
+                             for tokens in splits)
+        return _fit_and_score(plan, methods, examples, splits[2])
 
 
-def _save_gathered(world: World, fitted: list[tuple[str, Any]], name: str, methods: list[str], model: TransformerBridge,
-                   save_dir: Any) -> None:
-    """Process 0 saves every process's probes of one model, joined along the layer axis."""
-    if save_dir is None:
-        return
-    parts = gather_objects(world, [(path, probes.replace(model=None) if hasattr(probes, "model") else probes)
-                                   for path, probes in fitted], to_main=True)
-    if world.is_main:
-        by_path: dict[str, list[Any]] = {}
-        for path, probes in (item for part in parts for item in part):
-            by_path.setdefault(path, []).append(probes)
-        for path, pieces in by_path.items():
-            save_probes(concat_layers(pieces), Path(save_dir) / name / path, model=model)
+def _gather_probes(world: World, plan: SweepPlan, fitted: dict[str, AffineProbes]) -> dict[str, AffineProbes]:
+    """Every process's probes of one model on process 0, joined along the layer axis (the others get ``{}``)."""
+    parts = gather_objects(world, [(path, (probes.replace(model=None) if hasattr(probes, "model") else probes)
+                                    .to("cpu")) for path, probes in fitted.items()], to_main=True)
+    if not world.is_main:
+        return {}
+    by_path: dict[str, list[Any]] = {}
+    for path, probes in (item for part in parts for item in part):
+        by_path.setdefault(path, []).append(probes)
+    joined = {path: concat_layers(pieces).to(plan.device) for path, pieces in by_path.items()}
+    return {path: probes.replace(model=plan.model) if hasattr(probes, "model") else probes
+            for path, probes in joined.items()}
 
 
-def _fit_and_score(name: str, model: TransformerBridge, examples: tuple[Examples, Examples, Examples],
-                   n_test_sequences: int, test_targets: Tensor, layers: list[int], offsets: list[int],
-                   methods: list[str], space: LabelSpace, config: ProbeSweepConfig, seed: int, device: torch.device,
-                   progress: bool) -> tuple[list[dict[str, Any]], list[tuple[str, Any]]]:
+def _fit_and_score(plan: SweepPlan, methods: list[ProbeMethod], examples: tuple[Examples, Examples, Examples],
+                   test_tokens: Tensor) -> tuple[list[dict[str, Any]], dict[str, AffineProbes]]:
     """Baselines, then every method's probes fitted and scored.
 
-    Returns one row per (layer, offset, method), and the fitted probes with the directory name each is saved
+    Returns one row per (layer, offset, method), and the fitted probes by the directory name each is saved
     under (``method``, ``method_control``).
     """
     fit, val, test = examples
+    model, space, config, seed = plan.model, plan.space, plan.config, plan.seed
+    n_test_sequences = len(test_tokens)
     controls = torch.stack([control_labels(fit.labels[i], model.cfg.d_vocab, seed=seed + 7919 * (i + 1))
-                            for i in range(len(offsets))])  # [offset, d_vocab]
+                            for i in range(len(plan.offsets))])  # [offset, d_vocab]
+    training = TrainingExamples(fit, val, controls, control=config.control)
     baselines, baseline_hits = baseline_scores(torch.cat([fit.current, val.current]),
                                                torch.cat([fit.labels, val.labels], 1), test, space, n_test_sequences)
-    coverage = space.coverage(test_targets)
-    rows, saved = [], []
+    coverage = space.coverage(future_labels(test_tokens, plan.offsets))
+    rows, saved = [], {}
     for method in methods:
-        probes, control = fit_method(method, model, fit, val, controls, layers, offsets, space, config, seed, device,
-                                     progress)
+        probes, control = method.fit(plan, training)
+        if not method.has_control:
+            control = None
         scores = score_probes(probes, control, test, controls, space, n_test_sequences, config.eval_batch_size,
                               config.n_resamples, seed)
         for fitted, suffix in ((probes, ""), (control, "_control")):
             if fitted is not None:
-                fitted.meta.update(model_name=name, hook=RESID, seed=seed)
-                saved.append((f"{method}{suffix}", fitted))
+                fitted.meta.update(model_name=plan.name, hook=RESID, seed=seed)
+                saved[f"{method.name}{suffix}"] = fitted
         hits, counts = scores.pop("sequence_hits"), scores.pop("sequence_counts")
-        for i, layer in enumerate(layers):
-            for j, offset in enumerate(offsets):
-                row = {"model": name, "layer": layer, "offset": offset, "method": method,
+        for i, layer in enumerate(plan.layers):
+            for j, offset in enumerate(plan.offsets):
+                row = {"model": plan.name, "layer": layer, "offset": offset, "method": method.name,
                        "hook": hook_name(model, RESID, layer), "label_space": space.name,
                        "n_classes": space.n_classes, "coverage": coverage,
                        **{key: float(value[i, j]) for key, value in scores.items()},
@@ -484,5 +439,3 @@ def _fit_and_score(name: str, model: TransformerBridge, examples: tuple[Examples
                                                   counts.numpy())
                 rows.append(row)
     return rows, saved
-
-

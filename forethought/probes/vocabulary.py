@@ -36,12 +36,12 @@ import torch
 import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor
-from tqdm.auto import tqdm
 
-from forethought.errors import DataError, InvalidArgumentError, NumericalError
+from forethought.errors import DataError, InvalidArgumentError
 from forethought.probes.early_stopping import MinibatchFitConfig, PerProbeEarlyStopping
 from forethought.probes.feature_store import FeatureStore
 from forethought.probes.linear import LinearProbes, Task, feature_stats
+from forethought.probes.stacked import train_stacked
 from forethought.probes.targets import LabelSpace
 
 
@@ -217,8 +217,23 @@ def _rows(features: Tensor | FeatureStore, mean: Tensor, scale: Tensor, device: 
     return _InMemoryRows(features, mean, scale, device)
 
 
+class _RowBatches:
+    """Standardised feature rows with their labels ``[n, T]``, as the stacked training loop reads them."""
+
+    def __init__(self, rows: _InMemoryRows | _StoredRows, labels: Tensor):
+        self.rows, self.labels, self.n = rows, labels, rows.n
+
+    def batch(self, index: Tensor) -> tuple[Tensor, Tensor]:
+        index = index.to(self.labels.device)
+        return self.rows.gather(index), self.labels.index_select(0, index)
+
+    def chunks(self, size: int) -> Iterator[tuple[Tensor, Tensor]]:
+        for start, part in zip(range(0, self.n, size), self.rows.chunks(size), strict=True):
+            yield part, self.labels[start : start + size]
+
+
 class _StackedSoftmax:
-    """The training loop: one weight ``[L, d, T·C]``, a per-probe held-out loss, per-probe early stopping."""
+    """One weight ``[L, d, T·C]`` and bias ``[L, 1, T·C]``, trained by :func:`.stacked.train_stacked`."""
 
     def __init__(self, n_layers: int, d_model: int, n_classes: int, labels: Tensor, config: VocabProbeConfig):
         """Zero weights, and biases at the (Laplace-smoothed) log label frequencies of ``labels [n, T]``.
@@ -233,11 +248,9 @@ class _StackedSoftmax:
         log_prior = ((counts + 1) / (labels.shape[0] + n_classes)).log().flatten()
         self.weight = torch.zeros(n_layers, d_model, n_tasks * n_classes, device=device, requires_grad=True)
         self.bias = log_prior.expand(n_layers, 1, -1).clone().requires_grad_(True)
-        self.optimizer = torch.optim.AdamW([{"params": [self.weight], "weight_decay": config.weight_decay},
-                                            {"params": [self.bias], "weight_decay": 0.0}], lr=config.lr)
         self.best_weight = self.weight.detach().clone()
         self.best_bias = self.bias.detach().clone()
-        self.stopper = PerProbeEarlyStopping((n_layers, n_tasks), config.patience, config.min_delta, device)
+        self.stopper: PerProbeEarlyStopping | None = None
 
     def per_probe_loss(self, x: Tensor, y: Tensor) -> Tensor:
         """Summed cross-entropy ``[L, T]`` of a chunk: ``x [n, L, d]`` standardised features, ``y [n, T]`` labels."""
@@ -251,42 +264,15 @@ class _StackedSoftmax:
 
     def fit(self, x: _InMemoryRows | _StoredRows, y: Tensor, val_x: _InMemoryRows | _StoredRows,
             val_y: Tensor) -> None:
-        config = self.config
-        n = x.n
-        generator = torch.Generator(device="cpu").manual_seed(config.seed)  # the same order on every device
-        self.stopper.best = self.held_out_loss(val_x, val_y)  # epoch 0, the unigram start, is a candidate too
-        epochs = tqdm(range(config.max_epochs), desc="probes", disable=not config.progress, unit="epoch")
-        for epoch in epochs:
-            for batch in torch.randperm(n, generator=generator, device="cpu").split(config.batch_size):
-                batch = batch.to(y.device)
-                loss = self.per_probe_loss(x.gather(batch), y.index_select(0, batch)).sum() / len(batch)
-                if not torch.isfinite(loss):
-                    raise NumericalError(f"probe training loss became {loss.item()} at epoch {epoch}; "
-                                         "lower lr or check the features for NaN/inf")
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                self.optimizer.step()
-            held_out = self.held_out_loss(val_x, val_y)
-            epochs.set_postfix(held_out=f"{held_out.mean().item():.4f}", active=int(self.stopper.active.sum()))
-            if self.update_best(held_out):
-                break
+        n_classes = self.shape[3]
 
-    @torch.no_grad()
-    def held_out_loss(self, x: _InMemoryRows | _StoredRows, y: Tensor) -> Tensor:
-        total = torch.zeros(self.shape[0], self.shape[2], device=self.weight.device)
-        size = self.config.eval_batch_size
-        for start, part in zip(range(0, x.n, size), x.chunks(size), strict=True):
-            total += self.per_probe_loss(part, y[start : start + size])
-        return total / x.n
+        def mask(improved: Tensor) -> Tensor:
+            return improved.repeat_interleave(n_classes, dim=1)[:, None, :]  # [L, 1, T*C]
 
-    @torch.no_grad()
-    def update_best(self, held_out: Tensor) -> bool:
-        """Keep improved probes' weights; True when every probe is out of patience."""
-        improved = self.stopper.step(held_out)
-        mask = improved.repeat_interleave(self.shape[3], dim=1)[:, None, :]  # [L, 1, T*C]
-        self.best_weight = torch.where(mask, self.weight, self.best_weight)
-        self.best_bias = torch.where(mask, self.bias, self.best_bias)
-        return self.stopper.done
+        fitted = train_stacked([(self.weight, self.config.weight_decay), (self.bias, 0.0)], self.per_probe_loss,
+                               _RowBatches(x, y), _RowBatches(val_x, val_y), self.config, masks=[mask, mask])
+        self.best_weight, self.best_bias = fitted.best
+        self.stopper = fitted.stopper
 
     def best_weights(self) -> tuple[Tensor, Tensor]:
         """Weights ``[L, T, d, C]`` and biases ``[L, T, C]`` of every probe's best epoch."""

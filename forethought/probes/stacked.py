@@ -1,0 +1,147 @@
+"""The one training loop of the stacked probe trainers: minibatch AdamW over examples, every probe at once.
+
+A stack holds one probe per (layer, task) pair in a few tensors; each probe's loss depends on its own slice of
+them only, and AdamW updates every parameter on its own, so training the stack trains every probe separately
+with the same minibatch order. After every epoch each probe's held-out loss is checked; a probe keeps the
+parameters of its best epoch (the starting point counts as epoch 0) and is frozen once it has not improved for
+``patience`` epochs (:class:`~forethought.probes.early_stopping.PerProbeEarlyStopping`). Training ends when
+every probe is frozen or after ``max_epochs``. The direct vocabulary probes
+(:mod:`forethought.probes.vocabulary`) and the Future-Lens fine-tuning (:mod:`forethought.probes.future_lens`)
+both train through :func:`train_stacked`.
+
+Example:
+    >>> import torch
+    >>> from forethought.probes.early_stopping import MinibatchFitConfig
+    >>> x = torch.randn(200, 3, generator=torch.Generator().manual_seed(0))
+    >>> y = x @ torch.tensor([[1.0], [-2.0], [0.5]])
+    >>> w = torch.zeros(1, 1, 3, 1, requires_grad=True)  # one probe: [layer, task, d, out]
+    >>> def loss(xb, yb):  # the summed loss of every probe, [layer, task]
+    ...     return ((xb @ w[0, 0] - yb) ** 2).sum().view(1, 1)
+    >>> batches = TensorBatches(x, y)
+    >>> fitted = train_stacked([(w, 0.0)], loss, batches, batches, MinibatchFitConfig(lr=0.1, progress=False),
+    ...                        masks=[lambda improved: improved[:, :, None, None]])
+    >>> bool(fitted.best[0].flatten().sub(torch.tensor([1.0, -2.0, 0.5])).abs().max() < 0.1)
+    True
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from forethought.errors import NumericalError
+from forethought.probes.early_stopping import MinibatchFitConfig, PerProbeEarlyStopping
+
+#: ``loss(x, y) -> [layer, task]``: every probe's loss summed over the examples of a minibatch or chunk.
+StackedLoss = Callable[[Tensor, Tensor], Tensor]
+
+
+class Batches(Protocol):
+    """Examples a stacked trainer reads: ``n`` of them, a minibatch by index, held-out chunks in order."""
+
+    n: int
+
+    def batch(self, index: Tensor) -> tuple[Tensor, Tensor]:
+        """Inputs and targets of the examples ``index`` (a CPU index tensor)."""
+        ...
+
+    def chunks(self, size: int) -> Iterator[tuple[Tensor, Tensor]]:
+        """Inputs and targets of every example, ``size`` at a time, in order."""
+        ...
+
+
+class TensorBatches:
+    """Examples held as tensors whose example axis is ``axis`` (0 for example-major, 1 for layer-major)."""
+
+    def __init__(self, x: Tensor, y: Tensor, axis: int = 0):
+        self.x, self.y, self.axis = x, y, axis
+        self.n = x.shape[axis]
+
+    def batch(self, index: Tensor) -> tuple[Tensor, Tensor]:
+        """Inputs and targets of the examples ``index``."""
+        index = index.to(self.x.device)
+        return self.x.index_select(self.axis, index), self.y.index_select(self.axis, index.to(self.y.device))
+
+    def chunks(self, size: int) -> Iterator[tuple[Tensor, Tensor]]:
+        """Inputs and targets of every example, ``size`` at a time, in order."""
+        for start in range(0, self.n, size):
+            yield self.x.narrow(self.axis, start, min(size, self.n - start)), \
+                self.y.narrow(self.axis, start, min(size, self.n - start))
+
+
+@dataclass
+class StackedFit:
+    """What :func:`train_stacked` returns: each parameter at every probe's best epoch, and the stopper."""
+
+    best: list[Tensor]
+    stopper: PerProbeEarlyStopping
+
+
+@torch.no_grad()
+def held_out_loss(loss: StackedLoss, examples: Batches, size: int) -> Tensor:
+    """Every probe's mean loss ``[layer, task]`` over ``examples``, ``size`` at a time."""
+    total: Tensor | None = None
+    for x, y in examples.chunks(size):
+        part = loss(x, y)
+        total = part if total is None else total + part
+    assert total is not None  # the trainers refuse empty splits before
+    return total / examples.n
+
+
+def train_stacked(
+    params: Sequence[tuple[Tensor, float]],
+    loss: StackedLoss,
+    train: Batches,
+    val: Batches,
+    config: MinibatchFitConfig,
+    masks: Sequence[Callable[[Tensor], Tensor]],
+    desc: str = "probes",
+) -> StackedFit:
+    """Train the stacked ``params`` with AdamW and per-probe early stopping; see the module docstring.
+
+    Args:
+        params: the trainable tensors (leaves with ``requires_grad``), each with its decoupled weight decay.
+        loss: every probe's summed loss ``[layer, task]`` on a minibatch; gradients are taken with respect to
+            ``params`` only (a model used inside ``loss`` gets none).
+        train: the training examples, read a minibatch at a time in a seeded order (the same on every device).
+        val: the held-out examples, read ``config.eval_batch_size`` at a time after every epoch.
+        config: lr, weight decay, batch size, epochs, patience, seed, progress.
+        masks: for each parameter, the improved-probe mask ``[layer, task]`` broadcast to that parameter's shape.
+        desc: the progress bar's label, also named by the error raised when the loss stops being finite.
+
+    Returns:
+        Every parameter at its probe's best held-out epoch, and the early-stopping record.
+    """
+    tensors = [param for param, _ in params]
+    optimizer = torch.optim.AdamW([{"params": [param], "weight_decay": decay} for param, decay in params],
+                                  lr=config.lr)
+    best = [param.detach().clone() for param in tensors]
+    start = held_out_loss(loss, val, config.eval_batch_size)  # epoch 0, the starting point, is a candidate too
+    stopper = PerProbeEarlyStopping(tuple(start.shape), config.patience, config.min_delta, start.device)
+    stopper.best = start
+    generator = torch.Generator(device="cpu").manual_seed(config.seed)  # the same order on every device
+    epochs = tqdm(range(config.max_epochs), desc=desc, disable=not config.progress, unit="epoch")
+    for epoch in epochs:
+        for batch in torch.randperm(train.n, generator=generator, device="cpu").split(config.batch_size):
+            value = loss(*train.batch(batch)).sum() / len(batch)
+            if not torch.isfinite(value):
+                raise NumericalError(f"{desc} training loss became {value.item()} at epoch {epoch}; lower lr or "
+                                     "check the features for NaN/inf")
+            grads = torch.autograd.grad(value, tensors)
+            for param, grad in zip(tensors, grads, strict=True):
+                param.grad = grad
+            optimizer.step()
+        held_out = held_out_loss(loss, val, config.eval_batch_size)
+        epochs.set_postfix(held_out=f"{held_out.mean().item():.4f}", active=int(stopper.active.sum()))
+        improved = stopper.step(held_out)
+        with torch.no_grad():
+            best = [torch.where(mask(improved), param, kept)
+                    for param, kept, mask in zip(tensors, best, masks, strict=True)]
+        if stopper.done:
+            break
+    return StackedFit(best=best, stopper=stopper)
