@@ -105,22 +105,24 @@ def nan_cause(message: str, settings: dict[str, tuple[float, float]]) -> str:
             f"{'a value' if len(unusual) == 1 else 'values'} nearer theirs and start a new run")
 
 
-def check_probe_inputs(models: dict[str, Any], layers: Any, offsets: list[int], seq_len: int,
+def check_probe_inputs(models: dict[str, Any], layers: Any, offsets: list[int], seq_len: int | None = None,
                        splits: TokenSplits | None = None) -> None:
     """Refuse layers, offsets and a sequence length that some model or the data cannot take, before any work.
 
     ``layers`` (``"all"`` or depths) must exist in every model, every offset must fit ``seq_len`` tokens, and
-    ``seq_len`` must fit every model's context; with ``splits``, their tokens must fit every model's vocabulary.
+    ``seq_len`` must fit every model's context (both skipped without ``seq_len``); with ``splits``, their tokens
+    must fit every model's vocabulary.
     """
     from forethought.data import check_tokens_fit
     from forethought.errors import ContextLengthError
     from forethought.hook_names import RESID, resolve_layers
     from forethought.probes.targets import check_offsets
 
-    check_offsets(offsets, seq_len)
+    if seq_len is not None:
+        check_offsets(offsets, seq_len)
     for name, model in models.items():
         resolve_layers(model, layers, RESID)
-        if seq_len > model.cfg.n_ctx:
+        if seq_len is not None and seq_len > model.cfg.n_ctx:
             raise ContextLengthError(f"--seq-len {seq_len} exceeds the context of model {name!r} "
                                      f"(n_ctx={model.cfg.n_ctx}); pass --seq-len {model.cfg.n_ctx} or less")
         if splits is not None:

@@ -121,7 +121,7 @@ def _run(args: argparse.Namespace) -> int:
     else:
         sources = parse_models(args.model)
         models = {name: load_model(source, device=args.device) for name, source in sources.items()}
-        check_probe_inputs(models, layers, offsets, options["seq_len"])  # before the data are cut
+        check_probe_inputs(models, layers, offsets)  # the layers before the data are cut
         splits, trained = model_data(sources, models, args, options)
     check_probe_inputs(models, layers, offsets, splits.seq_len, splits)
     world = current_world()  # under torchrun / accelerate launch each process probes some depths; process 0 writes

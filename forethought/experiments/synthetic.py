@@ -49,6 +49,7 @@ def run(args: argparse.Namespace) -> int:
     with as_options(OPTIONS):
         for p in ps:
             replace(config, p=p)  # validate every p before any work
+        config.model_config()  # and the model's settings (--normalization)
     device = resolve_device(args.device)
     check_positive("threads", args.threads, integer=True)
     check_positive("checkpoint-every", args.checkpoint_every, integer=True)
