@@ -44,6 +44,7 @@ from forethought.data import TokenSplits
 from forethought.devices import resolve_device
 from forethought.errors import InvalidArgumentError
 from forethought.experiments.common import (
+    check_data_options,
     check_probe_inputs,
     model_data,
     parse_ints,
@@ -202,7 +203,7 @@ def _write(result: RegimeComparison, out: Path, baseline: str, settings: dict[st
 
 
 #: Settings a refusal may name -> the options a user types for them.
-OPTIONS = {"layer": "--layers", "offset": "--offsets", "seq_len": "--seq-len", "top_k": "--top-k",
+OPTIONS = {"device": "--device", "layer": "--layers", "offset": "--offsets", "seq_len": "--seq-len", "top_k": "--top-k",
            "max_epochs": "--max-epochs", "val_fraction": "--val-fraction", "test_fraction": "--val-fraction",
            "baseline": "--baseline"}
 
@@ -217,6 +218,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    check_data_options(args)
     layers: Any = "all" if args.layers.strip() == "all" else parse_ints(args.layers, "layers")
     offsets = parse_ints(args.offsets, "offsets")
     check_out_dir(args.out)

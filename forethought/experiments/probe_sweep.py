@@ -49,6 +49,7 @@ from forethought.devices import resolve_device
 from forethought.distributed import current_world
 from forethought.errors import InvalidArgumentError, check_seed
 from forethought.experiments.common import (
+    check_data_options,
     check_probe_inputs,
     model_data,
     parse_ints,
@@ -72,8 +73,9 @@ NOT_PROBED = ("bigram", "local-myopic")  # their forward is not the plain one a 
 
 
 #: The settings a refusal may name -> the options a user types for them.
-OPTIONS = {"layer": "--layers", "layers": "--layers", "offset": "--offsets", "offsets": "--offsets",
-           "seq_len": "--seq-len", "top_k": "--top-k", "max_epochs": "--max-epochs", "stream": "--stream",
+OPTIONS = {"device": "--device", "layer": "--layers", "layers": "--layers", "offset": "--offsets",
+           "offsets": "--offsets", "seq_len": "--seq-len", "top_k": "--top-k", "max_epochs": "--max-epochs",
+           "stream": "--stream",
            "stream_dir": "--stream-dir", "stream_above_gib": "--stream-above-gib", "batch_size": "--batch-size",
            "test_fraction": "--val-fraction", "val_fraction": "--val-fraction", "seed": "--seed",
            "max_sequences": "--max-sequences", "method": "--method"}
@@ -90,6 +92,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    check_data_options(args)
     layers: Any = "all" if args.layers.strip() == "all" else parse_ints(args.layers, "layers")
     offsets = parse_ints(args.offsets, "offsets")
     seeds = parse_ints(args.seeds, "seeds") if args.seeds else [args.seed]

@@ -50,7 +50,8 @@ def run(args: argparse.Namespace) -> int:
         for p in ps:
             replace(config, p=p)  # validate every p before any work
         config.model_config()  # and the model's settings (--normalization)
-    device = resolve_device(args.device)
+    with as_options({"device": "--device"}):
+        device = resolve_device(args.device)
     check_positive("threads", args.threads, integer=True)
     check_positive("checkpoint-every", args.checkpoint_every, integer=True)
     checkpointing = {"resume": args.resume, "checkpoint_every": args.checkpoint_every}
