@@ -65,6 +65,19 @@ def shared_tokenizer(models: dict[str, Any]) -> Any:
     return tokenizer
 
 
+def load_option_model(option: str, source: str, **keywords: Any) -> Any:
+    """:func:`~forethought.models.load_model` for a command-line option: a refusal names the option first."""
+    from forethought.errors import ForethoughtError
+    from forethought.models import load_model
+
+    try:
+        return load_model(source, **keywords)
+    except ForethoughtError as error:
+        if option in str(error):
+            raise
+        raise type(error)(f"{option}: {error}") from error
+
+
 def data_options() -> dict[str, str]:
     """The data settings (:data:`~forethought.experiments.presets.DATA_FIELDS`) -> their options."""
     from forethought.experiments.config_cli import option_names

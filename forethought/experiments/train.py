@@ -28,13 +28,14 @@ from forethought.errors import DataError, InvalidArgumentError, NumericalError
 from forethought.experiments.common import (
     check_data_options,
     data_options,
+    load_option_model,
     load_splits,
     nan_cause,
     save_gradient_split_plot,
 )
 from forethought.experiments.config_cli import as_options, dataclass_overrides, option_names
 from forethought.experiments.presets import MAX_PRESET_LR
-from forethought.models import load_model, tiny_model
+from forethought.models import tiny_model
 from forethought.myopic_training.trainer import CHECKPOINT, MODEL_DIR, TrainConfig, check_device, train
 from forethought.prompts import set_prepends_bos
 from forethought.reporting import check_out_dir, prepare_out_dir, provenance, save_figure, write_json
@@ -79,7 +80,7 @@ def _checked_inputs(args: argparse.Namespace) -> tuple[TrainConfig, Any, Any, An
                                    "with the same tokenizer); when fine-tuning, the frozen --model is the default")
 
     if args.model is not None:
-        model = load_model(args.model)
+        model = load_option_model("--model", args.model)
         if model.tokenizer is None:
             raise InvalidArgumentError(f"--model {args.model!r} has no tokenizer; save one beside its weights")
         splits = load_splits(args, args.seed, tokenizer=model.tokenizer)
@@ -89,7 +90,7 @@ def _checked_inputs(args: argparse.Namespace) -> tuple[TrainConfig, Any, Any, An
                            d_vocab=len(splits.tokenizer), n_ctx=args.seq_len, seed=args.seed,
                            tokenizer=splits.tokenizer)
     set_prepends_bos(model, PREPEND_BOS)  # trained on sequences that start without a BOS token: prompts follow
-    past_model = load_model(args.past_model) if args.past_model else None
+    past_model = load_option_model("--past-model", args.past_model) if args.past_model else None
     for tokens in (splits.train, splits.validation):  # refuse before anything is written
         for checked in (model, past_model):
             if checked is not None:
