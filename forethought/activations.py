@@ -184,6 +184,8 @@ def collect_activations(
             module docstring). ``False``: every process computes everything on its own.
     """
     check_positive("batch_size", batch_size, integer=True)
+    if out_dir is not None:
+        _check_out_dir(out_dir)
     tokens = as_tokens(model, tokens)
     hooks = [hooks] if isinstance(hooks, str) else list(hooks)
     if not hooks:
@@ -287,6 +289,19 @@ def _collect_split(
                        layers_by_hook=meta["layers_by_hook"], model_name=meta["model_name"])
     acts.meta = {"sequences": [rows.start, rows.stop]}
     return acts
+
+
+def _check_out_dir(out_dir: str | os.PathLike) -> None:
+    """Refuse an ``out_dir`` that is a file, or lies under one, before any activation is computed."""
+    if not str(out_dir).strip():
+        raise InvalidArgumentError("out_dir is empty; pass the directory to write the activations in, or None")
+    path = Path(out_dir).expanduser().absolute()
+    ancestor = path
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        where = "is a file" if ancestor == path else f"lies under the file {str(ancestor)!r}"
+        raise InvalidArgumentError(f"out_dir={str(out_dir)!r} {where}, not a directory; pass a directory path")
 
 
 def _write_split(world: World, out_dir: str | os.PathLike, write: Callable[[Path], None], meta: dict) -> None:

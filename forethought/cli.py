@@ -89,7 +89,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run one subcommand on ``argv`` (default: ``sys.argv[1:]``) and return its exit status.
 
     A :class:`~forethought.errors.ForethoughtError` ends with exit 2 and one stderr line, an ``OSError`` with 1
-    and an interrupt with 130; with no subcommand the help is printed and 0 returned.
+    and an interrupt with 130; with no subcommand the help is printed and 0 returned. A failed command removes the
+    ``--out`` directory it created when nothing was written into it.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     _quiet_libraries()
@@ -98,8 +99,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
+    out = getattr(args, "out", None)
+    fresh = bool(out and str(out).strip()) and not os.path.lexists(os.path.expanduser(out))
+    failed = True
     try:
         result = importlib.import_module(args.runner).run(args)
+        failed = False
     except ForethoughtError as error:
         message = str(error).splitlines()[0] if str(error) else type(error).__name__
         print(f"forethought {args.command}: error: {message}", file=sys.stderr)
@@ -111,6 +116,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"forethought {args.command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if failed and fresh:  # an --out this command created and left without a file goes again
+            from forethought.reporting import remove_empty_tree
+
+            remove_empty_tree(os.path.expanduser(out))
     return int(result or 0)
 
 

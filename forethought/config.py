@@ -17,12 +17,11 @@ Example:
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any, Literal
 
-from forethought.errors import InvalidArgumentError, check_positive, check_probability
+from forethought.errors import InvalidArgumentError, check_number, check_positive, check_probability, check_seed
 from forethought.options import DEVICES, MIXED_PRECISION, MODES, check_regime
 
 if TYPE_CHECKING:
@@ -96,13 +95,10 @@ class TrainConfig:
         check_regime(self.regime)
         if self.mode not in MODES:
             raise InvalidArgumentError(f"mode={self.mode!r} is unknown; choose one of {', '.join(MODES)}")
-        if isinstance(self.beta, bool) or not isinstance(self.beta, (int, float)) or not 0 <= self.beta <= 1:
-            raise InvalidArgumentError(f"beta={self.beta!r} is not allowed; expected a number in [0, 1]")
+        check_number("beta", self.beta, low=0, high=1)
         for name in ("steps", "batch_size", "eval_every", "checkpoint_every"):
             check_positive(name, getattr(self, name), integer=True)
         check_positive("lr", self.lr)
-        if not math.isfinite(self.lr):
-            raise InvalidArgumentError(f"lr={self.lr!r} is not allowed; expected a finite positive number")
         if self.eval_batches is not None:
             check_positive("eval_batches", self.eval_batches, integer=True)
         if self.grad_clip is not None:
@@ -113,18 +109,15 @@ class TrainConfig:
             raise InvalidArgumentError(
                 f"warmup_steps={self.warmup_steps!r} is not allowed; expected an integer in [0, steps={self.steps})"
             )
-        if not 0 <= self.min_lr_ratio <= 1:
-            raise InvalidArgumentError(f"min_lr_ratio={self.min_lr_ratio!r} is not allowed; expected 0 <= x <= 1")
-        if not self.weight_decay >= 0:
-            raise InvalidArgumentError(f"weight_decay={self.weight_decay!r} is not allowed; expected >= 0")
+        check_number("min_lr_ratio", self.min_lr_ratio, low=0, high=1)
+        check_number("weight_decay", self.weight_decay, low=0)
         if not isinstance(self.weight_decay_all, bool):
             raise InvalidArgumentError(f"weight_decay_all={self.weight_decay_all!r} is not allowed; expected a bool")
         self.adam_betas = tuple(self.adam_betas)
         if len(self.adam_betas) != 2 or not all(isinstance(b, (int, float)) and not isinstance(b, bool)
                                                  and 0 <= b < 1 for b in self.adam_betas):
             raise InvalidArgumentError(f"adam_betas={self.adam_betas!r} is not allowed; expected two numbers in [0, 1)")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
-            raise InvalidArgumentError(f"seed={self.seed!r} is not allowed; expected an integer in [0, 2**32)")
+        check_seed("seed", self.seed)
         if self.mixed_precision not in MIXED_PRECISION:
             raise InvalidArgumentError(
                 f"mixed_precision={self.mixed_precision!r} is unknown; choose one of {', '.join(MIXED_PRECISION)}"
@@ -216,8 +209,12 @@ class SyntheticConfig:
         for name in ("seq_len", "n_layers", "d_model", "n_heads", "batch_size", "steps", "eval_sequences",
                      "probe_sequences"):
             check_positive(name, getattr(self, name), integer=True)
-        for name in ("lr", "huber_delta", "min_lr_ratio"):
+        for name in ("lr", "huber_delta", "mlp_init_scale"):
             check_positive(name, getattr(self, name))
+        check_number("min_lr_ratio", self.min_lr_ratio, low=0, low_open=True, high=1)
+        check_seed("seed", self.seed)
+        if self.d_mlp is not None:
+            check_positive("d_mlp", self.d_mlp, integer=True)
         if self.d_model % self.n_heads:
             raise InvalidArgumentError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
         if self.seq_len <= self.max_lag:
@@ -225,14 +222,14 @@ class SyntheticConfig:
                 f"seq_len={self.seq_len} leaves no position to probe lags up to K+2={self.max_lag}; "
                 f"use seq_len > {self.max_lag}"
             )
-        if not 0 <= self.warmup_steps < self.steps:
+        if isinstance(self.warmup_steps, bool) or not isinstance(self.warmup_steps, int) or not (
+                0 <= self.warmup_steps < self.steps):
             raise InvalidArgumentError(
                 f"warmup_steps={self.warmup_steps} is not allowed; expected 0 <= warmup_steps < steps={self.steps}"
             )
         if self.myopic_mode not in MYOPIC_MODES:
             raise InvalidArgumentError(f"myopic_mode={self.myopic_mode!r} is unknown; choose one of {MYOPIC_MODES}")
-        if self.weight_decay < 0:
-            raise InvalidArgumentError(f"weight_decay={self.weight_decay!r} is not allowed; expected >= 0")
+        check_number("weight_decay", self.weight_decay, low=0)
 
     @property
     def max_lag(self) -> int:

@@ -11,6 +11,8 @@ Example:
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Iterable
 
 
@@ -63,16 +65,71 @@ class DistributedError(ForethoughtError):
 
 
 def check_positive(name: str, value: float, *, integer: bool = False) -> None:
-    """Raise :class:`InvalidArgumentError` unless ``value`` is a positive (integer) number.
+    """Raise :class:`InvalidArgumentError` unless ``value`` is a finite positive (integer) number.
 
     Example:
         >>> check_positive("batch_size", 8, integer=True)
     """
-    kind = "a positive integer" if integer else "a positive number"
-    if isinstance(value, bool) or (integer and not isinstance(value, int)):
+    kind = "a positive integer" if integer else "a finite positive number"
+    if not _is_number(value, integer) or not value > 0 or not math.isfinite(value):
         raise InvalidArgumentError(f"{name}={value!r} is not allowed; expected {kind}")
-    if not value > 0:
-        raise InvalidArgumentError(f"{name}={value!r} is not allowed; expected {kind}")
+
+
+def check_number(name: str, value: float, *, low: float | None = None, high: float | None = None,
+                 low_open: bool = False, high_open: bool = False, integer: bool = False) -> None:
+    """Raise :class:`InvalidArgumentError` unless ``value`` is a finite number (an integer) in the given range.
+
+    ``low``/``high`` bound the range (``None``: unbounded), closed unless ``low_open``/``high_open``. The one check
+    of every numeric setting: the config dataclasses and the command line's option types use it alike.
+
+    Example:
+        >>> check_number("beta", 0.5, low=0, high=1)
+        >>> check_number("lr", float("inf"), low=0, low_open=True)
+        Traceback (most recent call last):
+        ...
+        forethought.errors.InvalidArgumentError: lr=inf is not allowed; expected a finite number > 0
+    """
+    if _is_number(value, integer) and math.isfinite(value) and (
+            low is None or (value > low if low_open else value >= low)) and (
+            high is None or (value < high if high_open else value <= high)):
+        return
+    expected = range_text(low, high, low_open, high_open, integer)
+    raise InvalidArgumentError(f"{name}={value!r} is not allowed; expected {expected}")
+
+
+def range_text(low: float | None = None, high: float | None = None, low_open: bool = False, high_open: bool = False,
+               integer: bool = False) -> str:
+    """``"a finite number in (0, 1]"``, ``"an integer >= 0"``, ...: what :func:`check_number` accepts, in words.
+
+    Example:
+        >>> range_text(0, 1, low_open=True)
+        'a finite number in (0, 1]'
+    """
+    kind = "an integer" if integer else "a finite number"
+    if low is not None and high is not None:
+        return f"{kind} in {'(' if low_open else '['}{_shown(low)}, {_shown(high)}{')' if high_open else ']'}"
+    if low is not None:
+        return f"{kind} {'>' if low_open else '>='} {_shown(low)}"
+    if high is not None:
+        return f"{kind} {'<' if high_open else '<='} {_shown(high)}"
+    return kind
+
+
+#: Seeds are integers in ``[0, SEED_LIMIT)`` (what numpy and torch both accept).
+SEED_LIMIT = 2**32
+
+
+def check_seed(name: str, value: int) -> None:
+    """Raise :class:`InvalidArgumentError` unless ``value`` is a seed: an integer in ``[0, 2**32)``.
+
+    Example:
+        >>> check_seed("seed", -1)
+        Traceback (most recent call last):
+        ...
+        forethought.errors.InvalidArgumentError: seed=-1 is not allowed; expected an integer in [0, 2**32)
+    """
+    if not _is_number(value, True) or not 0 <= value < SEED_LIMIT:
+        raise InvalidArgumentError(f"{name}={value!r} is not allowed; expected an integer in [0, 2**32)")
 
 
 def check_probability(name: str, value: float) -> None:
@@ -81,8 +138,18 @@ def check_probability(name: str, value: float) -> None:
     Example:
         >>> check_probability("p", 0.5)
     """
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value <= 1.0:
+    if not _is_number(value, False) or not 0.0 < value <= 1.0:
         raise InvalidArgumentError(f"{name}={value!r} is not allowed; expected a probability in (0, 1]")
+
+
+def _is_number(value: object, integer: bool) -> bool:
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, int) if integer else isinstance(value, numbers.Real)
+
+
+def _shown(bound: float) -> str:
+    return str(int(bound)) if float(bound).is_integer() and abs(bound) < 1e15 else repr(bound)
 
 
 def choices_text(options: Iterable[object], limit: int = 12) -> str:

@@ -29,6 +29,8 @@ from typing import Any
 
 from forethought.errors import InvalidArgumentError
 
+#: Words of the RuntimeError by which torch.save reports a failed write (a full disk: "unexpected pos").
+WRITE_FAILURES = ("writ", "unexpected pos", "inline_container", "pytorchstreamwriter")
 PACKAGES = ("forethought", "torch", "transformer-lens", "transformers", "numpy", "scikit-learn", "accelerate")
 
 
@@ -89,7 +91,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
         except OSError as error:
             raise OSError(error.errno, error.strerror or str(error), str(path)) from error
         except RuntimeError as error:  # torch.save reports a failed write as a RuntimeError
-            if "writ" not in str(error).lower():
+            if not any(marker in str(error).lower() for marker in WRITE_FAILURES):
                 raise
             full = shutil.disk_usage(path.parent).free < 1 << 20
             code = errno.ENOSPC if full else errno.EIO
@@ -115,13 +117,34 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=_temporary_prefix(out), dir=out.parent))
     try:
         yield tmp
-        os.chmod(tmp, 0o777 & ~_umask())
+        mask = _umask()
+        for folder, _, files in os.walk(tmp):  # some writers (safetensors) create their files 0600
+            for name in files:
+                os.chmod(os.path.join(folder, name), 0o666 & ~mask)
+            if folder != str(tmp):
+                os.chmod(folder, 0o777 & ~mask)
+        os.chmod(tmp, 0o777 & ~mask)
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def remove_empty_tree(path: str | os.PathLike) -> bool:
+    """Remove ``path`` if it is a directory that holds no file (only empty directories); return whether it did.
+
+    A command that fails after creating its output directory but before writing anything into it leaves no trace.
+    """
+    out = Path(path)
+    if not out.is_dir() or out.is_symlink():
+        return False
+    for _, _, files in os.walk(out):
+        if files:
+            return False
+    shutil.rmtree(out, ignore_errors=True)
+    return not out.exists()
 
 
 def _temporary_prefix(path: Path) -> str:

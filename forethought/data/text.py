@@ -52,7 +52,8 @@ def load_texts(
     if max_documents is not None and (not isinstance(max_documents, int) or max_documents <= 0):
         raise InvalidArgumentError(f"max_documents={max_documents!r} is not allowed; expected a positive integer")
     if not str(source).strip():
-        raise InvalidArgumentError("the text source is empty; pass 'builtin', a file, a directory or a HF dataset name")
+        raise InvalidArgumentError(f"source={str(source)!r}: the text source is empty; pass 'builtin', a file, a "
+                                   "directory or a HF dataset name")
     path = Path(source).expanduser()
     if str(source) == BUILTIN:
         texts = builtin_corpus()

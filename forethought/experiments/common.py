@@ -16,7 +16,7 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from forethought.errors import InvalidArgumentError, ModelNotAvailableError, VocabularyMismatchError
-from forethought.experiments.config_cli import add_dataclass_arguments
+from forethought.experiments.config_cli import add_dataclass_arguments, number_type
 from forethought.experiments.presets import Preset
 from forethought.reporting import save_figure
 
@@ -65,6 +65,84 @@ def shared_tokenizer(models: dict[str, Any]) -> Any:
     return tokenizer
 
 
+def load_option_model(option: str, source: str, **keywords: Any) -> Any:
+    """:func:`~forethought.models.load_model` for a command-line option: a refusal names the option first."""
+    from forethought.errors import ForethoughtError
+    from forethought.models import load_model
+
+    try:
+        return load_model(source, **keywords)
+    except ForethoughtError as error:
+        if option in str(error):
+            raise
+        raise type(error)(f"{option}: {error}") from error
+
+
+def data_options() -> dict[str, str]:
+    """The data settings (:data:`~forethought.experiments.presets.DATA_FIELDS`) -> their options."""
+    from forethought.experiments.config_cli import option_names
+    from forethought.experiments.presets import DATA_FIELDS
+
+    return {name: option for name, option in option_names(Preset).items() if name in DATA_FIELDS}
+
+
+def check_data_options(args: argparse.Namespace) -> None:
+    """Refuse data options that name nothing, showing the value given (the numbers are checked where parsed)."""
+    dataset = getattr(args, "dataset", None)
+    if dataset is not None and not str(dataset).strip():
+        raise InvalidArgumentError(f"--dataset {dataset!r}: the text source is empty; pass 'builtin', a file, a "
+                                   "directory or a HF dataset name")
+    text_field = getattr(args, "text_field", None)
+    if text_field is not None and not str(text_field).strip():
+        raise InvalidArgumentError(f"--text-field {text_field!r} is empty; pass the name of the text column")
+
+
+def nan_cause(message: str, settings: dict[str, tuple[float, float]]) -> str:
+    """A training NaN's message, naming the likely cause when a setting is far outside the presets'.
+
+    ``settings`` maps an option (``"--lr"``) to its value and the largest value any preset uses; one more than ten
+    times that is named as the likely cause in place of the generic advice.
+
+    Example:
+        >>> nan_cause("the training loss is nan at step 1; stopped. Lower the learning rate and start again",
+        ...           {"--lr": (1e30, 3e-3)})  # doctest: +NORMALIZE_WHITESPACE
+        "the training loss is nan at step 1; stopped. Likely cause: --lr 1e+30, far above the presets' (at most
+        0.003); pass a value nearer theirs and start a new run"
+    """
+    unusual = [f"{option} {value:g}" for option, (value, ordinary) in settings.items() if abs(value) > 10 * ordinary]
+    if not unusual:
+        return message
+    ordinary = ", ".join(f"{settings[option.split()[0]][1]:g}" for option in unusual)
+    head = message.split(". Lower the learning rate")[0]
+    return (f"{head}. Likely cause: {' and '.join(unusual)}, far above the presets' (at most {ordinary}); pass "
+            f"{'a value' if len(unusual) == 1 else 'values'} nearer theirs and start a new run")
+
+
+def check_probe_inputs(models: dict[str, Any], layers: Any, offsets: list[int], seq_len: int | None = None,
+                       splits: TokenSplits | None = None) -> None:
+    """Refuse layers, offsets and a sequence length that some model or the data cannot take, before any work.
+
+    ``layers`` (``"all"`` or depths) must exist in every model, every offset must fit ``seq_len`` tokens, and
+    ``seq_len`` must fit every model's context (both skipped without ``seq_len``); with ``splits``, their tokens
+    must fit every model's vocabulary.
+    """
+    from forethought.data import check_tokens_fit
+    from forethought.errors import ContextLengthError
+    from forethought.hook_names import RESID, resolve_layers
+    from forethought.probes.targets import check_offsets
+
+    if seq_len is not None:
+        check_offsets(offsets, seq_len)
+    for name, model in models.items():
+        resolve_layers(model, layers, RESID)
+        if seq_len is not None and seq_len > model.cfg.n_ctx:
+            raise ContextLengthError(f"--seq-len {seq_len} exceeds the context of model {name!r} "
+                                     f"(n_ctx={model.cfg.n_ctx}); pass --seq-len {model.cfg.n_ctx} or less")
+        if splits is not None:
+            for tokens in (splits.train, splits.validation):
+                check_tokens_fit(model, tokens)
+
+
 def save_gradient_split_plot(history: list[dict[str, Any]], path: str | os.PathLike, title: str) -> None:
     """Plot the gradient split recorded in a training log over the steps, if the run recorded one."""
     from forethought.myopic_training.gradient_split import plot_gradient_split_over_training, split_history
@@ -93,6 +171,15 @@ def load_splits(data: Any, seed: int, tokenizer: Any = None, vocab_size: int | N
                              max_sequences=data.max_sequences, val_fraction=data.val_fraction, seed=seed)
 
 
+#: The data options' types: each refuses what cannot cut a split (``--val-fraction 1.5``) as the option typed.
+DATA_TYPES = {
+    "seq_len": number_type("seq_len", 2, integer=True),
+    "max_documents": number_type("max_documents", 1, integer=True),
+    "min_doc_tokens": number_type("min_doc_tokens", 1, integer=True),
+    "max_sequences": number_type("max_sequences", 2, integer=True),  # a train and a validation sequence at least
+    "val_fraction": number_type("val_fraction", 0, 1, low_open=True, high_open=True),
+}
+
 #: Defaults of the options that cut fresh text for ``--model`` models (a ``--run`` is scored on its own data).
 DATA_DEFAULTS = {"dataset": "builtin", "text_field": "text", "seq_len": 64, "max_sequences": 2000,
                  "val_fraction": 0.2}
@@ -101,7 +188,7 @@ DATA_DEFAULTS = {"dataset": "builtin", "text_field": "text", "seq_len": 64, "max
 def add_scoring_data_arguments(parser: argparse.ArgumentParser) -> None:
     """The data options of a command that scores ``--model`` models on fresh text."""
     add_dataclass_arguments(parser.add_argument_group("data (with --model only; --run uses the run's own data)"),
-                            Preset, only=list(DATA_DEFAULTS), presets={"scoring": DATA_DEFAULTS})
+                            Preset, only=list(DATA_DEFAULTS), presets={"scoring": DATA_DEFAULTS}, types=DATA_TYPES)
 
 
 def scoring_data_options(args: argparse.Namespace, verb: str) -> dict[str, Any]:

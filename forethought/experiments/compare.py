@@ -43,7 +43,15 @@ from forethought import plots
 from forethought.data import TokenSplits
 from forethought.devices import resolve_device
 from forethought.errors import InvalidArgumentError
-from forethought.experiments.common import model_data, parse_ints, parse_models, scoring_data_options
+from forethought.experiments.common import (
+    check_data_options,
+    check_probe_inputs,
+    model_data,
+    parse_ints,
+    parse_models,
+    scoring_data_options,
+)
+from forethought.experiments.config_cli import as_options
 from forethought.models import load_model
 from forethought.myopic_training.evaluation import MyopiaReport, evaluate_regimes, format_gap, plot_report
 from forethought.probes.sweep import ProbeSweepConfig, label_space_summary, probe_sweep
@@ -194,8 +202,23 @@ def _write(result: RegimeComparison, out: Path, baseline: str, settings: dict[st
     })
 
 
+#: Settings a refusal may name -> the options a user types for them.
+OPTIONS = {"device": "--device", "layer": "--layers", "offset": "--offsets", "seq_len": "--seq-len", "top_k": "--top-k",
+           "max_epochs": "--max-epochs", "val_fraction": "--val-fraction", "test_fraction": "--val-fraction",
+           "baseline": "--baseline"}
+
+
 def run(args: argparse.Namespace) -> int:
-    """``forethought compare``: score the models of ``--run`` (or of ``--model``) and write the tables to ``--out``."""
+    """``forethought compare``: score the models of ``--run`` (or of ``--model``) and write the tables to ``--out``.
+
+    The options, the models (layers, context length) and the data (offsets) are checked before ``--out`` exists.
+    """
+    with as_options(OPTIONS):
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
+    check_data_options(args)
     layers: Any = "all" if args.layers.strip() == "all" else parse_ints(args.layers, "layers")
     offsets = parse_ints(args.offsets, "offsets")
     check_out_dir(args.out)
@@ -217,6 +240,8 @@ def run(args: argparse.Namespace) -> int:
         bootstrap_seed = None
     if args.baseline not in models:
         raise InvalidArgumentError(f"--baseline {args.baseline!r} is not among the models {sorted(models)}")
+    check_probe_inputs(models, layers, offsets, splits.seq_len, splits)
+    ProbeSweepConfig(top_k=args.top_k).with_max_epochs(args.max_epochs)
     prepare_out_dir(args.out)
     result = compare_regimes(models, splits, out_dir=args.out, layers=layers, offsets=offsets, method=args.method,
                              baseline=args.baseline, seed=args.seed,

@@ -36,8 +36,11 @@ import dataclasses
 import re
 import types
 import typing
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
+
+from forethought.errors import ForethoughtError, InvalidArgumentError, check_number, check_seed
 
 _MISSING = dataclasses.MISSING
 _ROLE = re.compile(r":[a-z]+:`~?([^`]+)`")  # :func:`~forethought.x.y` -> forethought.x.y
@@ -124,6 +127,7 @@ def add_dataclass_arguments(
     choices: Mapping[str, Sequence[Any]] | None = None,
     flags: Mapping[str, Sequence[str]] | None = None,
     help: Mapping[str, str] | None = None,
+    types: Mapping[str, Any] | None = None,
 ) -> None:
     """Add one option per field of the dataclass ``cls`` to ``parser`` (or an argument group).
 
@@ -140,6 +144,8 @@ def add_dataclass_arguments(
         choices: allowed values of ``str`` fields (e.g. ``{"regime": REGIMES}``).
         flags: option strings replacing ``--field-name`` (e.g. ``{"frequency": ["--frequency", "-F"]}``).
         help: help texts replacing the docstring's.
+        types: option types replacing the field's (e.g. ``{"steps": number_type("steps", 1, integer=True)}``);
+            a ``float`` field's type is otherwise :func:`number_type` (any finite number).
     """
     hints = typing.get_type_hints(cls)
     by_name = {f.name: f for f in dataclasses.fields(cls)}
@@ -157,6 +163,10 @@ def add_dataclass_arguments(
         options = list((flags or {}).get(name, [_flag(name)]))
         if kind is bool:
             keywords["action"] = argparse.BooleanOptionalAction
+        elif name in (types or {}):
+            keywords["type"] = types[name]  # type: ignore[index]
+        elif kind is float:  # finite: inf and nan are refused where they are parsed
+            keywords["type"] = number_type(name)
         else:
             keywords["type"] = kind
         if presets is not None:  # None: not given, the preset's value holds
@@ -186,3 +196,80 @@ def dataclass_overrides(cls: type, args: argparse.Namespace, *, only: Collection
         if value is not None:
             values[f.name] = tuple(value) if isinstance(value, list) else value
     return values
+
+
+def number_type(name: str, low: float | None = None, high: float | None = None, *, low_open: bool = False,
+                high_open: bool = False, integer: bool = False, seed: bool = False) -> Any:
+    """An argparse ``type`` that reads a finite number (an integer) in a range; argparse names the option it refuses.
+
+    The range is checked by :func:`forethought.errors.check_number` (or :func:`~forethought.errors.check_seed`),
+    the checks the config dataclasses use, so the message is theirs (``name=VALUE is not allowed; expected ...``)
+    after argparse's ``argument --option:``.
+
+    Example:
+        >>> number_type("beta", 0, 1)("0.5")
+        0.5
+        >>> number_type("steps", 1, integer=True)("0")
+        Traceback (most recent call last):
+        ...
+        argparse.ArgumentTypeError: steps=0 is not allowed; expected an integer >= 1
+    """
+    def parse(text: str) -> float:
+        try:
+            value = int(text) if integer or seed else float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid value {text!r}: expected "
+                                             f"{'an integer' if integer or seed else 'a number'}") from None
+        try:
+            if seed:
+                check_seed(name, value)  # type: ignore[arg-type]
+            else:
+                check_number(name, value, low=low, high=high, low_open=low_open, high_open=high_open, integer=integer)
+        except InvalidArgumentError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+        return value
+
+    parse.__name__ = "seed" if seed else "integer" if integer else "number"
+    return parse
+
+
+def option_names(cls: type, flags: Mapping[str, Sequence[str]] | None = None) -> dict[str, str]:
+    """Each field of the dataclass ``cls`` -> the option a user types for it (``warmup_steps`` -> ``--warmup-steps``).
+
+    Example:
+        >>> from forethought.config import SyntheticConfig
+        >>> option_names(SyntheticConfig, {"myopic_mode": ["--mode"]})["myopic_mode"]
+        '--mode'
+    """
+    return {f.name: list((flags or {}).get(f.name, [_flag(f.name)]))[0] for f in dataclasses.fields(cls)}
+
+
+def name_options(message: str, options: Mapping[str, str]) -> str:
+    """Prefix a message about settings (``"warmup_steps=5 ..."``) with the options a user types for them.
+
+    Example:
+        >>> name_options("d_model=30 is not divisible by n_heads=4", {"d_model": "--d-model", "n_heads": "--n-heads"})
+        '--d-model, --n-heads: d_model=30 is not divisible by n_heads=4'
+    """
+    if not options:
+        return message
+    pattern = re.compile(r"(?<![\w-])(" + "|".join(map(re.escape, sorted(options, key=len, reverse=True)))
+                         + r")(?==)")
+    named = list(dict.fromkeys(options[match.group(1)] for match in pattern.finditer(message)))
+    return f"{', '.join(named)}: {message}" if named else message
+
+
+@contextmanager
+def as_options(options: Mapping[str, str]) -> Iterator[None]:
+    """Re-raise a :class:`~forethought.errors.ForethoughtError` raised inside with the options it is about named.
+
+    A runner builds its config dataclasses inside this block, so that ``--warmup-steps 50`` is refused as
+    ``--warmup-steps: warmup_steps=50 is not allowed; ...``: the option the user typed, then the setting.
+    """
+    try:
+        yield
+    except ForethoughtError as error:
+        named = name_options(str(error), options)
+        if named == str(error):
+            raise
+        raise type(error)(named) from error

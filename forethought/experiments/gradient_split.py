@@ -42,7 +42,8 @@ from torch.nn import functional as F
 from forethought import synthetic
 from forethought.devices import resolve_device
 from forethought.errors import InvalidArgumentError, check_positive
-from forethought.experiments.common import load_splits
+from forethought.experiments.common import check_data_options, data_options, load_splits
+from forethought.experiments.config_cli import as_options
 from forethought.models import load_model
 from forethought.myopic_training.gradient_split import (
     TOTAL,
@@ -68,6 +69,12 @@ DEFINITIONS = {
 
 def run(args: argparse.Namespace) -> int:
     """``forethought gradient-split``: split the gradient of a model or of synthetic training and write the report."""
+    with as_options({**data_options(), "device": "--device"}):
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
+    check_data_options(args)
     for name in ("batches", "batch_size", "every", "threads"):
         check_positive(f"--{name.replace('_', '-')}", getattr(args, name), integer=True)
     device = resolve_device(args.device)

@@ -25,6 +25,7 @@ from pathlib import Path
 from forethought.devices import resolve_device
 from forethought.errors import InvalidArgumentError
 from forethought.experiments.common import parse_ints
+from forethought.experiments.config_cli import as_options
 from forethought.models import load_model
 from forethought.probes.io import CONFIG
 from forethought.probes.lens_view import lens_view
@@ -50,14 +51,15 @@ def find_probe_dir(path: str | Path) -> Path:
 
 def run(args: argparse.Namespace) -> int:
     """``forethought lens-view``: read ``--prompt`` with the probes of ``--probes`` and write the view to ``--out``."""
-    probe_dir = find_probe_dir(args.probes)
     layers = parse_ints(args.layers, "layers") if args.layers else None
     if not args.prompt:
         raise InvalidArgumentError("--prompt is empty; pass the text to view")
+    probe_dir = find_probe_dir(args.probes)
     check_out_dir(args.out)
-    resolve_device(args.device)
-    model = load_model(args.model, device=args.device)
-    view = lens_view(model, probe_dir, args.prompt, offset=args.offset, layers=layers)
+    with as_options({"device": "--device", "offset": "--offset", "layer": "--layers", "layers": "--layers"}):
+        resolve_device(args.device)
+        model = load_model(args.model, device=args.device)
+        view = lens_view(model, probe_dir, args.prompt, offset=args.offset, layers=layers)
 
     out = prepare_out_dir(args.out)  # every input is checked by now: bad input leaves no directory behind
     for name in FILES[:3]:

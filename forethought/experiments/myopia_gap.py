@@ -42,9 +42,15 @@ from typing import Any
 
 from forethought.data import check_tokens_fit
 from forethought.data.tokens import PREPEND_BOS
-from forethought.errors import ContextLengthError, InvalidArgumentError, ModelNotAvailableError, check_positive
-from forethought.experiments.common import load_splits, save_gradient_split_plot
-from forethought.experiments.config_cli import dataclass_overrides
+from forethought.errors import (
+    ContextLengthError,
+    DataError,
+    InvalidArgumentError,
+    ModelNotAvailableError,
+    check_positive,
+)
+from forethought.experiments.common import check_data_options, data_options, load_splits, save_gradient_split_plot
+from forethought.experiments.config_cli import as_options, dataclass_overrides, option_names
 from forethought.experiments.presets import DATA_FIELDS, PRESETS, Preset
 from forethought.models import load_model, save_random_checkpoint, tiny_model
 from forethought.myopic_training.evaluation import evaluate_regimes, format_gap, plot_report
@@ -85,8 +91,21 @@ def preset_from_args(args: argparse.Namespace) -> Preset:
     return preset
 
 
+#: Settings a refusal may name -> the options a user types for them.
+OPTIONS = {**data_options(), **option_names(TrainConfig)}
+
+
 def run(args: argparse.Namespace) -> int:
-    """``forethought myopia-gap``: train and compare the preset's regimes (or sweep ``--models``) into ``--out``."""
+    """``forethought myopia-gap``: train and compare the preset's regimes (or sweep ``--models``) into ``--out``.
+
+    The options, the data and the batch size against the data are checked before ``--out`` is created.
+    """
+    with as_options(OPTIONS):
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
+    check_data_options(args)
     preset = preset_from_args(args)
     config = TrainConfig(**{**preset.train, **dataclass_overrides(TrainConfig, args)})
     check_device(config.device)
@@ -122,6 +141,9 @@ def run_myopia_gap(preset: Preset, out: str | Path, config: TrainConfig, preset_
     splits = load_splits(preset, config.seed, tokenizer=tokenizer, vocab_size=vocab_size)
     _check_context(preset, splits, starting_model)
     del starting_model
+    if len(splits.train) < config.batch_size:
+        raise DataError(f"--batch-size {config.batch_size} is more than the {len(splits.train)} training sequences; "
+                        "pass a smaller --batch-size or more data (--max-documents, --dataset)")
     out = prepare_out_dir(out)
     new_model = _model_factory(preset, splits.tokenizer, out, config.seed)
 

@@ -87,3 +87,7 @@ PRESETS: dict[str, Preset] = {
                "eval_every": 250, "checkpoint_every": 250},
     ),
 }
+
+
+#: The largest learning rate of any preset: a run far above it that diverges is told so.
+MAX_PRESET_LR: float = max(preset.train.get("lr", 1e-3) for preset in PRESETS.values())

@@ -47,8 +47,16 @@ import pandas as pd
 from forethought import plots
 from forethought.devices import resolve_device
 from forethought.distributed import current_world
-from forethought.errors import InvalidArgumentError
-from forethought.experiments.common import model_data, parse_ints, parse_models, scoring_data_options
+from forethought.errors import InvalidArgumentError, check_seed
+from forethought.experiments.common import (
+    check_data_options,
+    check_probe_inputs,
+    model_data,
+    parse_ints,
+    parse_models,
+    scoring_data_options,
+)
+from forethought.experiments.config_cli import as_options
 from forethought.models import load_model
 from forethought.probes.methods import method_names
 from forethought.probes.sweep import (
@@ -64,11 +72,32 @@ from forethought.runs import load_run
 NOT_PROBED = ("bigram", "local-myopic")  # their forward is not the plain one a probe reads
 
 
+#: The settings a refusal may name -> the options a user types for them.
+OPTIONS = {"device": "--device", "layer": "--layers", "layers": "--layers", "offset": "--offsets",
+           "offsets": "--offsets", "seq_len": "--seq-len", "top_k": "--top-k", "max_epochs": "--max-epochs",
+           "stream": "--stream",
+           "stream_dir": "--stream-dir", "stream_above_gib": "--stream-above-gib", "batch_size": "--batch-size",
+           "test_fraction": "--val-fraction", "val_fraction": "--val-fraction", "seed": "--seed",
+           "max_sequences": "--max-sequences", "method": "--method"}
+
+
 def run(args: argparse.Namespace) -> int:
-    """``forethought probe-sweep``: probe the models of ``--model`` (or ``--run``) and write the table to ``--out``."""
+    """``forethought probe-sweep``: probe the models of ``--model`` (or ``--run``) and write the table to ``--out``.
+
+    Every input is checked before ``--out`` is created: the options, then the models (layers, context length) and
+    the data (offsets), so that a refusal leaves nothing behind.
+    """
+    with as_options(OPTIONS):
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
+    check_data_options(args)
     layers: Any = "all" if args.layers.strip() == "all" else parse_ints(args.layers, "layers")
     offsets = parse_ints(args.offsets, "offsets")
     seeds = parse_ints(args.seeds, "seeds") if args.seeds else [args.seed]
+    for seed in seeds:
+        check_seed("--seeds" if args.seeds else "--seed", seed)
     methods = [m.strip() for m in args.method.split(",") if m.strip()]
     unknown = [m for m in methods if m not in method_names()]
     if unknown or not methods:
@@ -95,7 +124,9 @@ def run(args: argparse.Namespace) -> int:
     else:
         sources = parse_models(args.model)
         models = {name: load_model(source, device=args.device) for name, source in sources.items()}
+        check_probe_inputs(models, layers, offsets)  # the layers before the data are cut
         splits, trained = model_data(sources, models, args, options)
+    check_probe_inputs(models, layers, offsets, splits.seq_len, splits)
     world = current_world()  # under torchrun / accelerate launch each process probes some depths; process 0 writes
     if world is None or world.is_main:
         prepare_out_dir(out)

@@ -16,14 +16,24 @@ import pandas as pd
 import torch
 
 from forethought.devices import resolve_device
-from forethought.errors import check_positive
-from forethought.experiments.config_cli import dataclass_overrides
+from forethought.errors import NumericalError, check_positive
+from forethought.experiments.arguments import SYNTHETIC_FLAGS
+from forethought.experiments.common import nan_cause
+from forethought.experiments.config_cli import as_options, dataclass_overrides, option_names
 from forethought.reporting import check_out_dir
 from forethought.synthetic import PRESETS, SyntheticConfig, run_experiment, run_sweep
 
+#: Settings a refusal may name -> the options a user types for them.
+OPTIONS = option_names(SyntheticConfig, SYNTHETIC_FLAGS)
+
 
 def config_from_args(args: argparse.Namespace) -> SyntheticConfig:
-    """The preset with the command line's overrides applied (validated)."""
+    """The preset with the command line's overrides applied (validated; a refusal names the options)."""
+    with as_options(OPTIONS):
+        return _config_from_args(args)
+
+
+def _config_from_args(args: argparse.Namespace) -> SyntheticConfig:
     overrides = dataclass_overrides(SyntheticConfig, args, exclude=("p",))  # --p: one run per value
     config = PRESETS[args.preset]
     if "steps" in overrides and "warmup_steps" not in overrides:
@@ -36,9 +46,12 @@ def run(args: argparse.Namespace) -> int:
     """``forethought synthetic``: run the preset once per ``--p`` value, print a summary, write to ``--out``."""
     config = config_from_args(args)
     ps = args.p or [config.p]
-    for p in ps:
-        replace(config, p=p)  # validate every p before any work
-    device = resolve_device(args.device)
+    with as_options(OPTIONS):
+        for p in ps:
+            replace(config, p=p)  # validate every p before any work
+        config.model_config()  # and the model's settings (--normalization)
+    with as_options({"device": "--device"}):
+        device = resolve_device(args.device)
     check_positive("threads", args.threads, integer=True)
     check_positive("checkpoint-every", args.checkpoint_every, integer=True)
     checkpointing = {"resume": args.resume, "checkpoint_every": args.checkpoint_every}
@@ -57,6 +70,11 @@ def run(args: argparse.Namespace) -> int:
             report = run_sweep(config, ps, out, device=device, progress=progress, extra_config=extra,
                                **checkpointing)
             print(pd.DataFrame(report["sweep"]).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    except NumericalError as error:
+        raise NumericalError(nan_cause(str(error), {
+            "--lr": (config.lr, max(preset.lr for preset in PRESETS.values())),
+            "--frequency": (config.frequency, max(preset.frequency for preset in PRESETS.values()))})
+        ) from error
     finally:
         torch.set_num_threads(threads)
     print(f"wrote {out / 'report.json'}")

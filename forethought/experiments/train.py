@@ -19,23 +19,57 @@ from __future__ import annotations
 import argparse
 import time
 from dataclasses import asdict
+from pathlib import Path
+from typing import Any
 
 from forethought.data import check_tokens_fit
 from forethought.data.tokens import PREPEND_BOS
-from forethought.errors import InvalidArgumentError
-from forethought.experiments.common import load_splits, save_gradient_split_plot
-from forethought.experiments.config_cli import dataclass_overrides
-from forethought.models import load_model, tiny_model
+from forethought.errors import DataError, InvalidArgumentError, NumericalError
+from forethought.experiments.common import (
+    check_data_options,
+    data_options,
+    load_option_model,
+    load_splits,
+    nan_cause,
+    save_gradient_split_plot,
+)
+from forethought.experiments.config_cli import as_options, dataclass_overrides, option_names
+from forethought.experiments.presets import MAX_PRESET_LR
+from forethought.models import tiny_model
 from forethought.myopic_training.trainer import CHECKPOINT, MODEL_DIR, TrainConfig, check_device, train
 from forethought.prompts import set_prepends_bos
 from forethought.reporting import check_out_dir, prepare_out_dir, provenance, save_figure, write_json
 from forethought.runs import write_run
 
+#: Settings a refusal may name -> the options a user types for them.
+OPTIONS = {**data_options(), **option_names(TrainConfig), "vocab_size": "--vocab-size", "n_layers": "--n-layers",
+           "d_model": "--d-model", "n_heads": "--n-heads", "n_ctx": "--seq-len"}
+
 
 def run(args: argparse.Namespace) -> int:
-    """``forethought train``: train one model in ``--regime`` into ``--out`` and write its report."""
+    """``forethought train``: train one model in ``--regime`` into ``--out`` and write its report.
+
+    Every input is checked before ``--out`` is created (the options, the data, the model and the batch size against
+    the data), so that a refusal leaves nothing behind.
+    """
     started = time.perf_counter()
+    with as_options(OPTIONS):
+        config, model, splits, past_model = _checked_inputs(args)
+    out = check_out_dir(args.out)
+    prepare_out_dir(out)
+    config.out_dir = out
+    try:
+        result = train(config, model, splits, past_model=past_model)
+    except NumericalError as error:
+        raise NumericalError(nan_cause(str(error), {"--lr": (config.lr, MAX_PRESET_LR)})) from error
+    _report(args, out, config, splits, result, started)
+    return 0
+
+
+def _checked_inputs(args: argparse.Namespace) -> tuple[TrainConfig, Any, Any, Any]:
+    """The validation phase: the config, the model, the data and the past model, all checked; nothing written."""
     config = TrainConfig(**dataclass_overrides(TrainConfig, args))
+    check_data_options(args)
     check_device(config.device)
     out = check_out_dir(args.out)
     if (out / CHECKPOINT).exists() and not args.resume:
@@ -46,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
                                    "with the same tokenizer); when fine-tuning, the frozen --model is the default")
 
     if args.model is not None:
-        model = load_model(args.model)
+        model = load_option_model("--model", args.model)
         if model.tokenizer is None:
             raise InvalidArgumentError(f"--model {args.model!r} has no tokenizer; save one beside its weights")
         splits = load_splits(args, args.seed, tokenizer=model.tokenizer)
@@ -56,16 +90,19 @@ def run(args: argparse.Namespace) -> int:
                            d_vocab=len(splits.tokenizer), n_ctx=args.seq_len, seed=args.seed,
                            tokenizer=splits.tokenizer)
     set_prepends_bos(model, PREPEND_BOS)  # trained on sequences that start without a BOS token: prompts follow
-    past_model = load_model(args.past_model) if args.past_model else None
+    past_model = load_option_model("--past-model", args.past_model) if args.past_model else None
     for tokens in (splits.train, splits.validation):  # refuse before anything is written
         for checked in (model, past_model):
             if checked is not None:
                 check_tokens_fit(checked, tokens)
 
-    prepare_out_dir(out)
-    config.out_dir = out
-    result = train(config, model, splits, past_model=past_model)
+    if len(splits.train) < config.batch_size:
+        raise DataError(f"--batch-size {config.batch_size} is more than the {len(splits.train)} training sequences; "
+                        "pass a smaller --batch-size or more data (--max-documents, --dataset)")
+    return config, model, splits, past_model
 
+
+def _report(args: argparse.Namespace, out: Path, config: TrainConfig, splits: Any, result: Any, started: float) -> None:
     from forethought.plots import plot_training_curves
 
     save_figure(plot_training_curves(result.history, title=f"{config.regime} training"), out / "training_curve.png")
@@ -85,4 +122,3 @@ def run(args: argparse.Namespace) -> int:
     write_run(out, "train", splits, {"model": {"path": MODEL_DIR, "trained_as": config.regime, "mode": config.mode,
                                                "beta": config.beta}})
     print(f"{config.regime}: eval loss {result.eval_loss:.4f} after {config.steps} steps; wrote {out}")
-    return 0

@@ -24,8 +24,10 @@ Example:
 
 from __future__ import annotations
 
+import errno
 import os
 import random
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +61,23 @@ def save_checkpoint(path: Path, accelerator: Any, *, step: int, settings: dict[s
         "rng": rng_state(),
         "history": history,
     }
-    atomic_write(path, lambda tmp: torch.save(state, tmp))
+    atomic_write(path, lambda tmp: write_torch_file(state, tmp))
+
+
+def write_torch_file(state: Any, path: Path) -> None:
+    """``torch.save(state, path)``; a failed write (a full disk, ...) raises ``OSError`` naming ``path`` and the cause.
+
+    torch reports a failed write as a ``RuntimeError`` (``[enforce fail at inline_container.cc] unexpected pos``);
+    as an ``OSError`` it ends the command in one line (exit 1) like every other failed write, and
+    :func:`~forethought.reporting.atomic_write` leaves the previous file as it was.
+    """
+    try:
+        torch.save(state, path)
+    except RuntimeError as error:
+        full = shutil.disk_usage(Path(path).parent).free < 1 << 20
+        code = errno.ENOSPC if full else errno.EIO
+        detail = str(error).strip().splitlines()[-1].strip() if str(error).strip() else type(error).__name__
+        raise OSError(code, f"{os.strerror(code)} ({detail})" if not full else os.strerror(code), str(path)) from error
 
 
 def read_checkpoint(path: str | os.PathLike, expected_format: str = CHECKPOINT_FORMAT) -> dict[str, Any]:
