@@ -52,3 +52,16 @@ def main(argv: list[str]) -> int:
     if on_gpu() and argv and argv[0] in DEVICE_COMMANDS and "--device" not in argv and "--help" not in argv:
         argv += ["--device", str(DEVICE)]
     return cli_main(argv)
+
+
+def one_error_line(capsys, argv: list[str]) -> str:
+    """Run the CLI on ``argv`` expecting a refusal: exit code 2, one line on stderr and no traceback; that line."""
+    capsys.readouterr()  # what fixtures printed while building their models
+    try:
+        code = main(argv)
+    except SystemExit as exit:
+        code = exit.code
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    return err.strip()

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 import torch
-from devices import main
+from devices import one_error_line
 
 from forethought import __version__
 from forethought.models import save_random_checkpoint
@@ -27,16 +27,6 @@ def _cli(*argv: str) -> subprocess.CompletedProcess:
                           check=False, timeout=600)
 
 
-def _one_error_line(capsys, argv: list[str]) -> str:
-    capsys.readouterr()  # what fixtures printed while building their models
-    try:
-        code = main(argv)
-    except SystemExit as exit:
-        code = exit.code
-    err = capsys.readouterr().err
-    assert code == 2, err
-    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
-    return err.strip()
 
 
 def test_bare_command_prints_help():
@@ -76,7 +66,7 @@ def test_train_refuses_bad_values_before_creating_out(tmp_path, capsys, argv, me
     if "--out" in argv[3:]:  # the case replaces --out
         argv = argv[3:]
         argv.insert(0, "train")
-    assert message in _one_error_line(capsys, argv)
+    assert message in one_error_line(capsys, argv)
     assert not (tmp_path / "out").exists()
 
 
@@ -87,7 +77,7 @@ def test_train_refuses_bad_values_before_creating_out(tmp_path, capsys, argv, me
 def test_train_refuses_binary_and_non_utf8_text(tmp_path, capsys, content, message):
     source = tmp_path / "corpus.txt"
     source.write_bytes(content)
-    line = _one_error_line(capsys, ["train", "--out", str(tmp_path / "out"), *TINY, "--dataset", str(source)])
+    line = one_error_line(capsys, ["train", "--out", str(tmp_path / "out"), *TINY, "--dataset", str(source)])
     assert message in line and "corpus.txt" in line
     assert not (tmp_path / "out").exists()
 
@@ -105,7 +95,7 @@ def _probe_sweep(model_dir, out) -> list[str]:
 
 def test_malformed_config_json_is_named(tmp_path, capsys, gpt2_dir):
     (gpt2_dir / "config.json").write_text("{not json")
-    line = _one_error_line(capsys, _probe_sweep(gpt2_dir, tmp_path / "out"))
+    line = one_error_line(capsys, _probe_sweep(gpt2_dir, tmp_path / "out"))
     assert "config.json" in line and "not valid JSON" in line
     assert not (tmp_path / "out").exists()
 
@@ -114,7 +104,7 @@ def test_model_without_tokenizer_files_is_refused(tmp_path, capsys, gpt2_dir):
     for path in gpt2_dir.iterdir():
         if "token" in path.name or path.name in ("vocab.json", "merges.txt", "special_tokens_map.json"):
             path.unlink()
-    line = _one_error_line(capsys, _probe_sweep(gpt2_dir, tmp_path / "out"))
+    line = one_error_line(capsys, _probe_sweep(gpt2_dir, tmp_path / "out"))
     assert "no tokenizer files" in line
     assert not (tmp_path / "out").exists()
 
@@ -130,7 +120,7 @@ def test_pickled_weights_are_refused_without_advising_weights_only_false(tmp_pat
             return (print, ("this ran",))
 
     (gpt2_dir / "pytorch_model.bin").write_bytes(pickle.dumps({"weight": Payload()}))
-    line = _one_error_line(capsys, _probe_sweep(gpt2_dir, tmp_path / "out"))
+    line = one_error_line(capsys, _probe_sweep(gpt2_dir, tmp_path / "out"))
     assert "weights_only" not in line and "refus" in line.lower()
     assert json.loads((gpt2_dir / "config.json").read_text())["model_type"] == "gpt2"
 
@@ -153,7 +143,7 @@ def test_every_public_name_resolves():
     pytest.param("cuda", marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")),
     "gpu", "cuda:7", ""])
 def test_probe_sweep_refuses_a_bad_device_before_creating_out(tmp_path, capsys, gpt2_dir, device):
-    line = _one_error_line(capsys, [*_probe_sweep(gpt2_dir, tmp_path / "out"), "--device", device])
+    line = one_error_line(capsys, [*_probe_sweep(gpt2_dir, tmp_path / "out"), "--device", device])
     assert "device" in line
     assert not (tmp_path / "out").exists()
 

@@ -12,7 +12,7 @@ import stat
 
 import pytest
 import torch
-from devices import main
+from devices import main, one_error_line
 
 from forethought.models import save_random_checkpoint
 
@@ -24,18 +24,10 @@ SMOKE = ["--preset", "smoke", "--no-progress"]
 
 
 def _refused(capsys, argv: list[str], out, option: str) -> str:
-    capsys.readouterr()  # what fixtures printed while building their models
-    try:
-        code = main(argv)
-    except SystemExit as exit:
-        code = exit.code
-    err = capsys.readouterr().err
-    assert code == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in err, err
-    assert option in lines[0], (option, lines[0])
+    line = one_error_line(capsys, argv)
+    assert option in line, (option, line)
     assert not out.exists(), sorted(out.rglob("*"))
-    return lines[0]
+    return line
 
 
 # (extra arguments, the option the one line must name)

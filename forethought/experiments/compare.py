@@ -16,6 +16,8 @@ cut afresh and its manifest recorded.
 
 With ``--top-k`` the probes predict the k most frequent future tokens plus "other", but every score is over all
 targets ("other" is never a hit; see :mod:`forethought.probes.sweep`), and the coverage is reported beside it.
+The command trains no control-task probes unless asked (``--control``): the comparison is between regimes on the
+same probes, and the control task, about as costly again, belongs to ``probe-sweep``.
 
 Outputs in ``out_dir`` (all written atomically): ``report.json`` (losses and gaps with bootstrap intervals,
 how each model was trained, the probe comparison, the data manifest, the label space, config, provenance),
@@ -146,7 +148,7 @@ def compare_regimes(
         sweep = config or ProbeSweepConfig()
         _write(result, Path(out_dir), baseline, {"layers": layers, "offsets": list(offsets), "method": method,
                                                  "baseline": baseline, "seed": seed, "top_k": sweep.top_k,
-                                                 "max_epochs": sweep.vocab.max_epochs},
+                                                 "max_epochs": sweep.vocab.max_epochs, "control": sweep.control},
                seed, getattr(data, "manifest", None))
     return result
 
@@ -241,11 +243,11 @@ def _run(args: argparse.Namespace) -> int:
     if args.baseline not in models:
         raise InvalidArgumentError(f"--baseline {args.baseline!r} is not among the models {sorted(models)}")
     check_probe_inputs(models, layers, offsets, splits.seq_len, splits)
-    ProbeSweepConfig(top_k=args.top_k).with_max_epochs(args.max_epochs)
+    config = ProbeSweepConfig(top_k=args.top_k, control=args.control).with_max_epochs(args.max_epochs)
     prepare_out_dir(args.out)
     result = compare_regimes(models, splits, out_dir=args.out, layers=layers, offsets=offsets, method=args.method,
                              baseline=args.baseline, seed=args.seed,
-                             config=ProbeSweepConfig(top_k=args.top_k).with_max_epochs(args.max_epochs),
+                             config=config,
                              progress=args.progress, trained_as=trained_as, bootstrap_seed=bootstrap_seed)
     print(f"myopia gap {format_gap(result.losses)} nats/token; wrote {args.out}")
     return 0
