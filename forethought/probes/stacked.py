@@ -125,7 +125,8 @@ def train_stacked(
     stopper = PerProbeEarlyStopping(tuple(start.shape), config.patience, config.min_delta, start.device)
     stopper.best = start
     generator = torch.Generator(device="cpu").manual_seed(config.seed)  # the same order on every device
-    epochs = tqdm(range(config.max_epochs), desc=desc, disable=not config.progress, unit="epoch")
+    # inside a sweep's overall bar: this one shows the current fit and leaves no line behind
+    epochs = tqdm(range(config.max_epochs), desc=desc, disable=not config.progress, unit="epoch", leave=False)
     for epoch in epochs:
         for batch in torch.randperm(train.n, generator=generator, device="cpu").split(config.batch_size):
             value = loss(*train.batch(batch)).sum() / len(batch)

@@ -83,6 +83,7 @@ import pandas as pd
 import torch
 from jaxtyping import Int
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from forethought.bootstrap import bootstrap_ci
 from forethought.data.tokens import TokenSplits, split_sequences
@@ -184,14 +185,18 @@ def probe_sweep(
     if reference is not None and reference not in models:
         raise InvalidArgumentError(f"reference={reference!r} is not among the models {sorted(models)}")
     rows, probes = [], {}
+    shown = progress and (world is None or world.is_main)
+    overall = tqdm(total=len(models) * len(methods), desc="probe sweep", unit="fit", disable=not shown)
     for name, model in models.items():
-        plan = _plan(name, model, layers, offsets, fit, config, seed, device,
-                     progress=progress and (world is None or world.is_main),
+        overall.set_postfix(model=name)
+        plan = _plan(name, model, layers, offsets, fit, config, seed, device, progress=shown,
                      streamed=_should_stream(stream, model, layers, methods, len(train) + len(test), train.shape[1],
                                              config), world=world)
         model_rows, fitted = _sweep_model(plan, methods, (fit, val, test)) if plan.layers else ([], {})
         rows += model_rows
         probes[name] = _gather_probes(world, plan, fitted) if world is not None else fitted
+        overall.update(len(methods))
+    overall.close()
     if world is not None:
         rows = sorted((row for part in gather_objects(world, rows) for row in part), key=_row_order(models, names))
     intervals = paired_intervals(rows, reference, config.n_resamples, seed)
