@@ -14,6 +14,7 @@ Example:
 
 from __future__ import annotations
 
+import atexit
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -56,10 +57,22 @@ def current_world() -> World | None:
         if not dist.is_initialized():
             raise DistributedError(f"WORLD_SIZE={os.environ['WORLD_SIZE']} but no process group could be set up; "
                                    "start the processes with torchrun or accelerate launch")
+        atexit.register(leave_world)
     size = dist.get_world_size()
     if size == 1:
         return None
     return World(rank=dist.get_rank(), size=size, group=_gloo_group())
+
+
+def leave_world() -> None:
+    """Destroy the process group, if one is still up: run at exit where forethought set the group up.
+
+    A process that exits with its gloo group still alive can abort while its threads are torn down
+    ("terminate called without an active exception"), failing a run whose work was done.
+    """
+    if dist.is_available() and dist.is_initialized():
+        _GLOO_GROUPS.clear()
+        dist.destroy_process_group()
 
 
 def _gloo_group() -> Any:

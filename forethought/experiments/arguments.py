@@ -166,7 +166,7 @@ def compare(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-epochs", type=_count("max_epochs"),
                         help="training epochs at most for vocab and future_lens probes "
                         "(default: the probe configs')")
-    parser.add_argument("--control", action=argparse.BooleanOptionalAction, default=False,
+    parser.add_argument("--control", action="store_true",
                         help="also train every probe on a control task and report its selectivity (about twice the "
                         "probe training; the regime comparison itself does not need it, probe-sweep has it on)")
     parser.add_argument("--seed", type=SEED, default=0, help="probe training and bootstrap (and the split, with "

@@ -10,6 +10,7 @@ Example:
 
 from __future__ import annotations
 
+import atexit
 import json
 import signal
 import threading
@@ -20,6 +21,7 @@ from typing import Any
 import torch
 
 from forethought.devices import resolve_device
+from forethought.distributed import leave_world
 from forethought.errors import InvalidArgumentError
 from forethought.options import DEVICES
 from forethought.reporting import atomic_write
@@ -50,14 +52,17 @@ def make_accelerator(device: str, mixed_precision: str) -> Any:
     ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
     settings = {"cpu": device == "cpu", "mixed_precision": precision, "kwargs_handlers": [ddp]}
     try:
-        return Accelerator(**settings)
+        accelerator = Accelerator(**settings)
     except ValueError as error:  # an earlier run in this process chose another precision or device
         if "already been initialized" not in str(error):
             raise
         from accelerate.state import AcceleratorState
 
         AcceleratorState._reset_state()  # keeps the distributed (partial) state
-        return Accelerator(**settings)
+        accelerator = Accelerator(**settings)
+    if accelerator.num_processes > 1:
+        atexit.register(leave_world)  # the process group goes down before the interpreter does
+    return accelerator
 
 
 class StopOnSignal(AbstractContextManager):
