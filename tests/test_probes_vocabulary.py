@@ -107,3 +107,27 @@ def test_memory_estimate():
     memory = describe_memory(n_layers=13, n_tasks=8, d_model=768, n_classes=50257, batch_size=512)
     assert memory["weights"] == 13 * 8 * 768 * 50257
     assert 14 < memory["weights_gib"] < 16
+
+
+def test_skipping_frozen_probes_changes_no_probe(probe_data, monkeypatch):
+    """Once every layer's probe of a task is frozen, the stack stops computing that task: the probes and their best
+    epochs are those of a stack that computes everything to the end (up to float32 rounding: the smaller matrix
+    product sums in another order)."""
+    import forethought.probes.vocabulary as vocabulary
+
+    (x, y), (vx, vy) = probe_data["train"], probe_data["val"]
+    noise = torch.randint(0, 5, (1, y.shape[1]), generator=torch.Generator().manual_seed(1))
+    labels = torch.cat([y, noise])  # a task with nothing to learn freezes first
+    val_labels = torch.cat([vy, torch.randint(0, 5, (1, vy.shape[1]), generator=torch.Generator().manual_seed(2))])
+    config = VocabProbeConfig(max_epochs=12, patience=1, batch_size=256, progress=False)
+    calls = []
+    skip = vocabulary._StackedSoftmax.skip_frozen
+    monkeypatch.setattr(vocabulary._StackedSoftmax, "skip_frozen", lambda self, active: (calls.append(active.clone()),
+                                                                                          skip(self, active)))
+    skipping = fit_vocab_probes(x, labels, n_classes=5, val_features=vx, val_labels=val_labels, config=config)
+    assert calls and not calls[-1].all(), "some task must have been skipped for the test to mean anything"
+    monkeypatch.setattr(vocabulary._StackedSoftmax, "skip_frozen", lambda self, active: None)
+    everything = fit_vocab_probes(x, labels, n_classes=5, val_features=vx, val_labels=val_labels, config=config)
+    torch.testing.assert_close(skipping.weight, everything.weight, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(skipping.bias, everything.bias, rtol=1e-5, atol=1e-6)
+    assert skipping.meta["best_epoch"] == everything.meta["best_epoch"]

@@ -101,6 +101,7 @@ def train_stacked(
     config: MinibatchFitConfig,
     masks: Sequence[Callable[[Tensor], Tensor]],
     desc: str = "probes",
+    on_freeze: Callable[[Tensor], None] | None = None,
 ) -> StackedFit:
     """Train the stacked ``params`` with AdamW and per-probe early stopping; see the module docstring.
 
@@ -113,6 +114,9 @@ def train_stacked(
         config: lr, weight decay, batch size, epochs, patience, seed, progress.
         masks: for each parameter, the improved-probe mask ``[layer, task]`` broadcast to that parameter's shape.
         desc: the progress bar's label, also named by the error raised when the loss stops being finite.
+        on_freeze: called with the mask of still-active probes ``[layer, task]`` whenever probes were frozen, so
+            that ``loss`` may skip the frozen ones from then on (their best epoch is kept already; they can no
+            longer improve, and every probe's loss and update depend on its own parameters only).
 
     Returns:
         Every parameter at its probe's best held-out epoch, and the early-stopping record.
@@ -138,11 +142,14 @@ def train_stacked(
                 param.grad = grad
             optimizer.step()
         held_out = held_out_loss(loss, val, config.eval_batch_size)
-        epochs.set_postfix(held_out=f"{held_out.mean().item():.4f}", active=int(stopper.active.sum()))
+        epochs.set_postfix(held_out=f"{held_out[stopper.active].mean().item():.4f}", active=int(stopper.active.sum()))
+        was_active = int(stopper.active.sum())
         improved = stopper.step(held_out)
         with torch.no_grad():
             best = [torch.where(mask(improved), param, kept)
                     for param, kept, mask in zip(tensors, best, masks, strict=True)]
         if stopper.done:
             break
+        if on_freeze is not None and int(stopper.active.sum()) < was_active:
+            on_freeze(stopper.active)
     return StackedFit(best=best, stopper=stopper)

@@ -251,16 +251,33 @@ class _StackedSoftmax:
         self.best_weight = self.weight.detach().clone()
         self.best_bias = self.bias.detach().clone()
         self.stopper: PerProbeEarlyStopping | None = None
+        self.tasks: Tensor | None = None  # the tasks still trained (None: all); see skip_frozen
+
+    def skip_frozen(self, active: Tensor) -> None:
+        """From now on compute only the tasks with a probe still active in some layer (``active [L, T]``)."""
+        self.tasks = active.any(0).nonzero().flatten()
 
     def per_probe_loss(self, x: Tensor, y: Tensor) -> Tensor:
-        """Summed cross-entropy ``[L, T]`` of a chunk: ``x [n, L, d]`` standardised features, ``y [n, T]`` labels."""
-        n_layers, _, n_tasks, n_classes = self.shape
+        """Summed cross-entropy ``[L, T]`` of a chunk: ``x [n, L, d]`` standardised features, ``y [n, T]`` labels.
+
+        Tasks skipped as frozen (:meth:`skip_frozen`) are not computed; their entries are 0.
+        """
+        n_layers, d_model, n_tasks, n_classes = self.shape
         n = x.shape[0]
         x = x.float().transpose(0, 1)  # [L, n, d]
-        logits = (torch.bmm(x, self.weight) + self.bias).view(n_layers, n, n_tasks, n_classes)
+        weight, bias, tasks = self.weight, self.bias, self.tasks
+        if tasks is not None:
+            weight = weight.view(n_layers, d_model, n_tasks, n_classes)[:, :, tasks].flatten(2)
+            bias = bias.view(n_layers, 1, n_tasks, n_classes)[:, :, tasks].flatten(2)
+            y = y[:, tasks.to(y.device)]
+        kept = y.shape[1]
+        logits = (torch.bmm(x, weight) + bias).view(n_layers, n, kept, n_classes)
         target = y.unsqueeze(0).expand(n_layers, -1, -1)
         losses = F.cross_entropy(logits.reshape(-1, n_classes), target.reshape(-1), reduction="none")
-        return losses.view(n_layers, n, n_tasks).sum(1)
+        summed = losses.view(n_layers, n, kept).sum(1)
+        if tasks is None:
+            return summed
+        return summed.new_zeros(n_layers, n_tasks).index_copy(1, tasks, summed)
 
     def fit(self, x: _InMemoryRows | _StoredRows, y: Tensor, val_x: _InMemoryRows | _StoredRows,
             val_y: Tensor) -> None:
@@ -270,7 +287,8 @@ class _StackedSoftmax:
             return improved.repeat_interleave(n_classes, dim=1)[:, None, :]  # [L, 1, T*C]
 
         fitted = train_stacked([(self.weight, self.config.weight_decay), (self.bias, 0.0)], self.per_probe_loss,
-                               _RowBatches(x, y), _RowBatches(val_x, val_y), self.config, masks=[mask, mask])
+                               _RowBatches(x, y), _RowBatches(val_x, val_y), self.config, masks=[mask, mask],
+                               on_freeze=self.skip_frozen)
         self.best_weight, self.best_bias = fitted.best
         self.stopper = fitted.stopper
 
