@@ -157,3 +157,23 @@ def test_repr_is_short(linear, lens):
         assert "layers=[0, 2, 3]" in text and "'control offset=0'" in text and f"d_model={probes.d_model}" in text
     assert repr(linear).startswith("LinearProbes(kind='linear'") and "top3+other" in repr(linear)
     assert repr(lens).startswith("FutureLens(kind='future_lens'") and "Bridge" not in repr(lens)
+
+
+def test_the_stacked_loop_reports_frozen_probes_while_others_train():
+    """``on_freeze`` hears of every freeze short of the last, with the mask of the probes still active."""
+    from forethought.probes.early_stopping import MinibatchFitConfig
+    from forethought.probes.stacked import TensorBatches, train_stacked
+
+    x = torch.randn(64, 1, generator=torch.Generator().manual_seed(0))
+    y = 3.0 * x
+    w = torch.zeros(1, 2, 1, requires_grad=True)  # task 0 has nothing to learn, task 1 a slope
+
+    def loss(xb, yb):
+        return torch.stack([0.0 * w[0, 0, 0] + 1.0, ((xb[:, 0] * w[0, 1, 0] - yb[:, 0]) ** 2).sum()]).view(1, 2)
+
+    seen = []
+    batches = TensorBatches(x, y)
+    train_stacked([(w, 0.0)], loss, batches, batches, MinibatchFitConfig(lr=0.05, max_epochs=20, patience=1,
+                                                                         progress=False),
+                  masks=[lambda improved: improved[:, :, None]], on_freeze=lambda active: seen.append(active.tolist()))
+    assert seen and seen[0] == [[False, True]]
