@@ -15,6 +15,7 @@ Example:
 from __future__ import annotations
 
 import atexit
+import functools
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -57,11 +58,17 @@ def current_world() -> World | None:
         if not dist.is_initialized():
             raise DistributedError(f"WORLD_SIZE={os.environ['WORLD_SIZE']} but no process group could be set up; "
                                    "start the processes with torchrun or accelerate launch")
-        atexit.register(leave_world)
+        leave_world_at_exit()
     size = dist.get_world_size()
     if size == 1:
         return None
     return World(rank=dist.get_rank(), size=size, group=_gloo_group())
+
+
+@functools.cache
+def leave_world_at_exit() -> None:
+    """Have :func:`leave_world` run when the interpreter exits (registered once, however often asked)."""
+    atexit.register(leave_world)
 
 
 def leave_world() -> None:

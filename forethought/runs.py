@@ -158,16 +158,15 @@ def find_run(model_dir: str | os.PathLike) -> tuple[Path, str] | None:
     return None
 
 
-def sequence_hashes(tokens: Any) -> set[str]:
-    """A SHA-256 of every token sequence (row) of ``tokens`` ``[seq, pos]``, to find shared sequences."""
-    rows = tokens.detach().cpu().long().numpy()
-    return {hashlib.sha256(row.tobytes()).hexdigest() for row in rows}
+def sequence_hashes(tokens: Any) -> list[str]:
+    """A SHA-256 of every token sequence (row) of ``tokens`` ``[seq, pos]``, in order, to find shared sequences."""
+    return [hashlib.sha256(row.tobytes()).hexdigest() for row in tokens.detach().cpu().long().numpy()]
 
 
 def shared_fraction(tokens: Any, seen: set[str]) -> float:
     """The fraction of the sequences (rows) of ``tokens`` whose hash is in ``seen``."""
-    rows = tokens.detach().cpu().long().numpy()
-    return sum(hashlib.sha256(row.tobytes()).hexdigest() in seen for row in rows) / max(len(rows), 1)
+    hashes = sequence_hashes(tokens)
+    return sum(digest in seen for digest in hashes) / max(len(hashes), 1)
 
 
 def check_not_trained_on(test: Any, run: Run, model_name: str) -> None:
@@ -176,7 +175,7 @@ def check_not_trained_on(test: Any, run: Run, model_name: str) -> None:
     A corpus can repeat text, so even the run's own validation split shares a few sequences with its training
     split; test sequences are refused when they share more than that, plus one percentage point.
     """
-    seen = sequence_hashes(run.splits.train)
+    seen = set(sequence_hashes(run.splits.train))
     shared, own = shared_fraction(test, seen), shared_fraction(run.splits.validation, seen)
     if shared > own + 0.01:
         raise DataError(f"{shared:.0%} of the {len(test)} test sequences are in the training split of model "

@@ -231,7 +231,8 @@ def model_data(sources: dict[str, str], models: dict[str, Any], args: argparse.N
                                    text_field=options["text_field"], max_sequences=options["max_sequences"],
                                    val_fraction=options["val_fraction"], seed=args.seed)
         splits.manifest["models"] = sources
-    for where in found.values():
-        if where is not None and splits is not runs[where[0]].splits:
-            check_not_trained_on(splits.validation, runs[where[0]], where[1])
+    checked = {where[0]: where[1] for where in found.values() if where is not None}  # one check per run
+    for directory, model_name in checked.items():
+        if splits is not runs[directory].splits:
+            check_not_trained_on(splits.validation, runs[directory], model_name)
     return splits, trained

@@ -10,7 +10,6 @@ Example:
 
 from __future__ import annotations
 
-import atexit
 import json
 import signal
 import threading
@@ -21,7 +20,7 @@ from typing import Any
 import torch
 
 from forethought.devices import resolve_device
-from forethought.distributed import leave_world
+from forethought.distributed import leave_world_at_exit
 from forethought.errors import InvalidArgumentError
 from forethought.options import DEVICES
 from forethought.reporting import atomic_write
@@ -61,7 +60,7 @@ def make_accelerator(device: str, mixed_precision: str) -> Any:
         AcceleratorState._reset_state()  # keeps the distributed (partial) state
         accelerator = Accelerator(**settings)
     if accelerator.num_processes > 1:
-        atexit.register(leave_world)  # the process group goes down before the interpreter does
+        leave_world_at_exit()  # the process group goes down before the interpreter does
     return accelerator
 
 

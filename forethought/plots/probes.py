@@ -110,8 +110,8 @@ def plot_probe_heatmap(frame, metric: str = "top1", method: str | None = None, t
             delta = tables[models[1]] - tables[models[0]]
             bound = max(float(np.nanmax(np.abs(delta.to_numpy()))), 0.1 * scale, 1e-9)
             mark = None
-            if metric in ("top1", "gain_over_baseline") and (per_model[models[0]].get("minus_reference") is None
-                                                             or per_model[models[0]]["minus_reference"].isna().all()):
+            first_is_reference = "minus_reference" in part and per_model[models[0]]["minus_reference"].isna().all()
+            if metric in ("top1", "gain_over_baseline") and first_is_reference:
                 mark = excludes_zero(per_model[models[1]], "minus_reference")
             panels.append((f"{models[1]} − {models[0]}", delta, "RdBu_r", -bound, bound, 0.0, mark))
         for col, (label, table, cmap, vmin, vmax, center, mark) in enumerate(panels):
