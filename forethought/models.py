@@ -140,17 +140,19 @@ def quiet_hf_progress() -> Iterator[None]:
 
 
 def forward_on_model_device(self: TransformerBridge, input: Any, *args: Any, **kwargs: Any) -> Any:
-    """The bridge's own ``forward``, after moving a tensor ``input`` (tokens or embeddings) to the model's device.
+    """The bridge's own ``forward``, after moving tensor arguments to the model's device.
 
+    The tensors moved are ``input`` (tokens or embeddings) and tensor keyword arguments (an ``attention_mask``, say).
     Installed on every model :func:`load_model` and :func:`tiny_model` return (as the instance's ``forward``, which
     calling the model and TransformerLens' ``run_with_cache`` both reach), so that tokens kept on the CPU work with
     a model on a GPU everywhere a model is called.
     """
-    if isinstance(input, torch.Tensor):
-        device = next(self.parameters()).device
-        if input.device != device:
-            input = input.to(device)
-    return type(self).forward(self, input, *args, **kwargs)
+    device = next(self.parameters()).device
+
+    def here(value: Any) -> Any:
+        return value.to(device) if isinstance(value, torch.Tensor) and value.device != device else value
+
+    return type(self).forward(self, here(input), *args, **{name: here(value) for name, value in kwargs.items()})
 
 
 def _with_attention(model: TransformerBridge, attention: str) -> TransformerBridge:

@@ -25,7 +25,7 @@ def test_matches_run_with_cache(any_model, tmp_path, in_memory):
     assert torch.equal(acts.tokens, tokens)
     for template in hooks:
         for index, layer in enumerate(acts.layers_by_hook[template]):
-            expected = cache[hook_name(any_model, template, layer)]
+            expected = cache[hook_name(any_model, template, layer)].cpu()  # activations are kept on the CPU
             torch.testing.assert_close(acts[template][index], expected, rtol=1e-5, atol=1e-5)
 
 

@@ -25,7 +25,8 @@ def _reference(model, tokens):
     with torch.no_grad():
         logits = model(tokens).double()
     tokens = tokens.to(logits.device)
-    return torch.stack([F.cross_entropy(logits[:, t], tokens[:, t + 1]) for t in range(tokens.shape[1] - 1)])
+    losses = torch.stack([F.cross_entropy(logits[:, t], tokens[:, t + 1]) for t in range(tokens.shape[1] - 1)])
+    return losses.cpu()  # where forethought's losses are
 
 
 def test_loss_by_position_equals_per_position_cross_entropy(any_model):

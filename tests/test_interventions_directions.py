@@ -48,7 +48,7 @@ def test_projection_removes_the_span_at_the_chosen_positions_only(any_model):
         _, edited = _run(any_model, tokens, name)
     assert (edited[:, [2, 4]] @ directions.T.to(edited.device)).abs().max() < 1e-4
     assert torch.equal(edited[:, [0, 1, 3, 5]], original[:, [0, 1, 3, 5]])
-    basis = orthonormal_basis(directions)
+    basis = orthonormal_basis(directions).to(original.device)
     expected = original[:, [2, 4]] - (original[:, [2, 4]] @ basis.T) @ basis
     torch.testing.assert_close(edited[:, [2, 4]], expected, rtol=1e-5, atol=1e-5)
 

@@ -180,12 +180,15 @@ def test_bad_attention_argument(native_model):
 @pytest.mark.parametrize("lse_error, trusted", [(0.0, True), (1e-2, False)])
 def test_a_kernel_log_sum_exp_is_used_only_once_checked_against_the_reference(monkeypatch, lse_error, trusted):
     """The CUDA kernel's log-sum-exp enters the myopic backward only where a check on a small input found it equal
-    to the reference: a kernel that is off by 0.01 nats is refused, and the reference path is kept."""
+    to the reference: a kernel that is off by 0.01 nats, or has no kernel for a head size, is refused, and the
+    reference path is kept."""
     import torch.nn.functional as F
 
     from forethought.attention import fused
 
     def kernel(q, k, v, bias, compute_lse, dropout, is_causal, scale):
+        if q.shape[-1] == 1:
+            raise RuntimeError("cutlassF: no kernel found to launch!")  # as CUDA's kernel says for head size 1
         out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
         return out, fused.causal_logsumexp(q, k, scale) + lse_error, None, None
 
@@ -193,6 +196,7 @@ def test_a_kernel_log_sum_exp_is_used_only_once_checked_against_the_reference(mo
     monkeypatch.setattr(fused, "_KERNEL_LSE_OK", {})
     assert fused._kernel_lse_ok(torch.device("cpu"), torch.float32) is trusted
     assert fused._kernel_lse_ok(torch.device("cpu"), torch.float64) is False  # the kernel has no float64
+    assert fused._kernel_lse_ok(torch.device("cpu"), torch.float32, d_head=1) is False  # nor every head size
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the CUDA kernel's own log-sum-exp")
@@ -204,4 +208,4 @@ def test_the_cuda_kernel_agrees_with_the_reference():
     k, v = k[:, :2], v[:, :2]
     out, lse = fused._kernel_attention_with_lse(q, k, v, 0.2)
     torch.testing.assert_close(lse, fused.causal_logsumexp(q, k, 0.2), rtol=1e-4, atol=1e-4)
-    assert fused._kernel_lse_ok(q.device, torch.float32)
+    assert fused._kernel_lse_ok(q.device, torch.float32, d_head=32)

@@ -111,7 +111,7 @@ def test_label_lens_learns_a_readable_mapping(model):
                           init_resid=resid[-1].flatten(0, 1).mean(0),
                           config=FutureLensConfig(max_epochs=30, lr=3e-2, batch_size=64, progress=False))
     with torch.no_grad():
-        accuracy = (lens.logits(features).argmax(-1)[0, 0] == labels[0]).float().mean()
+        accuracy = (lens.logits(features).argmax(-1)[0, 0].cpu() == labels[0]).float().mean()
     assert accuracy > 0.4  # chance is about 0.25
 
 

@@ -39,9 +39,9 @@ def random_linear(model, space: LabelSpace, seed: int = 0, other_bias: float = 0
 
 
 def resid(model, tokens: torch.Tensor, layers=LAYERS) -> torch.Tensor:
-    """``[layer, pos, d]`` residual stream from ``run_with_cache`` (not the activation collector)."""
+    """``[layer, pos, d]`` residual stream from ``run_with_cache`` (not the activation collector), on the CPU."""
     _, cache = model.run_with_cache(tokens[None])
-    return torch.stack([cache[hook_name(model, RESID, layer)][0] for layer in layers]).float()
+    return torch.stack([cache[hook_name(model, RESID, layer)][0] for layer in layers]).float().cpu()
 
 
 def reference_top(probs: torch.Tensor, space: LabelSpace, k: int = 5) -> tuple[torch.Tensor, torch.Tensor]:
@@ -108,7 +108,7 @@ def test_grid_is_the_future_lens_own_prediction(any_model, tmp_path):
     j = TASKS.index(Task(2))
     with torch.no_grad():
         predicted = torch.stack([h[n] @ lens.weight[i, j] + lens.bias[i, j] for n, i in enumerate([2, 0])])
-        probs = model.unembed(model.ln_final(predicted)).softmax(-1)
+        probs = model.unembed(model.ln_final(predicted.to(DEVICE))).softmax(-1).cpu()
     ids, top = reference_top(probs, lens.label_space)
     assert torch.equal(view.top_ids, ids)
     torch.testing.assert_close(view.top_probs, top, atol=1e-5, rtol=1e-4)

@@ -5,6 +5,7 @@ from dataclasses import replace
 
 import pytest
 import torch
+from devices import on_gpu, tolerance
 from torch.nn import functional as F
 
 from forethought.errors import CheckpointError, InvalidArgumentError
@@ -40,9 +41,13 @@ def test_synthetic_training_equals_a_plain_torch_loop(regime):
     config = replace(PRESETS["smoke"], steps=6, warmup_steps=2)
     model, losses = _plain_loop(config, regime)
     run = train_regime(config, regime, progress=False)
-    assert run.losses.tolist() == losses  # bit for bit
+    if not on_gpu():  # bit for bit where both run the same kernels
+        assert run.losses.tolist() == losses
+        for ours, theirs in zip(run.model.parameters(), model.parameters(), strict=True):
+            assert torch.equal(ours, theirs)
+    torch.testing.assert_close(torch.as_tensor(run.losses).float(), torch.tensor(losses), **tolerance(1e-5, 1e-6))
     for ours, theirs in zip(run.model.parameters(), model.parameters(), strict=True):
-        assert torch.equal(ours, theirs)
+        torch.testing.assert_close(ours.cpu(), theirs.cpu(), **tolerance(1e-5, 1e-6))
 
 
 def test_weight_decay_on_every_parameter_or_on_matrices_only():

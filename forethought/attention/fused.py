@@ -41,8 +41,8 @@ from torch import Tensor
 _CPU_FLASH = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
 #: The CUDA memory-efficient attention kernel (float32 and bfloat16); it returns the log-sum-exp when asked.
 _CUDA_EFFICIENT = getattr(torch.ops.aten, "_scaled_dot_product_efficient_attention", None)
-#: (device, dtype) → whether :func:`_kernel_attention_with_lse` agrees with the reference there (checked once).
-_KERNEL_LSE_OK: dict[tuple[str, int | None, torch.dtype], bool] = {}
+#: (device type, index, dtype, d_head) → whether :func:`_kernel_attention_with_lse` agrees with the reference there.
+_KERNEL_LSE_OK: dict[tuple[str, int | None, torch.dtype, int], bool] = {}
 
 
 def fused_supported(q: Tensor, k: Tensor, v: Tensor) -> bool:
@@ -100,11 +100,15 @@ def causal_attention(
 ) -> Float[Tensor, "batch head pos d_head"]:
     """Causal attention through the same fused kernel as :func:`attention_with_lse`; kv heads may be grouped.
 
-    Using the same kernel makes a vanilla forward and a myopic one equal bit for bit.
+    Using the same kernel makes a vanilla forward and a myopic one equal bit for bit. On CUDA grouped kv heads are
+    expanded first, as Hugging Face's SDPA attention does: ``enable_gqa`` would send float32 inputs to the math
+    kernel, which builds the ``[T, T]`` scores.
     """
     if _CPU_FLASH is not None and q.device.type == "cpu":
         return _CPU_FLASH(q, k, v, 0.0, True, scale=scale)[0]
     group = q.shape[1] // k.shape[1]
+    if group > 1 and q.device.type == "cuda":
+        k, v, group = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1), 1
     return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=group > 1)
 
 
@@ -122,13 +126,14 @@ def attention_with_lse(
     """Causal attention (differentiable) and each query's log-sum-exp of scores (a constant, :func:`wide_dtype`).
 
     On CPU one call of the flash-attention kernel gives both; on CUDA one call of the memory-efficient kernel, once
-    a check on a small input has shown it agrees with the reference there (:func:`_kernel_lse_ok`). Elsewhere the
-    output comes from ``scaled_dot_product_attention`` and the log-sum-exp from :func:`causal_logsumexp`.
+    a check on a small input of the same head size has shown it agrees with the reference (:func:`_kernel_lse_ok`).
+    Elsewhere the output comes from ``scaled_dot_product_attention`` and the log-sum-exp from
+    :func:`causal_logsumexp`.
     """
     if _CPU_FLASH is not None and q.device.type == "cpu":
         out, lse = _CPU_FLASH(q, k, v, 0.0, True, scale=scale)
         return out, lse.detach().to(wide_dtype(q.dtype))
-    if q.device.type == "cuda" and _kernel_lse_ok(q.device, q.dtype):
+    if q.device.type == "cuda" and _kernel_lse_ok(q.device, q.dtype, q.shape[-1]):
         return _kernel_attention_with_lse(q, k, v, scale)
     group = q.shape[1] // k.shape[1]
     out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=group > 1)
@@ -144,27 +149,34 @@ def _kernel_attention_with_lse(q: Tensor, k: Tensor, v: Tensor, scale: float) ->
     return out, lse[..., : q.shape[2]].detach().to(wide_dtype(q.dtype))
 
 
-def _kernel_lse_ok(device: torch.device, dtype: torch.dtype) -> bool:
-    """Whether the kernel's output and log-sum-exp equal the reference on this device and dtype (checked once).
+def _kernel_lse_ok(device: torch.device, dtype: torch.dtype, d_head: int = 16) -> bool:
+    """Whether :func:`_kernel_attention_with_lse` runs and agrees with the reference here (checked once per key).
 
-    The reference is ``scaled_dot_product_attention`` and :func:`causal_logsumexp` on a small random input; where
-    the kernel is missing, refuses the dtype or disagrees, :func:`attention_with_lse` keeps the reference path.
+    Checked per device, dtype and head size, forward and backward. The reference is
+    ``scaled_dot_product_attention`` and :func:`causal_logsumexp` on a small random input. Where the kernel is
+    missing, refuses the dtype or head size (it has no kernel for some head sizes, such as 1) or disagrees,
+    :func:`attention_with_lse` keeps the reference path.
     """
-    key = (device.type, device.index, dtype)
+    key = (device.type, device.index, dtype, d_head)
     if key not in _KERNEL_LSE_OK:
         ok = False
         if _CUDA_EFFICIENT is not None and dtype in (torch.float32, torch.bfloat16, torch.float16):
             generator = torch.Generator(device="cpu").manual_seed(0)
-            q, k, v = (torch.randn(2, 4, 37, 16, generator=generator, device="cpu").to(device, dtype)
+            q, k, v = (torch.randn(2, 4, 37, d_head, generator=generator, device="cpu").to(device, dtype)
                        for _ in range(3))
             k, v = k[:, :2], v[:, :2]  # grouped kv heads, as Llama-style models have
             tolerance = 1e-4 if dtype == torch.float32 else 2e-2
             try:
-                with torch.no_grad(), torch.autocast(device.type, enabled=False):
+                with torch.autocast(device.type, enabled=False):
+                    q.requires_grad_(True)
                     out, lse = _kernel_attention_with_lse(q, k, v, 0.25)
-                    reference = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=0.25, enable_gqa=True)
-                    ok = (torch.allclose(out.float(), reference.float(), rtol=tolerance, atol=tolerance)
-                          and torch.allclose(lse, causal_logsumexp(q, k, 0.25), rtol=tolerance, atol=tolerance))
+                    (gradient,) = torch.autograd.grad(out.float().square().sum(), q)
+                    with torch.no_grad():
+                        reference = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=0.25,
+                                                                   enable_gqa=True)
+                        ok = (torch.allclose(out.float(), reference.float(), rtol=tolerance, atol=tolerance)
+                              and torch.allclose(lse, causal_logsumexp(q, k, 0.25), rtol=tolerance, atol=tolerance)
+                              and bool(gradient.isfinite().all()))
             except (RuntimeError, TypeError):
                 ok = False
         _KERNEL_LSE_OK[key] = ok
