@@ -154,6 +154,9 @@ def test_suite_command_runs_on_the_device_over_the_cores(tmp_path):
     alone = suite.suite_command(True, tmp_path / "j.xml", workers=1, timeout=None, notebooks=False)
     assert "-n" not in alone and not any(word.startswith("--timeout") for word in alone)
     assert suite._environment("cuda")["FORETHOUGHT_TEST_DEVICE"] == "cuda"
+    rerun = suite.suite_command(False, tmp_path / "j.xml", workers=4, timeout=None, notebooks=False,
+                                tests=["tests/test_a.py::test_b"])
+    assert "tests/test_a.py::test_b" in rerun and "forethought" not in rerun, "named tests replace the suite"
 
 
 @pytest.mark.slow
