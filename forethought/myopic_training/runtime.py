@@ -39,7 +39,7 @@ def make_accelerator(device: str, mixed_precision: str) -> Any:
     ``device`` is ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"mps"``; ``mixed_precision="auto"`` means bf16 autocast
     on a CUDA GPU that supports it, else none.
     DDP searches for unused parameters unless the caller turns it off (``accelerator.ddp_handler``). An earlier
-    run in this process that chose another precision or device is forgotten (the distributed state is kept).
+    run in this process that chose another precision or device is forgotten (a distributed state is kept).
     """
     from accelerate import Accelerator, DistributedDataParallelKwargs
 
@@ -52,16 +52,26 @@ def make_accelerator(device: str, mixed_precision: str) -> Any:
     settings = {"cpu": device == "cpu", "mixed_precision": precision, "kwargs_handlers": [ddp]}
     try:
         accelerator = Accelerator(**settings)
-    except ValueError as error:  # an earlier run in this process chose another precision or device
+    except ValueError as error:  # an earlier run in this process chose another precision
         if "already been initialized" not in str(error):
             raise
-        from accelerate.state import AcceleratorState
-
-        AcceleratorState._reset_state()  # keeps the distributed (partial) state
+        _forget_accelerator(reset_partial_state=False)  # keeps the distributed (partial) state
+        accelerator = Accelerator(**settings)
+    wanted = resolve_device(device)
+    if accelerator.num_processes == 1 and accelerator.device.type != wanted.type:
+        # an earlier run in this process chose another device, which accelerate's process state keeps silently
+        _forget_accelerator(reset_partial_state=True)
         accelerator = Accelerator(**settings)
     if accelerator.num_processes > 1:
         leave_world_at_exit()  # the process group goes down before the interpreter does
     return accelerator
+
+
+def _forget_accelerator(reset_partial_state: bool) -> None:
+    """Forget the accelerator state of an earlier run in this process (accelerate keeps it as a singleton)."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=reset_partial_state)
 
 
 class StopOnSignal(AbstractContextManager):
