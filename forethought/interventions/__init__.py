@@ -7,7 +7,7 @@ model.
 * :mod:`~forethought.interventions.patching`: :func:`patch_positions`, :func:`patch_heads` (sweeps, with
   metrics from :mod:`~forethought.interventions.metrics`) and :func:`patch_activation` (one patch).
 * :mod:`~forethought.interventions.transplant`: :func:`transplant` (Future Lens' causal test), into fixed (token) or
-  soft (embedding) prompts; :func:`transplanted_logits`, the differentiable step a learned prompt trains through.
+  soft (embedding) prompts; :func:`transplanted_logits`, the differentiable steps a learned prompt trains through.
 * :mod:`~forethought.interventions.directions`: :func:`project_out`, :func:`add_direction`,
   :func:`direction_effect` (with norm-matched random placebos); :mod:`~forethought.interventions.subspaces`:
   :func:`as_directions` for trained probes, :func:`orthonormal_basis`, :func:`random_directions`.

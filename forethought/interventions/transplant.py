@@ -193,19 +193,20 @@ def transplanted_logits(
     model: TransformerBridge,
     prompts: Int[Tensor, "batch pos"] | Float[Tensor, "batch pos d_model"],
     writes: Sequence[Write],
-    step: int = 0,
-) -> Float[Tensor, "batch d_vocab"]:
-    """The logits of step ``step`` of the greedy continuation of ``prompts`` with ``writes`` at their last position.
+    n_steps: int = 1,
+) -> Float[Tensor, "batch step d_vocab"]:
+    """The logits of steps ``0 .. n_steps - 1`` of the greedy continuation of ``prompts``, ``writes`` transplanted.
 
-    Step 0 is the prediction at the transplanted position itself; step ``N`` reads the position after ``N``
-    greedily generated tokens, which are chosen without gradient and then held fixed, so the result is
-    differentiable with respect to soft ``prompts`` (and equals :func:`greedy`'s logits of that step).
+    Step 0 is the prediction at the transplanted position (the prompt's last) itself; step ``N`` reads the
+    position after ``N`` greedily generated tokens. Those are chosen without gradient and then held fixed, and
+    every step's logits come from one forward over the prompt and them, so the result is differentiable with
+    respect to soft ``prompts`` and equals :func:`greedy`'s logits.
 
     Args:
         model: a ``TransformerBridge``.
         prompts: token ids ``[batch, pos]`` or soft input embeddings ``[batch, pos, d_model]``.
         writes: ``(hook name, rows, states [rows, d_model])``: the states each hook writes into its rows.
-        step: which step's logits to return.
+        n_steps: how many steps' logits to return.
 
     Example:
         >>> import torch
@@ -214,19 +215,19 @@ def transplanted_logits(
         >>> prompts, states = torch.tensor([[1, 2, 3], [1, 2, 3]]), torch.randn(2, 16)
         >>> writes = [("blocks.0.hook_resid_pre", slice(None), states)]
         >>> _, logits = greedy(model, prompts, 2, fwd_hooks=transplant_hooks(writes, position=2))
-        >>> torch.allclose(transplanted_logits(model, prompts, writes, step=1), logits[:, 1], atol=1e-5)
+        >>> torch.allclose(transplanted_logits(model, prompts, writes, n_steps=2), logits, atol=1e-5)
         True
     """
-    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
-        raise InvalidArgumentError(f"step={step!r} is not allowed; expected an integer >= 0")
-    inputs = _model_inputs(model, prompts, step)
+    check_positive("n_steps", n_steps, integer=True)
+    inputs = _model_inputs(model, prompts, n_steps - 1)
     hooks = transplant_hooks(writes, position=inputs.shape[1] - 1)
-    if step:
+    if n_steps > 1:
+        generated, _ = greedy(model, inputs.detach(), n_steps - 1, fwd_hooks=hooks)
         with torch.no_grad():
-            generated, _ = greedy(model, inputs.detach(), step, fwd_hooks=hooks)
-            inputs = torch.cat([inputs, _embed_like(model, generated, inputs)], dim=1)
+            continued = _embed_like(model, generated, inputs)
+        inputs = torch.cat([inputs, continued], dim=1)
     with model.hooks(fwd_hooks=hooks):
-        return model(inputs)[:, -1]
+        return model(inputs)[:, -n_steps:]
 
 
 def transplant_hooks(writes: Sequence[Write], position: int) -> list[tuple[str, Any]]:

@@ -12,8 +12,10 @@ tokens.
 ``max_epochs=0``, it *is* the fixed-prompt transplant) and trains all of them at once with AdamW on the prompts
 only, the model frozen, against the model's own distribution of token ``t + 1 + N`` (Future Lens' KL objective,
 from the final-layer residual at ``t + N``) or against class labels, with per-probe early stopping on held-out
-examples (:func:`~forethought.probes.stacked.train_stacked`). Each minibatch runs one batched forward per offset
-(and ``N`` greedy steps before it) over every layer's prompt and every example.
+examples (:func:`~forethought.probes.stacked.train_stacked`). The prompt of offset ``N`` is trained on every step
+``k <= N`` of its continuation whose offset is probed (all of them for offsets ``0..N``), so that the tokens it
+generates on the way are right too: they are chosen greedily, without gradient, as when scoring. Each minibatch
+runs one batched forward per offset (after ``N`` greedy steps) over every layer's prompt and every example.
 
 Cost: scoring or training ``n`` examples runs ``L·n`` rows of ``P + N`` positions through the model per offset,
 ``N + 1`` times; the prompts hold ``L·O·P·d`` floats.
@@ -195,24 +197,37 @@ def prompt_logits(
 ) -> Float[Tensor, "layer task n d_vocab"]:
     """Vocabulary logits of every (layer, offset) prompt with every state transplanted into it at its depth.
 
-    The logits of offset ``N`` are those of step ``N`` of the greedy continuation
-    (:func:`~forethought.interventions.transplant.transplanted_logits`), differentiable in ``prompts``. Every
-    layer's rows run in one forward per offset, in chunks of examples that bound the logits held at once.
+    The logits of offset ``N`` are those of step ``N`` of the greedy continuation (see
+    :func:`continuation_logits`), differentiable in ``prompts``.
     """
-    n_layers, n, length = states.shape[0], states.shape[1], prompts.shape[2]
+    return torch.stack([continuation_logits(model, prompts[:, j], layers, offset, states)[:, :, -1]
+                        for j, offset in enumerate(offsets)], dim=1)
+
+
+def continuation_logits(
+    model: TransformerBridge,
+    prompts: Float[Tensor, "layer prompt d_model"],
+    layers: Sequence[int],
+    offset: int,
+    states: Float[Tensor, "layer n d_model"],
+) -> Float[Tensor, "layer n step d_vocab"]:
+    """The logits of steps ``0 .. offset`` of each layer's prompt continued greedily after its transplanted states.
+
+    Every layer's rows run in one batch (:func:`~forethought.interventions.transplant.transplanted_logits`), in
+    chunks of examples that bound the logits held at once.
+    """
+    n_layers, n, length = states.shape[0], states.shape[1], prompts.shape[1]
     names = [hook_name(model, RESID, layer) for layer in layers]
-    by_offset = []
-    for j, offset in enumerate(offsets):
-        size = max(1, LOGITS_PER_FORWARD // (n_layers * (length + offset) * model.cfg.d_vocab))
-        parts = []
-        for start in range(0, n, size):
-            chunk = states[:, start : start + size]
-            rows = chunk.shape[1]
-            inputs = prompts[:, j, None].expand(-1, rows, -1, -1).reshape(n_layers * rows, length, -1)
-            writes = [(name, slice(i * rows, (i + 1) * rows), chunk[i]) for i, name in enumerate(names)]
-            parts.append(transplanted_logits(model, inputs, writes, step=offset).view(n_layers, rows, -1))
-        by_offset.append(torch.cat(parts, dim=1))
-    return torch.stack(by_offset, dim=1)
+    size = max(1, LOGITS_PER_FORWARD // (n_layers * (length + offset) * model.cfg.d_vocab))
+    parts = []
+    for start in range(0, n, size):
+        chunk = states[:, start : start + size]
+        rows = chunk.shape[1]
+        inputs = prompts[:, None].expand(-1, rows, -1, -1).reshape(n_layers * rows, length, -1)
+        writes = [(name, slice(i * rows, (i + 1) * rows), chunk[i]) for i, name in enumerate(names)]
+        logits = transplanted_logits(model, inputs, writes, n_steps=offset + 1)
+        parts.append(logits.view(n_layers, rows, offset + 1, -1))
+    return torch.cat(parts, dim=1)
 
 
 def initial_prompt(model: TransformerBridge, config: LearnedPromptConfig) -> Float[Tensor, "prompt d_model"]:
@@ -288,14 +303,25 @@ def fit_learned_prompt(
     _check_examples(model, val_features, val_targets, layers, offsets, label_space, config.objective, "held-out")
     weight = prompts.weight.detach().transpose(2, 3).clone().requires_grad_(True)  # [layer, task, prompt, d]
 
-    def loss(x: Tensor, y: Tensor) -> Tensor:  # [layer, task]: summed over the examples
-        logits = prompt_logits(model, weight, layers, offsets, x.to(device)).float()
-        if config.objective == "tokens":
-            log_q = F.log_softmax(label_space.project_logits(logits), dim=-1)
-            return -log_q.gather(-1, y.to(device)[None, :, :, None].expand(len(layers), -1, -1, 1))[..., 0].sum(-1)
-        with torch.no_grad():
-            target = F.softmax(decode(model, y).float(), dim=-1)  # [task, n, V]
-        return -(target * F.log_softmax(logits, dim=-1)).sum(-1).sum(-1)
+    # the prompt of offset N is trained on every step k <= N that is among the offsets, so that the tokens it
+    # generates on the way to step N are right too (they are chosen greedily, without gradient)
+    steps = [[k for k, step in enumerate(offsets) if step <= offset] for offset in offsets]
+
+    def loss(x: Tensor, y: Tensor) -> Tensor:  # [layer, task]: summed over the examples and trained steps
+        per_task = []
+        for j, offset in enumerate(offsets):
+            logits = continuation_logits(model, weight[:, j], layers, offset, x.to(device)).float()
+            logits = logits[:, :, [offsets[k] for k in steps[j]]]  # [layer, n, step, V]
+            if config.objective == "tokens":
+                log_q = F.log_softmax(label_space.project_logits(logits), dim=-1)
+                labels = y[steps[j]].to(device).T  # [n, step]
+                nll = -log_q.gather(-1, labels[None, :, :, None].expand(len(layers), -1, -1, 1))[..., 0]
+            else:
+                with torch.no_grad():
+                    target = F.softmax(decode(model, y[steps[j]].transpose(0, 1)).float(), dim=-1)  # [n, step, V]
+                nll = -(target * F.log_softmax(logits, dim=-1)).sum(-1)
+            per_task.append(nll.sum((1, 2)))
+        return torch.stack(per_task, dim=1)
 
     fitted = train_stacked([(weight, config.weight_decay)], loss, TensorBatches(features, targets, axis=1),
                            TensorBatches(val_features, val_targets, axis=1), config, desc="learned prompt",
