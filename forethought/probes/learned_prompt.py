@@ -48,7 +48,14 @@ import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from forethought.errors import DataError, InvalidArgumentError, VocabularyMismatchError, check_positive, choices_text
+from forethought.errors import (
+    ContextLengthError,
+    DataError,
+    InvalidArgumentError,
+    VocabularyMismatchError,
+    check_positive,
+    choices_text,
+)
 from forethought.hook_names import RESID, hook_name
 from forethought.interventions._core import require_deterministic
 from forethought.interventions.transplant import NEUTRAL_PROMPTS, transplanted_logits
@@ -285,8 +292,8 @@ def fit_learned_prompt(
     start = initial_prompt(model, config).to(device)
     length = start.shape[0]
     if length + max(offsets) > model.cfg.n_ctx:
-        raise InvalidArgumentError(f"a prompt of {length} positions + offset {max(offsets)} exceeds the model's "
-                                   f"n_ctx={model.cfg.n_ctx}; choose a shorter prompt")
+        raise ContextLengthError(f"a prompt of {length} positions + offset {max(offsets)} exceeds the model's "
+                                 f"n_ctx={model.cfg.n_ctx}; choose a shorter prompt")
     d_model = model.cfg.d_model
     prompts = LearnedPrompts(
         weight=start.T.expand(len(layers), len(offsets), -1, -1).clone(),
