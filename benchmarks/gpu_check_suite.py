@@ -243,7 +243,7 @@ TINY_TRAIN = ["--dataset", "builtin", "--max-documents", "12", "--seq-len", "16"
 #: The data and probes of ``forethought probe-sweep`` (as in tests/test_cli_probe_sweep.py).
 TINY_SWEEP = ["--dataset", "builtin", "--seq-len", "24", "--max-sequences", "80", "--offsets", "0,1", "--top-k", "20",
               "--max-epochs", "3", "--no-progress"]
-PROBE_METHODS = ("vocab", "logistic", "future_lens", "ridge")
+PROBE_METHODS = ("vocab", "logistic", "future_lens", "ridge", "learned_prompt")
 PROMPT = "The cat sat on the mat because it was tired."
 
 

@@ -129,7 +129,7 @@ def probe_sweep(parser: argparse.ArgumentParser) -> None:
                         "(default: the whole vocabulary)")
     probes.add_argument("--no-control", action="store_true", help="skip the control task (and selectivity)")
     probes.add_argument("--max-epochs", type=_count("max_epochs"),
-                        help="training epochs at most for vocab and future_lens probes "
+                        help="training epochs at most for vocab, future_lens and learned_prompt probes "
                         "(default: the probe configs')")
     probes.add_argument("--save-probes", action="store_true", help="also save the fitted probes under OUT/probes")
     run = parser.add_argument_group("run")
@@ -164,7 +164,7 @@ def compare(parser: argparse.ArgumentParser) -> None:
                         help="probes predict the k most frequent future tokens plus 'other' "
                         "(scored over all targets: 'other' is never a hit; default: the whole vocabulary)")
     parser.add_argument("--max-epochs", type=_count("max_epochs"),
-                        help="training epochs at most for vocab and future_lens probes "
+                        help="training epochs at most for vocab, future_lens and learned_prompt probes "
                         "(default: the probe configs')")
     parser.add_argument("--control", action="store_true",
                         help="also train every probe on a control task and report its selectivity (about twice the "
