@@ -11,10 +11,10 @@ import sys
 from typing import Literal
 
 import pytest
+from forethought.experiments.config_cli import add_dataclass_arguments, dataclass_overrides, field_help
 
 from forethought.cli import COMMANDS, build_parser
 from forethought.config import SYNTHETIC_PRESETS, SyntheticConfig, TrainConfig
-from forethought.experiments.config_cli import add_dataclass_arguments, dataclass_overrides, field_help
 from forethought.experiments.presets import DATA_FIELDS, PRESETS, Preset
 
 #: What each command needs besides the option under test, so that the error is about that option.
