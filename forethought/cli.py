@@ -73,6 +73,10 @@ def _command_parser(**keywords: Any) -> argparse.ArgumentParser:
                 title, description = ("settings" if len(dest) == 1 else dest[-1].replace("_", " ")), None
             return super().add_argument_group(title, description, **more)
 
+        def format_help(self) -> str:
+            self._preprocessing()
+            return super().format_help()
+
         def _preprocessing(self, *args: Any, **keywords: Any) -> None:
             super()._preprocessing(*args, **keywords)
             for action in self._actions:  # an option takes its value (an optional field's too), named by its field
