@@ -141,7 +141,7 @@ def option_names(parser: argparse.ArgumentParser, name: str) -> dict[str, str]:
     """
     sub = next(action for action in parser._actions if isinstance(action, argparse._SubParsersAction)).choices[name]
     sub._preprocessing()  # type: ignore[attr-defined]  # simple-parsing adds the options when it first needs them
-    options = {action.dest.rsplit(".", 1)[-1]: max(action.option_strings, key=len)
+    options = {action.dest.rsplit(".", 1)[-1]: next(o for o in action.option_strings if o.startswith("--"))
                for action in sub._actions if action.option_strings and action.dest != "help"}
     return {**options, **COMMANDS[name].aliases}
 

@@ -278,6 +278,14 @@ class ScoringData:
                                        f"data and split; pass --model NAME=DIR to {verb} other text")
 
 
+class _Switch(argparse.BooleanOptionalAction):
+    """``--name`` / ``--no-name`` for a ``bool | None`` field (``None``: neither given)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, default: Any = None, help: str | None = None,
+                 **unused: Any) -> None:
+        super().__init__(option_strings, dest, default=default, help=help)
+
+
 _MODELS = {"custom_args": {"action": "append", "nargs": None, "metavar": "NAME=DIR_OR_HUB_NAME"}}
 _SCORING_ALIASES = {"layer": "--layers", "offset": "--offsets", "test_fraction": "--val-fraction"}
 
@@ -323,7 +331,7 @@ class ProbeSweep(Run):
     save_probes: bool = flag(False)
     seeds: str | None = None
     batch_size: int = 32
-    stream: bool | None = field(default=None, metadata={"custom_args": {"negative_prefix": "--no-"}})
+    stream: bool | None = field(default=None, metadata={"custom_args": {"action": _Switch}})
     stream_above_gib: float = 4.0
     stream_dir: str | None = None
 
