@@ -147,7 +147,8 @@ def test_myopia_gap_options_override_the_preset():
     config = command.train_config()
     assert (config.steps, config.batch_size, config.beta, config.seed) == (3, 8, 0.5, 0)
     untouched = _parse("myopia-gap", "--out", "o", "--preset", "cpu")
-    assert chosen_preset(untouched) == PRESETS["cpu"] and untouched.train_config() == TrainConfig(**PRESETS["cpu"].train)
+    assert chosen_preset(untouched) == PRESETS["cpu"]
+    assert untouched.train_config() == TrainConfig(**PRESETS["cpu"].train)
 
 
 def test_synthetic_options_override_the_preset():

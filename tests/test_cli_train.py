@@ -236,7 +236,8 @@ def test_hf_backed_presets(tmp_path, checkpoint_dirs, start):
 
     regimes = ("vanilla", "myopic", "local-myopic")
     if start == "neox fine-tune":
-        preset = Preset(description="test", max_documents=12, seq_len=16, model=str(checkpoint_dirs["neox"]), regimes=regimes)
+        preset = Preset(description="test", max_documents=12, seq_len=16, model=str(checkpoint_dirs["neox"]),
+                        regimes=regimes)
     else:
         preset = Preset(description="test", max_documents=12, seq_len=16, tokenizer=300, regimes=regimes,
                         architecture={"family": "gpt2", "n_layers": 1, "d_model": 16, "n_heads": 2, "n_ctx": 32})
