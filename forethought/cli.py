@@ -8,7 +8,8 @@ code 2 and one line on stderr naming the option as typed; an error of the system
 read) with exit code 1 and one line.
 
 Example:
-    >>> build_parser(["train"]).parse_args(["train", "--out", "run", "--steps", "3"]).command.training.steps
+    >>> argv = ["train", "--out", "run", "--steps", "3"]
+    >>> build_parser(argv).parse_args(argv).command.training.steps
     3
 """
 
@@ -101,6 +102,7 @@ def _chosen_command(argv: Sequence[str]) -> str | None:
 def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     """The parser for ``argv``: every subcommand is listed, only the one named in ``argv`` gets its options.
 
+    Its defaults may depend on ``argv`` (``--preset``, and ``--steps`` for the warm-up): parse the same ``argv``.
     A parsed command line holds the command dataclass in ``command``.
     """
     parser = _Parser(prog="forethought", description="Do language models plan ahead?")
