@@ -4,8 +4,8 @@
   machine's cores with ``pytest-xdist`` where it is installed, a per-test timeout with ``pytest-timeout`` where it is
   installed, and a JUnit XML report from which the counts and the failing tests come (not the console). Near the
   part's time cap pytest is interrupted (SIGINT), so that it still writes the report of the tests finished by then.
-* ``commands``: each ``forethought`` command (:data:`forethought.cli.COMMANDS`) in its own process, at smoke size,
-  with ``--device cuda``: exit code, seconds and the last error line of each.
+* ``commands``: each ``forethought`` command (:data:`forethought.experiments.commands.COMMANDS`) in its own process,
+  at smoke size, with ``--device cuda``: exit code, seconds and the last error line of each.
 
 Both write a text file beside the JSON (``suite_failures.txt``, ``commands.log``) with the full error output.
 """

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from forethought.errors import CheckpointError, InvalidArgumentError, ModelNotAvailableError
+from forethought.errors import CheckpointError, InvalidArgumentError, ModelNotAvailableError, check_choice
 from forethought.reporting import atomic_directory
 
 if TYPE_CHECKING:  # transformer_lens is imported when a model is made: `import forethought.models` stays light
@@ -506,8 +506,7 @@ def save_random_checkpoint(
     """
     import transformers
 
-    if family not in ALL_FAMILIES:
-        raise InvalidArgumentError(f"family={family!r} is unknown; choose one of {ALL_FAMILIES}")
+    check_choice("family", family, ALL_FAMILIES)
     vocab = len(tokenizer) if tokenizer is not None else (d_vocab or 256)
     common = {"vocab_size": vocab, "bos_token_id": 0, "eos_token_id": 0}
     head_dim = d_model // n_heads

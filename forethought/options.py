@@ -8,7 +8,7 @@ Example:
     ('strict', 'cutgrad')
 """
 
-from forethought.errors import InvalidArgumentError
+from forethought.errors import check_choice
 
 #: Myopic gradient modes (see :func:`forethought.myopic_training.myopic`).
 MODES = ("strict", "cutgrad")
@@ -26,5 +26,4 @@ METHODS = ("vocab", "logistic", "future_lens", "ridge", "learned_prompt")
 
 def check_regime(regime: str) -> None:
     """Raise :class:`~forethought.errors.InvalidArgumentError` unless ``regime`` is one of :data:`REGIMES`."""
-    if regime not in REGIMES:
-        raise InvalidArgumentError(f"regime={regime!r} is unknown; choose one of {', '.join(REGIMES)}")
+    check_choice("regime", regime, REGIMES)

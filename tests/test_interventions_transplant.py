@@ -115,7 +115,7 @@ def test_tables_and_frames(native_model):
     result = transplant(native_model, _sources(native_model, n=4), layers=[0, 2], prompts=["Hello there", [1, 2, 3]],
                         n_steps=2, batch_size=3, progress=False)
     assert isinstance(result, TransplantResult)
-    table = result.table(k=1)
+    table = result.precision_table(k=1)
     assert list(table.index) == [0, 2, "none"] and list(table.columns) == [0, 1]
     frame = result.to_frame(ks=(1, 5))
     assert len(frame) == 2 * 2 * 2 * 3  # k x prompt x offset x (no transplant + 2 layers)

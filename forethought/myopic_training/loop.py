@@ -46,10 +46,10 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from forethought.config import TrainConfig
 from forethought.errors import InvalidArgumentError, NumericalError
 from forethought.myopic_training.batches import BatchSource
 from forethought.myopic_training.checkpoints import load_checkpoint, save_checkpoint, seed_everything
-from forethought.myopic_training.config import TrainConfig
 from forethought.myopic_training.hooks import myopic
 from forethought.myopic_training.regimes import RegimeModel, forward_context
 from forethought.myopic_training.runtime import JsonLinesLog, StopOnSignal, make_accelerator

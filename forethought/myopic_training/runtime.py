@@ -21,15 +21,14 @@ import torch
 
 from forethought.devices import resolve_device
 from forethought.distributed import leave_world_at_exit
-from forethought.errors import InvalidArgumentError
+from forethought.errors import check_choice
 from forethought.options import DEVICES
 from forethought.reporting import atomic_write
 
 
 def check_device(device: str) -> None:
     """Raise :class:`InvalidArgumentError` unless ``device`` is one of :data:`DEVICES` and available here."""
-    if device not in DEVICES:
-        raise InvalidArgumentError(f"device={device!r} is unknown; choose one of {', '.join(DEVICES)}")
+    check_choice("device", device, DEVICES)
     resolve_device(device)
 
 

@@ -54,6 +54,7 @@ from forethought.errors import (
 )
 from forethought.hook_names import RESID, resolve_layers
 from forethought.probes.io import load_probes
+from forethought.probes.lens_render import OTHER_ID, plot_view, render_html
 from forethought.probes.linear import AffineProbes, Task
 from forethought.probes.targets import LabelSpace
 from forethought.prompts import as_tokens
@@ -64,8 +65,6 @@ if TYPE_CHECKING:
 
 OTHER = "<other>"
 """How the pooled "other" class of a top-k label space is shown."""
-OTHER_ID = -1
-"""The token id recorded for a prediction of "other" in :attr:`LensView.top_ids`."""
 
 
 @dataclass(eq=False)
@@ -166,8 +165,6 @@ class LensView:
 
     def to_html(self, full_page: bool = True) -> str:
         """The grid as HTML: a whole page (``full_page``) or a fragment for embedding (what notebooks show)."""
-        from forethought.probes.lens_render import render_html
-
         return render_html(self, full_page=full_page)
 
     def _repr_html_(self) -> str:
@@ -179,8 +176,6 @@ class LensView:
         Depth runs down, position across, the top-1 token in each cell coloured by its probability, hits
         outlined; input tokens below, true tokens above.
         """
-        from forethought.probes.lens_render import plot_view
-
         return plot_view(self, max_chars=max_chars)
 
     def save(self, path: str | os.PathLike) -> Path:
