@@ -302,8 +302,7 @@ class ProbeSweep(Run):
         layers: ``all`` or comma-separated residual depths (0 = embeddings, n_layers = the last block's output).
         offsets: comma-separated offsets N: the probe at t predicts token t + 1 + N.
         method: comma-separated probe methods (``vocab``, ``logistic``, ``future_lens``, ``ridge``, ``learned_prompt``,
-            or another
-            registered one).
+            or another registered one).
         top_k: predict the k most frequent future tokens plus "other" (``None``: the whole vocabulary).
         control: train every probe on a control task too, and report selectivity.
         max_epochs: training epochs at most for vocab, future_lens and learned_prompt probes (``None``: the probe
