@@ -120,7 +120,7 @@ def test_ridge_lens_wraps_the_ridge_probes(native_model):
     final = resid[-1].flatten(0, 1)
     features = torch.stack([final, torch.randn_like(final)])  # layer 0 holds the target, layer 1 is noise
     groups = torch.arange(30).repeat_interleave(resid.shape[2])
-    lens = fit_ridge_lens(features, final[None], model=native_model, groups=groups, layers=[2, 0], progress=False)
+    lens = fit_ridge_lens(features, final[None], model=native_model, groups=groups, layers=[2, 0])
     r2 = torch.tensor(lens.meta["ridge_r2"])
     assert r2[0, 0] > 0.99 and r2[1, 0] < 0.1 and lens.layers == [2, 0] and lens.meta["method"] == "ridge"
     with torch.no_grad():

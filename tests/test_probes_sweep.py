@@ -199,9 +199,12 @@ def test_streaming_chooses_itself_and_refuses_methods_it_cannot_run(model, tmp_p
         probe_sweep(model, tokens, offsets=[0], config=replace(tiny_budget, stream_above_gib=1.0), progress=False)
         assert len(seen) == 3  # ... and keeps data within it in memory
         table = probe_sweep(model, tokens, offsets=[0], method="ridge", config=tiny_budget, progress=False).to_frame()
-        assert len(table) == 3 and len(seen) == 3  # ridge cannot stream, so "auto" keeps it in memory
-    with pytest.raises(InvalidArgumentError, match="stream=True"):
-        probe_sweep(model, tokens, method=["vocab", "ridge"], stream=True, progress=False)
+        assert len(table) == 3 and len(seen) == 3 + 6  # ridge streams too: each split's features and future residuals
+        table = probe_sweep(model, tokens, offsets=[0], method="logistic", config=tiny_budget,
+                            progress=False).to_frame()
+        assert len(table) == 3 and len(seen) == 9  # logistic cannot stream, so "auto" keeps it in memory
+    with pytest.raises(InvalidArgumentError, match="stream=True cannot fit method='logistic'.*L-BFGS"):
+        probe_sweep(model, tokens, method=["vocab", "logistic"], stream=True, progress=False)
     with pytest.raises(InvalidArgumentError, match="stream="):
         probe_sweep(model, tokens, stream="yes", progress=False)
 

@@ -50,7 +50,8 @@ class ProbeSweepConfig:
         batch_size: sequences per forward pass when collecting activations.
         eval_batch_size: examples per chunk when scoring.
         n_resamples: bootstrap resamples (over test sequences) for the ``top1_ci_low/high`` interval (95 %).
-        feature_dtype: dtype the activations are stored in (e.g. ``torch.bfloat16`` halves their memory).
+        feature_dtype: dtype the activations are stored in (default: the model's, e.g. bfloat16 for a bfloat16
+            model; ``torch.bfloat16`` halves a float32 model's); probes train and score in float32.
         stream_above_gib: with ``stream="auto"``, stream when the activations would take more than this (GiB).
         stream_dir: where a streaming sweep writes its temporary feature files (default: the system's
             temporary directory); they are deleted when the sweep ends.
@@ -65,7 +66,7 @@ class ProbeSweepConfig:
     batch_size: int = 32
     eval_batch_size: int = 2048
     n_resamples: int = N_RESAMPLES
-    feature_dtype: torch.dtype = torch.float32
+    feature_dtype: torch.dtype | None = None
     stream_above_gib: float = 4.0
     stream_dir: str | None = None
     vocab: VocabProbeConfig = field(default_factory=VocabProbeConfig)
