@@ -213,9 +213,8 @@ def least_squares(
     """
     stats = GramStats.accumulate(features, targets, chunk, device=device)
     mean, scale = stats.standardisation()
-    weight = stats.solve(mean, scale, ridge * stats.n)
-    bias = stats.target_mean()[None].expand(features.shape[0], -1, -1)
-    return weight.float(), bias.float().contiguous(), mean, scale
+    weight = stats.solve(scale, ridge * stats.n)
+    return weight.float(), stats.intercept(weight, mean, scale).float(), mean, scale
 
 
 def fit_future_lens(
@@ -423,11 +422,9 @@ def fit_ridge_lens(
     fit = GramStats.accumulate(features, future_resid, chunk, device=device)
     val = GramStats.accumulate(val_features, val_future_resid, chunk, device=device, like=fit)
     alpha, r2 = select_ridge(fit, val, torch.tensor(list(alphas), dtype=torch.float64, device=device))
-    both = fit + val
-    weight, mean, scale = solve_per_coordinate(both, alpha)
+    weight, bias, mean, scale = solve_per_coordinate(fit + val, alpha)
     n_layers, n_offsets = weight.shape[:2]
-    return FutureLens(weight=weight.float(), bias=both.target_mean().float()[None].expand(n_layers, -1, -1).contiguous(),
-                      mean=mean, scale=scale,
+    return FutureLens(weight=weight.float(), bias=bias.float(), mean=mean, scale=scale,
                       layers=list(layers) if layers is not None else list(range(n_layers)),
                       tasks=[Task(o) for o in (offsets if offsets is not None else range(n_offsets))],
                       label_space=label_space or LabelSpace.full(model.cfg.d_vocab),

@@ -8,7 +8,8 @@ number of examples, so the least-squares stage of the lens methods streams. Sums
 means (a shift that keeps ``XᵀX − n·μμᵀ`` from cancelling when the features' means dwarf their spread).
 
 :meth:`GramStats.moments` turns the sums into the standardised normal equations ``X̃ᵀX̃``, ``X̃ᵀ(Y − c)`` about any
-centres; :meth:`GramStats.solve` is the ridge solution ``(X̃ᵀX̃ + λI)⁻¹X̃ᵀ(Y − Ȳ)``; :func:`select_ridge` picks a
+centres; :meth:`GramStats.solve` is the ridge solution ``(X̃ᵀX̃ + λI)⁻¹X̃ᵀ(Y − Ȳ)`` (:meth:`GramStats.intercept`
+its intercept); :func:`select_ridge` picks a
 penalty per target coordinate by held-out R² from the held-out split's own statistics.
 
 Example:
@@ -17,9 +18,11 @@ Example:
     >>> y = (x[0] @ torch.tensor([[1.0], [-2.0], [0.5]]))[None] + 3  # [task, n, 1]
     >>> stats = GramStats.accumulate(x, y, chunk=64)
     >>> mean, scale = stats.standardisation()
-    >>> weight = stats.solve(mean, scale, penalty=0.0)[0, 0, :, 0] / scale[0].double()  # back to raw units
-    >>> [round(w, 4) for w in weight.tolist()]
+    >>> weight = stats.solve(scale, penalty=0.0)
+    >>> [round(w, 4) for w in (weight[0, 0, :, 0] / scale[0].double()).tolist()]  # back to raw units
     [1.0, -2.0, 0.5]
+    >>> round(float(stats.intercept(weight, mean, scale)[0, 0, 0] - (weight[0, 0, :, 0] * mean[0] / scale[0]).sum()), 4)
+    3.0
 """
 
 from __future__ import annotations
@@ -123,6 +126,10 @@ class GramStats:
         variance = (self.xx.diagonal(dim1=1, dim2=2) / self.n - centred.square()).clamp(min=0)
         return standard_scale(self.x_shift + centred, variance)
 
+    def feature_mean(self) -> Float[Tensor, "layer d"]:
+        """The features' mean per layer (float64)."""
+        return self.x_shift + self.x_sum / self.n
+
     def target_mean(self) -> Float[Tensor, "task e"]:
         """The targets' mean per coordinate (float64)."""
         return self.y_shift + self.y_sum / self.n
@@ -144,9 +151,23 @@ class GramStats:
         cross = xy / s[:, None, :, None]
         return gram, cross, yy
 
-    def solve(self, mean: Tensor, scale: Tensor, penalty: float) -> Float[Tensor, "layer task d e"]:
-        """The ridge maps ``(Z̃ᵀZ̃ + penalty·I)⁻¹Z̃ᵀ(Y − Ȳ)`` of every (layer, task), float64; the intercept is ``Ȳ``."""
-        gram, cross, _ = self.moments(mean, scale, self.target_mean())
+    def centred(self, scale: Tensor) -> tuple[Tensor, Tensor]:
+        """``Z̃ᵀZ̃`` and ``Z̃ᵀ(Y − Ȳ)`` of features centred at their exact mean and divided by ``scale``."""
+        gram, cross, _ = self.moments(self.feature_mean(), scale, self.target_mean())
+        return gram, cross
+
+    def intercept(self, weight: Tensor, mean: Tensor, scale: Tensor) -> Float[Tensor, "layer task e"]:
+        """The intercept of maps ``weight`` applied to ``(x − mean) / scale``: ``Ȳ − ((x̄ − mean) / scale) A``.
+
+        With the exact means the least-squares intercept is ``Ȳ``; the probes standardise with float32 means, and
+        this carries the difference over, so that they are the least-squares fit exactly.
+        """
+        offset = (self.feature_mean() - mean.to(self.xx)) / scale.to(self.xx)  # [L, d]
+        return self.target_mean()[None] - torch.einsum("ld,ltde->lte", offset, weight)
+
+    def solve(self, scale: Tensor, penalty: float) -> Float[Tensor, "layer task d e"]:
+        """The ridge maps ``(Z̃ᵀZ̃ + penalty·I)⁻¹Z̃ᵀ(Y − Ȳ)`` of every (layer, task), float64; see :meth:`intercept`."""
+        gram, cross = self.centred(scale)
         eye = torch.eye(gram.shape[-1], dtype=gram.dtype, device=gram.device)
         return torch.linalg.solve((gram + penalty * eye)[:, None], cross)
 
@@ -160,11 +181,9 @@ def select_ridge(fit: GramStats, held_out: GramStats, alphas: Tensor
     statistics (R² against the held-out mean, as ``sklearn.metrics.r2_score``): one eigendecomposition per layer
     serves every penalty. Ties go to the smaller penalty.
     """
-    mean, scale = fit.standardisation()
-    gram, cross, _ = fit.moments(mean, scale, fit.target_mean())
-    eigenvalues, vectors = torch.linalg.eigh(gram)  # [L, d], [L, d, d]
-    rotated = torch.einsum("ldk,ltde->ltke", vectors, cross)  # Qᵀ X̃ᵀ(Y − Ȳ)
-    val_gram, val_cross, val_yy = held_out.moments(mean, scale, fit.target_mean())
+    _, scale = fit.standardisation()
+    eigenvalues, vectors, rotated = _eigen(fit, scale)
+    val_gram, val_cross, val_yy = held_out.moments(fit.feature_mean(), scale, fit.target_mean())
     val_gram = vectors.transpose(1, 2) @ val_gram @ vectors  # in the eigenbasis
     val_cross = torch.einsum("ldk,ltde->ltke", vectors, val_cross)
     total = held_out.yy - held_out.y_sum.square() / held_out.n  # Σ(y − ȳ_held-out)²
@@ -184,17 +203,23 @@ def select_ridge(fit: GramStats, held_out: GramStats, alphas: Tensor
 
 
 def solve_per_coordinate(stats: GramStats, alpha: Float[Tensor, "layer task e"]
-                         ) -> tuple[Tensor, Tensor, Tensor]:
+                         ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Ridge maps with a penalty per (layer, task, target coordinate), on ``stats``' own standardisation.
 
-    Returns ``weight [layer, task, d, e]`` (float64), ``mean`` and ``scale`` ``[layer, d]`` (float32).
+    Returns ``weight [layer, task, d, e]`` and ``bias [layer, task, e]`` (float64), ``mean`` and ``scale``
+    ``[layer, d]`` (float32).
     """
     mean, scale = stats.standardisation()
-    gram, cross, _ = stats.moments(mean, scale, stats.target_mean())
-    eigenvalues, vectors = torch.linalg.eigh(gram)
-    rotated = torch.einsum("ldk,ltde->ltke", vectors, cross)
+    eigenvalues, vectors, rotated = _eigen(stats, scale)
     weight = torch.einsum("ldk,ltke->ltde", vectors, rotated / (eigenvalues[:, None, :, None] + alpha[:, :, None]))
-    return weight, mean, scale
+    return weight, stats.intercept(weight, mean, scale), mean, scale
+
+
+def _eigen(stats: GramStats, scale: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Eigenvalues ``[L, d]`` and vectors ``Q [L, d, d]`` of ``Z̃ᵀZ̃``, and ``QᵀZ̃ᵀ(Y − Ȳ)`` ``[L, T, d, e]``."""
+    gram, cross = stats.centred(scale)
+    eigenvalues, vectors = torch.linalg.eigh(gram)
+    return eigenvalues, vectors, torch.einsum("ldk,ltde->ltke", vectors, cross)
 
 
 def _chunks(data: Stored, size: int) -> Iterator[Tensor]:

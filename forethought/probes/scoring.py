@@ -45,7 +45,8 @@ def score_probes(probes: AffineProbes, control: AffineProbes | None, test: Examp
     target_sum = torch.zeros(n_tasks, d_model, dtype=torch.float64, device=probes.device)
     target_square = torch.zeros_like(target_sum)
     futures = feature_chunks(test.future_resid, chunk) if lens else itertools.repeat(None)
-    for start, features, future in zip(range(0, test.n, chunk), feature_chunks(test.features, chunk), futures):
+    pieces = zip(range(0, test.n, chunk), feature_chunks(test.features, chunk), strict=True)
+    for (start, features), future in zip(pieces, futures, strict=False):  # futures: as many, or None forever
         part = slice(start, start + chunk)
         logits = probes.logits(features).float()
         true.add(logits, test.labels[:, part], groups=test.sequence[part])

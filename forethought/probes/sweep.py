@@ -434,7 +434,8 @@ def _gather_probes(world: World, plan: SweepPlan, fitted: dict[str, AffineProbes
 
 
 def _fit_and_score(plan: SweepPlan, methods: list[ProbeMethod], examples: tuple[Examples, Examples, Examples],
-                   test_tokens: Tensor, seconds: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, AffineProbes]]:
+                   test_tokens: Tensor, seconds: dict[str, Any]
+                   ) -> tuple[list[dict[str, Any]], dict[str, AffineProbes]]:
     """Baselines, then every method's probes fitted and scored.
 
     Returns one row per (layer, offset, method), and the fitted probes by the directory name each is saved
