@@ -49,7 +49,7 @@ def test_writes_table_figure_and_report(model_dirs, tmp_path):
     (["--method", "telepathy"], "telepathy"),
     (["--offsets", "a,b"], "comma-separated"),
     (["--model", "no-equals-sign"], "NAME=DIR_OR_HUB_NAME"),
-    (["--stream", "--method", "vocab,ridge"], "stream=True"),
+    (["--stream", "--method", "vocab,logistic"], "stream=True"),
     (["--stream-dir", "no-such-dir"], "stream_dir"),
 ])
 def test_bad_input_exits_2_with_one_line(model_dirs, tmp_path, capsys, extra, message):
