@@ -7,6 +7,7 @@ import pytest
 from devices import DEVICE, main
 
 from forethought.models import save_model, tiny_model
+from forethought.probes import ProbeSweep
 
 REQUIRED = ["model", "layer", "offset", "method", "top1", "top5", "cross_entropy", "unigram_top1", "bigram_top1",
             "control_top1", "selectivity", "n_train", "n_test"]
@@ -41,6 +42,10 @@ def test_writes_table_figure_and_report(model_dirs, tmp_path):
     assert report["data"]["n_test"] == table["n_test"].iloc[0]
     assert (out / "probes" / "myopic" / "vocab" / "probes.safetensors").exists()
     assert not [p for p in out.iterdir() if p.name.startswith(".")]
+    sweep = ProbeSweep.load(out / "sweep")  # the result as ProbeSweep.save writes it
+    pd.testing.assert_frame_equal(sweep.to_frame(), table)
+    assert sweep.settings["methods"] == ["vocab"] and set(sweep.settings["seconds"]["myopic"]) == {
+        "activations", "fit", "score"} and "sweep" in report["files"]
 
 
 @pytest.mark.parametrize("extra, message", [

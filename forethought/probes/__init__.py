@@ -8,7 +8,8 @@
 * Direct probes: :func:`fit_vocab_probes` (all pairs at once, AdamW, early stopping) and
   :func:`fit_logistic_probes` (scikit-learn, one pair at a time); both return :class:`LinearProbes`.
 * The Future-Lens linear model: :func:`fit_future_lens` (and :func:`fit_ridge_lens`, its least-squares
-  stage fitted by :func:`fit_ridge_probe`) → :class:`FutureLens`, decoded by the model's own unembedding.
+  stage with a ridge penalty per coordinate chosen on held-out data) → :class:`FutureLens`, decoded by the model's
+  own unembedding; both fit from sufficient statistics (:mod:`forethought.probes.gram`), in memory or streamed.
 * Ridge regression probes for continuous targets: :func:`fit_ridge_probe` (held-out R²).
 * Labels, baselines, metrics: :class:`LabelSpace` (whole vocabulary or top-k + "other"),
   :class:`UnigramBaseline`, :class:`BigramBaseline`, :func:`control_labels`, :class:`MetricAccumulator`.

@@ -10,11 +10,16 @@ against 2 G for direct full-vocabulary probes).
 
 Fitting has two stages, both for all pairs at once:
 
-1. **least squares**: the ridge solution ``(X̃ᵀX̃ + λnI)⁻¹X̃ᵀ(H - H̄)``, one Gram matrix per layer and one
-   ``d × d`` solve per pair (``max_epochs=0`` stops here);
+1. **least squares**: the ridge solution ``(X̃ᵀX̃ + λnI)⁻¹X̃ᵀ(H - H̄)`` from sufficient statistics (one Gram
+   matrix per layer, ``X̃ᵀH`` per pair, float64, accumulated a chunk at a time; :mod:`forethought.probes.gram`)
+   and one ``d × d`` solve per pair (``max_epochs=0`` stops here);
 2. **fine-tuning** with AdamW on the decoded distribution: the soft cross-entropy (KL up to a constant)
    between the model's own next-token distribution at ``t + N`` and the lens's, with per-probe early
-   stopping on held-out data, as in :mod:`forethought.probes.vocabulary`.
+   stopping on held-out data, as in :mod:`forethought.probes.vocabulary`; a pair frozen by early stopping is no
+   longer computed.
+
+Features and future residuals may be on-disk :class:`~forethought.probes.feature_store.FeatureStore` files (a
+streamed sweep): both stages then read them a chunk or minibatch at a time, and give the same lens.
 
 The model's weights are never changed (gradients are taken with respect to the lens only). A lens can
 also be trained on hard labels (:func:`fit_label_lens`), which is how its Hewitt & Liang control task is
