@@ -33,7 +33,7 @@ from forethought.activations import collect_activations
 from forethought.data.tokens import TokenSplits, split_sequences
 from forethought.errors import DataError, InvalidArgumentError
 from forethought.hook_names import RESID
-from forethought.probes.feature_store import FeatureStore
+from forethought.probes.feature_store import FeatureStore, rows_that_fit
 from forethought.probes.future_lens import decode
 from forethought.probes.targets import LabelSpace, future_labels, model_predictions, n_positions
 
@@ -129,9 +129,11 @@ def greedy_classes(model: TransformerBridge, last: Float[Tensor, "seq pos d_mode
                    device: torch.device) -> Int[Tensor, "seq pos"]:
     """The model's own next-token predictions (argmax over the vocabulary) from its final residual.
 
-    They are classes of ``space``, read out a chunk of sequences at a time (~64 MB of logits).
+    They are classes of ``space``, read out a chunk of sequences at a time (~64 MB of logits; on a GPU as many as a
+    quarter of its free memory holds).
     """
-    step = max(1, 2**24 // (last.shape[1] * model.cfg.d_vocab))
+    row = last.shape[1] * model.cfg.d_vocab  # logits of one sequence
+    step = rows_that_fit(device, bytes_per_row=3 * 4 * row, default=max(1, 2**24 // row))
     return torch.cat([space.encode(decode(model, last[start : start + step].to(device).float()).argmax(-1)).cpu()
                       for start in range(0, len(last), step)])
 

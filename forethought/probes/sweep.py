@@ -101,6 +101,7 @@ from forethought.hook_names import RESID, hook_name, resolve_layers
 from forethought.options import METHODS
 from forethought.probes.baselines import control_labels
 from forethought.probes.examples import Examples, collect_examples, split_data, stream_examples
+from forethought.probes.feature_store import rows_that_fit
 from forethought.probes.linear import AffineProbes, concat_layers
 from forethought.probes.methods import ProbeMethod, get_method, method_names
 from forethought.probes.plan import ProbeSweepConfig, SweepPlan, TrainingExamples
@@ -412,6 +413,20 @@ def _sweep_model(plan: SweepPlan, methods: list[ProbeMethod], splits: tuple[Tens
         return rows, fitted, seconds
 
 
+def _score_chunk(plan: SweepPlan, probes: AffineProbes) -> int:
+    """Test examples scored at once: ``config.eval_batch_size``, else what the device's free memory holds.
+
+    A row makes the logits of every probe and its control (float32, with the metrics' temporaries) and, for the
+    lens methods, their vocabulary logits and predicted residuals.
+    """
+    if plan.config.eval_batch_size is not None:
+        return plan.config.eval_batch_size
+    pairs, width = len(probes.layers) * len(probes.tasks), probes.n_classes
+    if hasattr(probes, "predict_resid"):
+        width += plan.space.d_vocab + 2 * probes.d_model
+    return rows_that_fit(plan.device, bytes_per_row=2 * pairs * width * 4 * 4, default=2048)
+
+
 def _clock(device: torch.device) -> float:
     """Seconds on a monotonic clock, once the device has finished its queued work."""
     if device.type == "cuda":
@@ -457,7 +472,7 @@ def _fit_and_score(plan: SweepPlan, methods: list[ProbeMethod], examples: tuple[
         if not method.has_control:
             control = None
         fitted_at = _clock(plan.device)
-        scores = score_probes(probes, control, test, controls, space, n_test_sequences, config.eval_batch_size,
+        scores = score_probes(probes, control, test, controls, space, n_test_sequences, _score_chunk(plan, probes),
                               config.n_resamples, seed)
         seconds.setdefault("fit", {})[method.name] = fitted_at - start
         seconds.setdefault("score", {})[method.name] = _clock(plan.device) - fitted_at
