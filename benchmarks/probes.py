@@ -170,7 +170,7 @@ def big_sweep(args: argparse.Namespace) -> dict:
     return figures
 
 
-def matmul_rate(device: str, size: int = 2048, repeats: int = 3) -> float:
+def matmul_rate(device: str, size: int = 2048, repeats: int = 10) -> float:
     """FLOP/s of the best of ``repeats`` float32 ``[size, size] @ [size, size]`` products on ``device``."""
     a, b = (torch.randn(size, size, device=device, generator=torch.Generator(device=device).manual_seed(i))
             for i in range(2))
@@ -255,6 +255,9 @@ def method_sweeps(args: argparse.Namespace) -> list[dict]:
                          "score_s": seconds["score"][method], "examples_per_s": passes / fit_s,
                          "update_gflops": flops / fit_s / 1e9, "matmul_fraction": flops / fit_s / peak,
                          "mean_top1": float(sweep.to_frame()["top1"].mean())})
+        peak = max(peak, matmul_rate(device))  # again after the sweeps: the best rate the machine gave this run
+        for row in rows:
+            row["matmul_fraction"] = row["update_gflops"] * 1e9 / peak
     print(f"one sweep per method: {args.layers} blocks, d_model {args.d_model}, d_vocab {len(tokenizer)}, "
           f"{len(tokens)} x {args.seq_len} tokens ({n_fit} training, {n_val} held-out examples), offsets {offsets} "
           f"(+ controls), top-{args.top_k}, stream={args.stream}, {args.threads} thread(s), {device}; float32 matmul "

@@ -269,11 +269,12 @@ def fit_future_lens(
         return lens
     _check_resid(val_features, val_future_resid, model, "held-out")
 
-    def soft_cross_entropy(predicted: Tensor, future: Tensor, task: Tensor) -> Tensor:
+    def soft_cross_entropy(predicted: Tensor, future: Tensor, blocks: list[tuple[int, slice]]) -> Tensor:
         with torch.no_grad():
             target = F.softmax(decode(model, future).float(), dim=-1)  # [T, n, V]
         log_q = F.log_softmax(decode(model, predicted).float(), dim=-1)  # [P, n, V]
-        return -(target[task] * log_q).sum(-1).sum(-1)  # [P], summed over examples
+        # each task's pairs are one slice, so its target is broadcast, not copied
+        return -torch.cat([(log_q[block] * target[task]).sum(-1).sum(-1) for task, block in blocks])  # [P]
 
     _fine_tune(lens, TensorBatches(features, future_resid, axis=1, device=device),
                TensorBatches(_on(val_features, device), _on(val_future_resid, device), axis=1, device=device),
@@ -313,10 +314,9 @@ def fit_label_lens(
                       layers=list(layers) if layers is not None else list(range(n_layers)), tasks=list(tasks),
                       label_space=label_space, meta={"method": "future_lens", "config": asdict(config)}, model=model)
 
-    def label_cross_entropy(predicted: Tensor, labels: Tensor, task: Tensor) -> Tensor:
-        logits = label_space.project_logits(decode(model, predicted).float())  # [P, n, C]
-        target = labels[task]  # [P, n]
-        return F.cross_entropy(logits.flatten(0, 1), target.flatten(), reduction="none").view(target.shape).sum(-1)
+    def label_cross_entropy(predicted: Tensor, labels: Tensor, blocks: list[tuple[int, slice]]) -> Tensor:
+        target = torch.cat([labels[task].expand(block.stop - block.start, -1) for task, block in blocks])  # [P, n]
+        return label_space.nll(decode(model, predicted).float(), target).sum(-1)
 
     _fine_tune(lens, TensorBatches(_on(features, device), labels.to(device).long(), axis=1, device=device),
                TensorBatches(_on(val_features, device), val_labels.to(device).long(), axis=1, device=device),
@@ -324,8 +324,9 @@ def fit_label_lens(
     return lens
 
 
-#: ``loss(predicted [pair, n, d], targets [task, n, ...], task [pair]) -> [pair]``: each active pair's summed loss.
-PairLoss = Callable[[Tensor, Tensor, Tensor], Tensor]
+#: ``loss(predicted [pair, n, d], targets [task, n, ...], blocks) -> [pair]``: each active pair's summed loss; the
+#: pairs come task by task, ``blocks`` lists each task with its slice of pairs.
+PairLoss = Callable[[Tensor, Tensor, list[tuple[int, slice]]], Tensor]
 
 
 def _fine_tune(lens: FutureLens, train: TensorBatches, val: TensorBatches, loss_fn: PairLoss,
@@ -340,18 +341,26 @@ def _fine_tune(lens: FutureLens, train: TensorBatches, val: TensorBatches, loss_
     bias = lens.bias.detach().clone().requires_grad_(True)
     mean, scale = lens.mean[:, None], lens.scale[:, None]
     n_layers, n_tasks = weight.shape[:2]
-    active = torch.ones(n_layers, n_tasks, dtype=torch.bool, device=weight.device).nonzero(as_tuple=True)
+
+    def pairs(active: Tensor) -> tuple[Tensor, Tensor, list[tuple[int, slice]]]:
+        """The active pairs' layers and tasks, task by task, and each task's slice of them."""
+        task, layer = active.T.nonzero(as_tuple=True)
+        counts = active.sum(0).tolist()
+        starts = [sum(counts[:t]) for t in range(n_tasks)]
+        return layer, task, [(t, slice(starts[t], starts[t] + c)) for t, c in enumerate(counts) if c]
+
+    active = pairs(torch.ones(n_layers, n_tasks, dtype=torch.bool, device=weight.device))
 
     def loss(features: Tensor, targets: Tensor) -> Tensor:
-        layer, task = active
+        layer, task, blocks = active
         x = ((features.float() - mean) / scale).index_select(0, layer)  # [P, n, d]
         predicted = torch.baddbmm(bias[layer, task][:, None], x, weight[layer, task])  # [P, n, d]
-        per_pair = loss_fn(predicted, targets, task)
+        per_pair = loss_fn(predicted, targets, blocks)
         return per_pair.new_zeros(n_layers, n_tasks).index_put((layer, task), per_pair)
 
     def skip_frozen(still_active: Tensor) -> None:
         nonlocal active
-        active = still_active.nonzero(as_tuple=True)
+        active = pairs(still_active)
 
     fitted = train_stacked([(weight, config.weight_decay), (bias, 0.0)], loss, train, val, config,
                            desc="future lens", on_freeze=skip_frozen,
