@@ -202,7 +202,7 @@ def least_squares(
     features: Float[Tensor, "layer n d_model"] | FeatureStore,
     targets: Float[Tensor, "task n d_out"] | FeatureStore,
     ridge: float = 1e-3,
-    chunk: int = 16384,
+    chunk: int | None = None,
     device: torch.device | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Ridge maps from standardised features of every layer to every target, all pairs at once.
@@ -407,7 +407,7 @@ def fit_ridge_lens(
     label_space: LabelSpace | None = None,
     val_fraction: float = 0.2,
     seed: int = 0,
-    chunk: int = 16384,
+    chunk: int | None = None,
 ) -> FutureLens:
     """The least-squares lens with a ridge penalty per coordinate of the future residual, chosen by held-out R².
 

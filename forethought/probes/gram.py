@@ -86,13 +86,15 @@ class GramStats:
         self.xy += torch.einsum("lnd,tne->ltde", x, y)
 
     @classmethod
-    def accumulate(cls, features: Stored, targets: Stored, chunk: int = 16384, device: torch.device | None = None,
-                   like: GramStats | None = None) -> GramStats:
+    def accumulate(cls, features: Stored, targets: Stored, chunk: int | None = None,
+                   device: torch.device | None = None, like: GramStats | None = None) -> GramStats:
         """The statistics of ``features [layer, n, d]`` and ``targets [task, n, e]``, ``chunk`` examples at a time.
 
         Either may be an on-disk :class:`FeatureStore`; the sums are taken on ``device`` (default: the features'),
-        about ``like``'s centres when given (so that the two can be added), else about the first chunk's means.
+        about ``like``'s centres when given (so that the two can be added), else about the first chunk's means. A
+        chunk holds by default as many examples as make 64 MiB of float64 (so memory does not grow with them).
         """
+        chunk = chunk or max(1, 2**23 // (features.shape[0] * features.shape[2] + targets.shape[0] * targets.shape[2]))
         if features.shape[1] != targets.shape[1]:
             raise InvalidArgumentError(f"features hold {features.shape[1]} examples but targets hold "
                                        f"{targets.shape[1]}")
