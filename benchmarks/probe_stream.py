@@ -6,7 +6,9 @@ a random-init GPT-2-style stand-in (default 2 blocks, d_model 768) over a Zipfia
 go to temporary files and the probes fit a chunk or minibatch at a time, so the peak should stay flat (goal: 4x
 the tokens, at most 1.25x the peak). The table gives each run's peak RSS, seconds and tokens/s, the growth of the
 peak from the smaller to the larger count, and the streamed/in-memory ratios; it checks that both modes give the
-same table.
+same table. Measured (2 shared CPU cores, 1 thread, d_model 256, d_vocab 1000, 16384 vs 65536 tokens, 2 epochs):
+streamed peak RSS x1.05 (vocab), x1.13 (future_lens), x1.15 (ridge) for 4x the tokens, in memory x1.35-1.50;
+streamed and in-memory tables identical.
 
     python benchmarks/probe_stream.py [--tokens 16384 65536] [--layers 2] [--d-model 768] [--threads 1]
         [--methods vocab,future_lens,ridge]
