@@ -10,12 +10,23 @@ that probe's weights) against ``probes.select(...).logits(...)`` (which copies t
 give the same logits (CPU, 1 thread, the defaults: 39 vs 37 ms, ratio 1.0x, identical logits: the call adds
 no cost; the matrix product dominates).
 
+``--methods vocab,future_lens,ridge,logistic`` runs one sweep per method over the same data (the builtin corpus,
+a random-init model) and reports, per method, the wall time split into activation pass, fitting and scoring (the
+sweep's own ``settings["seconds"]``), examples/s of training, and the rate of the probe updates: their FLOPs (the
+matrix products of the forward and backward passes of the pairs actually computed, frozen pairs skipped, or of the
+sufficient statistics for ``ridge``) over the fitting time, as a fraction of a large float32 matmul's rate
+measured in the same run; and each method's time against ``vocab``'s. On 2 shared CPU cores, 1 thread, 2 blocks,
+d_model 128, 400 x 64 tokens, offsets 0,1, top-32: vocab 4.5-9.2 s, future_lens 2.7-3.7x that (its fine-tuning
+decodes the whole 512-token vocabulary against vocab's 33 classes, at 40-60 % of the matmul rate), ridge 0.13-0.27x,
+logistic 2.8x; with the whole vocabulary (top-512) future_lens takes 0.63x vocab's time.
+
 With CUDA (or ``--big`` anywhere), it also times a whole ``probe_sweep`` (one activation pass, vocab probes
 with controls, baselines, metrics) on a 12-layer d_model=768 random-init model over ~1M tokens and prints
 tokens/s.
 
     python benchmarks/probes.py [--layers 6] [--d-model 128] [--sequences 2000] [--top-k 15] [--threads 1]
     python benchmarks/probes.py --no-compare [--apply-d-model 768] [--apply-classes 1001]
+    python benchmarks/probes.py --no-compare --no-apply --methods vocab,future_lens,ridge,logistic [--stream]
     python benchmarks/probes.py --big [--big-tokens 1048576] [--big-layers 12] [--big-d-model 768] [--big-stream]
 """
 
@@ -162,6 +173,108 @@ def big_sweep(args: argparse.Namespace) -> dict:
     return figures
 
 
+def matmul_rate(device: str, size: int = 2048, repeats: int = 10) -> float:
+    """FLOP/s of the best of ``repeats`` float32 ``[size, size] @ [size, size]`` products on ``device``."""
+    a, b = (torch.randn(size, size, device=device, generator=torch.Generator(device=device).manual_seed(i))
+            for i in range(2))
+    best = float("inf")
+    for _ in range(repeats + 1):  # the first is a warm-up
+        if device == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        a @ b
+        if device == "cuda":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best
+
+
+def computed_epochs(probes, patience: int, per_task: bool) -> torch.Tensor:
+    """Epochs each probe ``[layer, task]`` was computed: until it froze (best epoch + patience) or training ended.
+
+    The vocab stack skips a task once every layer's probe of it is frozen (``per_task``); the lens skips each pair.
+    """
+    best = torch.tensor(probes.meta["best_epoch"], dtype=torch.float64)
+    epochs = (best + patience).clamp(max=probes.meta["epochs"])
+    return epochs.amax(0, keepdim=True).expand_as(epochs) if per_task else epochs
+
+
+def update_flops(method: str, sweep, model, n_fit: int, n_val: int, config: ProbeSweepConfig) -> tuple[float, float]:
+    """Training example-passes and FLOPs of the probe updates of one method's fit (matrix products only)."""
+    fitted = sweep.probes["m"]
+    d, vocab = model.cfg.d_model, model.cfg.d_vocab
+    if method == "vocab":
+        n_classes = fitted["vocab"].n_classes
+        # one stack trained every task, controls included; its record covers them all
+        epochs = computed_epochs(fitted["vocab"], config.vocab.patience, per_task=True)
+        return n_fit * fitted["vocab"].meta["epochs"], 3 * 2 * d * n_classes * n_fit * float(epochs.sum())
+    if method == "future_lens":
+        passes = flops = 0.0
+        for key in ("future_lens", "future_lens_control"):
+            if key in fitted:
+                epochs = computed_epochs(fitted[key], config.future_lens.patience, per_task=False)
+                passes += n_fit * fitted[key].meta["epochs"]
+                flops += 3 * 2 * (d * d + d * vocab) * n_fit * float(epochs.sum())
+                if key == "future_lens":  # the targets' distributions, decoded once a minibatch per offset
+                    flops += 2 * d * vocab * n_fit * fitted[key].meta["epochs"] * len(fitted[key].tasks)
+        return passes, flops
+    if method == "ridge":
+        lens = fitted["ridge"]
+        n_layers, n_offsets = len(lens.layers), len(lens.tasks)
+        return n_fit + n_val, 2 * (n_layers * d * d + n_layers * n_offsets * d * d) * (n_fit + n_val)
+    return n_fit + n_val, float("nan")  # scikit-learn's iterations are not counted
+
+
+def method_sweeps(args: argparse.Namespace) -> list[dict]:
+    """One sweep per method over the same data; see the module docstring."""
+    from forethought.data.tokens import split_sequences
+    from forethought.probes.examples import split_data
+
+    torch.set_num_threads(args.threads)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    texts = load_texts("builtin")
+    tokenizer = train_tokenizer(texts, vocab_size=args.vocab_size)
+    tokens = tokenize_and_chunk(texts, tokenizer, args.seq_len, max_sequences=args.sequences)
+    model = tiny_model(n_layers=args.layers, d_model=args.d_model, n_heads=4, d_vocab=len(tokenizer),
+                       n_ctx=args.seq_len, seed=0, device=device)
+    offsets = [int(o) for o in args.method_offsets.split(",")]
+    config = ProbeSweepConfig(top_k=args.top_k, stream_dir=args.stream_dir)
+    train, _ = split_data(tokens, config.test_fraction, 0)
+    fit, val = split_sequences(train, val_fraction=config.val_fraction, seed=1)
+    n_pos = n_positions(args.seq_len, offsets)
+    n_fit, n_val = len(fit) * n_pos, len(val) * n_pos
+    with threadpool_limits(args.threads):
+        peak = matmul_rate(device)
+        rows = []
+        for method in args.methods.split(","):
+            start = time.perf_counter()
+            sweep = probe_sweep({"m": model}, tokens, offsets=offsets, method=method, config=config, device=device,
+                                stream=args.stream, progress=False)
+            total = time.perf_counter() - start
+            seconds = sweep.settings["seconds"]["m"]
+            passes, flops = update_flops(method, sweep, model, n_fit, n_val, config)
+            fit_s = seconds["fit"][method]
+            rows.append({"method": method, "total_s": total, "activations_s": seconds["activations"], "fit_s": fit_s,
+                         "score_s": seconds["score"][method], "examples_per_s": passes / fit_s,
+                         "update_gflops": flops / fit_s / 1e9, "matmul_fraction": flops / fit_s / peak,
+                         "mean_top1": float(sweep.to_frame()["top1"].mean())})
+        peak = max(peak, matmul_rate(device))  # again after the sweeps: the best rate the machine gave this run
+        for row in rows:
+            row["matmul_fraction"] = row["update_gflops"] * 1e9 / peak
+    print(f"one sweep per method: {args.layers} blocks, d_model {args.d_model}, d_vocab {len(tokenizer)}, "
+          f"{len(tokens)} x {args.seq_len} tokens ({n_fit} training, {n_val} held-out examples), offsets {offsets} "
+          f"(+ controls), top-{args.top_k}, stream={args.stream}, {args.threads} thread(s), {device}; float32 matmul "
+          f"peak {peak / 1e9:.1f} GFLOP/s")
+    print(f"{'method':<13}{'total s':>9}{'acts s':>8}{'fit s':>8}{'score s':>9}{'x vocab':>9}{'examples/s':>12}"
+          f"{'GFLOP/s':>9}{'of matmul':>11}{'top1':>8}")
+    vocab = next((row["total_s"] for row in rows if row["method"] == "vocab"), float("nan"))
+    for row in rows:
+        print(f"{row['method']:<13}{row['total_s']:>9.1f}{row['activations_s']:>8.1f}{row['fit_s']:>8.1f}"
+              f"{row['score_s']:>9.1f}{row['total_s'] / vocab:>9.2f}{row['examples_per_s']:>12,.0f}"
+              f"{row['update_gflops']:>9.2f}{row['matmul_fraction']:>11.1%}{row['mean_top1']:>8.3f}")
+    return rows
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--layers", type=int, default=6, help="model blocks (depths probed: layers + 1)")
@@ -174,6 +287,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--apply-d-model", type=int, default=768, help="width of the probes applied one at a time")
     parser.add_argument("--apply-classes", type=int, default=1001, help="their classes (top-1000 + 'other')")
     parser.add_argument("--no-apply", action="store_true", help="skip timing one probe's application")
+    parser.add_argument("--methods", help="comma-separated methods: one sweep each, timed and rated (see above)")
+    parser.add_argument("--method-offsets", default="0,1", help="offsets of the --methods sweeps")
+    parser.add_argument("--stream", action="store_true", help="stream the --methods sweeps from disk")
+    parser.add_argument("--stream-dir", help="where streamed sweeps write their temporary files")
     parser.add_argument("--big", action="store_true", help="run the large sweep even without CUDA")
     parser.add_argument("--no-compare", action="store_true", help="skip the comparison with scikit-learn")
     parser.add_argument("--big-tokens", type=int, default=1 << 20)
@@ -195,6 +312,8 @@ def main() -> None:
         compare(args)
     if not args.no_apply:
         apply_one(args)
+    if args.methods:
+        method_sweeps(args)
     if torch.cuda.is_available() or args.big:
         big_sweep(args)
 

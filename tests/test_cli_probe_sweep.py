@@ -7,6 +7,7 @@ import pytest
 from devices import DEVICE, main
 
 from forethought.models import save_model, tiny_model
+from forethought.probes import ProbeSweep
 
 REQUIRED = ["model", "layer", "offset", "method", "top1", "top5", "cross_entropy", "unigram_top1", "bigram_top1",
             "control_top1", "selectivity", "n_train", "n_test"]
@@ -41,6 +42,10 @@ def test_writes_table_figure_and_report(model_dirs, tmp_path):
     assert report["data"]["n_test"] == table["n_test"].iloc[0]
     assert (out / "probes" / "myopic" / "vocab" / "probes.safetensors").exists()
     assert not [p for p in out.iterdir() if p.name.startswith(".")]
+    sweep = ProbeSweep.load(out / "sweep")  # the result as ProbeSweep.save writes it
+    pd.testing.assert_frame_equal(sweep.to_frame(), table)
+    assert sweep.settings["methods"] == ["vocab"] and set(sweep.settings["seconds"]["myopic"]) == {
+        "activations", "fit", "score"} and "sweep" in report["files"]
 
 
 def test_learned_prompt_sweep_and_its_lens_view(model_dirs, tmp_path):
@@ -66,7 +71,7 @@ def test_learned_prompt_sweep_and_its_lens_view(model_dirs, tmp_path):
     (["--method", "telepathy"], "telepathy"),
     (["--offsets", "a,b"], "comma-separated"),
     (["--model", "no-equals-sign"], "NAME=DIR_OR_HUB_NAME"),
-    (["--stream", "--method", "vocab,ridge"], "stream=True"),
+    (["--stream", "--method", "vocab,logistic"], "stream=True"),
     (["--stream-dir", "no-such-dir"], "stream_dir"),
 ])
 def test_bad_input_exits_2_with_one_line(model_dirs, tmp_path, capsys, extra, message):

@@ -136,7 +136,7 @@ PROBE_SWEEP = [
     (["--seq-len", "1"], "--seq-len"), (["--top-k", "0"], "--top-k"), (["--max-epochs", "0"], "--max-epochs"),
     (["--batch-size", "0"], "--batch-size"), (["--stream-above-gib", "-1"], "--stream-above-gib"),
     (["--stream-above-gib", "inf"], "--stream-above-gib"), (["--method", "bogus"], "--method"),
-    (["--stream", "--method", "ridge"], "--stream"), (["--stream", "--stream-dir", "/no/such/dir"], "--stream-dir"),
+    (["--stream", "--method", "logistic"], "--stream"), (["--stream", "--stream-dir", "/no/such/dir"], "--stream-dir"),
     (["--dataset", ""], "--dataset"), (["--device", "tpu"], "--device"), (["--model", "novalue"], "--model"),
 ]
 

@@ -120,7 +120,7 @@ def test_ridge_lens_wraps_the_ridge_probes(native_model):
     final = resid[-1].flatten(0, 1)
     features = torch.stack([final, torch.randn_like(final)])  # layer 0 holds the target, layer 1 is noise
     groups = torch.arange(30).repeat_interleave(resid.shape[2])
-    lens = fit_ridge_lens(features, final[None], model=native_model, groups=groups, layers=[2, 0], progress=False)
+    lens = fit_ridge_lens(features, final[None], model=native_model, groups=groups, layers=[2, 0])
     r2 = torch.tensor(lens.meta["ridge_r2"])
     assert r2[0, 0] > 0.99 and r2[1, 0] < 0.1 and lens.layers == [2, 0] and lens.meta["method"] == "ridge"
     with torch.no_grad():
@@ -148,3 +148,37 @@ def test_future_lens_sweep_accepts_bfloat16_features():
     table = probe_sweep({"m": model}, tokens, offsets=[0, 1], method="future_lens", progress=False,
                         config=ProbeSweepConfig(feature_dtype=torch.bfloat16)).to_frame()
     assert table["top1"].notna().all()
+
+
+def test_fine_tuning_skips_frozen_pairs_and_changes_no_lens(model, monkeypatch):
+    """Once early stopping freezes a (layer, offset) pair, the fine-tuning stops computing it: the lens and every
+    pair's best epoch are those of a fine-tuning that computes every pair to the end (up to float32 rounding: the
+    batched products over fewer pairs may sum in another order). The second task's target is one constant
+    residual, which least squares hits exactly, so its pairs start at their best and freeze first whatever the
+    numerics."""
+    import forethought.probes.future_lens as future_lens
+
+    _, resid = _resid(model, n_seq=80)
+    n_pos = resid.shape[2] - 1
+    features = resid[:2, :, :n_pos].flatten(1, 2)  # embeddings and block 0
+    future = torch.stack([resid[-1][:, 1:], resid[-1][:1, :1].expand(80, n_pos, -1)]).flatten(1, 2)
+    train, held_out = slice(0, 60 * n_pos), slice(60 * n_pos, None)
+    config = FutureLensConfig(max_epochs=4, patience=1, lr=1e-3, batch_size=64, progress=False)
+
+    def fit():
+        return fit_future_lens(features[:, train], future[:, train], model=model, val_features=features[:, held_out],
+                               val_future_resid=future[:, held_out], config=config)
+
+    original, frozen = future_lens.train_stacked, []
+
+    def recording(*args, on_freeze, **kwargs):
+        return original(*args, on_freeze=lambda active: (frozen.append(active.clone()), on_freeze(active)), **kwargs)
+
+    monkeypatch.setattr(future_lens, "train_stacked", recording)
+    skipping = fit()
+    assert frozen and not frozen[0][:, 1].any() and frozen[0][:, 0].any()  # the constant task froze, not the other
+    monkeypatch.setattr(future_lens, "train_stacked", lambda *args, on_freeze, **kwargs: original(*args, **kwargs))
+    everything = fit()
+    torch.testing.assert_close(skipping.weight, everything.weight, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(skipping.bias, everything.bias, rtol=1e-5, atol=1e-6)
+    assert skipping.meta["best_epoch"] == everything.meta["best_epoch"]

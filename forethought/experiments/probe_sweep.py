@@ -20,6 +20,9 @@ Outputs in ``--out`` (all written atomically):
   ``probe_gain.png``: the probe's top-1 gain over the stronger of unigram and bigram;
 * with ``--seeds``: ``probe_seeds.csv``, the mean, std, min and max over probe seeds of every cell
   (:func:`forethought.probes.seed_spread`);
+* ``sweep/``: the first seed's :class:`~forethought.probes.ProbeSweep` as ``ProbeSweep.save`` writes it (its
+  table and settings, with the seconds of each step; ``ProbeSweep.load(OUT / "sweep")``; the probes stay in
+  ``probes/``);
 * ``report.json``: the configuration, the models (and how they were trained, from a run), the data manifest,
   the label space, the best (layer, offset) per model and method, and provenance;
 * with ``--save-probes``: ``probes/<model>/<method>[_control]/`` (safetensors + JSON, see
@@ -103,18 +106,20 @@ def run(args: ProbeSweep) -> int:
     if world is None or world.is_main:
         prepare_out_dir(out)
     start = time.perf_counter()
-    tables = [probe_sweep(models, splits, layers=layers, offsets=offsets, method=methods, seed=seed,
+    sweeps = [probe_sweep(models, splits, layers=layers, offsets=offsets, method=methods, seed=seed,
                           device=device, config=config,
                           save_dir=out / "probes" / (f"seed{seed}" if len(seeds) > 1 else "")
-                          if args.save_probes else None, stream=stream, progress=args.progress).to_frame()
+                          if args.save_probes else None, stream=stream, progress=args.progress)
               for seed in seeds]
+    tables = [sweep.to_frame() for sweep in sweeps]
     seconds = time.perf_counter() - start
     if world is not None and not world.is_main:
         return 0
     table = pd.concat(tables, ignore_index=True)
-    files = ["probes.csv", "probe_top1.png", "probe_gain.png", "report.json"]
+    files = ["probes.csv", "probe_top1.png", "probe_gain.png", "sweep", "report.json"]
 
     write_csv(out / "probes.csv", table)
+    sweeps[0].save(out / "sweep", probes=False)
     headline = tables[0]
     if len(seeds) > 1:
         spread = seed_spread(table)

@@ -8,7 +8,8 @@
 * Direct probes: :func:`fit_vocab_probes` (all pairs at once, AdamW, early stopping) and
   :func:`fit_logistic_probes` (scikit-learn, one pair at a time); both return :class:`LinearProbes`.
 * The Future-Lens linear model: :func:`fit_future_lens` (and :func:`fit_ridge_lens`, its least-squares
-  stage fitted by :func:`fit_ridge_probe`) → :class:`FutureLens`, decoded by the model's own unembedding.
+  stage with a ridge penalty per coordinate chosen on held-out data) → :class:`FutureLens`, decoded by the model's
+  own unembedding; both fit from sufficient statistics (:mod:`forethought.probes.gram`), in memory or streamed.
 * Future Lens' learned prompt: :func:`fit_learned_prompt` → :class:`LearnedPrompts`, a soft prompt per (layer,
   offset) into which the state is transplanted; the model's own continuation is the prediction.
 * Ridge regression probes for continuous targets: :func:`fit_ridge_probe` (held-out R²).

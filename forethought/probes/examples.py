@@ -33,7 +33,7 @@ from forethought.activations import collect_activations
 from forethought.data.tokens import TokenSplits, split_sequences
 from forethought.errors import DataError, InvalidArgumentError
 from forethought.hook_names import RESID
-from forethought.probes.feature_store import FeatureStore
+from forethought.probes.feature_store import FeatureStore, rows_that_fit
 from forethought.probes.future_lens import decode
 from forethought.probes.targets import LabelSpace, future_labels, model_predictions, n_positions
 
@@ -49,7 +49,7 @@ class Examples:
     current: Int[Tensor, " n"]
     labels: Int[Tensor, "offset n"]  # class labels of the true future tokens
     greedy: Int[Tensor, "offset n"]  # class labels of the model's own predictions
-    future_resid: Float[Tensor, "offset n d_model"] | None
+    future_resid: Float[Tensor, "offset n d_model"] | FeatureStore | None
     sequence: Int[Tensor, " n"]  # which sequence each example comes from
 
     @property
@@ -97,17 +97,19 @@ def collect_examples(model: TransformerBridge, tokens: Int[Tensor, "seq pos"], l
 @torch.no_grad()
 def stream_examples(model: TransformerBridge, tokens: Int[Tensor, "seq pos"], layers: list[int], offsets: list[int],
                     space: LabelSpace, path: Path, *, batch_size: int, feature_dtype: torch.dtype,
-                    device: torch.device, progress: bool = False) -> Examples:
+                    device: torch.device, with_resid: bool = False, progress: bool = False) -> Examples:
     """:func:`collect_examples` one activation batch at a time, features going to a :class:`FeatureStore`.
 
-    The store at ``path`` holds the features in the same example order, so memory holds one batch; there are no
-    future residuals (no lens methods).
+    The store at ``path`` holds the features in the same example order, so memory holds one batch; with
+    ``with_resid`` the future final-layer residuals go to a second store beside it (``<path stem>_resid.bin``).
     """
     final = model.cfg.n_layers
     collected = sorted({*layers, final})
     index = [collected.index(layer) for layer in layers]
     n_pos = n_positions(tokens.shape[1], offsets)
     store = FeatureStore.create(path, len(layers), model.cfg.d_model, feature_dtype)
+    resid = FeatureStore.create(path.with_name(f"{path.stem}_resid.bin"), len(offsets), model.cfg.d_model,
+                                feature_dtype) if with_resid else None
     predictions = []
     batches = range(0, len(tokens), batch_size)
     for start in tqdm(batches, desc=f"activations → {path.stem}", disable=not progress, unit="batch"):
@@ -116,23 +118,28 @@ def stream_examples(model: TransformerBridge, tokens: Int[Tensor, "seq pos"], la
                                    device=device, dtype=feature_dtype, progress=False,
                                    split_between_processes=False)[RESID]
         store.append(acts[index, :, :n_pos].permute(1, 2, 0, 3).reshape(-1, len(layers), acts.shape[-1]))
-        predictions.append(greedy_classes(model, acts[collected.index(final)], space, device))
-    return _labelled(store, tokens, offsets, space, torch.cat(predictions), None)
+        last = acts[collected.index(final)]  # [seq, pos, d]
+        if resid is not None:  # [seq, probe_pos, offset, d], example-major like the features
+            resid.append(torch.stack([last[:, offset : offset + n_pos] for offset in offsets], 2).flatten(0, 1))
+        predictions.append(greedy_classes(model, last, space, device))
+    return _labelled(store, tokens, offsets, space, torch.cat(predictions), resid)
 
 
 def greedy_classes(model: TransformerBridge, last: Float[Tensor, "seq pos d_model"], space: LabelSpace,
                    device: torch.device) -> Int[Tensor, "seq pos"]:
     """The model's own next-token predictions (argmax over the vocabulary) from its final residual.
 
-    They are classes of ``space``, read out a chunk of sequences at a time (~64 MB of logits).
+    They are classes of ``space``, read out a chunk of sequences at a time (~64 MB of logits; on a GPU as many as a
+    quarter of its free memory holds).
     """
-    step = max(1, 2**24 // (last.shape[1] * model.cfg.d_vocab))
+    row = last.shape[1] * model.cfg.d_vocab  # logits of one sequence
+    step = rows_that_fit(device, bytes_per_row=3 * 4 * row, default=max(1, 2**24 // row))
     return torch.cat([space.encode(decode(model, last[start : start + step].to(device).float()).argmax(-1)).cpu()
                       for start in range(0, len(last), step)])
 
 
 def _labelled(features: Tensor | FeatureStore, tokens: Tensor, offsets: list[int], space: LabelSpace,
-              predictions: Tensor, future_resid: Tensor | None) -> Examples:
+              predictions: Tensor, future_resid: Tensor | FeatureStore | None) -> Examples:
     """A split's examples: its features and every label of the probe positions of ``tokens``."""
     n_seq, seq_len = tokens.shape
     n_pos = n_positions(seq_len, offsets)

@@ -140,3 +140,18 @@ def feature_chunks(features: Tensor | FeatureStore, size: int) -> Iterator[Float
         return
     for start in range(0, features.shape[1], size):
         yield features[:, start : start + size]
+
+
+def rows_that_fit(device: torch.device, bytes_per_row: int, default: int, share: float = 0.25) -> int:
+    """How many rows of ``bytes_per_row`` a chunk holds; see below.
+
+    On a GPU as many as ``share`` of its free memory takes (at least one), elsewhere ``default``.
+
+    Example:
+        >>> rows_that_fit(torch.device("cpu"), bytes_per_row=4096, default=2048)
+        2048
+    """
+    if device.type != "cuda":
+        return default
+    free, _ = torch.cuda.mem_get_info(device)
+    return max(1, int(share * free) // max(1, bytes_per_row))

@@ -10,11 +10,16 @@ against 2 G for direct full-vocabulary probes).
 
 Fitting has two stages, both for all pairs at once:
 
-1. **least squares**: the ridge solution ``(X̃ᵀX̃ + λnI)⁻¹X̃ᵀ(H - H̄)``, one Gram matrix per layer and one
-   ``d × d`` solve per pair (``max_epochs=0`` stops here);
+1. **least squares**: the ridge solution ``(X̃ᵀX̃ + λnI)⁻¹X̃ᵀ(H - H̄)`` from sufficient statistics (one Gram
+   matrix per layer, ``X̃ᵀH`` per pair, float64, accumulated a chunk at a time; :mod:`forethought.probes.gram`)
+   and one ``d × d`` solve per pair (``max_epochs=0`` stops here);
 2. **fine-tuning** with AdamW on the decoded distribution: the soft cross-entropy (KL up to a constant)
    between the model's own next-token distribution at ``t + N`` and the lens's, with per-probe early
-   stopping on held-out data, as in :mod:`forethought.probes.vocabulary`.
+   stopping on held-out data, as in :mod:`forethought.probes.vocabulary`; a pair frozen by early stopping is no
+   longer computed.
+
+Features and future residuals may be on-disk :class:`~forethought.probes.feature_store.FeatureStore` files (a
+streamed sweep): both stages then read them a chunk or minibatch at a time, and give the same lens.
 
 The model's weights are never changed (gradients are taken with respect to the lens only). A lens can
 also be trained on hard labels (:func:`fit_label_lens`), which is how its Hewitt & Liang control task is
@@ -35,7 +40,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -43,7 +48,6 @@ import torch
 import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from forethought.errors import (
     DataError,
@@ -52,7 +56,10 @@ from forethought.errors import (
     VocabularyMismatchError,
 )
 from forethought.probes.early_stopping import MinibatchFitConfig
+from forethought.probes.feature_store import FeatureStore
+from forethought.probes.gram import GramStats, select_ridge, solve_per_coordinate
 from forethought.probes.linear import AffineProbes, Task, feature_stats
+from forethought.probes.regression import DEFAULT_ALPHAS
 from forethought.probes.stacked import TensorBatches, train_stacked
 from forethought.probes.targets import LabelSpace
 from forethought.probes.vocabulary import check_features, split_held_out
@@ -192,46 +199,36 @@ def check_lens_fits(model: TransformerBridge, d_model: int, d_vocab: int) -> Non
 
 
 def least_squares(
-    features: Float[Tensor, "layer n d_model"],
-    targets: Float[Tensor, "task n d_out"],
+    features: Float[Tensor, "layer n d_model"] | FeatureStore,
+    targets: Float[Tensor, "task n d_out"] | FeatureStore,
     ridge: float = 1e-3,
-    chunk: int = 16384,
+    chunk: int | None = None,
+    device: torch.device | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Ridge maps from standardised features of every layer to every target, all pairs at once.
 
-    Accumulates ``X̃ᵀX̃`` per layer and ``X̃ᵀ(H - H̄)`` per (layer, target) in float64 chunk by chunk, then
-    solves ``(X̃ᵀX̃ + λnI) A = X̃ᵀ(H - H̄)`` for every pair; ``c = H̄``. Equivalent to scikit-learn's
-    ``Ridge(alpha=λn)`` on standardised features.
+    Accumulates the sufficient statistics (``XᵀX`` per layer, ``XᵀY`` per (layer, target), in float64) chunk by
+    chunk from memory or from on-disk stores (:class:`~forethought.probes.gram.GramStats`), then solves
+    ``(X̃ᵀX̃ + λnI) A = X̃ᵀ(H - H̄)`` for every pair; ``c = H̄``. Equivalent to scikit-learn's ``Ridge(alpha=λn)``
+    on standardised features.
 
     Returns:
-        ``weight [layer, task, d, d]``, ``bias [layer, task, d]``, ``mean [layer, d]``, ``scale [layer, d]``.
+        ``weight [layer, task, d, d]``, ``bias [layer, task, d]``, ``mean [layer, d]``, ``scale [layer, d]``, on
+        ``device`` (default: the features').
     """
-    mean, scale = feature_stats(features, chunk)
-    device = features.device
-    mean, scale = mean.to(device), scale.to(device)
-    n_layers, n, d_in = features.shape
-    n_tasks, _, d_out = targets.shape
-    target_mean = targets.double().mean(1)  # [T, d]
-    gram = torch.zeros(n_layers, d_in, d_in, dtype=torch.float64, device=device)
-    cross = torch.zeros(n_layers, n_tasks, d_in, d_out, dtype=torch.float64, device=device)
-    for start in range(0, n, chunk):
-        x = ((features[:, start : start + chunk].double() - mean[:, None]) / scale[:, None])
-        h = targets[:, start : start + chunk].to(device).double() - target_mean[:, None]
-        gram += x.transpose(1, 2) @ x
-        cross += torch.einsum("lnd,tne->ltde", x, h)
-    eye = torch.eye(d_in, dtype=torch.float64, device=device)
-    weight = torch.linalg.solve((gram + ridge * n * eye)[:, None], cross)
-    bias = target_mean[None].expand(n_layers, -1, -1)
-    return weight.float(), bias.float().contiguous(), mean, scale
+    stats = GramStats.accumulate(features, targets, chunk, device=device)
+    mean, scale = stats.standardisation()
+    weight = stats.solve(scale, ridge * stats.n)
+    return weight.float(), stats.intercept(weight, mean, scale).float(), mean, scale
 
 
 def fit_future_lens(
-    features: Float[Tensor, "layer n d_model"],
-    future_resid: Float[Tensor, "offset n d_model"],
+    features: Float[Tensor, "layer n d_model"] | FeatureStore,
+    future_resid: Float[Tensor, "offset n d_model"] | FeatureStore,
     *,
     model: TransformerBridge,
-    val_features: Float[Tensor, "layer n_val d_model"] | None = None,
-    val_future_resid: Float[Tensor, "offset n_val d_model"] | None = None,
+    val_features: Float[Tensor, "layer n_val d_model"] | FeatureStore | None = None,
+    val_future_resid: Float[Tensor, "offset n_val d_model"] | FeatureStore | None = None,
     config: FutureLensConfig | None = None,
     layers: Sequence[int] | None = None,
     offsets: Sequence[int] | None = None,
@@ -241,8 +238,10 @@ def fit_future_lens(
 
     Args:
         model: the model whose ``ln_final`` and ``unembed`` decode the lens (left unchanged).
-        features: hidden states ``[layer, n, d_model]`` at positions ``t``.
-        future_resid: the final-layer residual at ``t + N`` for every offset ``[offset, n, d_model]``.
+        features: hidden states ``[layer, n, d_model]`` at positions ``t``, in memory or in an on-disk
+            :class:`~forethought.probes.feature_store.FeatureStore` (read a chunk or minibatch at a time; then
+            the held-out split must be given); both give the same lens.
+        future_resid: the final-layer residual at ``t + N`` for every offset ``[offset, n, d_model]`` (or a store).
         val_features: the held-out features for early stopping (default: ``val_fraction`` of the training
             examples).
         val_future_resid: the held-out final-layer residuals, given with ``val_features``.
@@ -260,8 +259,8 @@ def fit_future_lens(
     if config.max_epochs > 0:
         features, future_resid, val_features, val_future_resid = split_held_out(
             features, future_resid, val_features, val_future_resid, config)
-    features, future_resid = features.to(device), future_resid.to(device)
-    weight, bias, mean, scale = least_squares(features, future_resid, config.ridge)
+    features, future_resid = _on(features, device), _on(future_resid, device)
+    weight, bias, mean, scale = least_squares(features, future_resid, config.ridge, device=device)
     lens = FutureLens(weight=weight, bias=bias, mean=mean, scale=scale,
                       layers=list(layers) if layers is not None else list(range(features.shape[0])),
                       tasks=tasks, label_space=label_space or LabelSpace.full(model.cfg.d_vocab),
@@ -270,26 +269,28 @@ def fit_future_lens(
         return lens
     _check_resid(val_features, val_future_resid, model, "held-out")
 
-    def soft_cross_entropy(predicted: Tensor, future: Tensor) -> Tensor:
+    def soft_cross_entropy(predicted: Tensor, future: Tensor, blocks: list[tuple[int, slice]]) -> Tensor:
         with torch.no_grad():
             target = F.softmax(decode(model, future).float(), dim=-1)  # [T, n, V]
-        log_q = F.log_softmax(decode(model, predicted).float(), dim=-1)  # [L, T, n, V]
-        return -(target * log_q).sum(-1).sum(-1)  # [L, T], summed over examples
+        log_q = F.log_softmax(decode(model, predicted).float(), dim=-1)  # [P, n, V]
+        # each task's pairs are one slice, so its target is broadcast, not copied
+        return -torch.cat([(log_q[block] * target[task]).sum(-1).sum(-1) for task, block in blocks])  # [P]
 
-    _fine_tune(lens, features, future_resid, val_features.to(device), val_future_resid.to(device),
+    _fine_tune(lens, TensorBatches(features, future_resid, axis=1, device=device),
+               TensorBatches(_on(val_features, device), _on(val_future_resid, device), axis=1, device=device),
                soft_cross_entropy, config)
     return lens
 
 
 def fit_label_lens(
-    features: Float[Tensor, "layer n d_model"],
+    features: Float[Tensor, "layer n d_model"] | FeatureStore,
     labels: Int[Tensor, "task n"],
     *,
     model: TransformerBridge,
     label_space: LabelSpace,
     tasks: Sequence[Task],
     init_resid: Float[Tensor, " d_model"],
-    val_features: Float[Tensor, "layer n_val d_model"] | None = None,
+    val_features: Float[Tensor, "layer n_val d_model"] | FeatureStore | None = None,
     val_labels: Int[Tensor, "task n_val"] | None = None,
     config: FutureLensConfig | None = None,
     layers: Sequence[int] | None = None,
@@ -297,7 +298,8 @@ def fit_label_lens(
     """Train a lens on hard class labels (cross-entropy of its projected logits), e.g. a control task.
 
     The maps start at ``A = 0`` and ``c = init_resid``, a constant prediction; pass the training split's mean
-    final-layer residual (the origin is a poor start: the final norm's gradient blows up there).
+    final-layer residual (the origin is a poor start: the final norm's gradient blows up there). The features
+    may be on disk, as for :func:`fit_future_lens`.
     """
     config = config or FutureLensConfig()
     device = _device(model, config)
@@ -312,32 +314,56 @@ def fit_label_lens(
                       layers=list(layers) if layers is not None else list(range(n_layers)), tasks=list(tasks),
                       label_space=label_space, meta={"method": "future_lens", "config": asdict(config)}, model=model)
 
-    def label_cross_entropy(predicted: Tensor, labels: Tensor) -> Tensor:
-        logits = label_space.project_logits(decode(model, predicted).float())  # [L, T, n, C]
-        target = labels.unsqueeze(0).expand(logits.shape[:-1])
-        return F.cross_entropy(logits.flatten(0, 2), target.flatten(), reduction="none").view(target.shape).sum(-1)
+    def label_cross_entropy(predicted: Tensor, labels: Tensor, blocks: list[tuple[int, slice]]) -> Tensor:
+        target = torch.cat([labels[task].expand(block.stop - block.start, -1) for task, block in blocks])  # [P, n]
+        return label_space.nll(decode(model, predicted).float(), target).sum(-1)
 
-    _fine_tune(lens, features.to(device), labels.to(device).long(), val_features.to(device),
-               val_labels.to(device).long(), label_cross_entropy, config)
+    _fine_tune(lens, TensorBatches(_on(features, device), labels.to(device).long(), axis=1, device=device),
+               TensorBatches(_on(val_features, device), val_labels.to(device).long(), axis=1, device=device),
+               label_cross_entropy, config)
     return lens
 
 
-def _fine_tune(lens: FutureLens, x: Tensor, y: Tensor, val_x: Tensor, val_y: Tensor, loss_fn: Any,
-               config: FutureLensConfig) -> None:
-    """Fine-tune the lens maps by :func:`~forethought.probes.stacked.train_stacked`; ``loss_fn(ĥ, targets) -> [L, T]``.
+#: ``loss(predicted [pair, n, d], targets [task, n, ...], blocks) -> [pair]``: each active pair's summed loss; the
+#: pairs come task by task, ``blocks`` lists each task with its slice of pairs.
+PairLoss = Callable[[Tensor, Tensor, list[tuple[int, slice]]], Tensor]
 
-    ``x [layer, n, d]`` and ``y [task, n, ...]`` are layer-major; the lens keeps every probe's best epoch.
+
+def _fine_tune(lens: FutureLens, train: TensorBatches, val: TensorBatches, loss_fn: PairLoss,
+               config: FutureLensConfig) -> None:
+    """Fine-tune the lens maps by :func:`~forethought.probes.stacked.train_stacked`; the lens keeps every best epoch.
+
+    ``train`` and ``val`` hold layer-major features ``[layer, n, d]`` and targets ``[task, n, ...]``. Only the
+    (layer, task) pairs still active are computed: once early stopping freezes a pair (its best epoch is kept, it
+    can no longer improve, and every pair's loss and update depend on its own maps only), it is skipped.
     """
     weight = lens.weight.detach().clone().requires_grad_(True)
     bias = lens.bias.detach().clone().requires_grad_(True)
     mean, scale = lens.mean[:, None], lens.scale[:, None]
+    n_layers, n_tasks = weight.shape[:2]
+
+    def pairs(active: Tensor) -> tuple[Tensor, Tensor, list[tuple[int, slice]]]:
+        """The active pairs' layers and tasks, task by task, and each task's slice of them."""
+        task, layer = active.T.nonzero(as_tuple=True)
+        counts = active.sum(0).tolist()
+        starts = [sum(counts[:t]) for t in range(n_tasks)]
+        return layer, task, [(t, slice(starts[t], starts[t] + c)) for t, c in enumerate(counts) if c]
+
+    active = pairs(torch.ones(n_layers, n_tasks, dtype=torch.bool, device=weight.device))
 
     def loss(features: Tensor, targets: Tensor) -> Tensor:
-        predicted = torch.einsum("lnd,ltde->ltne", (features.float() - mean) / scale, weight) + bias[:, :, None]
-        return loss_fn(predicted, targets)
+        layer, task, blocks = active
+        x = ((features.float() - mean) / scale).index_select(0, layer)  # [P, n, d]
+        predicted = torch.baddbmm(bias[layer, task][:, None], x, weight[layer, task])  # [P, n, d]
+        per_pair = loss_fn(predicted, targets, blocks)
+        return per_pair.new_zeros(n_layers, n_tasks).index_put((layer, task), per_pair)
 
-    fitted = train_stacked([(weight, config.weight_decay), (bias, 0.0)], loss, TensorBatches(x, y, axis=1),
-                           TensorBatches(val_x, val_y, axis=1), config, desc="future lens",
+    def skip_frozen(still_active: Tensor) -> None:
+        nonlocal active
+        active = pairs(still_active)
+
+    fitted = train_stacked([(weight, config.weight_decay), (bias, 0.0)], loss, train, val, config,
+                           desc="future lens", on_freeze=skip_frozen,
                            masks=[lambda improved: improved[:, :, None, None], lambda improved: improved[:, :, None]])
     with torch.no_grad():
         lens.weight.copy_(fitted.best[0])
@@ -345,11 +371,17 @@ def _fine_tune(lens: FutureLens, x: Tensor, y: Tensor, val_x: Tensor, val_y: Ten
     lens.meta.update(epochs=fitted.stopper.epochs, best_epoch=fitted.stopper.best_epoch.tolist())
 
 
+def _on(data: Tensor | FeatureStore, device: torch.device) -> Tensor | FeatureStore:
+    """In-memory examples moved to ``device`` once; an on-disk store stays where it is (read piece by piece)."""
+    return data if isinstance(data, FeatureStore) else data.to(device)
+
+
 def _device(model: TransformerBridge, config: FutureLensConfig) -> torch.device:
     return torch.device(config.device) if config.device is not None else next(model.parameters()).device
 
 
-def _check_resid(features: Tensor, resid: Tensor, model: TransformerBridge, what: str = "training") -> None:
+def _check_resid(features: Tensor | FeatureStore, resid: Tensor | FeatureStore, model: TransformerBridge,
+                 what: str = "training") -> None:
     if features.ndim != 3 or resid.ndim != 3 or features.shape[1] != resid.shape[1]:
         raise InvalidArgumentError(f"expected {what} features [layer, n, d] and future residuals [offset, n, d] "
                                    f"over the same examples; got {tuple(features.shape)} and {tuple(resid.shape)}")
@@ -362,46 +394,66 @@ def _check_resid(features: Tensor, resid: Tensor, model: TransformerBridge, what
 
 
 def fit_ridge_lens(
-    features: Float[Tensor, "layer n d_model"],
-    future_resid: Float[Tensor, "offset n d_model"],
+    features: Float[Tensor, "layer n d_model"] | FeatureStore,
+    future_resid: Float[Tensor, "offset n d_model"] | FeatureStore,
     *,
     model: TransformerBridge,
+    val_features: Float[Tensor, "layer n_val d_model"] | FeatureStore | None = None,
+    val_future_resid: Float[Tensor, "offset n_val d_model"] | FeatureStore | None = None,
     groups: Int[Tensor, " n"] | None = None,
+    alphas: Sequence[float] = DEFAULT_ALPHAS,
     layers: Sequence[int] | None = None,
     offsets: Sequence[int] | None = None,
     label_space: LabelSpace | None = None,
+    val_fraction: float = 0.2,
     seed: int = 0,
-    progress: bool = True,
+    chunk: int | None = None,
 ) -> FutureLens:
-    """The least-squares lens fitted by :func:`forethought.probes.regression.fit_ridge_probe`, one pair at a time.
+    """The least-squares lens with a ridge penalty per coordinate of the future residual, chosen by held-out R².
 
-    Each (layer, offset) pair gets scikit-learn ridge regressions onto the ``d_model`` coordinates of the
-    future residual, each with its own penalty chosen by validation R² (on whole sequences when ``groups``
-    holds sequence ids). The slow, trusted counterpart of the least-squares stage of
-    :func:`fit_future_lens`; its held-out R² per pair is kept in ``meta["ridge_r2"]``.
+    For every (layer, offset) and every coordinate of the future residual, each penalty of ``alphas`` (on the
+    summed squares of standardised features, scikit-learn's ``Ridge(alpha=)``) is fitted on the training examples
+    and scored by R² on the held-out ones; the best is refitted on both. Everything comes from the sufficient
+    statistics of the two splits (:mod:`forethought.probes.gram`), accumulated a chunk at a time from memory or
+    from on-disk stores: :func:`~forethought.probes.regression.fit_ridge_probe` per pair and coordinate, without
+    its test split, at the cost of one pass over the examples. The held-out R² of the chosen penalties, averaged
+    over coordinates, is ``meta["ridge_r2"]`` ``[layer][offset]``.
+
+    Without ``val_features``, a seeded ``val_fraction`` of the examples is held out (of whole ``groups``, e.g.
+    sequence ids, when given).
     """
-    from forethought.probes.regression import fit_ridge_probe
-
     _check_resid(features, future_resid, model)
-    n_layers, _, d_model = features.shape
-    n_offsets = future_resid.shape[0]
-    # scikit-learn fits on the host; the lens moves to the model's device at the end
-    weight = torch.zeros(n_layers, n_offsets, d_model, d_model, device="cpu")
-    bias = torch.zeros(n_layers, n_offsets, d_model, device="cpu")
-    mean, scale = torch.zeros(n_layers, d_model, device="cpu"), torch.ones(n_layers, d_model, device="cpu")
-    r2 = torch.zeros(n_layers, n_offsets, device="cpu")
-    pairs = [(i, j) for i in range(n_layers) for j in range(n_offsets)]
-    for i, j in tqdm(pairs, desc="ridge probes", disable=not progress, unit="probe"):
-        result = fit_ridge_probe(features[i].float(), future_resid[j].float(), groups=groups, seed=seed)
-        scaler, ridge = result.estimator[0], result.estimator[-1]
-        # every pair of a layer is fitted on the same rows, so the layer's scaler is the same for all offsets
-        mean[i], scale[i] = torch.from_numpy(scaler.mean_).float(), torch.from_numpy(scaler.scale_).float()
-        weight[i, j] = torch.from_numpy(ridge.coef_).float().T
-        bias[i, j] = torch.from_numpy(ridge.intercept_).float()
-        r2[i, j] = float(result.r2.mean())
+    if (val_features is None) != (val_future_resid is None):
+        raise InvalidArgumentError("pass both val_features and val_future_resid, or neither")
+    if not all(alpha > 0 for alpha in alphas) or not alphas:
+        raise InvalidArgumentError(f"alphas={list(alphas)!r} is not allowed; expected positive penalties")
+    if val_features is None:
+        train, held_out = _held_out_rows(features.shape[1], groups, val_fraction, seed)
+        features, future_resid, val_features, val_future_resid = (
+            features[:, train], future_resid[:, train], features[:, held_out], future_resid[:, held_out])
+    _check_resid(val_features, val_future_resid, model, "held-out")
     device = next(model.parameters()).device
-    return FutureLens(weight=weight.to(device), bias=bias.to(device), mean=mean.to(device), scale=scale.to(device),
+    fit = GramStats.accumulate(features, future_resid, chunk, device=device)
+    val = GramStats.accumulate(val_features, val_future_resid, chunk, device=device, like=fit)
+    alpha, r2 = select_ridge(fit, val, torch.tensor(list(alphas), dtype=torch.float64, device=device))
+    weight, bias, mean, scale = solve_per_coordinate(fit + val, alpha)
+    n_layers, n_offsets = weight.shape[:2]
+    return FutureLens(weight=weight.float(), bias=bias.float(), mean=mean, scale=scale,
                       layers=list(layers) if layers is not None else list(range(n_layers)),
                       tasks=[Task(o) for o in (offsets if offsets is not None else range(n_offsets))],
                       label_space=label_space or LabelSpace.full(model.cfg.d_vocab),
-                      meta={"method": "ridge", "seed": seed, "ridge_r2": r2.tolist()}, model=model)
+                      meta={"method": "ridge", "seed": seed, "ridge_r2": r2.mean(-1).tolist(),
+                            "alpha_median": alpha.median(-1).values.tolist()}, model=model)
+
+
+def _held_out_rows(n: int, groups: Tensor | None, fraction: float, seed: int) -> tuple[Tensor, Tensor]:
+    """Indices of the training and held-out examples: a seeded ``fraction`` of the groups (or examples) held out."""
+    labels = groups.cpu() if groups is not None else torch.arange(n, device="cpu")
+    unique, inverse = torch.unique(labels, return_inverse=True)
+    if len(unique) < 2:
+        raise DataError(f"{len(unique)} group(s) cannot be split into training and held-out parts; need at least 2")
+    order = torch.randperm(len(unique), generator=torch.Generator(device="cpu").manual_seed(seed), device="cpu")
+    held = torch.zeros(len(unique), dtype=torch.bool, device="cpu")
+    held[order[: min(max(1, round(fraction * len(unique))), len(unique) - 1)]] = True
+    mask = held[inverse]
+    return (~mask).nonzero().flatten(), mask.nonzero().flatten()

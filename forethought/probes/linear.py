@@ -86,8 +86,12 @@ def feature_stats(
         square += part.square().sum(1)
     n = max(features.shape[1], 1)
     mean = total / n
-    var = (square / n - mean.square()).clamp(min=0)
-    std = var.sqrt()
+    return standard_scale(mean, (square / n - mean.square()).clamp(min=0))
+
+
+def standard_scale(mean: Tensor, variance: Tensor) -> tuple[Tensor, Tensor]:
+    """``mean`` and the standard deviation, float32; dimensions of (near) zero variance get scale 1."""
+    std = variance.sqrt()
     std = torch.where(std > 1e-6 * (1 + mean.abs()), std, torch.ones_like(std))
     return mean.float(), std.float()
 

@@ -6,8 +6,8 @@ A method (:class:`ProbeMethod`) says everything a sweep needs to know about it:
   under its name, as ``config.vocab``, or in ``config.methods[name]``; see :meth:`ProbeMethod.settings`);
 * what examples it needs: every method reads the features and the class labels; ``needs_resid`` asks for the
   final-layer residual at ``t + N`` too (the lens methods);
-* whether it streams (``streams``: it trains from an on-disk feature store a minibatch at a time) and whether
-  it fits control tasks (``has_control``);
+* whether it streams (``streams``: it trains from an on-disk feature store a chunk or minibatch at a time; if
+  not, ``no_stream`` says why) and whether it fits control tasks (``has_control``);
 * how it fits: :meth:`ProbeMethod.fit` turns a :class:`~forethought.probes.plan.SweepPlan` and the training
   examples into the probes of every (layer, offset) pair, and those of the control tasks;
 * how its probes save and load: ``probes_type``, the :class:`~forethought.probes.linear.AffineProbes` subclass it
@@ -19,8 +19,8 @@ Adding a method is one class here (or in the caller's own code) and its test.
 Example:
     >>> method_names()
     ('vocab', 'logistic', 'future_lens', 'ridge', 'learned_prompt')
-    >>> get_method("future_lens").needs_resid, get_method("vocab").streams
-    (True, True)
+    >>> get_method("future_lens").needs_resid, [name for name in method_names() if get_method(name).streams]
+    (True, ['vocab', 'future_lens', 'ridge'])
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from typing import Any, ClassVar
 from forethought.errors import InvalidArgumentError, choices_text
 from forethought.probes.future_lens import FutureLens, FutureLensConfig, fit_future_lens, fit_label_lens, fit_ridge_lens
 from forethought.probes.learned_prompt import LearnedPromptConfig, LearnedPrompts, fit_learned_prompt
-from forethought.probes.linear import AffineProbes, LinearProbes
+from forethought.probes.linear import AffineProbes, LinearProbes, feature_stats
 from forethought.probes.logistic import LogisticProbeConfig, fit_logistic_probes
 from forethought.probes.plan import SweepPlan, TrainingExamples
 from forethought.probes.vocabulary import VocabProbeConfig, fit_vocab_probes
@@ -50,6 +50,7 @@ class ProbeMethod(ABC):
         probes_type: the probes it returns (saved and loaded by their ``kind``).
         needs_resid: whether it reads the final-layer residual at ``t + N`` (``Examples.future_resid``).
         streams: whether it trains from an on-disk feature store (``stream=True``).
+        no_stream: why it cannot (named when ``stream=True`` is refused).
         has_control: whether it fits the control tasks (else the table's ``control_top1`` is NaN).
     """
 
@@ -58,6 +59,7 @@ class ProbeMethod(ABC):
     probes_type: ClassVar[type[AffineProbes]] = LinearProbes
     needs_resid: ClassVar[bool] = False
     streams: ClassVar[bool] = False
+    no_stream: ClassVar[str] = "it fits from examples held in memory"
     has_control: ClassVar[bool] = True
 
     def settings(self, config: Any) -> Any:
@@ -143,6 +145,8 @@ class LogisticMethod(ProbeMethod):
 
     name = "logistic"
     config_type = LogisticProbeConfig
+    no_stream = ("scikit-learn's L-BFGS solver reads every example of a probe at once; 'vocab' trains the same "
+                 "softmax probes from disk")
 
     def fit(self, plan: SweepPlan, examples: TrainingExamples) -> Fitted:  # noqa: D102
         both = examples.fit.cat(examples.val)
@@ -155,12 +159,16 @@ class LogisticMethod(ProbeMethod):
 
 @register
 class FutureLensMethod(ProbeMethod):
-    """The Future-Lens linear model: least squares, then KL fine-tuning; its control is a lens on hard labels."""
+    """The Future-Lens linear model: least squares, then KL fine-tuning; its control is a lens on hard labels.
+
+    Streams: the least squares from sufficient statistics, the fine-tuning a minibatch at a time.
+    """
 
     name = "future_lens"
     config_type = FutureLensConfig
     probes_type = FutureLens
     needs_resid = True
+    streams = True
 
     def fit(self, plan: SweepPlan, examples: TrainingExamples) -> Fitted:  # noqa: D102
         config = replace(self.settings(plan.config), seed=plan.seed, device=str(plan.device), progress=plan.progress)
@@ -172,25 +180,29 @@ class FutureLensMethod(ProbeMethod):
         if plan.control_tasks:
             control = fit_label_lens(fit.features, examples.control_labels(fit), model=plan.model,
                                      label_space=plan.space, tasks=plan.control_tasks,
-                                     init_resid=fit.future_resid.float().mean((0, 1)), val_features=val.features,
+                                     init_resid=feature_stats(fit.future_resid)[0].mean(0), val_features=val.features,
                                      val_labels=examples.control_labels(val), config=config, layers=plan.layers)
         return lens, control
 
 
 @register
 class RidgeMethod(ProbeMethod):
-    """The least-squares lens alone, by scikit-learn ridge regressions (penalty per coordinate); no control."""
+    """The least-squares lens alone, a ridge penalty per coordinate chosen on the held-out split; no control.
+
+    Streams: everything comes from the sufficient statistics of the training and held-out splits.
+    """
 
     name = "ridge"
     probes_type = FutureLens
     needs_resid = True
+    streams = True
     has_control = False
 
     def fit(self, plan: SweepPlan, examples: TrainingExamples) -> Fitted:  # noqa: D102
-        both = examples.fit.cat(examples.val)
-        return fit_ridge_lens(both.features, both.future_resid, model=plan.model, groups=both.sequence,
-                              layers=plan.layers, offsets=plan.offsets, label_space=plan.space, seed=plan.seed,
-                              progress=plan.progress), None
+        fit, val = examples.fit, examples.val
+        return fit_ridge_lens(fit.features, fit.future_resid, model=plan.model, val_features=val.features,
+                              val_future_resid=val.future_resid, layers=plan.layers, offsets=plan.offsets,
+                              label_space=plan.space, seed=plan.seed), None
 
 
 @register

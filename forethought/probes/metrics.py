@@ -111,8 +111,8 @@ class MetricAccumulator:
         self.group_hits: Tensor | None = None
         self.group_counts: Tensor | None = None
 
-    def _sum(self, name: str, value: Tensor) -> None:
-        value = value.double().cpu()
+    def _sum(self, name: str, value: Tensor) -> None:  # sums stay on the logits' device until result()
+        value = value.double()
         self.sums[name] = self.sums[name] + value if name in self.sums else value
 
     def add(self, logits: Float[Tensor, "*batch n n_classes"], labels: Int[Tensor, "*lead n"],
@@ -125,7 +125,7 @@ class MetricAccumulator:
             inside = self.space.in_space(labels.to(logits.device)).expand(logits.shape[:-1])
             loss = loss + self.space.out_of_space_nats(labels.to(logits.device)).to(loss)
             self._sum("top1_in_space", hits[self.ks[0]].sum(-1))
-            count = inside.sum(-1).double().cpu()
+            count = inside.sum(-1).double()
             self.in_space_count = count if self.in_space_count is None else self.in_space_count + count
         for k, hit in hits.items():
             self._sum(f"top{k}", hit.sum(-1))
@@ -133,17 +133,20 @@ class MetricAccumulator:
         if self.n_groups is not None:
             if groups is None:
                 raise InvalidArgumentError("this accumulator sums per group; pass groups=... to add()")
-            hit = hits[self.ks[0]].double().cpu()
-            index = groups.cpu().long().expand(hit.shape)
-            per_group = torch.zeros((*hit.shape[:-1], self.n_groups), dtype=torch.float64, device="cpu")
-            per_group.scatter_add_(-1, index, hit)
-            counts = torch.bincount(groups.cpu().long(), minlength=self.n_groups).double()
+            hit = hits[self.ks[0]].double()
+            groups = groups.to(hit.device).long()
+            per_group = torch.zeros((*hit.shape[:-1], self.n_groups), dtype=torch.float64, device=hit.device)
+            per_group.scatter_add_(-1, groups.expand(hit.shape), hit)
+            counts = torch.bincount(groups, minlength=self.n_groups).double()
             self.group_hits = per_group if self.group_hits is None else self.group_hits + per_group
             self.group_counts = counts if self.group_counts is None else self.group_counts + counts
         self.count += logits.shape[-2]
 
     def result(self) -> dict[str, Tensor]:
-        """Means over every example added so far (``top1_in_space`` over the in-space ones; NaN if none)."""
+        """Means over every example added so far (``top1_in_space`` over the in-space ones; NaN if none), on the CPU.
+
+        ``group_hits`` and ``group_counts`` stay where the logits were; :meth:`groups` reads them back.
+        """
         if self.count == 0:
             raise InvalidArgumentError("no examples were scored; the test split is empty")
         out = {name: total / self.count for name, total in self.sums.items() if name != "top1_in_space"}
@@ -151,4 +154,10 @@ class MetricAccumulator:
             count = self.in_space_count
             out["top1_in_space"] = torch.where(count > 0, self.sums["top1_in_space"] / count.clamp(min=1),
                                                torch.full_like(count, float("nan")))
-        return out
+        return {name: value.cpu() for name, value in out.items()}
+
+    def groups(self) -> tuple[Tensor, Tensor]:
+        """Top-1 hits ``[..., n_groups]`` and examples ``[n_groups]`` summed per group, on the CPU."""
+        if self.group_hits is None or self.group_counts is None:
+            raise InvalidArgumentError("no examples were summed per group; pass n_groups= and groups= to add()")
+        return self.group_hits.cpu(), self.group_counts.cpu()

@@ -48,9 +48,11 @@ class ProbeSweepConfig:
         test_fraction: share of sequences held out for scoring when ``data`` is a token tensor.
         val_fraction: share of the training sequences held out for early stopping.
         batch_size: sequences per forward pass when collecting activations.
-        eval_batch_size: examples per chunk when scoring.
+        eval_batch_size: examples per chunk when scoring (default: 2048, or on a GPU as many as a quarter of
+            its free memory holds).
         n_resamples: bootstrap resamples (over test sequences) for the ``top1_ci_low/high`` interval (95 %).
-        feature_dtype: dtype the activations are stored in (e.g. ``torch.bfloat16`` halves their memory).
+        feature_dtype: dtype the activations are stored in (default: the model's, e.g. bfloat16 for a bfloat16
+            model; ``torch.bfloat16`` halves a float32 model's); probes train and score in float32.
         stream_above_gib: with ``stream="auto"``, stream when the activations would take more than this (GiB).
         stream_dir: where a streaming sweep writes its temporary feature files (default: the system's
             temporary directory); they are deleted when the sweep ends.
@@ -63,9 +65,9 @@ class ProbeSweepConfig:
     test_fraction: float = 0.2
     val_fraction: float = 0.1
     batch_size: int = 32
-    eval_batch_size: int = 2048
+    eval_batch_size: int | None = None
     n_resamples: int = N_RESAMPLES
-    feature_dtype: torch.dtype = torch.float32
+    feature_dtype: torch.dtype | None = None
     stream_above_gib: float = 4.0
     stream_dir: str | None = None
     vocab: VocabProbeConfig = field(default_factory=VocabProbeConfig)
@@ -75,7 +77,8 @@ class ProbeSweepConfig:
 
     def __post_init__(self) -> None:
         check_positive("batch_size", self.batch_size, integer=True)
-        check_positive("eval_batch_size", self.eval_batch_size, integer=True)
+        if self.eval_batch_size is not None:
+            check_positive("eval_batch_size", self.eval_batch_size, integer=True)
         check_positive("n_resamples", self.n_resamples, integer=True)
         check_positive("stream_above_gib", self.stream_above_gib)
         if self.top_k is not None:

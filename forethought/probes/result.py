@@ -85,15 +85,16 @@ class ProbeSweep:
                 save_probes(probes, Path(directory) / name / path, model=model)
         return Path(directory)
 
-    def save(self, directory: str | os.PathLike) -> Path:
-        """Write ``probes.csv``, ``sweep.json`` and the probes (``probes/<model>/<method>``) to ``directory``."""
+    def save(self, directory: str | os.PathLike, probes: bool = True) -> Path:
+        """Write ``probes.csv``, ``sweep.json`` and (with ``probes``) the probes (``probes/<model>/<method>``)."""
         with atomic_directory(directory) as tmp:
             self.table.to_csv(tmp / TABLE, index=False)
+            saved = {name: sorted(fitted) for name, fitted in self.probes.items()} if probes else {}
             (tmp / SUMMARY).write_text(json.dumps({"format": "forethought-probe-sweep", "version": 1,
-                                                   "settings": self.settings,
-                                                   "probes": {name: sorted(fitted) for name, fitted in
-                                                              self.probes.items()}}, indent=1, default=str) + "\n")
-            self.save_probes(tmp / PROBES)
+                                                   "settings": self.settings, "probes": saved},
+                                                  indent=1, default=str) + "\n")
+            if probes:
+                self.save_probes(tmp / PROBES)
         return Path(directory)
 
     @classmethod

@@ -10,6 +10,7 @@ outside the kept tokens is a miss; see :mod:`forethought.probes.targets`).
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
@@ -39,34 +40,37 @@ def score_probes(probes: AffineProbes, control: AffineProbes | None, test: Examp
     greedy, ctrl = MetricAccumulator(space=space), MetricAccumulator(ks=(1,), space=space)
     lens = test.future_resid is not None and hasattr(probes, "predict_resid")
     n_layers, n_tasks, d_model = len(probes.layers), len(probes.tasks), probes.d_model
-    # sums over examples are kept on the host in float64
-    squared_error = torch.zeros(n_layers, n_tasks, d_model, dtype=torch.float64, device="cpu")
-    target_sum = torch.zeros(n_tasks, d_model, dtype=torch.float64, device="cpu")
+    # sums over examples are kept on the probes' device in float64, read back once at the end
+    squared_error = torch.zeros(n_layers, n_tasks, d_model, dtype=torch.float64, device=probes.device)
+    target_sum = torch.zeros(n_tasks, d_model, dtype=torch.float64, device=probes.device)
     target_square = torch.zeros_like(target_sum)
-    for start, features in zip(range(0, test.n, chunk), feature_chunks(test.features, chunk), strict=True):
+    futures = feature_chunks(test.future_resid, chunk) if lens else itertools.repeat(None)
+    pieces = zip(range(0, test.n, chunk), feature_chunks(test.features, chunk), strict=True)
+    for (start, features), future in zip(pieces, futures, strict=False):  # futures: as many, or None forever
         part = slice(start, start + chunk)
         logits = probes.logits(features).float()
         true.add(logits, test.labels[:, part], groups=test.sequence[part])
         greedy.add(logits, test.greedy[:, part])
         if control is not None:
             ctrl.add(control.logits(features).float(), controls[:, test.current[part]])
-        if lens:
-            target = test.future_resid[:, part].to(probes.device).double()  # [offset, n, d]
+        if future is not None:
+            target = future.to(probes.device).double()  # [offset, n, d]
             error = probes.predict_resid(features).double() - target  # [layer, offset, n, d]
-            squared_error += error.square().sum(2).cpu()
-            target_sum += target.sum(1).cpu()
-            target_square += target.square().sum(1).cpu()
+            squared_error += error.square().sum(2)
+            target_sum += target.sum(1)
+            target_square += target.square().sum(1)
     out = {**true.result(), **{f"greedy_{k}": v for k, v in greedy.result().items() if k != "top1_in_space"}}
     out.setdefault("top1_in_space", out["top1"])
-    out["top1_ci_low"], out["top1_ci_high"] = bootstrap_ci(true.group_hits, true.group_counts,
-                                                           n_resamples=n_resamples, seed=seed)
-    out["sequence_hits"], out["sequence_counts"] = true.group_hits, true.group_counts
+    group_hits, group_counts = true.groups()
+    out["top1_ci_low"], out["top1_ci_high"] = bootstrap_ci(group_hits, group_counts, n_resamples=n_resamples,
+                                                           seed=seed)
+    out["sequence_hits"], out["sequence_counts"] = group_hits, group_counts
     nan = torch.full((n_layers, n_tasks), math.nan, dtype=torch.float64, device="cpu")
     out["control_top1"] = ctrl.result()["top1"] if control is not None else nan
     out["r2"] = nan
     if lens:  # R² of every coordinate of the predicted residual, averaged over coordinates
         spread = (target_square - target_sum.square() / test.n).clamp(min=1e-12)  # [offset, d]
-        out["r2"] = (1 - squared_error / spread).mean(-1)
+        out["r2"] = (1 - squared_error / spread).mean(-1).cpu()
     return out
 
 

@@ -34,8 +34,9 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from forethought.errors import NumericalError
+from forethought.errors import InvalidArgumentError, NumericalError
 from forethought.probes.early_stopping import MinibatchFitConfig, PerProbeEarlyStopping
+from forethought.probes.feature_store import FeatureStore
 
 #: ``loss(x, y) -> [layer, task]``: every probe's loss summed over the examples of a minibatch or chunk.
 StackedLoss = Callable[[Tensor, Tensor], Tensor]
@@ -56,22 +57,42 @@ class Batches(Protocol):
 
 
 class TensorBatches:
-    """Examples held as tensors whose example axis is ``axis`` (0 for example-major, 1 for layer-major)."""
+    """Examples held as tensors whose example axis is ``axis`` (0 for example-major, 1 for layer-major).
 
-    def __init__(self, x: Tensor, y: Tensor, axis: int = 0):
-        self.x, self.y, self.axis = x, y, axis
+    Either tensor may instead be an on-disk :class:`~forethought.probes.feature_store.FeatureStore` (layer-major,
+    ``axis=1``), read a minibatch at a time. Every piece comes back contiguous and on ``device`` (default: where
+    it is), so a stack trains on exactly the same values, laid out the same way, from memory or from disk.
+    """
+
+    def __init__(self, x: Tensor | FeatureStore, y: Tensor | FeatureStore, axis: int = 0,
+                 device: torch.device | None = None):
+        if axis != 1 and (isinstance(x, FeatureStore) or isinstance(y, FeatureStore)):
+            raise InvalidArgumentError("examples on disk (a FeatureStore) are read layer-major; pass axis=1")
+        self.x, self.y, self.axis, self.device = x, y, axis, device
         self.n = x.shape[axis]
+
+    def _place(self, part: Tensor) -> Tensor:
+        return part.to(self.device).contiguous() if self.device is not None else part.contiguous()
+
+    def _take(self, data: Tensor | FeatureStore, index: Tensor) -> Tensor:
+        if isinstance(data, FeatureStore):
+            return self._place(data.rows(index).transpose(0, 1))
+        return self._place(data.index_select(self.axis, index.to(data.device)))
+
+    def _narrow(self, data: Tensor | FeatureStore, start: int, length: int) -> Tensor:
+        if isinstance(data, FeatureStore):
+            return self._place(data.chunk(start, start + length))
+        return self._place(data.narrow(self.axis, start, length))
 
     def batch(self, index: Tensor) -> tuple[Tensor, Tensor]:
         """Inputs and targets of the examples ``index``."""
-        index = index.to(self.x.device)
-        return self.x.index_select(self.axis, index), self.y.index_select(self.axis, index.to(self.y.device))
+        return self._take(self.x, index), self._take(self.y, index)
 
     def chunks(self, size: int) -> Iterator[tuple[Tensor, Tensor]]:
         """Inputs and targets of every example, ``size`` at a time, in order."""
         for start in range(0, self.n, size):
-            yield self.x.narrow(self.axis, start, min(size, self.n - start)), \
-                self.y.narrow(self.axis, start, min(size, self.n - start))
+            length = min(size, self.n - start)
+            yield self._narrow(self.x, start, length), self._narrow(self.y, start, length)
 
 
 @dataclass
@@ -132,15 +153,17 @@ def train_stacked(
     # inside a sweep's overall bar: this one shows the current fit and leaves no line behind
     epochs = tqdm(range(config.max_epochs), desc=desc, disable=not config.progress, unit="epoch", leave=False)
     for epoch in epochs:
+        finite = torch.ones((), dtype=torch.bool, device=start.device)  # checked once an epoch: no per-step sync
         for batch in torch.randperm(train.n, generator=generator, device="cpu").split(config.batch_size):
             value = loss(*train.batch(batch)).sum() / len(batch)
-            if not torch.isfinite(value):
-                raise NumericalError(f"{desc} training loss became {value.item()} at epoch {epoch}; lower lr or "
-                                     "check the features for NaN/inf")
+            finite &= torch.isfinite(value)
             grads = torch.autograd.grad(value, tensors)
             for param, grad in zip(tensors, grads, strict=True):
                 param.grad = grad
             optimizer.step()
+        if not bool(finite):
+            raise NumericalError(f"{desc} training loss stopped being finite in epoch {epoch}; lower lr or check "
+                                 "the features for NaN/inf")
         held_out = held_out_loss(loss, val, config.eval_batch_size)
         epochs.set_postfix(held_out=f"{held_out[stopper.active].mean().item():.4f}", active=int(stopper.active.sum()))
         was_active = int(stopper.active.sum())

@@ -44,9 +44,15 @@ space keeps, as far as the probes agree;
 ``top1_in_space`` is top-1 over the in-space targets only (equal to ``top1`` for the whole vocabulary), a
 diagnostic, never a headline.
 
-**Scale.** ``stream=True`` (automatic above ``config.stream_above_gib``) writes the activations to an on-disk
-:class:`~forethought.probes.feature_store.FeatureStore` one batch at a time and trains the vocab probes from it
-a minibatch at a time (the same probes, the same table). Under several processes (``torchrun``, ``accelerate
+**Scale.** ``stream=True`` (automatic above ``config.stream_above_gib``) writes the activations (and, for the lens
+methods, the future final-layer residuals) to on-disk
+:class:`~forethought.probes.feature_store.FeatureStore` files one batch at a time and fits the probes from them
+a chunk or minibatch at a time (the same probes, the same table): ``vocab`` and the Future Lens's fine-tuning
+read minibatches, the least squares of ``future_lens`` and ``ridge`` accumulate sufficient statistics
+(:mod:`forethought.probes.gram`). ``logistic`` (scikit-learn) cannot stream. Features are stored in the model's
+dtype unless ``config.feature_dtype`` says otherwise; every sum over them is float32 or wider. The table's
+settings record the seconds of the activation pass, of every method's fit and of its scoring
+(``sweep.settings["seconds"]``). Under several processes (``torchrun``, ``accelerate
 launch``) every process probes its own contiguous share of the depths over all the data, the rows are gathered
 (every process returns the whole table) and process 0 saves the probes, joined along the depths: probes of one
 depth never depend on another's, so the table equals a single process's.
@@ -74,6 +80,7 @@ Example:
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, replace
@@ -97,6 +104,7 @@ from forethought.hook_names import RESID, hook_name, resolve_layers
 from forethought.options import METHODS
 from forethought.probes.baselines import control_labels
 from forethought.probes.examples import Examples, collect_examples, split_data, stream_examples
+from forethought.probes.feature_store import rows_that_fit
 from forethought.probes.linear import AffineProbes, concat_layers
 from forethought.probes.methods import ProbeMethod, get_method, method_names
 from forethought.probes.plan import ProbeSweepConfig, SweepPlan, TrainingExamples
@@ -155,10 +163,10 @@ def probe_sweep(
         device: where to run the models and train the probes (default: each model's device).
         config: further settings (:class:`ProbeSweepConfig`).
         save_dir: if given, fitted probes are saved to ``save_dir/<model>/<method>``.
-        stream: ``True`` writes the activations to temporary files batch by batch and trains the probes from
-            them a minibatch at a time, so host memory is set by the batch sizes instead of the number of
-            tokens (``"vocab"`` only; the results equal the in-memory sweep's). ``"auto"`` streams when every
-            method is ``"vocab"`` and the activations would exceed ``config.stream_above_gib``.
+        stream: ``True`` writes the activations to temporary files batch by batch and fits the probes from
+            them a chunk or minibatch at a time, so host memory is set by the batch sizes instead of the number
+            of tokens (every method but ``"logistic"``; the results equal the in-memory sweep's). ``"auto"``
+            streams when every method can and the activations would exceed ``config.stream_above_gib``.
         reference: the name of one of ``models``: every other model's rows get ``minus_reference`` (its top-1
             minus the reference's at the same layer, offset and method) with a 95 % paired-bootstrap interval
             over the shared test sequences (``minus_reference_ci_low/high``).
@@ -188,15 +196,16 @@ def probe_sweep(
     device = process_device(device, world)
     if reference is not None and reference not in models:
         raise InvalidArgumentError(f"reference={reference!r} is not among the models {sorted(models)}")
-    rows, probes = [], {}
+    rows, probes, seconds = [], {}, {}
     shown = progress and (world is None or world.is_main)
     overall = tqdm(total=len(models) * len(methods), desc="probe sweep", unit="fit", disable=not shown)
     for name, model in models.items():
         overall.set_postfix(model=name)
         plan = _plan(name, model, layers, offsets, fit, config, seed, device, progress=shown,
                      streamed=_should_stream(stream, model, layers, methods, len(train) + len(test), train.shape[1],
-                                             config), world=world)
-        model_rows, fitted = _sweep_model(plan, methods, (fit, val, test)) if plan.layers else ([], {})
+                                             len(offsets), config), world=world)
+        model_rows, fitted, seconds[name] = _sweep_model(plan, methods, (fit, val, test)) if plan.layers else \
+            ([], {}, {})
         rows += model_rows
         probes[name] = _gather_probes(world, plan, fitted) if world is not None else fitted
         overall.update(len(methods))
@@ -209,7 +218,7 @@ def probe_sweep(
     for column, values in intervals.items():
         table[column] = values
     result = ProbeSweep(table, probes, {"offsets": offsets, "methods": names, "seed": seed, "top_k": config.top_k,
-                                        "reference": reference, "streamed": stream})
+                                        "reference": reference, "streamed": stream, "seconds": seconds})
     if save_dir is not None and (world is None or world.is_main):
         result.save_probes(save_dir, models)
     return result
@@ -327,17 +336,17 @@ def check_stream(stream: bool | str, methods: Sequence[str], config: ProbeSweepC
     """
     if stream not in (True, False, "auto"):
         raise InvalidArgumentError(f"stream={stream!r} is not allowed; expected True, False or 'auto'")
-    streaming = [name for name in method_names() if get_method(name).streams]
-    if stream is True and set(methods) - set(streaming):
-        raise InvalidArgumentError(f"stream=True trains {choices_text(streaming)} probes only; got "
-                                   f"method={list(methods)}; run the other methods with stream=False")
+    refused = [get_method(name) for name in methods if not get_method(name).streams]
+    if stream is True and refused:
+        raise InvalidArgumentError(f"stream=True cannot fit method={refused[0].name!r}: {refused[0].no_stream}; run "
+                                   "it with stream=False")
     if stream is not False and config.stream_dir is not None and not Path(config.stream_dir).is_dir():
         raise InvalidArgumentError(f"stream_dir={config.stream_dir!r} is not a directory; create it or leave "
                                    "stream_dir unset for the system's temporary directory")
 
 
 def _should_stream(stream: bool | str, model: TransformerBridge, layers: Any, methods: list[ProbeMethod], n_seq: int,
-                   seq_len: int, config: ProbeSweepConfig) -> bool:
+                   seq_len: int, n_offsets: int, config: ProbeSweepConfig) -> bool:
     """Whether this model's sweep streams.
 
     It streams as asked, or (``"auto"``) when its activations would not fit the memory budget and every method
@@ -348,8 +357,14 @@ def _should_stream(stream: bool | str, model: TransformerBridge, layers: Any, me
     if not all(method.streams for method in methods):
         return False
     depths = len({*resolve_layers(model, layers, RESID), model.cfg.n_layers})
-    element = config.feature_dtype.itemsize
+    depths += n_offsets if any(method.needs_resid for method in methods) else 0
+    element = feature_dtype(config, model).itemsize
     return depths * n_seq * seq_len * model.cfg.d_model * element > config.stream_above_gib * 2**30
+
+
+def feature_dtype(config: ProbeSweepConfig, model: TransformerBridge) -> torch.dtype:
+    """The dtype a sweep stores activations in: ``config.feature_dtype``, else the model's own."""
+    return config.feature_dtype or next(model.parameters()).dtype
 
 
 def _plan(name: str, model: TransformerBridge, layers: Any, offsets: list[int], fit_tokens: Tensor,
@@ -369,27 +384,58 @@ def _plan(name: str, model: TransformerBridge, layers: Any, offsets: list[int], 
 
 
 def _sweep_model(plan: SweepPlan, methods: list[ProbeMethod], splits: tuple[Tensor, Tensor, Tensor]
-                 ) -> tuple[list[dict[str, Any]], dict[str, AffineProbes]]:
-    """The activation pass over one model's fit, held-out and test sequences, then every method fitted and scored."""
+                 ) -> tuple[list[dict[str, Any]], dict[str, AffineProbes], dict[str, Any]]:
+    """The activation pass over one model's fit, held-out and test sequences, then every method fitted and scored.
+
+    Returns the rows, the fitted probes and the seconds of each step (``activations``, ``fit`` and ``score`` per
+    method).
+    """
     config = plan.config
+    dtype = feature_dtype(config, plan.model)
+    with_resid = any(method.needs_resid for method in methods)
+    start = _clock(plan.device)
     with ExitStack() as cleanup:
         if plan.streamed:
             directory = Path(cleanup.enter_context(TemporaryDirectory(prefix="forethought-features-",
                                                                       dir=config.stream_dir)))
             examples = tuple(stream_examples(plan.model, tokens, plan.layers, plan.offsets, plan.space,
                                              directory / f"{part}.bin", batch_size=config.batch_size,
-                                             feature_dtype=config.feature_dtype, device=plan.device,
+                                             feature_dtype=dtype, device=plan.device, with_resid=with_resid,
                                              progress=plan.progress)
                              for part, tokens in zip(("fit", "val", "test"), splits, strict=True))
             for split in examples:
-                cleanup.callback(split.features.close)
+                for store in (split.features, split.future_resid):
+                    if store is not None:
+                        cleanup.callback(store.close)
         else:
-            with_resid = any(method.needs_resid for method in methods)
             examples = tuple(collect_examples(plan.model, tokens, plan.layers, plan.offsets, plan.space,
-                                              batch_size=config.batch_size, feature_dtype=config.feature_dtype,
+                                              batch_size=config.batch_size, feature_dtype=dtype,
                                               device=plan.device, with_resid=with_resid, progress=plan.progress)
                              for tokens in splits)
-        return _fit_and_score(plan, methods, examples, splits[2])
+        seconds: dict[str, Any] = {"activations": _clock(plan.device) - start}
+        rows, fitted = _fit_and_score(plan, methods, examples, splits[2], seconds)
+        return rows, fitted, seconds
+
+
+def _score_chunk(plan: SweepPlan, probes: AffineProbes) -> int:
+    """Test examples scored at once: ``config.eval_batch_size``, else what the device's free memory holds.
+
+    A row makes the logits of every probe and its control (float32, with the metrics' temporaries) and, for the
+    lens methods, their vocabulary logits and predicted residuals.
+    """
+    if plan.config.eval_batch_size is not None:
+        return plan.config.eval_batch_size
+    pairs, width = len(probes.layers) * len(probes.tasks), probes.n_classes
+    if hasattr(probes, "predict_resid"):
+        width += plan.space.d_vocab + 2 * probes.d_model
+    return rows_that_fit(plan.device, bytes_per_row=2 * pairs * width * 4 * 4, default=2048)
+
+
+def _clock(device: torch.device) -> float:
+    """Seconds on a monotonic clock, once the device has finished its queued work."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
 
 
 def _gather_probes(world: World, plan: SweepPlan, fitted: dict[str, AffineProbes]) -> dict[str, AffineProbes]:
@@ -407,11 +453,12 @@ def _gather_probes(world: World, plan: SweepPlan, fitted: dict[str, AffineProbes
 
 
 def _fit_and_score(plan: SweepPlan, methods: list[ProbeMethod], examples: tuple[Examples, Examples, Examples],
-                   test_tokens: Tensor) -> tuple[list[dict[str, Any]], dict[str, AffineProbes]]:
+                   test_tokens: Tensor, seconds: dict[str, Any]
+                   ) -> tuple[list[dict[str, Any]], dict[str, AffineProbes]]:
     """Baselines, then every method's probes fitted and scored.
 
     Returns one row per (layer, offset, method), and the fitted probes by the directory name each is saved
-    under (``method``, ``method_control``).
+    under (``method``, ``method_control``); ``seconds`` gets the time of every method's fit and scoring.
     """
     fit, val, test = examples
     model, space, config, seed = plan.model, plan.space, plan.config, plan.seed
@@ -424,11 +471,15 @@ def _fit_and_score(plan: SweepPlan, methods: list[ProbeMethod], examples: tuple[
     coverage = space.coverage(future_labels(test_tokens, plan.offsets))
     rows, saved = [], {}
     for method in methods:
+        start = _clock(plan.device)
         probes, control = method.fit(plan, training)
         if not method.has_control:
             control = None
-        scores = score_probes(probes, control, test, controls, space, n_test_sequences, config.eval_batch_size,
+        fitted_at = _clock(plan.device)
+        scores = score_probes(probes, control, test, controls, space, n_test_sequences, _score_chunk(plan, probes),
                               config.n_resamples, seed)
+        seconds.setdefault("fit", {})[method.name] = fitted_at - start
+        seconds.setdefault("score", {})[method.name] = _clock(plan.device) - fitted_at
         for fitted, suffix in ((probes, ""), (control, "_control")):
             if fitted is not None:
                 fitted.meta.update(model_name=plan.name, hook=RESID, seed=seed)

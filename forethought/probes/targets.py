@@ -32,6 +32,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor
 
@@ -164,6 +165,32 @@ class LabelSpace:
         other = torch.logsumexp(logits[..., rest], dim=-1, keepdim=True) if rest.any() else \
             torch.full_like(logits[..., :1], float("-inf"))
         return torch.cat([logits[..., kept], other], dim=-1)
+
+    def nll(self, logits: Float[Tensor, "... d_vocab"], labels: Int[Tensor, "..."]) -> Float[Tensor, "..."]:
+        """``−log p(label)`` under vocabulary ``logits``: the cross-entropy of :meth:`project_logits` and ``labels``.
+
+        Computed without building the class logits: the label's token under the vocabulary's log-softmax, and for
+        ``"other"`` the log of the pooled tokens' summed probabilities (a matrix-vector product; a sum of positive
+        terms, so no cancellation), several times faster than projecting on a CPU.
+
+        Example:
+            >>> import torch.nn.functional as F
+            >>> space = LabelSpace(d_vocab=6, token_ids=(4, 1))
+            >>> logits, labels = torch.randn(5, 6), torch.tensor([0, 1, 2, 2, 0])
+            >>> torch.allclose(space.nll(logits, labels), F.cross_entropy(space.project_logits(logits), labels,
+            ...                                                           reduction="none"))
+            True
+        """
+        log_p = F.log_softmax(logits, dim=-1)
+        labels = labels.to(logits.device).long()
+        if self.token_ids is None:
+            return -log_p.gather(-1, labels[..., None]).squeeze(-1)
+        kept = torch.tensor(self.token_ids, dtype=torch.long, device=logits.device)
+        token = kept[labels.clamp(max=len(kept) - 1)]  # "other" picks any kept token here; replaced below
+        picked = log_p.gather(-1, token[..., None]).squeeze(-1)
+        pooled = torch.ones(self.d_vocab, dtype=logits.dtype, device=logits.device).index_fill_(0, kept, 0.0)
+        other = (log_p.exp() @ pooled).clamp(min=torch.finfo(logits.dtype).tiny).log()
+        return -torch.where(labels == self.other, other, picked)
 
     @property
     def n_pooled(self) -> int:

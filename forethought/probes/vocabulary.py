@@ -86,12 +86,12 @@ def probe_axes(
 
 
 def split_held_out(
-    features: Tensor,
-    targets: Tensor,
-    val_features: Tensor | None,
-    val_targets: Tensor | None,
+    features: Tensor | FeatureStore,
+    targets: Tensor | FeatureStore,
+    val_features: Tensor | FeatureStore | None,
+    val_targets: Tensor | FeatureStore | None,
     config: MinibatchFitConfig,
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+) -> tuple[Any, Any, Any, Any]:
     """``(features, targets, val_features, val_targets)``, with the held-out split given or split off.
 
     The held-out split is the one given, else a seeded ``config.val_fraction`` of the training examples (axis 1
@@ -99,6 +99,9 @@ def split_held_out(
     """
     if val_features is not None and val_targets is not None:
         return features, targets, val_features, val_targets
+    if isinstance(features, FeatureStore) or isinstance(targets, FeatureStore):
+        raise InvalidArgumentError("examples on disk (a FeatureStore) need an explicit held-out split; pass the "
+                                   "held-out features and targets too")
     n = features.shape[1]
     if n < 2:
         raise DataError(f"{n} example(s) cannot be split into training and held-out parts; need at least 2")
@@ -146,9 +149,6 @@ def fit_vocab_probes(
     stored_on = features.device if isinstance(features, Tensor) else torch.device("cpu")
     device = torch.device(config.device) if config.device is not None else stored_on
 
-    if isinstance(features, FeatureStore) and (val_features is None or val_labels is None):
-        raise InvalidArgumentError("features on disk (a FeatureStore) need an explicit held-out split; pass "
-                                   "val_features and val_labels")
     features, labels, val_features, val_labels = split_held_out(features, labels, val_features, val_labels, config)
     check_features(val_features, val_labels, "held-out")
 
