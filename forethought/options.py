@@ -8,14 +8,10 @@ Example:
     ('strict', 'cutgrad')
 """
 
-from forethought.errors import InvalidArgumentError
-
 #: Myopic gradient modes (see :func:`forethought.myopic_training.myopic`).
 MODES = ("strict", "cutgrad")
 #: How a position sees the past when it is ablated (see :func:`forethought.attention.ablate_past`).
 ABLATIONS = ("self", "zero", "mean")
-#: Training regimes (see :mod:`forethought.myopic_training.regimes`).
-REGIMES = ("vanilla", "myopic", "local-myopic", "bigram")
 #: Where to train or run: accelerate's choice, or a named device.
 DEVICES = ("auto", "cpu", "cuda", "mps")
 #: Mixed precision for training.
@@ -23,8 +19,3 @@ MIXED_PRECISION = ("auto", "no", "bf16")
 #: Probe methods of a sweep (see :func:`forethought.probes.probe_sweep`).
 METHODS = ("vocab", "logistic", "future_lens", "ridge")
 
-
-def check_regime(regime: str) -> None:
-    """Raise :class:`~forethought.errors.InvalidArgumentError` unless ``regime`` is one of :data:`REGIMES`."""
-    if regime not in REGIMES:
-        raise InvalidArgumentError(f"regime={regime!r} is unknown; choose one of {', '.join(REGIMES)}")

@@ -22,7 +22,8 @@ from forethought.config import MYOPIC_MODES, SYNTHETIC_PRESETS, SyntheticConfig,
 from forethought.experiments.common import DATA_TYPES, add_scoring_data_arguments
 from forethought.experiments.config_cli import add_dataclass_arguments, number_type
 from forethought.experiments.presets import DATA_FIELDS, PRESETS, Preset
-from forethought.options import DEVICES, METHODS, MIXED_PRECISION, MODES, REGIMES
+from forethought.options import DEVICES, METHODS, MIXED_PRECISION, MODES
+from forethought.regimes import REGIMES
 
 #: Allowed values of TrainConfig's string fields.
 TRAIN_CHOICES = {"regime": REGIMES, "device": DEVICES, "mixed_precision": MIXED_PRECISION}

@@ -66,11 +66,9 @@ from forethought.probes.sweep import (
     probe_sweep,
     seed_spread,
 )
+from forethought.regimes import REGIMES, is_probed
 from forethought.reporting import check_out_dir, prepare_out_dir, provenance, save_figure, write_csv, write_json
 from forethought.runs import load_run
-
-NOT_PROBED = ("bigram", "local-myopic")  # their forward is not the plain one a probe reads
-
 
 #: The settings a refusal may name -> the options a user types for them.
 OPTIONS = {"device": "--device", "layer": "--layers", "layers": "--layers", "offset": "--offsets",
@@ -114,11 +112,11 @@ def _run(args: argparse.Namespace) -> int:
 
     if args.run:
         loaded = load_run(args.run, device=args.device)
-        trained = {name: entry for name, entry in loaded.trained.items() if entry.get("trained_as") not in NOT_PROBED}
+        trained = {name: entry for name, entry in loaded.trained.items() if is_probed(entry.get("trained_as"))}
         models = {name: loaded.models[name] for name in trained}
         if not models:
-            raise InvalidArgumentError(f"--run {args.run!r} holds no model to probe (bigram and local-myopic models "
-                                       "are not probed)")
+            unprobed = " and ".join(name for name, regime in REGIMES.items() if not regime.probed)
+            raise InvalidArgumentError(f"--run {args.run!r} holds no model to probe ({unprobed} models are not probed)")
         sources = {name: str(loaded.directory / entry["path"]) for name, entry in trained.items()}
         splits = loaded.splits
     else:

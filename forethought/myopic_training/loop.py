@@ -1,11 +1,12 @@
 """One training loop: a model, a batch source and a loss function, in vanilla, myopic or another regime.
 
-:func:`run_training` reads top to bottom: take the step's batch, forward in the regime's context (myopic gradients
-for ``"myopic"``, see :func:`training_context`), check the loss is finite, backward, clip, AdamW step, warmup +
-cosine schedule, evaluate every ``eval_every`` steps, checkpoint every ``checkpoint_every`` steps. It runs on HF
-``accelerate``: a CPU, one GPU (bf16 autocast) or several under ``accelerate launch`` (DDP; ``batch_size`` is the
-global batch, split across processes). Language modelling (:func:`~forethought.myopic_training.train`) and the
-synthetic pre-caching study (:func:`forethought.synthetic.train_regime`) are both this loop.
+:func:`run_training` reads top to bottom: take the step's batch, forward in the regime's training context (myopic
+gradients for ``"myopic"``, see :meth:`forethought.regimes.Regime.training_context`), check the loss is finite,
+backward, clip, AdamW step, warmup + cosine schedule, evaluate every ``eval_every`` steps, checkpoint every
+``checkpoint_every`` steps. It runs on HF ``accelerate``: a CPU, one GPU (bf16 autocast) or several under ``accelerate
+launch`` (DDP; ``batch_size`` is the global batch, split across processes). Language modelling
+(:func:`~forethought.myopic_training.train`) and the synthetic pre-caching study
+(:func:`forethought.synthetic.train_regime`) are both this loop.
 
 * **Dropout is off**: the model is kept in eval mode while it trains (myopic gradients cannot be computed exactly
   through attention dropout, and regimes should differ only in their gradients).
@@ -36,7 +37,6 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -49,9 +49,9 @@ from forethought.errors import InvalidArgumentError, NumericalError
 from forethought.myopic_training.batches import BatchSource
 from forethought.myopic_training.checkpoints import load_checkpoint, save_checkpoint, seed_everything
 from forethought.myopic_training.config import TrainConfig
-from forethought.myopic_training.hooks import myopic
-from forethought.myopic_training.regimes import RegimeModel, forward_context
+from forethought.myopic_training.regimes import RegimeModel
 from forethought.myopic_training.runtime import JsonLinesLog, StopOnSignal, make_accelerator
+from forethought.regimes import get_regime
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
@@ -164,6 +164,7 @@ def run_training(
         raise InvalidArgumentError(f"batch_size={config.batch_size} is not divisible by the "
                                    f"{accelerator.num_processes} processes")
     seed_everything(config.seed)
+    regime = get_regime(config.regime)
     model.eval()  # dropout off in every regime (see module docstring)
     groups = parameter_groups(model, config.weight_decay, every_parameter=config.weight_decay_all)
     optimizer = torch.optim.AdamW(groups, lr=config.lr, betas=config.adam_betas)
@@ -195,7 +196,7 @@ def run_training(
     with StopOnSignal() as stop, bar:
         while step < config.steps:
             batch = batches.batch(step, accelerator.device, accelerator.process_index, accelerator.num_processes)
-            with accelerator.autocast(), training_context(config, bridge, past_model):
+            with accelerator.autocast(), regime.training_context(bridge, config, past_model):
                 loss = loss_fn(wrapped, batch)
             mean_loss = accelerator.reduce(loss.detach().float(), reduction="mean").item()
             if not math.isfinite(mean_loss):
@@ -233,14 +234,6 @@ def run_training(
                 raise TrainingInterrupted(step, checkpoint)
     return TrainResult(model=model, config=config, history=history, past_model=past_model, start_step=start_step,
                        seconds=seconds + time.perf_counter() - started)
-
-
-def training_context(config: TrainConfig, model: TransformerBridge,
-                     past_model: TransformerBridge | None = None) -> AbstractContextManager:
-    """The context of a training forward: myopic gradients for ``"myopic"``, else the regime's forward."""
-    if config.regime == "myopic":
-        return myopic(model, mode=config.mode, beta=config.beta)
-    return forward_context(config.regime, model, past_model)
 
 
 def warmup_cosine_schedule(optimizer: torch.optim.Optimizer, steps: int, warmup_steps: int,

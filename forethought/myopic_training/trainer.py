@@ -1,4 +1,4 @@
-"""The trainer: vanilla, myopic, local-myopic and transformer-bigram training of a ``TransformerBridge``.
+"""The trainer: a ``TransformerBridge`` trained in any regime (:mod:`forethought.regimes`) on token sequences.
 
 :func:`train` runs the shared training loop (:func:`~forethought.myopic_training.loop.run_training`: batch,
 forward in the regime's context, NaN guard, backward, clip, AdamW, warmup + cosine schedule, checkpoints) on token
@@ -58,19 +58,18 @@ from forethought.myopic_training.loop import (
     TrainingInterrupted,
     TrainResult,
     run_training,
-    training_context,
     warmup_cosine_schedule,
 )
-from forethought.myopic_training.regimes import RegimeModel, forward_context
+from forethought.myopic_training.regimes import RegimeModel
 from forethought.myopic_training.runtime import check_device
+from forethought.regimes import get_regime
 from forethought.reporting import prepare_out_dir
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
 
 __all__ = ["CHECKPOINT", "LOG", "MODEL_DIR", "PAST_MODEL_DIR", "BatchOrder", "TrainConfig", "TrainResult",
-           "TrainingInterrupted", "check_device", "read_checkpoint", "train", "training_context",
-           "warmup_cosine_schedule"]
+           "TrainingInterrupted", "check_device", "read_checkpoint", "train", "warmup_cosine_schedule"]
 
 CHECKPOINT = "checkpoint.pt"
 LOG = "log.jsonl"
@@ -172,14 +171,14 @@ def _leaves_parameters_unused(config: TrainConfig, model: TransformerBridge,
     """
     parameters = [p for p in model.parameters() if p.requires_grad]
     tokens = torch.zeros(1, 2, dtype=torch.long, device=parameters[0].device)
-    with training_context(config, model, past_model):
+    with get_regime(config.regime).training_context(model, config, past_model):
         loss = model(tokens, return_type="loss")
     return any(grad is None for grad in torch.autograd.grad(loss, parameters, allow_unused=True))
 
 
 def _frozen_past_model(config: TrainConfig, model: TransformerBridge,
                        past_model: TransformerBridge | None) -> Any:
-    if config.regime != "local-myopic":
+    if not get_regime(config.regime).needs_past_model:
         return None
     past = copy_model(model) if past_model is None else past_model
     return past.eval().requires_grad_(False)
@@ -207,7 +206,7 @@ def _gradient_split(accelerator: Any, config: TrainConfig, model: TransformerBri
     Every process computes it on the same sequences.
     """
     def loss_fn(bridge: Any, batch: Tensor) -> Tensor:
-        with accelerator.autocast(), forward_context(config.regime, bridge, past_model):
+        with accelerator.autocast(), get_regime(config.regime).forward_context(bridge, past_model):
             return bridge(batch, return_type="loss")
 
     tokens = tokens[: config.gradient_split_batches * config.batch_size]
