@@ -126,7 +126,7 @@ def _run(args: argparse.Namespace) -> int:
         splits, trained = model_data(sources, models, args, options)
     check_probe_inputs(models, layers, offsets, splits.seq_len, splits)
     world = current_world()  # under torchrun / accelerate launch each process probes some depths; process 0 writes
-    if world is None or world.is_main:
+    if world is None or world.is_main_process:
         prepare_out_dir(out)
     start = time.perf_counter()
     tables = [probe_sweep(models, splits, layers=layers, offsets=offsets, method=methods, seed=seed,
@@ -135,7 +135,7 @@ def _run(args: argparse.Namespace) -> int:
                           if args.save_probes else None, stream=stream, progress=args.progress).to_frame()
               for seed in seeds]
     seconds = time.perf_counter() - start
-    if world is not None and not world.is_main:
+    if world is not None and not world.is_main_process:
         return 0
     table = pd.concat(tables, ignore_index=True)
     files = ["probes.csv", "probe_top1.png", "probe_gain.png", "report.json"]

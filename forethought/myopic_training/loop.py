@@ -42,15 +42,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+from accelerate.utils import set_seed
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from forethought.errors import InvalidArgumentError, NumericalError
 from forethought.myopic_training.batches import BatchSource
-from forethought.myopic_training.checkpoints import load_checkpoint, save_checkpoint, seed_everything
+from forethought.myopic_training.checkpoints import load_checkpoint, save_checkpoint
 from forethought.myopic_training.config import TrainConfig
 from forethought.myopic_training.regimes import RegimeModel
-from forethought.myopic_training.runtime import JsonLinesLog, StopOnSignal, make_accelerator
+from forethought.myopic_training.runtime import JsonLinesLog, Runtime, StopOnSignal, make_runtime
 from forethought.regimes import get_regime
 
 if TYPE_CHECKING:
@@ -58,8 +59,8 @@ if TYPE_CHECKING:
 
 #: ``loss_fn(model, batch)``: the scalar training loss of one batch (``model`` may be wrapped for DDP).
 LossFn = Callable[[nn.Module, Any], Tensor]
-#: ``evaluate(accelerator, model, step)``: entries added to the log record at evaluation steps.
-EvaluateFn = Callable[[Any, nn.Module, int], dict[str, Any]]
+#: ``evaluate(runtime, model, step)``: entries added to the log record at evaluation steps.
+EvaluateFn = Callable[[Runtime, nn.Module, int], dict[str, Any]]
 
 
 @dataclass
@@ -141,8 +142,8 @@ def run_training(
         loss_fn: ``loss_fn(model, batch)``, the scalar loss; it runs inside the regime's context.
         bridge: the ``TransformerBridge`` inside ``model`` that the regime acts on (default: ``model`` itself).
         past_model: the frozen model that supplies the past in the ``"local-myopic"`` regime.
-        evaluate: ``evaluate(accelerator, model, step)`` returns entries for the log record (e.g. ``eval_loss``)
-            every ``eval_every`` steps and at the last step.
+        evaluate: ``evaluate(runtime, model, step)`` returns entries for the log record (e.g. ``eval_loss``) every
+            ``eval_every`` steps and at the last step (``runtime``: a :class:`~.runtime.Runtime`).
         settings: what a resumed run must share with the checkpoint (default: ``config.curve_settings()``).
         checkpoint: the checkpoint file (``None``: none is written or read).
         log: a JSON-lines log file, one record per step (``None``: none).
@@ -159,11 +160,12 @@ def run_training(
     checkpoint = Path(checkpoint) if checkpoint is not None else None
     settings = config.curve_settings() if settings is None else settings
     bridge = model if bridge is None else bridge
-    accelerator = make_accelerator(config.device, config.mixed_precision)
+    runtime = make_runtime(config.device, config.mixed_precision)
+    accelerator, device = runtime.accelerator, runtime.device
     if config.batch_size % accelerator.num_processes:
         raise InvalidArgumentError(f"batch_size={config.batch_size} is not divisible by the "
                                    f"{accelerator.num_processes} processes")
-    seed_everything(config.seed)
+    set_seed(config.seed)
     regime = get_regime(config.regime)
     model.eval()  # dropout off in every regime (see module docstring)
     groups = parameter_groups(model, config.weight_decay, every_parameter=config.weight_decay_all)
@@ -171,11 +173,11 @@ def run_training(
     scheduler = warmup_cosine_schedule(optimizer, config.steps, config.warmup_steps, config.min_lr_ratio)
     for module in (model, past_model):
         if module is not None:
-            _move(module, accelerator.device)
+            _move(module, device)
     if accelerator.num_processes > 1 and accelerator.ddp_handler is not None and find_unused_parameters is not None:
         accelerator.ddp_handler.find_unused_parameters = find_unused_parameters()  # DDP searches only where needed
     wrapped, optimizer = accelerator.prepare(model, optimizer, device_placement=[False, False])
-    # without accelerate's mixed-precision wrapper on forward: steps run under accelerator.autocast() below, and the
+    # without accelerate's mixed-precision wrapper on forward: steps run under runtime.autocast() below, and the
     # model the run returns (and evaluates) computes in its own precision, as it will once saved and loaded
     model = accelerator.unwrap_model(wrapped, keep_fp32_wrapper=False)
 
@@ -195,8 +197,8 @@ def run_training(
     started = time.perf_counter()
     with StopOnSignal() as stop, bar:
         while step < config.steps:
-            batch = batches.batch(step, accelerator.device, accelerator.process_index, accelerator.num_processes)
-            with accelerator.autocast(), regime.training_context(bridge, config, past_model):
+            batch = batches.batch(step, device, accelerator.process_index, accelerator.num_processes)
+            with runtime.autocast(), regime.training_context(bridge, config, past_model):
                 loss = loss_fn(wrapped, batch)
             mean_loss = accelerator.reduce(loss.detach().float(), reduction="mean").item()
             if not math.isfinite(mean_loss):
@@ -214,7 +216,7 @@ def run_training(
 
             record = {"step": step, "loss": mean_loss, "lr": lr, "grad_norm": grad_norm}
             if evaluate is not None and (step % config.eval_every == 0 or step == config.steps):
-                record.update(evaluate(accelerator, model, step))
+                record.update(evaluate(runtime, model, step))
             history.append(record)
             if log_file is not None:
                 log_file.append(record)
