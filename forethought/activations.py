@@ -15,7 +15,7 @@ the whole result; each other process returns only the sequences it computed (``a
 ``acts.meta["sequences"] == [start, stop)`` say which; no tensors when it had no batch), so no process holds more
 than one copy. A failure on any process raises on every process and leaves ``out_dir`` untouched.
 ``split_between_processes=False`` makes every process compute everything, as a lone process does. In a single
-process nothing of this runs (and ``accelerate`` is not imported).
+process nothing of this runs.
 
 Example:
     >>> import torch
@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+from accelerate.utils import broadcast_object_list, gather_object
 from jaxtyping import Float, Int
 from safetensors import safe_open
 from safetensors.torch import save_file
@@ -252,8 +253,6 @@ def _collect_split(
     out_dir: str | os.PathLike | None,
 ) -> Activations:
     """``collect_activations`` with the batches split between the processes of ``world`` (a ``PartialState``)."""
-    from accelerate.utils import gather_object
-
     _check_same_call(tokens, batch_size, plan, meta, out_dir)
     with world.split_between_processes(list(range(meta["n_shards"]))) as batches:
         first = batches[0] if batches else meta["n_shards"]  # a process without batches starts past the end
@@ -305,8 +304,6 @@ def _write_split(world: Any, out_dir: str | os.PathLike, write: Callable[[Path],
     written (a collective), process 0 writes the meta file and renames the directory into place, once; the
     others wait for that before returning. A failure anywhere leaves ``out_dir`` as it was on every process.
     """
-    from accelerate.utils import broadcast_object_list
-
     if not world.is_main_process:
         path = broadcast_object_list([None])[0]
         if path is None:
@@ -350,8 +347,6 @@ def _attempt(work: Callable[[], None]) -> Exception | None:
 
 def _first_failure(failed: bool) -> int | None:
     """A collective: every process passes whether it ``failed``; the lowest rank that did, or None."""
-    from accelerate.utils import gather_object
-
     return next((rank for rank, flag in enumerate(gather_object([failed])) if flag), None)
 
 
@@ -366,8 +361,6 @@ def _all_or_none(error: Exception | None, doing: str) -> None:
 
 def _check_same_call(tokens: Tensor, batch_size: int, plan: dict, meta: dict, out_dir: Any) -> None:
     """Refuse (on every process) when processes pass different tokens, batch sizes or hooks."""
-    from accelerate.utils import gather_object
-
     flat = tokens.reshape(-1).long()
     checksum = int((flat * torch.arange(1, flat.numel() + 1, device=flat.device)).sum()) if flat.numel() else 0
     setup = zlib.crc32(json.dumps([plan, meta["dtype"], out_dir is None]).encode())

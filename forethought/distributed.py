@@ -1,7 +1,7 @@
 """The processes of a multi-process run (``torchrun``, ``accelerate launch``), through accelerate.
 
 :func:`current_world` is accelerate's ``PartialState`` when several processes run, and ``None`` in an ordinary
-single process, where nothing is imported or set up (one environment variable is read). Work is split with
+single process, where nothing is set up (one environment variable is read). Work is split with
 ``PartialState.split_between_processes``; small things travel with accelerate's ``gather_object`` and
 ``broadcast_object_list``. Only what accelerate lacks is here: moving large things to process 0 *alone*
 (:func:`gather_to_main`, :func:`send_to_main`, :func:`receive_into`), and taking the process group down before
@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from accelerate import PartialState
 
 from forethought.errors import DistributedError
 
@@ -28,7 +29,7 @@ _GLOO_GROUPS: dict[int, Any] = {}  # id of the default group -> the gloo group m
 
 
 def current_world() -> Any:
-    """The ``accelerate.PartialState`` when several processes run, else ``None`` (nothing is imported then).
+    """The ``accelerate.PartialState`` when several processes run, else ``None`` (nothing is set up then).
 
     Under ``torchrun`` or ``accelerate launch`` without a process group yet, ``PartialState`` sets one up (gloo on
     a machine without CUDA, NCCL with it), as ``Accelerator`` would, and forethought takes it down at exit.
@@ -36,8 +37,6 @@ def current_world() -> Any:
     initialised = dist.is_available() and dist.is_initialized()
     if not initialised and int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return None
-    from accelerate import PartialState
-
     state = PartialState(cpu=not torch.cuda.is_available())
     if not dist.is_initialized():
         raise DistributedError(f"WORLD_SIZE={os.environ.get('WORLD_SIZE')} but no process group could be set up; "

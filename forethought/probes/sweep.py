@@ -81,6 +81,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 import torch
+from accelerate.utils import gather_object
 from jaxtyping import Int
 from torch import Tensor
 from tqdm.auto import tqdm
@@ -198,8 +199,6 @@ def probe_sweep(
         overall.update(len(methods))
     overall.close()
     if world is not None:
-        from accelerate.utils import gather_object  # accelerate is imported only where processes run
-
         rows = sorted(gather_object(rows), key=_row_order(models, names))  # every process's rows, on every process
     intervals = paired_intervals(rows, reference, config.n_resamples, seed)
     table = add_gains(pd.DataFrame([{k: v for k, v in row.items() if k != SEQUENCE_HITS} for row in rows],
