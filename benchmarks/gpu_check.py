@@ -226,6 +226,30 @@ def _step_row(model, optimizer, tokens, mode: str, autocast, repeats: int,
     return row
 
 
+def _kernel_profile(steps: dict[str, tuple], tokens, mode: str, autocast, top: int = 12) -> dict[str, Any]:
+    """Per step kind: device time in all, and the ``top`` kernels by device time (ms), from ``torch.profiler``."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    kinds: dict[str, Any] = {}
+    for name, (step, step_model, step_optimizer) in steps.items():
+        with profile(activities=activities) as prof:
+            _timed_step(step, step_model, step_optimizer, tokens, mode, autocast)
+        averages = prof.key_averages()
+        events = [event for event in averages if event.self_device_time_total > 0]
+        if events:  # kernels, by their time on the device
+            time_of = lambda event: event.self_device_time_total  # noqa: E731
+        else:  # on a CPU: operators, by their own CPU time
+            events, time_of = list(averages), lambda event: event.self_cpu_time_total  # noqa: E731
+        events.sort(key=time_of, reverse=True)
+        kinds[name] = {"device_ms": sum(time_of(e) for e in events) / 1e3,
+                       "kernels": sum(e.count for e in events),
+                       "top": [{"name": e.key[:90], "ms": round(time_of(e) / 1e3, 3), "calls": e.count}
+                               for e in events[:top]]}
+    return kinds
+
+
 def myopic_step_ratios(smoke: bool, budget: float, emit: Emit) -> None:
     """Myopic / vanilla step time and peak memory for each shape and myopic mode."""
     import torch
@@ -276,6 +300,14 @@ def myopic_step_ratios(smoke: bool, budget: float, emit: Emit) -> None:
                     row["error"] = f"OutOfMemoryError: {str(error).splitlines()[0]}"
                     optimizer.zero_grad(set_to_none=True)
                 result["rows"].append(row)
+                emit(result)
+            if time.perf_counter() - start < 0.5 * budget:  # where the time of a step goes, kernel by kernel
+                sys.path.insert(0, str(BENCHMARKS))
+                from myopic_step import hf_step, myopic_step, vanilla_step
+
+                steps = {"hf_sdpa": (hf_step, *hf), "vanilla": (vanilla_step, model, optimizer),
+                         "myopic": (myopic_step, model, optimizer)}
+                result["shapes"][name]["kernel_profile"] = _kernel_profile(steps, tokens, "strict", autocast)
                 emit(result)
         except Exception as error:  # one shape's failure must not lose the other's figures
             result["shapes"].setdefault(name, dict(shape))["error"] = f"{type(error).__name__}: {error}"

@@ -25,7 +25,7 @@
 #     --total-seconds N  wall-clock cap of the whole script (default 510); the parts share what the install leaves
 # Environment: PYTHON (default: the first of python3, python that imports torch), GPU_CHECK_WHEELS (the wheels'
 # folder, default benchmarks/gpu_wheels), GPU_CHECK_SITE (where they are installed, default
-# /tmp/forethought-gpu-site).
+# /tmp/forethought-gpu-site), GPU_CHECK_TESTS (pytest node ids or files: the suite part runs only these).
 #
 # The install: every wheel in benchmarks/gpu_wheels goes, without dependency resolution, into a folder put first
 # on PYTHONPATH (`pip install --no-index --no-deps --target`), above the machine's own packages; torch and

@@ -4,8 +4,8 @@
   machine's cores with ``pytest-xdist`` where it is installed, a per-test timeout with ``pytest-timeout`` where it is
   installed, and a JUnit XML report from which the counts and the failing tests come (not the console). Near the
   part's time cap pytest is interrupted (SIGINT), so that it still writes the report of the tests finished by then.
-* ``commands``: each ``forethought`` command (:data:`forethought.cli.COMMANDS`) in its own process, at smoke size,
-  with ``--device cuda``: exit code, seconds and the last error line of each.
+* ``commands``: each ``forethought`` command (:data:`forethought.experiments.commands.COMMANDS`) in its own process,
+  at smoke size, with ``--device cuda``: exit code, seconds and the last error line of each.
 
 Both write a text file beside the JSON (``suite_failures.txt``, ``commands.log``) with the full error output.
 """
@@ -132,10 +132,11 @@ def parse_junit(path: Path, root: Path = ROOT) -> dict[str, Any]:
             "slowest": [{"test": test, "seconds": round(seconds, 1)} for seconds, test in durations[:10]]}
 
 
-def suite_command(smoke: bool, junit: Path, workers: int, timeout: int | None, notebooks: bool) -> list[str]:
-    """The pytest command line of the suite part."""
+def suite_command(smoke: bool, junit: Path, workers: int, timeout: int | None, notebooks: bool,
+                  tests: list[str] | None = None) -> list[str]:
+    """The pytest command line of the suite part; ``tests`` (pytest node ids) replace the whole suite."""
     command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", f"--junitxml={junit}",
-               "-o", "junit_family=xunit2", *SUITE_ARGS[smoke]]
+               "-o", "junit_family=xunit2", *(tests or SUITE_ARGS[smoke])]
     if not _importable("nbformat"):  # the static notebook checks need it; the notebooks are not run either then
         command.append("--ignore=tests/test_notebooks.py")
     if notebooks:
@@ -148,15 +149,20 @@ def suite_command(smoke: bool, junit: Path, workers: int, timeout: int | None, n
 
 
 def suite(smoke: bool, budget: float, emit: Emit, out_dir: Path) -> None:
-    """The suite on the device (``FORETHOUGHT_TEST_DEVICE``), counted from its JUnit report."""
+    """The suite on the device (``FORETHOUGHT_TEST_DEVICE``), counted from its JUnit report.
+
+    ``GPU_CHECK_TESTS`` (pytest node ids or files, space-separated) runs those instead of the whole suite, without
+    the notebooks: a rerun of what failed.
+    """
     import torch
 
+    tests = os.environ.get("GPU_CHECK_TESTS", "").split() or None
     start = time.monotonic()
     device = "cuda" if torch.cuda.is_available() and not smoke else "cpu"
     cores = os.cpu_count() or 1
     workers = min(cores, 16) if _importable("xdist") and cores > 2 else 1
     timeout = TEST_TIMEOUT[smoke] if _importable("pytest_timeout") else None
-    notebooks = not smoke and _importable("nbmake")
+    notebooks = not smoke and not tests and _importable("nbmake")
     result: dict[str, Any] = {
         "device": device, "workers": workers, "per_test_timeout_s": timeout,
         "notebooks": "run (nbmake)" if notebooks else "skipped: " + (
@@ -166,7 +172,7 @@ def suite(smoke: bool, budget: float, emit: Emit, out_dir: Path) -> None:
     env["OMP_NUM_THREADS"] = str(max(1, cores // workers))
     with tempfile.TemporaryDirectory() as folder:
         junit = Path(folder) / "junit.xml"
-        command = suite_command(smoke, junit, workers, timeout, notebooks)
+        command = suite_command(smoke, junit, workers, timeout, notebooks, tests)
         result["command"] = shlex.join(["python", *command[1:]]).replace(str(junit), "JUNIT.xml")
         emit(result)
         log_path = Path(folder) / "pytest.log"
@@ -237,7 +243,7 @@ TINY_TRAIN = ["--dataset", "builtin", "--max-documents", "12", "--seq-len", "16"
 #: The data and probes of ``forethought probe-sweep`` (as in tests/test_cli_probe_sweep.py).
 TINY_SWEEP = ["--dataset", "builtin", "--seq-len", "24", "--max-sequences", "80", "--offsets", "0,1", "--top-k", "20",
               "--max-epochs", "3", "--no-progress"]
-PROBE_METHODS = ("vocab", "logistic", "future_lens", "ridge")
+PROBE_METHODS = ("vocab", "logistic", "future_lens", "ridge", "learned_prompt")
 PROMPT = "The cat sat on the mat because it was tired."
 
 

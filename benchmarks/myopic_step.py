@@ -278,7 +278,7 @@ def step_ratios(args) -> None:
 
 def paper_throughput(steps: int, scale: str) -> None:
     """Steps/s of the gpt2-paper preset's training settings on random tokens, vanilla and myopic."""
-    from forethought.experiments.myopia_gap import PRESETS
+    from forethought.experiments.presets import PRESETS
     from forethought.myopic_training import TrainConfig, train
 
     preset = PRESETS["gpt2-paper"]

@@ -4,8 +4,8 @@
 pre-caching study, with its :data:`SYNTHETIC_PRESETS`.
 
 Plain Python, importable without torch, so that the command line builds its options from these dataclasses at once
-(:mod:`forethought.experiments.config_cli`). They are also importable from where they are used:
-:mod:`forethought.myopic_training.config` and :mod:`forethought.synthetic.config`.
+(:mod:`forethought.experiments.commands`): each field is an option, its line in ``Attributes:`` the option's help.
+Fields marked :func:`not_an_option` are set by the command (``--seed``, ``--device``, ``--progress``, ``--out``).
 
 Example:
     >>> config = TrainConfig(regime="myopic", steps=10)
@@ -18,10 +18,17 @@ Example:
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any, Literal
 
-from forethought.errors import InvalidArgumentError, check_number, check_positive, check_probability, check_seed
+from forethought.errors import (
+    InvalidArgumentError,
+    check_choice,
+    check_number,
+    check_positive,
+    check_probability,
+    check_seed,
+)
 from forethought.options import DEVICES, MIXED_PRECISION, MODES
 from forethought.regimes import get_regime
 
@@ -29,8 +36,15 @@ if TYPE_CHECKING:
     from forethought.synthetic.model import RegressionModelConfig
     from forethought.synthetic.task import PrecacheTask
 
-#: Myopic gradient modes of the synthetic study (the same as the trainer's).
-MYOPIC_MODES = MODES
+
+def flag(default: bool) -> Any:
+    """A ``bool`` field whose options are ``--name`` and ``--no-name`` (as simple-parsing reads its metadata)."""
+    return field(default=default, metadata={"custom_args": {"negative_prefix": "--no-"}})
+
+
+def not_an_option(default: Any) -> Any:
+    """A field that has no option of its own: the command sets it (from ``--seed``, ``--device``, ...)."""
+    return field(default=default, metadata={"cmd": False})
 
 
 @dataclass
@@ -77,25 +91,24 @@ class TrainConfig:
     warmup_steps: int | None = None
     min_lr_ratio: float = 0.1
     weight_decay: float = 0.1
-    weight_decay_all: bool = False
+    weight_decay_all: bool = flag(False)
     adam_betas: tuple[float, float] = (0.9, 0.95)
     grad_clip: float | None = 1.0
     eval_every: int = 100
     eval_batches: int | None = None
     checkpoint_every: int = 100
-    seed: int = 0
-    out_dir: str | os.PathLike | None = None
-    resume: bool = False
+    seed: int = not_an_option(0)
+    out_dir: str | os.PathLike | None = not_an_option(None)
+    resume: bool = flag(False)
     mixed_precision: str = "auto"
-    device: str = "auto"
-    progress: bool = True
+    device: str = not_an_option("auto")
+    progress: bool = not_an_option(True)
     gradient_split_every: int | None = None
     gradient_split_batches: int = 4
 
     def __post_init__(self) -> None:
         get_regime(self.regime)
-        if self.mode not in MODES:
-            raise InvalidArgumentError(f"mode={self.mode!r} is unknown; choose one of {', '.join(MODES)}")
+        check_choice("mode", self.mode, MODES)
         check_number("beta", self.beta, low=0, high=1)
         for name in ("steps", "batch_size", "eval_every", "checkpoint_every"):
             check_positive(name, getattr(self, name), integer=True)
@@ -119,12 +132,8 @@ class TrainConfig:
                                                  and 0 <= b < 1 for b in self.adam_betas):
             raise InvalidArgumentError(f"adam_betas={self.adam_betas!r} is not allowed; expected two numbers in [0, 1)")
         check_seed("seed", self.seed)
-        if self.mixed_precision not in MIXED_PRECISION:
-            raise InvalidArgumentError(
-                f"mixed_precision={self.mixed_precision!r} is unknown; choose one of {', '.join(MIXED_PRECISION)}"
-            )
-        if self.device not in DEVICES:
-            raise InvalidArgumentError(f"device={self.device!r} is unknown; choose one of {', '.join(DEVICES)}")
+        check_choice("mixed_precision", self.mixed_precision, MIXED_PRECISION)
+        check_choice("device", self.device, DEVICES)
         check_positive("gradient_split_batches", self.gradient_split_batches, integer=True)
         if self.gradient_split_every is not None:
             check_positive("gradient_split_every", self.gradient_split_every, integer=True)
@@ -174,16 +183,15 @@ class SyntheticConfig:
         warmup_steps: linear warm-up steps.
         min_lr_ratio: the cosine decay ends at ``min_lr_ratio * lr``.
         huber_delta: the Huber loss threshold (training and evaluation).
-        myopic_mode: how myopic gradients treat the past, ``"strict"`` or ``"cutgrad"``
-            (:func:`~forethought.myopic_training.myopic`).
+        mode: myopic gradient mode, ``"strict"`` or ``"cutgrad"`` (:func:`~forethought.myopic_training.myopic`).
         eval_sequences: size of the fixed held-out set for the losses.
         probe_sequences: sequences whose residual streams train and test the probes.
         seed: model initialisation (shared by both regimes) and data streams.
     """
 
     k: int = 3
-    frequency: float = 8.0
-    p: float = 1.0
+    frequency: float = field(default=8.0, metadata={"alias": ["-F"]})
+    p: float = not_an_option(1.0)
     seq_len: int = 16
     n_layers: int = 2
     d_model: int = 64
@@ -198,10 +206,10 @@ class SyntheticConfig:
     warmup_steps: int = 100
     min_lr_ratio: float = 0.1
     huber_delta: float = 1.0
-    myopic_mode: str = "strict"
+    mode: Literal["strict", "cutgrad"] = "strict"
     eval_sequences: int = 1024
     probe_sequences: int = 512
-    seed: int = 0
+    seed: int = not_an_option(0)
 
     def __post_init__(self) -> None:
         check_positive("k", self.k, integer=True)  # the task's own checks, without building it (torch)
@@ -228,9 +236,18 @@ class SyntheticConfig:
             raise InvalidArgumentError(
                 f"warmup_steps={self.warmup_steps} is not allowed; expected 0 <= warmup_steps < steps={self.steps}"
             )
-        if self.myopic_mode not in MYOPIC_MODES:
-            raise InvalidArgumentError(f"myopic_mode={self.myopic_mode!r} is unknown; choose one of {MYOPIC_MODES}")
+        check_choice("mode", self.mode, MODES)
         check_number("weight_decay", self.weight_decay, low=0)
+
+    def with_steps(self, steps: int) -> SyntheticConfig:
+        """This config trained for ``steps`` steps, its warm-up shortened to a tenth of them if it was longer.
+
+        Example:
+            >>> SYNTHETIC_PRESETS["smoke"].with_steps(20).warmup_steps
+            2
+        """
+        check_positive("steps", steps, integer=True)
+        return replace(self, steps=steps, warmup_steps=min(self.warmup_steps, steps // 10))
 
     @property
     def max_lag(self) -> int:

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Iterable
+import re
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 
 
 class ForethoughtError(Exception):
@@ -164,3 +166,48 @@ def choices_text(options: Iterable[object], limit: int = 12) -> str:
     if len(shown) > limit:
         shown = shown[: limit // 2] + [f"... ({len(options) - limit} more)"] + shown[-limit // 2 :]
     return ", ".join(shown)
+
+
+def check_choice(name: str, value: object, choices: Iterable[object]) -> None:
+    """Raise :class:`InvalidArgumentError` unless ``value`` is one of ``choices``: the one "is unknown" check.
+
+    Example:
+        >>> check_choice("mode", "soft", ("strict", "cutgrad"))
+        Traceback (most recent call last):
+        ...
+        forethought.errors.InvalidArgumentError: mode='soft' is unknown; choose one of 'strict', 'cutgrad'
+    """
+    choices = list(choices)
+    if value not in choices:
+        raise InvalidArgumentError(f"{name}={value!r} is unknown; choose one of {choices_text(choices)}")
+
+
+def name_options(message: str, options: Mapping[str, str]) -> str:
+    """Prefix a message about settings (``"warmup_steps=5 ..."``) with the options a user types for them.
+
+    Example:
+        >>> name_options("d_model=30 is not divisible by n_heads=4", {"d_model": "--d-model", "n_heads": "--n-heads"})
+        '--d-model, --n-heads: d_model=30 is not divisible by n_heads=4'
+    """
+    if not options:
+        return message
+    pattern = re.compile(r"(?<![\w-])(" + "|".join(map(re.escape, sorted(options, key=len, reverse=True)))
+                         + r")(?==)")
+    named = list(dict.fromkeys(options[match.group(1)] for match in pattern.finditer(message)))
+    return f"{', '.join(named)}: {message}" if named else message
+
+
+@contextmanager
+def as_options(options: Mapping[str, str]) -> Iterator[None]:
+    """Re-raise a :class:`ForethoughtError` raised inside with the options it is about named (:func:`name_options`).
+
+    The command line runs every command inside this block, so that ``--warmup-steps 50`` is refused as
+    ``--warmup-steps: warmup_steps=50 is not allowed; ...``: the option the user typed, then the setting.
+    """
+    try:
+        yield
+    except ForethoughtError as error:
+        named = name_options(str(error), options)
+        if named == str(error):
+            raise
+        raise type(error)(named) from error

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from forethought.errors import CheckpointError, InvalidArgumentError, ModelNotAvailableError
+from forethought.errors import CheckpointError, InvalidArgumentError, ModelNotAvailableError, check_choice
 from forethought.reporting import atomic_directory
 
 if TYPE_CHECKING:  # transformer_lens is imported when a model is made: `import forethought.models` stays light
@@ -77,8 +77,9 @@ def tiny_model(
         tokenizer: optional tokenizer attached to the bridge.
         device: where to put it (default: left where it is built, the CPU).
         dtype: parameter dtype (default: torch's default dtype, float32).
-        attention: ``"sdpa"`` (forethought's fused attention kernel, see :mod:`forethought.attention.sdpa`;
-            eager whenever attention patterns are hooked) or ``"eager"`` (the bridge's own ``[T, T]`` softmax).
+        attention: ``"sdpa"`` (forethought's fused attention kernel, see :mod:`forethought.attention.sdpa`,
+            eager whenever attention patterns are hooked, and norms run by the wrapped modules while their inner
+            hooks are idle, :mod:`forethought.norms`) or ``"eager"`` (the bridge's own code throughout).
         prepend_bos: whether string prompts get a BOS token first (:func:`forethought.prompts.prepends_bos`).
             False, as forethought trains its models: on sequences cut from a stream, which start without one.
 
@@ -156,16 +157,18 @@ def forward_on_model_device(self: TransformerBridge, input: Any, *args: Any, **k
 
 
 def _with_attention(model: TransformerBridge, attention: str) -> TransformerBridge:
-    """The model, ready to use: inputs move to its device, and forethought's attention kernel when asked.
+    """The model, ready to use: inputs move to its device, and forethought's kernels when asked.
 
-    :func:`forward_on_model_device` always; the fused kernel when ``attention == "sdpa"``.
+    :func:`forward_on_model_device` always; the fused attention kernel and native norms when ``attention == "sdpa"``.
     """
     from forethought.attention.sdpa import install_sdpa
+    from forethought.norms import install_native_norms
 
     model.forward = types.MethodType(forward_on_model_device, model)
 
     if attention == "sdpa":
         install_sdpa(model)
+        install_native_norms(model)
     return model
 
 
@@ -207,8 +210,10 @@ def load_model(
         require_tokenizer: refuse a local ``save_pretrained`` directory without tokenizer files (unless
             ``tokenizer`` is given); ``False`` for work on token ids alone, such as benchmarks.
         attention: ``"sdpa"`` (default: forethought's fused attention kernel under the bridge, which falls back to
-            the bridge's eager attention whenever ``hook_pattern``/``hook_attn_scores`` are hooked; see
-            :mod:`forethought.attention.sdpa`) or ``"eager"`` (the bridge's own ``[T, T]`` softmax throughout).
+            the bridge's eager attention whenever ``hook_pattern``/``hook_attn_scores`` are hooked, see
+            :mod:`forethought.attention.sdpa`; and norms run by the wrapped modules while ``hook_scale`` and
+            ``hook_normalized`` are idle, see :mod:`forethought.norms`) or ``"eager"`` (the bridge's own code
+            throughout, the ``[T, T]`` softmax included).
 
     Raises:
         ModelNotAvailableError: the name is not a directory and cannot be fetched (e.g. offline).
@@ -501,8 +506,7 @@ def save_random_checkpoint(
     """
     import transformers
 
-    if family not in ALL_FAMILIES:
-        raise InvalidArgumentError(f"family={family!r} is unknown; choose one of {ALL_FAMILIES}")
+    check_choice("family", family, ALL_FAMILIES)
     vocab = len(tokenizer) if tokenizer is not None else (d_vocab or 256)
     common = {"vocab_size": vocab, "bos_token_id": 0, "eos_token_id": 0}
     head_dim = d_model // n_heads

@@ -17,5 +17,4 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 #: Mixed precision for training.
 MIXED_PRECISION = ("auto", "no", "bf16")
 #: Probe methods of a sweep (see :func:`forethought.probes.probe_sweep`).
-METHODS = ("vocab", "logistic", "future_lens", "ridge")
-
+METHODS = ("vocab", "logistic", "future_lens", "ridge", "learned_prompt")

@@ -32,7 +32,7 @@ Example:
     >>> get_regime("lazy")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    forethought.errors.InvalidArgumentError: regime='lazy' is unknown; choose one of vanilla, myopic, ...
+    forethought.errors.InvalidArgumentError: regime='lazy' is unknown; choose one of 'vanilla', 'myopic', ...
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
-from forethought.errors import InvalidArgumentError
+from forethought.errors import InvalidArgumentError, check_choice
 
 #: The name of the model's own forward (the ``forward`` a report records for a regime scored with it).
 PLAIN = "vanilla"
@@ -126,8 +126,7 @@ def register_regime(regime: Regime) -> Regime:
 
 def get_regime(name: str) -> Regime:
     """The registered regime called ``name``; :class:`~forethought.errors.InvalidArgumentError` if there is none."""
-    if name not in REGIMES:
-        raise InvalidArgumentError(f"regime={name!r} is unknown; choose one of {', '.join(REGIMES)}")
+    check_choice("regime", name, REGIMES)
     return REGIMES[name]
 
 

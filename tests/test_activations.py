@@ -45,7 +45,7 @@ def test_selected_layers_and_dtype(native_model):
     acts = collect_activations(native_model, tokens, hooks=["hook_resid_post"], layers=[1], dtype=torch.float16,
                                progress=False)
     assert acts.layers == [1] and acts[0].dtype == torch.float16
-    torch.testing.assert_close(acts.layer(1).float(), _cache(native_model, tokens)["blocks.1.hook_resid_post"],
+    torch.testing.assert_close(acts.layer(1).float(), _cache(native_model, tokens)["blocks.1.hook_resid_post"].cpu(),
                                atol=1e-2, rtol=1e-2)
 
 

@@ -1,5 +1,5 @@
-"""The CLI's options: derived from the config dataclasses, one name per idea, every default shown, and built
-without importing torch (``--help`` and argument errors answer at once)."""
+"""The CLI's options: one dataclass per command, one name per idea, every default shown, and built without
+importing torch (``--help`` and argument errors answer at once)."""
 
 from __future__ import annotations
 
@@ -11,11 +11,12 @@ import sys
 from typing import Literal
 
 import pytest
+from simple_parsing.docstring import get_attribute_docstring
 
-from forethought.cli import COMMANDS, build_parser
-from forethought.config import SYNTHETIC_PRESETS, SyntheticConfig, TrainConfig
-from forethought.experiments.config_cli import add_dataclass_arguments, dataclass_overrides, field_help
-from forethought.experiments.presets import DATA_FIELDS, PRESETS, Preset
+from forethought.cli import _command_parser, _with_defaults, build_parser
+from forethought.config import SYNTHETIC_PRESETS, SyntheticConfig, TrainConfig, flag, not_an_option
+from forethought.experiments.commands import COMMANDS, option_fields
+from forethought.experiments.presets import PRESETS, Data, Preset
 
 #: What each command needs besides the option under test, so that the error is about that option.
 REQUIRED = {
@@ -28,22 +29,26 @@ REQUIRED = {
     "gradient-split": ["--out", "o", "--model", "m"],
 }
 HEAVY = ("torch", "transformer_lens", "transformers", "sklearn", "matplotlib")
-#: Options that name one idea with a different ``dest``, because the config field is named differently.
-SAME_IDEA = {"myopic_mode": "mode"}
 
 
 def _subparser(command: str) -> argparse.ArgumentParser:
     parser = build_parser([command])
     commands = next(action for action in parser._actions if isinstance(action, argparse._SubParsersAction))
-    return commands.choices[command]
+    sub = commands.choices[command]
+    sub._preprocessing()  # simple-parsing adds the options when it first needs them
+    return sub
 
 
 def _options(command: str) -> list[argparse.Action]:
     return [action for action in _subparser(command)._actions if action.dest != "help"]
 
 
-def _parse(*argv: str) -> argparse.Namespace:
-    return build_parser(argv).parse_args(argv)
+def _field(action: argparse.Action) -> str:
+    return action.dest.rsplit(".", 1)[-1]
+
+
+def _parse(*argv: str):
+    return build_parser(argv).parse_args(argv).command
 
 
 def _in_subprocess(argv: list[str]) -> tuple[subprocess.CompletedProcess, list[str]]:
@@ -77,12 +82,10 @@ def test_help_imports_no_torch(command):
 
 @pytest.mark.parametrize("command", list(REQUIRED))
 def test_every_option_shows_its_default(command):
-    """An option shows its default unless it is required (alone or as one of a required group)."""
+    """An option shows its default unless it is required."""
     parser = _subparser(command)
-    in_required_group = {id(action) for group in parser._mutually_exclusive_groups if group.required
-                         for action in group._group_actions}
     for action in parser._actions:
-        if action.dest == "help" or action.required or id(action) in in_required_group:
+        if action.dest == "help" or action.required:
             continue
         assert "default" in parser.formatter_class("forethought")._get_help_string(action), action.option_strings
 
@@ -92,17 +95,19 @@ def test_one_name_per_idea_across_commands():
     dest_of: dict[str, set[str]] = {}
     for command in COMMANDS:
         for action in _options(command):
-            flags_of.setdefault(action.dest, set()).add(tuple(action.option_strings))
-            for flag in action.option_strings:
-                dest_of.setdefault(flag, set()).add(SAME_IDEA.get(action.dest, action.dest))
+            flags_of.setdefault(_field(action), set()).add(tuple(action.option_strings))
+            for flag_ in action.option_strings:
+                dest_of.setdefault(flag_, set()).add(_field(action))
     assert {dest: flags for dest, flags in flags_of.items() if len(flags) > 1} == {}
-    assert {flag: dests for flag, dests in dest_of.items() if len(dests) > 1} == {}
+    assert {flag_: dests for flag_, dests in dest_of.items() if len(dests) > 1} == {}
     assert "--test-fraction" not in dest_of and dest_of["--val-fraction"] == {"val_fraction"}
+    assert dest_of["--mode"] == {"mode"}  # the synthetic study and the trainer: one setting, one name
 
 
-@pytest.mark.parametrize("cls", [TrainConfig, SyntheticConfig, Preset])
+@pytest.mark.parametrize("cls", [TrainConfig, SyntheticConfig, Preset, Data, *COMMANDS.values()])
 def test_every_config_field_is_documented(cls):
-    assert set(field_help(cls)) == {f.name for f in dataclasses.fields(cls)}
+    for f in dataclasses.fields(cls):
+        assert get_attribute_docstring(cls, f.name).desc_from_cls_docstring, (cls.__name__, f.name)
 
 
 @pytest.mark.parametrize("command, cls, left_out", [
@@ -111,49 +116,49 @@ def test_every_config_field_is_documented(cls):
     ("synthetic", SyntheticConfig, set()),
 ])
 def test_config_fields_are_options(command, cls, left_out):
-    dests = {action.dest for action in _options(command)}
+    dests = {_field(action) for action in _options(command)}
     assert {f.name for f in dataclasses.fields(cls)} - dests == left_out
+    assert set(option_fields(COMMANDS[command])) == dests - {"help"}
 
 
 @pytest.mark.parametrize("command", ["train", "myopia-gap", "gradient-split", "probe-sweep", "compare"])
 def test_data_options_are_the_preset_fields(command):
-    dests = {action.dest for action in _options(command)}
+    dests = {_field(action) for action in _options(command)}
     scoring = {"dataset", "text_field", "seq_len", "max_sequences", "val_fraction"}
-    assert (scoring if command in ("probe-sweep", "compare") else set(DATA_FIELDS)) <= dests
+    assert (scoring if command in ("probe-sweep", "compare") else {f.name for f in dataclasses.fields(Data)}) <= dests
 
 
 def test_train_defaults_build_the_config_of_its_help():
-    args = _parse("train", "--out", "run")
-    assert TrainConfig(**dataclass_overrides(TrainConfig, args)) == TrainConfig(steps=500)
-    args = _parse("train", "--out", "run", "--adam-betas", "0.8", "0.9", "--no-progress", "--weight-decay-all",
-                  "--regime", "myopic", "--mode", "cutgrad", "--mixed-precision", "no", "--eval-batches", "2")
-    config = TrainConfig(**dataclass_overrides(TrainConfig, args))
-    assert config == TrainConfig(steps=500, adam_betas=(0.8, 0.9), progress=False, weight_decay_all=True,
-                                 regime="myopic", mode="cutgrad", mixed_precision="no", eval_batches=2)
+    assert _parse("train", "--out", "run").train_config() == TrainConfig(steps=500)
+    command = _parse("train", "--out", "run", "--adam-betas", "0.8", "0.9", "--no-progress", "--weight-decay-all",
+                     "--regime", "myopic", "--mode", "cutgrad", "--mixed-precision", "no", "--eval-batches", "2")
+    assert command.train_config() == TrainConfig(steps=500, adam_betas=(0.8, 0.9), progress=False,
+                                                 weight_decay_all=True, regime="myopic", mode="cutgrad",
+                                                 mixed_precision="no", eval_batches=2)
+    assert _parse("train", "--out", "run", "--steps", "30").train_config().warmup_steps == 3  # follows --steps
 
 
 def test_myopia_gap_options_override_the_preset():
-    from forethought.experiments.myopia_gap import preset_from_args
+    from forethought.experiments.myopia_gap import chosen_preset
 
-    args = _parse("myopia-gap", "--out", "o", "--preset", "smoke", "--seq-len", "8", "--val-fraction", "0.2",
-                  "--steps", "3", "--beta", "0.5")
-    assert preset_from_args(args) == dataclasses.replace(PRESETS["smoke"], seq_len=8, val_fraction=0.2)
-    config = TrainConfig(**{**PRESETS["smoke"].train, **dataclass_overrides(TrainConfig, args)})
+    command = _parse("myopia-gap", "--out", "o", "--preset", "smoke", "--seq-len", "8", "--val-fraction", "0.2",
+                     "--steps", "3", "--beta", "0.5")
+    assert chosen_preset(command) == dataclasses.replace(PRESETS["smoke"], seq_len=8, val_fraction=0.2)
+    config = command.train_config()
     assert (config.steps, config.batch_size, config.beta, config.seed) == (3, 8, 0.5, 0)
     untouched = _parse("myopia-gap", "--out", "o", "--preset", "cpu")
-    assert preset_from_args(untouched) == PRESETS["cpu"] and dataclass_overrides(TrainConfig, untouched) == {}
+    assert chosen_preset(untouched) == PRESETS["cpu"]
+    assert untouched.train_config() == TrainConfig(**PRESETS["cpu"].train)
 
 
 def test_synthetic_options_override_the_preset():
-    from forethought.experiments.synthetic import config_from_args
-
     for name, preset in SYNTHETIC_PRESETS.items():
-        assert config_from_args(_parse("synthetic", "--preset", name)) == preset
-    config = config_from_args(_parse("synthetic", "--preset", "smoke", "--mode", "cutgrad", "-F", "9", "--steps",
-                                     "20", "--d-mlp", "16", "--seed", "3"))
-    assert config == dataclasses.replace(SYNTHETIC_PRESETS["smoke"], myopic_mode="cutgrad", frequency=9.0, steps=20,
+        assert _parse("synthetic", "--preset", name).configs() == [preset]
+    config, = _parse("synthetic", "--preset", "smoke", "--mode", "cutgrad", "-F", "9", "--steps", "20", "--d-mlp",
+                     "16", "--seed", "3").configs()
+    assert config == dataclasses.replace(SYNTHETIC_PRESETS["smoke"], mode="cutgrad", frequency=9.0, steps=20,
                                          warmup_steps=2, d_mlp=16, seed=3)
-    config = config_from_args(_parse("synthetic", "--preset", "smoke", "--steps", "20", "--warmup-steps", "4"))
+    config, = _parse("synthetic", "--preset", "smoke", "--steps", "20", "--warmup-steps", "4").configs()
     assert config.warmup_steps == 4
 
 
@@ -162,6 +167,14 @@ def test_synthetic_help_lists_the_paper_ps():
 
     text = " ".join(_subparser("synthetic").format_help().split())
     assert "the paper's: " + " ".join(f"{p:g}" for p in PAPER_PS) in text
+
+
+def test_help_shows_the_chosen_presets_values():
+    text = " ".join(build_parser(["synthetic"])._subparsers._group_actions[0].choices["synthetic"].format_help()
+                    .split())
+    assert "(default: 4000)" in text
+    sub = build_parser(["synthetic", "--preset", "smoke"])._subparsers._group_actions[0].choices["synthetic"]
+    assert "(default: 30)" in " ".join(sub.format_help().split())
 
 
 @dataclasses.dataclass
@@ -175,50 +188,57 @@ class _Toy:
         limit: at most this many (``None``: no limit).
         share: a 50% share.
         verbose: talk.
+        table: set by the command.
     """
 
     mode: Literal["fast", "slow"] = "fast"
     betas: tuple[float, float] = (0.9, 0.95)
     limit: int | None = None
     share: float = 0.5
-    verbose: bool = False
+    verbose: bool = flag(False)
+    table: dict = not_an_option(None)
 
 
-def test_field_help_reads_the_attributes_section():
-    assert field_help(_Toy) == {
-        "mode": 'how to run, "fast" or "slow"; a long description that goes on over a second line (see myopic)',
-        "betas": "two numbers", "limit": "at most this many (None: no limit)", "share": "a 50% share",
-        "verbose": "talk"}
+def _toy_parser(cls: type = _Toy) -> argparse.ArgumentParser:
+    parser = _command_parser(prog="toy")
+    parser.add_arguments(cls, dest="toy")
+    return parser
 
 
-def test_dataclass_arguments_follow_the_field_types():
-    parser = argparse.ArgumentParser(exit_on_error=False)
-    add_dataclass_arguments(parser, _Toy)
-    args = parser.parse_args(["--mode", "slow", "--betas", "0.1", "0.2", "--limit", "3", "--verbose"])
-    assert dataclass_overrides(_Toy, args) == {"mode": "slow", "betas": (0.1, 0.2), "limit": 3, "share": 0.5,
-                                               "verbose": True}
-    assert dataclass_overrides(_Toy, parser.parse_args([])) == {"mode": "fast", "betas": (0.9, 0.95), "share": 0.5,
-                                                                "verbose": False}
-    with pytest.raises(argparse.ArgumentError, match="invalid choice"):
-        parser.parse_args(["--mode", "medium"])
-    with pytest.raises(argparse.ArgumentError, match="invalid int"):
-        parser.parse_args(["--limit", "many"])
+def test_help_reads_the_attributes_section():
+    text = " ".join(_toy_parser().format_help().split())
+    assert ('how to run, "fast" or "slow"; a long description that goes on over a second line (see myopic) '
+            "(default: fast)") in text
+    assert "two numbers (default: 0.9 0.95)" in text and "a 50% share (default: 0.5)" in text
+    assert "at most this many (None: no limit) (default: None)" in text and "--table" not in text
+
+
+def test_options_follow_the_field_types(capsys):
+    parser = _toy_parser()
+    toy = parser.parse_args(["--mode", "slow", "--betas", "0.1", "0.2", "--limit", "3", "--verbose"]).toy
+    assert toy == _Toy(mode="slow", betas=(0.1, 0.2), limit=3, share=0.5, verbose=True)
+    assert parser.parse_args([]).toy == _Toy()
+    assert parser.parse_args(["--no-verbose"]).toy == _Toy(verbose=False)
+    for argv, message in ((["--mode", "medium"], "invalid choice"), (["--limit", "many"], "invalid")):
+        with pytest.raises(SystemExit) as exit_:
+            parser.parse_args(argv)
+        err = capsys.readouterr().err.strip()
+        assert exit_.value.code == 2 and len(err.splitlines()) == 1 and message in err
 
 
 def test_presets_supply_the_defaults():
-    parser = argparse.ArgumentParser()
-    add_dataclass_arguments(parser, _Toy, presets={"a": _Toy(share=0.1), "b": {"share": 0.2}})
-    assert dataclass_overrides(_Toy, parser.parse_args([])) == {}
-    assert dataclass_overrides(_Toy, parser.parse_args(["--no-verbose"])) == {"verbose": False}
-    text = " ".join(parser.format_help().split())
-    assert "(default: the preset's: a 0.1, b 0.2)" in text and "two numbers (default: 0.9 0.95)" in text
-
-
-def test_a_field_without_a_command_line_form_is_named():
     @dataclasses.dataclass
-    class Config:
-        table: dict = dataclasses.field(default_factory=dict)
+    class Outer:
+        """Outer.
 
-    with pytest.raises(TypeError, match="dict"):
-        add_dataclass_arguments(argparse.ArgumentParser(), Config)
-    add_dataclass_arguments(argparse.ArgumentParser(), Config, exclude=("table",))
+        Attributes:
+            toy: the toy.
+        """
+
+        toy: _Toy = dataclasses.field(default_factory=_Toy)
+
+    parser = _command_parser(prog="outer")
+    parser.add_arguments(_with_defaults(Outer, {"toy": _Toy(share=0.1)}), dest="outer")
+    assert parser.parse_args([]).outer.toy == _Toy(share=0.1)
+    assert parser.parse_args(["--share", "0.3"]).outer.toy == _Toy(share=0.3)
+    assert "a 50% share (default: 0.1)" in " ".join(parser.format_help().split())

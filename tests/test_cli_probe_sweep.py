@@ -43,6 +43,23 @@ def test_writes_table_figure_and_report(model_dirs, tmp_path):
     assert not [p for p in out.iterdir() if p.name.startswith(".")]
 
 
+def test_learned_prompt_sweep_and_its_lens_view(model_dirs, tmp_path):
+    """The command takes the method from the registry; --max-epochs caps it; lens-view reads its saved prompts."""
+    out = tmp_path / "out"
+    assert main(["probe-sweep", "--model", f"vanilla={model_dirs['vanilla']}", "--dataset", "builtin", "--seq-len",
+                 "16", "--max-sequences", "30", "--offsets", "0,1", "--top-k", "20", "--max-epochs", "1",
+                 "--method", "learned_prompt", "--save-probes", "--no-progress", "--out", str(out)]) == 0
+    table = pd.read_csv(out / "probes.csv")
+    assert set(table["method"]) == {"learned_prompt"} and len(table) == 3 * 2 and table["top1"].notna().all()
+    saved = json.loads((out / "probes" / "vanilla" / "learned_prompt" / "probes.json").read_text())
+    assert saved["kind"] == "learned_prompt" and saved["meta"]["epochs"] <= 1
+    view = tmp_path / "view"
+    assert main(["lens-view", "--model", str(model_dirs["vanilla"]), "--probes",
+                 str(out / "probes" / "vanilla" / "learned_prompt"), "--prompt", "The cat sat on the mat.",
+                 "--offset", "1", "--out", str(view)]) == 0
+    assert (view / "lens_view.csv").exists()
+
+
 @pytest.mark.parametrize("extra, message", [
     (["--offsets", "0,40"], "offset=40"),
     (["--layers", "7"], "layer=7"),

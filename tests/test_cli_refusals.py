@@ -332,8 +332,7 @@ def test_number_checks_refuse_non_finite_values():
 
 
 def test_config_errors_name_the_options():
-    from forethought.errors import InvalidArgumentError
-    from forethought.experiments.config_cli import as_options, name_options
+    from forethought.errors import InvalidArgumentError, as_options, name_options
 
     assert name_options("warmup_steps=5 is not allowed; expected < steps=3", {"warmup_steps": "--warmup-steps",
                                                                              "steps": "--steps"}) == (

@@ -120,7 +120,7 @@ def test_cli_refuses_an_existing_run_without_resume(tmp_path, capsys):
         (["--steps", "0"], "steps=0"),
         (["--device", "warp-drive"], "warp-drive"),
         (["--threads", "0"], "threads=0"),
-        (["--checkpoint-every", "0"], "checkpoint-every=0"),
+        (["--checkpoint-every", "0"], "--checkpoint-every: checkpoint_every=0"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(tmp_path, capsys, argv, message):

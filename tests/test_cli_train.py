@@ -230,14 +230,16 @@ def test_myopia_gap_killed_mid_regime_resumes_to_the_uninterrupted_report(tmp_pa
 @pytest.mark.slow
 @pytest.mark.parametrize("start", ["gpt2 from scratch", "neox fine-tune"])
 def test_hf_backed_presets(tmp_path, checkpoint_dirs, start):
-    from forethought.experiments.myopia_gap import Preset, run_myopia_gap
+    from forethought.experiments.myopia_gap import run_myopia_gap
+    from forethought.experiments.presets import Preset
     from forethought.myopic_training import TrainConfig
 
     regimes = ("vanilla", "myopic", "local-myopic")
     if start == "neox fine-tune":
-        preset = Preset("test", max_documents=12, seq_len=16, model=str(checkpoint_dirs["neox"]), regimes=regimes)
+        preset = Preset(description="test", max_documents=12, seq_len=16, model=str(checkpoint_dirs["neox"]),
+                        regimes=regimes)
     else:
-        preset = Preset("test", max_documents=12, seq_len=16, tokenizer=300, regimes=regimes,
+        preset = Preset(description="test", max_documents=12, seq_len=16, tokenizer=300, regimes=regimes,
                         architecture={"family": "gpt2", "n_layers": 1, "d_model": 16, "n_heads": 2, "n_ctx": 32})
     config = TrainConfig(steps=3, batch_size=4, warmup_steps=0, eval_every=3, checkpoint_every=3, progress=False)
     report = run_myopia_gap(preset, tmp_path, config)

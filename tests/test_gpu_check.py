@@ -154,6 +154,9 @@ def test_suite_command_runs_on_the_device_over_the_cores(tmp_path):
     alone = suite.suite_command(True, tmp_path / "j.xml", workers=1, timeout=None, notebooks=False)
     assert "-n" not in alone and not any(word.startswith("--timeout") for word in alone)
     assert suite._environment("cuda")["FORETHOUGHT_TEST_DEVICE"] == "cuda"
+    rerun = suite.suite_command(False, tmp_path / "j.xml", workers=4, timeout=None, notebooks=False,
+                                tests=["tests/test_a.py::test_b"])
+    assert "tests/test_a.py::test_b" in rerun and "forethought" not in rerun, "named tests replace the suite"
 
 
 @pytest.mark.slow
@@ -172,13 +175,14 @@ def test_suite_part_counts_a_real_run(tmp_path, monkeypatch):
 
 def test_commands_cover_every_cli_command_and_parse(tmp_path):
     from forethought import cli
+    from forethought.experiments.commands import COMMANDS
     from forethought.options import METHODS
     from forethought.regimes import REGIMES
 
     suite = _suite_module()
     models = {"gpt2": tmp_path / "gpt2", "llama": tmp_path / "llama"}
     commands = suite.command_list(tmp_path, models, "cuda")
-    assert {command.cli_command for command in commands} == set(cli.COMMANDS)  # a new command must join the list
+    assert {command.cli_command for command in commands} == set(COMMANDS)  # a new command must join the list
     names = [command.name for command in commands]
     assert len(set(names)) == len(names)
     assert {f"train {regime}" for regime in REGIMES} <= set(names)
@@ -186,7 +190,7 @@ def test_commands_cover_every_cli_command_and_parse(tmp_path):
     assert {"gradient-split --model", "gradient-split --synthetic-preset"} <= set(names)
     for index, command in enumerate(commands):
         assert set(command.needs) <= set(names[:index]), command.name  # what it reads comes earlier
-        args = cli.build_parser(command.argv).parse_args(command.argv)  # every flag exists
+        args = cli.build_parser(command.argv).parse_args(command.argv).command  # every flag exists
         assert args.device == "cuda", command.name
         assert str(tmp_path) in args.out and not getattr(args, "progress", False), command.name
 

@@ -1,6 +1,5 @@
 """Every intervention result: a tidy ``to_frame()``, a ``plot()`` figure and a short repr without tensors."""
 
-import warnings
 
 import pandas as pd
 import pytest
@@ -67,10 +66,7 @@ def test_transplant_result(native_model):
     assert "precision@1 at offset 0: best 1.000 (depth 2)" in repr(result)  # the final state fixes the next token
     wide = result.precision_table(k=1)
     assert list(wide.index) == [0, 2, "none"] and float(wide.loc[2, 0]) == 1.0
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        old = result.table(k=1)
-    assert old.equals(wide) and any(issubclass(w.category, DeprecationWarning) for w in caught)
+    assert not hasattr(result, "table")  # the deprecated name of precision_table is gone
 
 
 def test_direction_effect(native_model):

@@ -6,7 +6,14 @@ from devices import DEVICE
 
 from forethought.errors import ContextLengthError, DataError, ForethoughtError, InvalidArgumentError, OutOfRangeError
 from forethought.hook_names import hook_name
-from forethought.interventions import NEUTRAL_PROMPTS, TransplantResult, greedy, transplant
+from forethought.interventions import (
+    NEUTRAL_PROMPTS,
+    TransplantResult,
+    greedy,
+    transplant,
+    transplant_hooks,
+    transplanted_logits,
+)
 from forethought.models import tiny_model
 
 N_STEPS = 3
@@ -79,11 +86,36 @@ def test_transplant_equals_cached_generation_from_the_transplanted_first_forward
     assert torch.equal(result.generated[0, 0], cached[:, len(prompt):].cpu())  # results are on the CPU
 
 
+def test_a_soft_prompt_of_token_embeddings_is_the_token_prompt(any_model):
+    """A fixed prompt and a soft prompt (input embeddings) go through one mechanism: same ranks, same tokens."""
+    sources, prompt = _sources(any_model), torch.tensor([5, 6, 7, 8])
+    with torch.no_grad():
+        soft = any_model.embed(prompt[None].to(DEVICE))[0]
+    by_tokens, by_embeddings = (transplant(any_model, sources, prompts=[p], n_steps=N_STEPS, progress=False)
+                                for p in (prompt, soft))
+    assert torch.equal(by_tokens.ranks, by_embeddings.ranks)
+    assert torch.equal(by_tokens.generated, by_embeddings.generated)
+    assert by_embeddings.prompts == ["<soft prompt of 4 embeddings>"]
+
+
+def test_transplanted_logits_are_greedys_and_differentiable_in_a_soft_prompt(native_model):
+    prompt = native_model.embed(torch.tensor([[5, 6, 7]], device=DEVICE)).detach().expand(2, -1, -1).clone()
+    states = torch.randn(2, native_model.cfg.d_model, generator=torch.Generator().manual_seed(0)).to(DEVICE)
+    writes = [(hook_name(native_model, "resid", 1), slice(None), states)]
+    _, expected = greedy(native_model, prompt, 3, fwd_hooks=transplant_hooks(writes, position=2))
+    prompt.requires_grad_(True)
+    logits = transplanted_logits(native_model, prompt, writes, n_steps=3)
+    torch.testing.assert_close(logits.detach(), expected, rtol=1e-5, atol=1e-5)
+    gradient, = torch.autograd.grad(logits[:, -1].logsumexp(-1).sum(), [prompt])
+    assert gradient[:, :2].abs().sum() > 0  # step 2 reads the prompt through attention
+    assert all(p.grad is None for p in native_model.parameters())
+
+
 def test_tables_and_frames(native_model):
     result = transplant(native_model, _sources(native_model, n=4), layers=[0, 2], prompts=["Hello there", [1, 2, 3]],
                         n_steps=2, batch_size=3, progress=False)
     assert isinstance(result, TransplantResult)
-    table = result.table(k=1)
+    table = result.precision_table(k=1)
     assert list(table.index) == [0, 2, "none"] and list(table.columns) == [0, 1]
     frame = result.to_frame(ks=(1, 5))
     assert len(frame) == 2 * 2 * 2 * 3  # k x prompt x offset x (no transplant + 2 layers)
@@ -119,6 +151,8 @@ def _raise(activation, hook):
     ({"prompts": [torch.zeros(2, 2, dtype=torch.long)]}, InvalidArgumentError),
     ({"prompts": [[10_000]]}, ForethoughtError),
     ({"prompts": [list(range(62))]}, ContextLengthError),
+    ({"prompts": [torch.zeros(3, 7)]}, InvalidArgumentError),  # a soft prompt of the wrong width
+    ({"prompts": [torch.zeros(62, 32)]}, ContextLengthError),
     ({"layers": [9]}, OutOfRangeError),
     ({"position": 6}, OutOfRangeError),
     ({"n_steps": 0}, InvalidArgumentError),

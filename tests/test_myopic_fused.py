@@ -193,19 +193,44 @@ def test_a_kernel_log_sum_exp_is_used_only_once_checked_against_the_reference(mo
         return out, fused.causal_logsumexp(q, k, scale) + lse_error, None, None
 
     monkeypatch.setattr(fused, "_CUDA_EFFICIENT", kernel)
-    monkeypatch.setattr(fused, "_KERNEL_LSE_OK", {})
-    assert fused._kernel_lse_ok(torch.device("cpu"), torch.float32) is trusted
-    assert fused._kernel_lse_ok(torch.device("cpu"), torch.float64) is False  # the kernel has no float64
-    assert fused._kernel_lse_ok(torch.device("cpu"), torch.float32, d_head=1) is False  # nor every head size
+    monkeypatch.setattr(fused, "_CUDA_FLASH", None)
+    monkeypatch.setattr(fused, "_CUDA_KERNELS", {})
+    cpu = torch.device("cpu")
+    assert fused._cuda_kernel(cpu, torch.float32, 16) is (fused._efficient if trusted else None)
+    assert fused._cuda_kernel(cpu, torch.float64, 16) is None  # the kernel has no float64
+    assert fused._cuda_kernel(cpu, torch.float32, 1) is None  # nor every head size
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="the CUDA kernel's own log-sum-exp")
-def test_the_cuda_kernel_agrees_with_the_reference():
+def test_flash_is_preferred_in_half_precision_with_kv_heads_expanded_where_it_wants_them(monkeypatch):
+    import torch.nn.functional as F
+
+    from forethought.attention import fused
+
+    def flash(q, k, v, dropout, is_causal, debug_mask, scale):
+        if k.shape[1] != q.shape[1]:
+            raise RuntimeError("grouped heads are not supported")
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
+        return out, fused.causal_logsumexp(q, k, scale)
+
+    monkeypatch.setattr(fused, "_CUDA_FLASH", flash)
+    monkeypatch.setattr(fused, "_CUDA_EFFICIENT", None)
+    monkeypatch.setattr(fused, "_CUDA_KERNELS", {})
+    cpu = torch.device("cpu")
+    assert fused._cuda_kernel(cpu, torch.bfloat16, 16) is fused._flash_expanded
+    assert fused._cuda_kernel(cpu, torch.float32, 16) is None, "flash has no float32"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the CUDA kernels' own log-sum-exp")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_cuda_kernel_agrees_with_the_reference(dtype):
     from forethought.attention import fused
 
     generator = torch.Generator(device="cpu").manual_seed(3)
-    q, k, v = (torch.randn(2, 4, 50, 32, generator=generator).cuda() for _ in range(3))
+    q, k, v = (torch.randn(2, 4, 50, 32, generator=generator).cuda().to(dtype) for _ in range(3))
     k, v = k[:, :2], v[:, :2]
-    out, lse = fused._kernel_attention_with_lse(q, k, v, 0.2)
-    torch.testing.assert_close(lse, fused.causal_logsumexp(q, k, 0.2), rtol=1e-4, atol=1e-4)
-    assert fused._kernel_lse_ok(q.device, torch.float32, d_head=32)
+    kernel = fused._cuda_kernel(q.device, dtype, 32)
+    assert kernel is not None
+    out, lse = kernel(q, k, v, 0.2)
+    tolerance = 1e-4 if dtype == torch.float32 else 1e-3  # bfloat16 inputs, float32 sums in both
+    torch.testing.assert_close(lse[..., :50].float(), fused.causal_logsumexp(q, k, 0.2), rtol=tolerance,
+                               atol=tolerance)

@@ -65,7 +65,7 @@ def tokens(n_seq=40, seed=0):
 
 def test_the_registry_holds_the_builtin_methods_the_command_line_lists():
     assert method_names() == METHODS
-    assert [get_method(name).needs_resid for name in METHODS] == [False, False, True, True]
+    assert [get_method(name).needs_resid for name in METHODS] == [False, False, True, True, True]
     assert [name for name in METHODS if get_method(name).streams] == ["vocab"]
     with pytest.raises(InvalidArgumentError, match="unknown"):
         get_method("nope")

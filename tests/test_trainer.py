@@ -227,6 +227,15 @@ def test_fine_tuned_weights_survive_save_and_load(checkpoint_dirs, splits, tmp_p
     torch.testing.assert_close(after, tuned, atol=1e-5, rtol=1e-5)
 
 
+def test_each_run_trains_on_its_own_device_whatever_ran_before_in_this_process(tokenizer, splits):
+    """accelerate keeps one process state: a CPU run must not pin the runs after it to the CPU, nor the reverse."""
+    for device in ("cpu", DEVICE.type, "cpu"):
+        model = tiny_model(n_layers=1, d_model=16, n_heads=2, d_vocab=len(tokenizer), n_ctx=16, tokenizer=tokenizer,
+                           device=device)
+        result = train(_config(steps=1, warmup_steps=0, eval_every=1, device=device), model, splits)
+        assert next(result.model.parameters()).device.type == device
+
+
 def test_runs_with_other_precision_settings_in_one_process(tokenizer, splits):
     first = train(_config(steps=2, warmup_steps=0, mixed_precision="bf16", device="cpu"), _model(tokenizer), splits)
     second = train(_config(steps=2, warmup_steps=0, mixed_precision="no"), _model(tokenizer), splits)

@@ -8,9 +8,9 @@ import torch
 from devices import on_gpu, tolerance
 from torch.nn import functional as F
 
+from forethought.config import TrainConfig
 from forethought.errors import CheckpointError, InvalidArgumentError
 from forethought.myopic_training import myopic
-from forethought.myopic_training.config import TrainConfig
 from forethought.myopic_training.loop import parameter_groups, warmup_cosine_schedule
 from forethought.synthetic import PRESETS, RegressionTransformer, train_regime
 from forethought.synthetic.task import derive_seed
@@ -24,7 +24,7 @@ def _plain_loop(config, regime):
     scheduler = warmup_cosine_schedule(optimizer, config.steps, config.warmup_steps, config.min_lr_ratio)
     generator = torch.Generator().manual_seed(derive_seed(config.seed, "train"))
     losses = []
-    with myopic(model.bridge, mode=config.myopic_mode) if regime == "myopic" else nullcontext():
+    with myopic(model.bridge, mode=config.mode) if regime == "myopic" else nullcontext():
         for _ in range(config.steps):
             batch = config.task().sample(config.batch_size, generator)
             loss = F.huber_loss(model(batch.inputs), batch.targets, delta=config.huber_delta)

@@ -22,7 +22,7 @@ from forethought.attention.recompute import (
     installed,
     qkv,
 )
-from forethought.errors import InvalidArgumentError
+from forethought.errors import check_choice
 from forethought.hook_names import resolve_layers
 from forethought.options import ABLATIONS
 
@@ -54,8 +54,7 @@ def ablate_past(
         >>> same
         True
     """
-    if method not in ABLATIONS:
-        raise InvalidArgumentError(f"method={method!r} is unknown; choose one of {ABLATIONS}")
+    check_choice("method", method, ABLATIONS)
     layers = resolve_layers(model, layers)
 
     def make_z(layer: int, capture: LayerCapture, z: Tensor) -> Tensor:

@@ -30,6 +30,7 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -39,10 +40,14 @@ from torch import Tensor
 
 #: The CPU flash-attention kernel behind ``scaled_dot_product_attention``; it also returns the log-sum-exp.
 _CPU_FLASH = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
-#: The CUDA memory-efficient attention kernel (float32 and bfloat16); it returns the log-sum-exp when asked.
+#: CUDA's flash-attention kernel (float16 and bfloat16); it returns the log-sum-exp with the output.
+_CUDA_FLASH = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention", None)
+#: CUDA's memory-efficient attention kernel (float32 too); it returns the log-sum-exp when asked.
 _CUDA_EFFICIENT = getattr(torch.ops.aten, "_scaled_dot_product_efficient_attention", None)
-#: (device type, index, dtype, d_head) → whether :func:`_kernel_attention_with_lse` agrees with the reference there.
-_KERNEL_LSE_OK: dict[tuple[str, int | None, torch.dtype, int], bool] = {}
+#: ``kernel(q, k, v, scale) -> (out, lse)``: causal attention and its raw log-sum-exp from one fused call.
+Kernel = Callable[[Tensor, Tensor, Tensor, float], tuple[Tensor, Tensor]]
+#: (device type, index, dtype, d_head) → the CUDA kernel :func:`_cuda_kernel` chose there (None: none agreed).
+_CUDA_KERNELS: dict[tuple[str, int | None, torch.dtype, int], Kernel | None] = {}
 
 
 def fused_supported(q: Tensor, k: Tensor, v: Tensor) -> bool:
@@ -100,15 +105,18 @@ def causal_attention(
 ) -> Float[Tensor, "batch head pos d_head"]:
     """Causal attention through the same fused kernel as :func:`attention_with_lse`; kv heads may be grouped.
 
-    Using the same kernel makes a vanilla forward and a myopic one equal bit for bit. On CUDA grouped kv heads are
-    expanded first, as Hugging Face's SDPA attention does: ``enable_gqa`` would send float32 inputs to the math
-    kernel, which builds the ``[T, T]`` scores.
+    Using the same kernel makes a vanilla forward and a myopic one equal bit for bit. Where no checked CUDA kernel
+    runs, grouped kv heads are expanded first on CUDA, as Hugging Face's SDPA attention does (``enable_gqa`` would
+    send float32 inputs to the math kernel, which builds the ``[T, T]`` scores).
     """
     if _CPU_FLASH is not None and q.device.type == "cpu":
         return _CPU_FLASH(q, k, v, 0.0, True, scale=scale)[0]
+    kernel = _cuda_kernel(q.device, q.dtype, q.shape[-1]) if q.device.type == "cuda" else None
+    if kernel is not None:
+        return kernel(q, k, v, scale)[0]
     group = q.shape[1] // k.shape[1]
     if group > 1 and q.device.type == "cuda":
-        k, v, group = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1), 1
+        k, v, group = _expand_kv(q, k), _expand_kv(q, v), 1
     return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=group > 1)
 
 
@@ -125,62 +133,90 @@ def attention_with_lse(
 ) -> tuple[Float[Tensor, "batch head pos d_head"], Float[Tensor, "batch head pos"]]:
     """Causal attention (differentiable) and each query's log-sum-exp of scores (a constant, :func:`wide_dtype`).
 
-    On CPU one call of the flash-attention kernel gives both; on CUDA one call of the memory-efficient kernel, once
-    a check on a small input of the same head size has shown it agrees with the reference (:func:`_kernel_lse_ok`).
-    Elsewhere the output comes from ``scaled_dot_product_attention`` and the log-sum-exp from
-    :func:`causal_logsumexp`.
+    On CPU one call of the flash-attention kernel gives both; on CUDA one call of the flash (half precision) or
+    memory-efficient kernel, once a check on a small input of the same dtype and head size has shown it agrees with
+    the reference (:func:`_cuda_kernel`). Elsewhere the output comes from ``scaled_dot_product_attention`` and the
+    log-sum-exp from :func:`causal_logsumexp`.
     """
     if _CPU_FLASH is not None and q.device.type == "cpu":
         out, lse = _CPU_FLASH(q, k, v, 0.0, True, scale=scale)
         return out, lse.detach().to(wide_dtype(q.dtype))
-    if q.device.type == "cuda" and _kernel_lse_ok(q.device, q.dtype, q.shape[-1]):
-        return _kernel_attention_with_lse(q, k, v, scale)
+    kernel = _cuda_kernel(q.device, q.dtype, q.shape[-1]) if q.device.type == "cuda" else None
+    if kernel is not None:
+        out, lse = kernel(q, k, v, scale)
+        return out, lse[..., : q.shape[2]].detach().to(wide_dtype(q.dtype))
     group = q.shape[1] // k.shape[1]
     out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=group > 1)
     return out, causal_logsumexp(q, k, scale)
 
 
-def _kernel_attention_with_lse(q: Tensor, k: Tensor, v: Tensor, scale: float) -> tuple[Tensor, Tensor]:
-    """Causal attention and its log-sum-exp from one call of CUDA's memory-efficient kernel (kv heads expanded)."""
-    group = q.shape[1] // k.shape[1]
-    if group > 1:
-        k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
-    out, lse = _CUDA_EFFICIENT(q, k, v, None, True, 0.0, True, scale=scale)[:2]
-    return out, lse[..., : q.shape[2]].detach().to(wide_dtype(q.dtype))
+def _expand_kv(q: Tensor, kv: Tensor) -> Tensor:
+    """Grouped key/value heads repeated to one per query head."""
+    group = q.shape[1] // kv.shape[1]
+    return kv.repeat_interleave(group, dim=1) if group > 1 else kv
 
 
-def _kernel_lse_ok(device: torch.device, dtype: torch.dtype, d_head: int = 16) -> bool:
-    """Whether :func:`_kernel_attention_with_lse` runs and agrees with the reference here (checked once per key).
+def _flash(q: Tensor, k: Tensor, v: Tensor, scale: float) -> tuple[Tensor, Tensor]:
+    """CUDA's flash kernel; grouped kv heads as they are (the kernel reads each kv head for its query group)."""
+    return _CUDA_FLASH(q, k, v, 0.0, True, False, scale=scale)[:2]
 
-    Checked per device, dtype and head size, forward and backward. The reference is
-    ``scaled_dot_product_attention`` and :func:`causal_logsumexp` on a small random input. Where the kernel is
-    missing, refuses the dtype or head size (it has no kernel for some head sizes, such as 1) or disagrees,
-    :func:`attention_with_lse` keeps the reference path.
+
+def _flash_expanded(q: Tensor, k: Tensor, v: Tensor, scale: float) -> tuple[Tensor, Tensor]:
+    """CUDA's flash kernel with grouped kv heads expanded first."""
+    return _flash(q, _expand_kv(q, k), _expand_kv(q, v), scale)
+
+
+def _efficient(q: Tensor, k: Tensor, v: Tensor, scale: float) -> tuple[Tensor, Tensor]:
+    """CUDA's memory-efficient kernel (kv heads expanded; its log-sum-exp is padded past the sequence)."""
+    return _CUDA_EFFICIENT(q, _expand_kv(q, k), _expand_kv(q, v), None, True, 0.0, True, scale=scale)[:2]
+
+
+def _cuda_kernel(device: torch.device, dtype: torch.dtype, d_head: int) -> Kernel | None:
+    """The fastest fused kernel that runs and agrees with the reference here, or None (checked once per key).
+
+    Candidates in order: flash with grouped kv heads, flash with them expanded (float16/bfloat16 only), the
+    memory-efficient kernel. Each is checked per device, dtype and head size, on a small random input with grouped
+    kv heads, forward and backward, against ``scaled_dot_product_attention`` and :func:`causal_logsumexp` in
+    float32; a kernel that is missing, refuses the dtype or head size (CUDA has none for some head sizes, such as
+    1) or disagrees is passed over.
     """
     key = (device.type, device.index, dtype, d_head)
-    if key not in _KERNEL_LSE_OK:
-        ok = False
-        if _CUDA_EFFICIENT is not None and dtype in (torch.float32, torch.bfloat16, torch.float16):
-            generator = torch.Generator(device="cpu").manual_seed(0)
-            q, k, v = (torch.randn(2, 4, 37, d_head, generator=generator, device="cpu").to(device, dtype)
-                       for _ in range(3))
-            k, v = k[:, :2], v[:, :2]  # grouped kv heads, as Llama-style models have
-            tolerance = 1e-4 if dtype == torch.float32 else 2e-2
-            try:
-                with torch.autocast(device.type, enabled=False):
-                    q.requires_grad_(True)
-                    out, lse = _kernel_attention_with_lse(q, k, v, 0.25)
-                    (gradient,) = torch.autograd.grad(out.float().square().sum(), q)
-                    with torch.no_grad():
-                        reference = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=0.25,
-                                                                   enable_gqa=True)
-                        ok = (torch.allclose(out.float(), reference.float(), rtol=tolerance, atol=tolerance)
-                              and torch.allclose(lse, causal_logsumexp(q, k, 0.25), rtol=tolerance, atol=tolerance)
-                              and bool(gradient.isfinite().all()))
-            except (RuntimeError, TypeError):
-                ok = False
-        _KERNEL_LSE_OK[key] = ok
-    return _KERNEL_LSE_OK[key]
+    if key not in _CUDA_KERNELS:
+        half = dtype in (torch.float16, torch.bfloat16)
+        candidates = [(_flash, _CUDA_FLASH), (_flash_expanded, _CUDA_FLASH)] if half else []
+        if dtype in (torch.float32, torch.float16, torch.bfloat16):
+            candidates.append((_efficient, _CUDA_EFFICIENT))
+        _CUDA_KERNELS[key] = next((kernel for kernel, op in candidates
+                                   if op is not None and _agrees(kernel, device, dtype, d_head)), None)
+    return _CUDA_KERNELS[key]
+
+
+def _agrees(kernel: Kernel, device: torch.device, dtype: torch.dtype, d_head: int) -> bool:
+    """Whether ``kernel`` runs here and its output, log-sum-exp and gradients match the float32 reference."""
+    generator = torch.Generator(device="cpu").manual_seed(0)
+    q, k, v, weight = (torch.randn(2, heads, 37, d_head, generator=generator, device="cpu").to(device)
+                       for heads in (4, 2, 2, 4))  # grouped kv heads, as Llama-style models have
+    inputs = [x.to(dtype).requires_grad_(True) for x in (q, k, v)]
+    reference_inputs = [x.detach().float().requires_grad_(True) for x in inputs]  # the same values, in float32
+    q, k = reference_inputs[0].detach(), reference_inputs[1].detach()
+    tolerance = 1e-4 if dtype == torch.float32 else 2e-2
+
+    def close(ours: Tensor, reference: Tensor) -> bool:
+        return bool(ours.isfinite().all()) and float((ours.float() - reference).norm()) <= tolerance * float(
+            reference.norm())
+
+    try:
+        with torch.autocast(device.type, enabled=False):
+            out, lse = kernel(*inputs, 0.25)
+            grads = torch.autograd.grad((out.float() * weight).sum(), inputs)
+            q_ref, k_ref, v_ref = reference_inputs
+            reference = F.scaled_dot_product_attention(q_ref, _expand_kv(q_ref, k_ref), _expand_kv(q_ref, v_ref),
+                                                       is_causal=True, scale=0.25)
+            reference_grads = torch.autograd.grad((reference * weight).sum(), reference_inputs)
+    except (RuntimeError, TypeError, NotImplementedError):
+        return False
+    return (close(out, reference.detach()) and close(lse[..., : q.shape[2]], causal_logsumexp(q, k, 0.25))
+            and all(close(ours, theirs) for ours, theirs in zip(grads, reference_grads, strict=True)))
 
 
 @torch.no_grad()

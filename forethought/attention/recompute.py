@@ -179,11 +179,12 @@ def capture_hooks(model: TransformerBridge, layers: list[int], captures: dict[in
                   with_inputs: bool) -> list[tuple[str, Callable]]:
     """Forward hooks that store each layer's q, k, v (and cos/sin, projection inputs) in ``captures``."""
     names = [*QKV_HOOKS, *ROTARY_HOOKS, *NORM_HOOKS, *(INPUT_HOOKS if with_inputs else ())]
+    hook_dict = model.hook_dict  # a bridge rebuilds it on every access
     hooks = []
     for layer in layers:
         for name in names:
             full = f"blocks.{layer}.attn.{name}"
-            if full not in model.hook_dict:
+            if full not in hook_dict:
                 if name in ROTARY_HOOKS or name in NORM_HOOKS:
                     continue
                 raise UnsupportedArchitectureError(
@@ -316,9 +317,10 @@ class RecomputedAttention(AbstractContextManager):
 
     def __enter__(self) -> RecomputedAttention:
         hooks = capture_hooks(self.model, self.layers, self.captures, self.with_inputs)
+        hook_dict = self.model.hook_dict
         for layer in self.layers:
             name = f"blocks.{layer}.attn.hook_z"
-            if name not in self.model.hook_dict:
+            if name not in hook_dict:
                 raise UnsupportedArchitectureError(f"{type(self.model).__name__} has no hook {name!r}")
             hooks.append((name, self._replace_z(layer)))
         self._context = self.model.hooks(fwd_hooks=hooks)

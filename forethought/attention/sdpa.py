@@ -46,7 +46,7 @@ import torch
 from torch import Tensor
 
 from forethought.attention.fused import causal_attention
-from forethought.errors import InvalidArgumentError
+from forethought.errors import check_choice
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
@@ -98,10 +98,7 @@ class KernelState:
 
 def check_attention(attention: str) -> None:
     """Raise unless ``attention`` is one of :data:`ATTENTION_IMPLEMENTATIONS`."""
-    if attention not in ATTENTION_IMPLEMENTATIONS:
-        raise InvalidArgumentError(
-            f"attention={attention!r} is unknown; choose one of {', '.join(ATTENTION_IMPLEMENTATIONS)}"
-        )
+    check_choice("attention", attention, ATTENTION_IMPLEMENTATIONS)
 
 
 def kernel_state(model: TransformerBridge) -> KernelState | None:

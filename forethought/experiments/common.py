@@ -1,4 +1,4 @@
-"""What several runners share: the parsers of their list options, scoring data options and the data they load.
+"""What several runners share: the parsers of their list options and the data they load.
 
 Runners import from here, never from one another, so that each stays config -> library call -> results.
 
@@ -11,17 +11,16 @@ Example:
 
 from __future__ import annotations
 
-import argparse
 import os
 from typing import TYPE_CHECKING, Any
 
 from forethought.errors import InvalidArgumentError, ModelNotAvailableError, VocabularyMismatchError
-from forethought.experiments.config_cli import add_dataclass_arguments, number_type
-from forethought.experiments.presets import Preset
 from forethought.reporting import save_figure
 
 if TYPE_CHECKING:
     from forethought.data import TokenSplits
+    from forethought.experiments.commands import ScoringData
+    from forethought.experiments.presets import Data
 
 
 def parse_models(specs: list[str]) -> dict[str, str]:
@@ -76,25 +75,6 @@ def load_option_model(option: str, source: str, **keywords: Any) -> Any:
         if option in str(error):
             raise
         raise type(error)(f"{option}: {error}") from error
-
-
-def data_options() -> dict[str, str]:
-    """The data settings (:data:`~forethought.experiments.presets.DATA_FIELDS`) -> their options."""
-    from forethought.experiments.config_cli import option_names
-    from forethought.experiments.presets import DATA_FIELDS
-
-    return {name: option for name, option in option_names(Preset).items() if name in DATA_FIELDS}
-
-
-def check_data_options(args: argparse.Namespace) -> None:
-    """Refuse data options that name nothing, showing the value given (the numbers are checked where parsed)."""
-    dataset = getattr(args, "dataset", None)
-    if dataset is not None and not str(dataset).strip():
-        raise InvalidArgumentError(f"--dataset {dataset!r}: the text source is empty; pass 'builtin', a file, a "
-                                   "directory or a HF dataset name")
-    text_field = getattr(args, "text_field", None)
-    if text_field is not None and not str(text_field).strip():
-        raise InvalidArgumentError(f"--text-field {text_field!r} is empty; pass the name of the text column")
 
 
 def nan_cause(message: str, settings: dict[str, tuple[float, float]]) -> str:
@@ -153,12 +133,12 @@ def save_gradient_split_plot(history: list[dict[str, Any]], path: str | os.PathL
                     path)
 
 
-def load_splits(data: Any, seed: int, tokenizer: Any = None, vocab_size: int | None = None) -> TokenSplits:
+def load_splits(data: Data, seed: int, tokenizer: Any = None, vocab_size: int | None = None) -> TokenSplits:
     """The texts of ``data``, tokenised, cut into sequences and split into train and validation.
 
-    ``data`` is a :class:`~forethought.experiments.presets.Preset`, or parsed options with the same data fields.
-    Its texts are tokenised with ``tokenizer`` (or a BPE of ``vocab_size`` trained on them), cut into ``seq_len``
-    sequences and split into train and validation with ``seed``; the splits carry their data manifest
+    ``data`` is a :class:`~forethought.experiments.presets.Data` (a :class:`~forethought.experiments.presets.Preset`
+    is one). Its texts are tokenised with ``tokenizer`` (or a BPE of ``vocab_size`` trained on them), cut into
+    ``seq_len`` sequences and split into train and validation with ``seed``; the splits carry their data manifest
     (:func:`forethought.data.load_token_splits`).
     """
     from forethought.data import load_token_splits, train_tokenizer
@@ -171,51 +151,15 @@ def load_splits(data: Any, seed: int, tokenizer: Any = None, vocab_size: int | N
                              max_sequences=data.max_sequences, val_fraction=data.val_fraction, seed=seed)
 
 
-#: The data options' types: each refuses what cannot cut a split (``--val-fraction 1.5``) as the option typed.
-DATA_TYPES = {
-    "seq_len": number_type("seq_len", 2, integer=True),
-    "max_documents": number_type("max_documents", 1, integer=True),
-    "min_doc_tokens": number_type("min_doc_tokens", 1, integer=True),
-    "max_sequences": number_type("max_sequences", 2, integer=True),  # a train and a validation sequence at least
-    "val_fraction": number_type("val_fraction", 0, 1, low_open=True, high_open=True),
-}
-
-#: Defaults of the options that cut fresh text for ``--model`` models (a ``--run`` is scored on its own data).
-DATA_DEFAULTS = {"dataset": "builtin", "text_field": "text", "seq_len": 64, "max_sequences": 2000,
-                 "val_fraction": 0.2}
-
-
-def add_scoring_data_arguments(parser: argparse.ArgumentParser) -> None:
-    """The data options of a command that scores ``--model`` models on fresh text."""
-    add_dataclass_arguments(parser.add_argument_group("data (with --model only; --run uses the run's own data)"),
-                            Preset, only=list(DATA_DEFAULTS), presets={"scoring": DATA_DEFAULTS}, types=DATA_TYPES)
-
-
-def scoring_data_options(args: argparse.Namespace, verb: str) -> dict[str, Any]:
-    """The data options with their defaults filled in.
-
-    Refuses them beside ``--run`` (a run is ``verb``-d on its own data and split).
-    """
-    defaults = DATA_DEFAULTS
-    if args.run:
-        given = [f"--{name.replace('_', '-')}" for name in defaults if getattr(args, name) is not None]
-        if given:
-            raise InvalidArgumentError(f"{', '.join(given)} cannot be combined with --run: a run is {verb}d on its own "
-                                       f"data and split; pass --model NAME=DIR to {verb} other text")
-    return {name: getattr(args, name) if getattr(args, name) is not None else default
-            for name, default in defaults.items()}
-
-
-def model_data(sources: dict[str, str], models: dict[str, Any], args: argparse.Namespace, options: dict[str, Any]
+def model_data(sources: dict[str, str], models: dict[str, Any], data: ScoringData, seed: int
                ) -> tuple[Any, dict[str, Any]]:
     """The data to score ``--model`` models on, never their training text, and where each model came from.
 
     A model directory that belongs to a run (:func:`forethought.runs.find_run`) is scored on that run's own split
-    when no data option is given; when data are cut afresh, test sequences from any such model's training split
-    are refused. Returns the splits and, per model, ``{"run": DIR, "name": NAME_IN_RUN, **run.json entry}`` or
-    None.
+    when no data option is given; when data are cut afresh (split with ``seed``), test sequences from any such
+    model's training split are refused. Returns the splits and, per model, ``{"run": DIR, "name": NAME_IN_RUN,
+    **run.json entry}`` or None.
     """
-    from forethought.data import load_token_splits
     from forethought.runs import check_not_trained_on, find_run, load_run
 
     found = {name: find_run(source) for name, source in sources.items()}
@@ -223,13 +167,10 @@ def model_data(sources: dict[str, str], models: dict[str, Any], args: argparse.N
     trained = {name: None if where is None else {"run": str(where[0]), "name": where[1],
                                                  **runs[where[0]].trained.get(where[1], {})}
                for name, where in found.items()}
-    given = any(getattr(args, option) is not None for option in DATA_DEFAULTS)
-    if runs and not given:
+    if runs and not data.given():
         splits = next(iter(runs.values())).splits  # the first run's own split
     else:
-        splits = load_token_splits(options["dataset"], shared_tokenizer(models), options["seq_len"],
-                                   text_field=options["text_field"], max_sequences=options["max_sequences"],
-                                   val_fraction=options["val_fraction"], seed=args.seed)
+        splits = load_splits(data.data(), seed, tokenizer=shared_tokenizer(models))
         splits.manifest["models"] = sources
     checked = {where[0]: where[1] for where in found.values() if where is not None}  # one check per run
     for directory, model_name in checked.items():

@@ -33,7 +33,6 @@ Example:
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,15 +44,8 @@ from forethought import plots
 from forethought.data import TokenSplits
 from forethought.devices import resolve_device
 from forethought.errors import InvalidArgumentError
-from forethought.experiments.common import (
-    check_data_options,
-    check_probe_inputs,
-    model_data,
-    parse_ints,
-    parse_models,
-    scoring_data_options,
-)
-from forethought.experiments.config_cli import as_options
+from forethought.experiments.commands import Compare
+from forethought.experiments.common import check_probe_inputs, model_data, parse_ints, parse_models
 from forethought.models import load_model
 from forethought.myopic_training.evaluation import MyopiaReport, evaluate_regimes, format_gap, plot_report
 from forethought.probes.sweep import ProbeSweepConfig, label_space_summary, probe_sweep
@@ -203,41 +195,28 @@ def _write(result: RegimeComparison, out: Path, baseline: str, settings: dict[st
     })
 
 
-#: Settings a refusal may name -> the options a user types for them.
-OPTIONS = {"device": "--device", "layer": "--layers", "offset": "--offsets", "seq_len": "--seq-len", "top_k": "--top-k",
-           "max_epochs": "--max-epochs", "val_fraction": "--val-fraction", "test_fraction": "--val-fraction",
-           "baseline": "--baseline"}
-
-
-def run(args: argparse.Namespace) -> int:
+def run(args: Compare) -> int:
     """``forethought compare``: score the models of ``--run`` (or of ``--model``) and write the tables to ``--out``.
 
     The options, the models (layers, context length) and the data (offsets) are checked before ``--out`` exists.
     """
-    with as_options(OPTIONS):
-        return _run(args)
-
-
-def _run(args: argparse.Namespace) -> int:
-    check_data_options(args)
     layers: Any = "all" if args.layers.strip() == "all" else parse_ints(args.layers, "layers")
     offsets = parse_ints(args.offsets, "offsets")
     check_out_dir(args.out)
-    resolve_device(args.device)
-    options = scoring_data_options(args, verb="score")
+    device = resolve_device(args.device)
     if args.run:
-        run_dir = load_run(args.run, device=args.device)
+        run_dir = load_run(args.run, device=device)
         scored = [name for name, regime in REGIMES.items() if not regime.needs_past_model]  # loaded without a past
         models = {name: model for name, model in run_dir.models.items() if name in scored}
         if not models:
             raise InvalidArgumentError(f"--run {args.run!r} holds none of the models {', '.join(scored)}")
         splits, trained_as, bootstrap_seed = run_dir.splits, run_dir.trained_as, run_dir.manifest.get("seed")
     else:
-        sources = parse_models(args.model)
+        sources = parse_models(args.model or [])
         if args.baseline not in sources:
             raise InvalidArgumentError(f"--baseline {args.baseline!r} is not among the models {sorted(sources)}")
-        models = {name: load_model(source, device=args.device) for name, source in sources.items()}
-        splits, trained = model_data(sources, models, args, options)
+        models = {name: load_model(source, device=device) for name, source in sources.items()}
+        splits, trained = model_data(sources, models, args.data, args.seed)
         trained_as = {name: (entry or {}).get("trained_as") for name, entry in trained.items()}
         bootstrap_seed = None
     if args.baseline not in models:
@@ -246,8 +225,7 @@ def _run(args: argparse.Namespace) -> int:
     config = ProbeSweepConfig(top_k=args.top_k, control=args.control).with_max_epochs(args.max_epochs)
     prepare_out_dir(args.out)
     result = compare_regimes(models, splits, out_dir=args.out, layers=layers, offsets=offsets, method=args.method,
-                             baseline=args.baseline, seed=args.seed,
-                             config=config,
-                             progress=args.progress, trained_as=trained_as, bootstrap_seed=bootstrap_seed)
+                             baseline=args.baseline, seed=args.seed, config=config, progress=args.progress,
+                             trained_as=trained_as, bootstrap_seed=bootstrap_seed)
     print(f"myopia gap {format_gap(result.losses)} nats/token; wrote {args.out}")
     return 0

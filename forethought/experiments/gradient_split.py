@@ -29,7 +29,6 @@ Example:
 
 from __future__ import annotations
 
-import argparse
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -41,9 +40,9 @@ from torch.nn import functional as F
 
 from forethought import synthetic
 from forethought.devices import resolve_device
-from forethought.errors import InvalidArgumentError, check_positive
-from forethought.experiments.common import check_data_options, data_options, load_splits
-from forethought.experiments.config_cli import as_options
+from forethought.errors import InvalidArgumentError
+from forethought.experiments.commands import GradientSplitCommand
+from forethought.experiments.common import load_splits
 from forethought.models import load_model
 from forethought.myopic_training.gradient_split import (
     TOTAL,
@@ -67,16 +66,8 @@ DEFINITIONS = {
 }
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: GradientSplitCommand) -> int:
     """``forethought gradient-split``: split the gradient of a model or of synthetic training and write the report."""
-    with as_options({**data_options(), "device": "--device"}):
-        return _run(args)
-
-
-def _run(args: argparse.Namespace) -> int:
-    check_data_options(args)
-    for name in ("batches", "batch_size", "every", "threads"):
-        check_positive(f"--{name.replace('_', '-')}", getattr(args, name), integer=True)
     device = resolve_device(args.device)
     out = check_out_dir(args.out)
     threads = torch.get_num_threads()
@@ -97,12 +88,12 @@ def _run(args: argparse.Namespace) -> int:
             model = load_model(args.model, device=device)
             if model.tokenizer is None:
                 raise InvalidArgumentError(f"--model {args.model!r} has no tokenizer; save one beside its weights")
-            splits = load_splits(args, args.seed, tokenizer=model.tokenizer)
+            splits = load_splits(args.data, args.seed, tokenizer=model.tokenizer)
             tokens = splits.validation[: args.batches * args.batch_size]
             split = gradient_split(model, tokens, modes=args.modes, batch_size=args.batch_size,
                                    progress=args.progress)
             report = _write_single(out, split, args, source={
-                "model": str(args.model), "dataset": args.dataset, "seq_len": args.seq_len,
+                "model": str(args.model), "dataset": args.data.dataset, "seq_len": args.data.seq_len,
                 "n_sequences": len(tokens), "split": "validation"})
     finally:
         torch.set_num_threads(threads)
@@ -134,7 +125,7 @@ def saved_config(checkpoint: str | Path) -> synthetic.SyntheticConfig:
     return _saved_config(checkpoint)
 
 
-def _write_single(out: Path, split: GradientSplit, args: argparse.Namespace, source: dict[str, Any]) -> dict:
+def _write_single(out: Path, split: GradientSplit, args: GradientSplitCommand, source: dict[str, Any]) -> dict:
     out = prepare_out_dir(out)
     frame = split.to_frame()
     summary = {mode: split.share(mode) for mode in split.modes}
@@ -157,12 +148,11 @@ def _write_single(out: Path, split: GradientSplit, args: argparse.Namespace, sou
     return report
 
 
-def _over_synthetic_training(args: argparse.Namespace, device: torch.device, out: Path) -> dict:
+def _over_synthetic_training(args: GradientSplitCommand, device: torch.device, out: Path) -> dict:
     """Train a vanilla model on D_p and record the split every ``--every`` steps (and at the last one)."""
     config = replace(synthetic.PRESETS[args.synthetic_preset], seed=args.seed)
     if args.steps is not None:
-        check_positive("--steps", args.steps, integer=True)
-        config = replace(config, steps=args.steps, warmup_steps=min(config.warmup_steps, args.steps // 10))
+        config = config.with_steps(args.steps)
     batches = synthetic_batches(config, args.batches, args.batch_size, device)
     loss_fn = huber_loss(config.huber_delta)
     rows, per_batch, started = [], [], time.perf_counter()

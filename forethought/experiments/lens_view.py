@@ -19,13 +19,13 @@ Example:
 
 from __future__ import annotations
 
-import argparse
+from dataclasses import asdict
 from pathlib import Path
 
 from forethought.devices import resolve_device
 from forethought.errors import InvalidArgumentError
+from forethought.experiments.commands import LensView
 from forethought.experiments.common import parse_ints
-from forethought.experiments.config_cli import as_options
 from forethought.models import load_model
 from forethought.probes.io import CONFIG
 from forethought.probes.lens_view import lens_view
@@ -49,23 +49,19 @@ def find_probe_dir(path: str | Path) -> Path:
     return found[0]
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: LensView) -> int:
     """``forethought lens-view``: read ``--prompt`` with the probes of ``--probes`` and write the view to ``--out``."""
     layers = parse_ints(args.layers, "layers") if args.layers else None
-    if not args.prompt:
-        raise InvalidArgumentError("--prompt is empty; pass the text to view")
     probe_dir = find_probe_dir(args.probes)
     check_out_dir(args.out)
-    with as_options({"device": "--device", "offset": "--offset", "layer": "--layers", "layers": "--layers"}):
-        resolve_device(args.device)
-        model = load_model(args.model, device=args.device)
-        view = lens_view(model, probe_dir, args.prompt, offset=args.offset, layers=layers)
+    model = load_model(args.model, device=resolve_device(args.device))
+    view = lens_view(model, probe_dir, args.prompt, offset=args.offset, layers=layers)
 
     out = prepare_out_dir(args.out)  # every input is checked by now: bad input leaves no directory behind
     for name in FILES[:3]:
         view.save(out / name)
     write_json(out / "report.json", {
-        "config": {key: value for key, value in vars(args).items() if key != "runner"},
+        "config": asdict(args),
         "probes": {"directory": str(probe_dir), **view.meta, "layers": view.layers, "offset": view.offset},
         "model": {"source": args.model, "n_layers": model.cfg.n_layers, "d_model": model.cfg.d_model,
                   "d_vocab": model.cfg.d_vocab},

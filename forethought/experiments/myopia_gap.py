@@ -35,12 +35,12 @@ Example:
 
 from __future__ import annotations
 
-import argparse
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
+from forethought.config import TrainConfig
 from forethought.data import check_tokens_fit
 from forethought.data.tokens import PREPEND_BOS
 from forethought.errors import (
@@ -50,12 +50,12 @@ from forethought.errors import (
     ModelNotAvailableError,
     check_positive,
 )
-from forethought.experiments.common import check_data_options, data_options, load_splits, save_gradient_split_plot
-from forethought.experiments.config_cli import as_options, dataclass_overrides, option_names
-from forethought.experiments.presets import DATA_FIELDS, PRESETS, Preset
+from forethought.experiments.commands import MyopiaGap
+from forethought.experiments.common import load_splits, save_gradient_split_plot
+from forethought.experiments.presets import PRESETS, Preset
 from forethought.models import load_model, save_random_checkpoint, tiny_model
 from forethought.myopic_training.evaluation import evaluate_regimes, format_gap, plot_report
-from forethought.myopic_training.trainer import CHECKPOINT, MODEL_DIR, PAST_MODEL_DIR, TrainConfig, check_device, train
+from forethought.myopic_training.trainer import CHECKPOINT, MODEL_DIR, PAST_MODEL_DIR, check_device, train
 from forethought.prompts import set_prepends_bos
 from forethought.regimes import REGIMES, gap_definitions, get_regime
 from forethought.reporting import (
@@ -72,20 +72,17 @@ from forethought.runs import write_run
 RUNS = "runs"
 
 
-def preset_from_args(args: argparse.Namespace) -> Preset:
-    """The chosen preset with the command line's data options applied."""
-    if args.preset not in PRESETS:
-        raise InvalidArgumentError(f"preset {args.preset!r} is unknown; choose one of {', '.join(PRESETS)}")
-    preset = PRESETS[args.preset]
-    changes: dict[str, Any] = dataclass_overrides(Preset, args, only=DATA_FIELDS)
-    if args.regimes:
-        regimes = tuple(name.strip() for name in args.regimes.split(",") if name.strip())
+def chosen_preset(command: MyopiaGap) -> Preset:
+    """The chosen preset with the command's data options and ``--regimes`` applied."""
+    preset = replace(PRESETS[command.preset], **asdict(command.data))
+    if command.regimes:
+        regimes = tuple(name.strip() for name in command.regimes.split(",") if name.strip())
         unknown = [name for name in regimes if name not in REGIMES]
         if unknown or not regimes:
-            raise InvalidArgumentError(f"--regimes {args.regimes!r} is not allowed; choose from {', '.join(REGIMES)}")
-        changes["regimes"] = tuple(name for name in REGIMES if name in regimes)  # vanilla first
-    preset = replace(preset, **changes)
-    from_scratch = preset.model is None and not getattr(args, "models", None)
+            raise InvalidArgumentError(f"--regimes {command.regimes!r} is not allowed; choose from "
+                                       f"{', '.join(REGIMES)}")
+        preset = replace(preset, regimes=tuple(name for name in REGIMES if name in regimes))  # vanilla first
+    from_scratch = preset.model is None and not command.models
     for name in preset.regimes:
         if get_regime(name).needs_past_model and from_scratch and "vanilla" not in preset.regimes:
             raise InvalidArgumentError(f"regime {name} from scratch uses the trained vanilla model as its past; "
@@ -93,34 +90,21 @@ def preset_from_args(args: argparse.Namespace) -> Preset:
     return preset
 
 
-#: Settings a refusal may name -> the options a user types for them.
-OPTIONS = {**data_options(), **option_names(TrainConfig)}
+def run(command: MyopiaGap) -> int:
+    """``forethought myopia-gap``: train and compare the preset's regimes into ``--out``.
 
-
-def run(args: argparse.Namespace) -> int:
-    """``forethought myopia-gap``: train and compare the preset's regimes (or sweep ``--models``) into ``--out``.
+    With ``--models`` the command runs :func:`forethought.experiments.size_sweep.run` instead.
 
     The options, the data and the batch size against the data are checked before ``--out`` is created.
     """
-    with as_options(OPTIONS):
-        return _run(args)
-
-
-def _run(args: argparse.Namespace) -> int:
-    check_data_options(args)
-    preset = preset_from_args(args)
-    config = TrainConfig(**{**preset.train, **dataclass_overrides(TrainConfig, args)})
+    preset = chosen_preset(command)
+    config = command.train_config()
     check_device(config.device)
-    out = check_out_dir(args.out)
-    if args.models:
-        from forethought.experiments.size_sweep import parse_model_list, run_size_sweep
-
-        run_size_sweep(parse_model_list(args.models), preset, out, config, preset_name=args.preset)
-        return 0
-    if (out / RUNS).exists() and any((out / RUNS).glob(f"*/{CHECKPOINT}")) and not args.resume:
-        raise InvalidArgumentError(f"{args.out!r} already holds a myopia-gap run; pass --resume to continue it or "
+    out = check_out_dir(command.out)
+    if (out / RUNS).exists() and any((out / RUNS).glob(f"*/{CHECKPOINT}")) and not config.resume:
+        raise InvalidArgumentError(f"{command.out!r} already holds a myopia-gap run; pass --resume to continue it or "
                                    "choose another --out")
-    run_myopia_gap(preset, out, config, preset_name=args.preset)
+    run_myopia_gap(preset, out, config, preset_name=command.preset)
     return 0
 
 

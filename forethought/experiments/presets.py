@@ -1,4 +1,4 @@
-"""The ready-made experiments of ``forethought myopia-gap`` (:class:`Preset`, :data:`PRESETS`).
+"""The ready-made experiments of ``forethought myopia-gap`` (:class:`Preset`, :data:`PRESETS`) and their :class:`Data`.
 
 Plain Python, importable without torch, so that ``--help`` lists the presets and their settings at once.
 
@@ -12,45 +12,75 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-#: The fields of a :class:`Preset` that say which text is used and how it is cut: the data options of the runners.
-DATA_FIELDS = ("dataset", "text_field", "max_documents", "min_doc_tokens", "seq_len", "max_sequences", "val_fraction")
+from forethought.errors import InvalidArgumentError, check_number
 
 
 @dataclass(frozen=True)
-class Preset:
-    """One ready-made experiment.
+class Data:
+    """Which text a run uses and how it is cut: the data options of ``train``, ``myopia-gap`` and ``gradient-split``.
+
+    Attributes:
+        dataset: text source for :func:`~forethought.data.load_texts`: ``builtin``, a file, a directory or a HF
+            dataset name.
+        text_field: the text column of ``.jsonl`` files and HF datasets.
+        max_documents: keep at most this many documents (``None``: all).
+        min_doc_tokens: keep only documents this long; sequences never cross documents (``None``: any length).
+        seq_len: tokens per sequence.
+        max_sequences: keep at most this many sequences (``None``: all).
+        val_fraction: share of sequences held out for validation.
+
+    Example:
+        >>> Data(seq_len=1)
+        Traceback (most recent call last):
+        ...
+        forethought.errors.InvalidArgumentError: seq_len=1 is not allowed; expected an integer >= 2
+    """
+
+    dataset: str = "builtin"
+    text_field: str = "text"
+    max_documents: int | None = None
+    min_doc_tokens: int | None = None
+    seq_len: int = 64
+    max_sequences: int | None = None
+    val_fraction: float = 0.1
+
+    def __post_init__(self) -> None:
+        if not str(self.dataset).strip():
+            raise InvalidArgumentError(f"dataset={self.dataset!r}: the text source is empty; pass 'builtin', a file, "
+                                       "a directory or a HF dataset name")
+        if not str(self.text_field).strip():
+            raise InvalidArgumentError(f"text_field={self.text_field!r} is empty; pass the name of the text column")
+        check_number("seq_len", self.seq_len, low=2, integer=True)
+        for name, low in (("max_documents", 1), ("min_doc_tokens", 1), ("max_sequences", 2)):  # a train and a
+            if getattr(self, name) is not None:  # validation sequence at least
+                check_number(name, getattr(self, name), low=low, integer=True)
+        check_number("val_fraction", self.val_fraction, low=0, high=1, low_open=True, high_open=True)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Preset(Data):
+    """One ready-made experiment: its :class:`Data` and the rest.
 
     Attributes:
         description: one line for ``--help``.
-        dataset: text source for :func:`~forethought.data.load_texts`.
-        text_field: the text column of ``.jsonl`` files and HF datasets.
-        max_documents: keep at most this many documents (``None``: all).
-        seq_len: tokens per sequence.
-        min_doc_tokens: keep only documents this long; sequences never cross documents (64-token passages;
-            ``None``: any length).
-        val_fraction: share of sequences held out for validation.
-        max_sequences: keep at most this many sequences (``None``: all).
         tokenizer: from scratch: an ``int`` trains a byte-level BPE of that size on the corpus; a string loads a
             hub tokenizer. Fine-tuning uses the model's own tokenizer.
         model: a hub name or directory to fine-tune; ``None`` trains ``architecture`` from scratch.
         architecture: from scratch: ``{"family": "native" | "gpt2" | "neox" | "llama", sizes...}``.
         regimes: regimes to train, in order (``local-myopic`` from scratch needs ``vanilla`` before it).
-        train: :class:`~forethought.myopic_training.TrainConfig` settings shared by every regime.
+        train: :class:`~forethought.config.TrainConfig` settings shared by every regime.
     """
 
     description: str
-    dataset: str = "builtin"
-    text_field: str = "text"
-    max_documents: int | None = None
-    seq_len: int = 64
-    min_doc_tokens: int | None = None
-    val_fraction: float = 0.1
-    max_sequences: int | None = None
     tokenizer: int | str = 2048
     model: str | None = None
     architecture: dict[str, Any] = field(default_factory=dict)
     regimes: tuple[str, ...] = ("vanilla", "myopic", "bigram")
     train: dict[str, Any] = field(default_factory=dict)
+
+    def data(self) -> Data:
+        """The preset's :class:`Data`."""
+        return Data(**{name: getattr(self, name) for name in Data.__dataclass_fields__})
 
 
 PRESETS: dict[str, Preset] = {

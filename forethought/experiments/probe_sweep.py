@@ -37,7 +37,6 @@ Example:
 
 from __future__ import annotations
 
-import argparse
 import time
 from dataclasses import asdict
 from typing import Any
@@ -48,17 +47,9 @@ from forethought import plots
 from forethought.devices import resolve_device
 from forethought.distributed import current_world
 from forethought.errors import InvalidArgumentError, check_seed
-from forethought.experiments.common import (
-    check_data_options,
-    check_probe_inputs,
-    model_data,
-    parse_ints,
-    parse_models,
-    scoring_data_options,
-)
-from forethought.experiments.config_cli import as_options
+from forethought.experiments.commands import ProbeSweep
+from forethought.experiments.common import check_probe_inputs, model_data, parse_ints, parse_models
 from forethought.models import load_model
-from forethought.probes.methods import method_names
 from forethought.probes.sweep import (
     ProbeSweepConfig,
     check_stream,
@@ -70,48 +61,30 @@ from forethought.regimes import REGIMES, is_probed
 from forethought.reporting import check_out_dir, prepare_out_dir, provenance, save_figure, write_csv, write_json
 from forethought.runs import load_run
 
-#: The settings a refusal may name -> the options a user types for them.
-OPTIONS = {"device": "--device", "layer": "--layers", "layers": "--layers", "offset": "--offsets",
-           "offsets": "--offsets", "seq_len": "--seq-len", "top_k": "--top-k", "max_epochs": "--max-epochs",
-           "stream": "--stream",
-           "stream_dir": "--stream-dir", "stream_above_gib": "--stream-above-gib", "batch_size": "--batch-size",
-           "test_fraction": "--val-fraction", "val_fraction": "--val-fraction", "seed": "--seed",
-           "max_sequences": "--max-sequences", "method": "--method"}
 
-
-def run(args: argparse.Namespace) -> int:
+def run(args: ProbeSweep) -> int:
     """``forethought probe-sweep``: probe the models of ``--model`` (or ``--run``) and write the table to ``--out``.
 
     Every input is checked before ``--out`` is created: the options, then the models (layers, context length) and
     the data (offsets), so that a refusal leaves nothing behind.
     """
-    with as_options(OPTIONS):
-        return _run(args)
-
-
-def _run(args: argparse.Namespace) -> int:
-    check_data_options(args)
     layers: Any = "all" if args.layers.strip() == "all" else parse_ints(args.layers, "layers")
     offsets = parse_ints(args.offsets, "offsets")
     seeds = parse_ints(args.seeds, "seeds") if args.seeds else [args.seed]
     for seed in seeds:
         check_seed("--seeds" if args.seeds else "--seed", seed)
     methods = [m.strip() for m in args.method.split(",") if m.strip()]
-    unknown = [m for m in methods if m not in method_names()]
-    if unknown or not methods:
-        raise InvalidArgumentError(f"--method {args.method!r} is unknown; choose from {', '.join(method_names())}")
-    options = scoring_data_options(args, verb="probe")
-    config = ProbeSweepConfig(top_k=args.top_k, control=not args.no_control, test_fraction=options["val_fraction"],
+    config = ProbeSweepConfig(top_k=args.top_k, control=args.control, test_fraction=args.data.data().val_fraction,
                               batch_size=args.batch_size, stream_above_gib=args.stream_above_gib,
                               stream_dir=args.stream_dir)
     stream = "auto" if args.stream is None else args.stream
     check_stream(stream, methods, config)
     config = config.with_max_epochs(args.max_epochs)
     out = check_out_dir(args.out)
-    resolve_device(args.device)
+    device = resolve_device(args.device)
 
     if args.run:
-        loaded = load_run(args.run, device=args.device)
+        loaded = load_run(args.run, device=device)
         trained = {name: entry for name, entry in loaded.trained.items() if is_probed(entry.get("trained_as"))}
         models = {name: loaded.models[name] for name in trained}
         if not models:
@@ -121,16 +94,16 @@ def _run(args: argparse.Namespace) -> int:
         splits = loaded.splits
     else:
         sources = parse_models(args.model)
-        models = {name: load_model(source, device=args.device) for name, source in sources.items()}
+        models = {name: load_model(source, device=device) for name, source in sources.items()}
         check_probe_inputs(models, layers, offsets)  # the layers before the data are cut
-        splits, trained = model_data(sources, models, args, options)
+        splits, trained = model_data(sources, models, args.data, args.seed)
     check_probe_inputs(models, layers, offsets, splits.seq_len, splits)
     world = current_world()  # under torchrun / accelerate launch each process probes some depths; process 0 writes
     if world is None or world.is_main_process:
         prepare_out_dir(out)
     start = time.perf_counter()
     tables = [probe_sweep(models, splits, layers=layers, offsets=offsets, method=methods, seed=seed,
-                          device=args.device, config=config,
+                          device=device, config=config,
                           save_dir=out / "probes" / (f"seed{seed}" if len(seeds) > 1 else "")
                           if args.save_probes else None, stream=stream, progress=args.progress).to_frame()
               for seed in seeds]
@@ -154,7 +127,7 @@ def _run(args: argparse.Namespace) -> int:
             [["model", "method", "layer", "offset", "top1", "top1_ci_low", "top1_ci_high", "coverage",
               "best_baseline_top1", "gain_over_baseline", "selectivity"]])
     write_json(out / "report.json", {
-        "config": {**{key: value for key, value in vars(args).items() if key != "runner"},
+        "config": {**asdict(args),
                    "seeds": seeds, "sweep": {**asdict(config), "feature_dtype": str(config.feature_dtype)}},
         "models": {name: {"source": sources[name], "trained": trained.get(name), "n_layers": model.cfg.n_layers,
                           "d_model": model.cfg.d_model, "d_vocab": model.cfg.d_vocab}

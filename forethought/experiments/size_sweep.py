@@ -45,11 +45,14 @@ from typing import Any
 import pandas as pd
 import torch
 
-from forethought.errors import ContextLengthError, DataError, InvalidArgumentError
+from forethought.config import TrainConfig
+from forethought.errors import ContextLengthError, DataError, InvalidArgumentError, check_choice
+from forethought.experiments.commands import MyopiaGap
 from forethought.experiments.common import parse_models, shared_tokenizer
-from forethought.experiments.myopia_gap import PRESETS, RUNS, Preset, run_myopia_gap
+from forethought.experiments.myopia_gap import RUNS, chosen_preset, run_myopia_gap
+from forethought.experiments.presets import PRESETS, Preset
 from forethought.models import is_native, load_model
-from forethought.myopic_training.trainer import CHECKPOINT, TrainConfig
+from forethought.myopic_training.trainer import CHECKPOINT, check_device
 from forethought.regimes import gap_definitions, registered_gaps
 from forethought.reporting import check_out_dir, prepare_out_dir, provenance, save_figure, write_csv, write_json
 from forethought.runs import RUN_FILE
@@ -104,6 +107,15 @@ def count_parameters(model: Any) -> int:
         return transformers.AutoModelForCausalLM.from_config(model.original_model.config).num_parameters()
 
 
+def run(command: MyopiaGap) -> int:
+    """``forethought myopia-gap --models ...``: the sweep over model sizes, with the command's preset and settings."""
+    config = command.train_config()
+    check_device(config.device)
+    run_size_sweep(parse_model_list(command.models or []), chosen_preset(command), command.out, config,
+                   preset_name=command.preset)
+    return 0
+
+
 def run_size_sweep(
     models: Mapping[str, str] | Sequence[str],
     preset: Preset | str,
@@ -115,7 +127,7 @@ def run_size_sweep(
 
     Args:
         models: name → hub name or directory, or specs for :func:`parse_model_list`.
-        preset: a :class:`~forethought.experiments.myopia_gap.Preset` or the name of one; its data and regimes
+        preset: a :class:`~forethought.experiments.presets.Preset` or the name of one; its data and regimes
             are used, its model (or architecture) and tokenizer are replaced by each model and its tokenizer.
         out: the sweep's directory.
         config: training settings shared by every model and regime (default: the preset's); ``config.resume``
@@ -131,8 +143,7 @@ def run_size_sweep(
             was trained with other settings.
     """
     if isinstance(preset, str):
-        if preset not in PRESETS:
-            raise InvalidArgumentError(f"preset {preset!r} is unknown; choose one of {', '.join(PRESETS)}")
+        check_choice("preset", preset, PRESETS)
         preset_name, preset = preset_name or preset, PRESETS[preset]
     models = dict(models) if isinstance(models, Mapping) else parse_model_list(models)
     if not models:

@@ -1,6 +1,7 @@
 """``forethought synthetic``: the synthetic pre-caching experiment (Wu, Morris & Levine 2024, §4).
 
-A thin runner: the command line gives a preset and its overrides (a :class:`~forethought.synthetic.SyntheticConfig`),
+A thin runner: the command (:class:`~forethought.experiments.commands.Synthetic`) holds the preset with its
+overrides (a :class:`~forethought.config.SyntheticConfig`) and the ``--p`` values;
 :func:`forethought.synthetic.run_experiment` (one ``p``) or :func:`~forethought.synthetic.run_sweep` (several)
 trains, evaluates and probes both regimes and writes the outputs to ``--out`` (see
 :mod:`forethought.synthetic.study`), and the headline numbers are printed.
@@ -8,72 +9,43 @@ trains, evaluates and probes both regimes and writes the outputs to ``--out`` (s
 
 from __future__ import annotations
 
-import argparse
-from dataclasses import replace
 from typing import Any
 
 import pandas as pd
 import torch
 
 from forethought.devices import resolve_device
-from forethought.errors import NumericalError, check_positive
-from forethought.experiments.arguments import SYNTHETIC_FLAGS
+from forethought.errors import NumericalError
+from forethought.experiments.commands import Synthetic
 from forethought.experiments.common import nan_cause
-from forethought.experiments.config_cli import as_options, dataclass_overrides, option_names
 from forethought.reporting import check_out_dir
-from forethought.synthetic import PRESETS, SyntheticConfig, run_experiment, run_sweep
-
-#: Settings a refusal may name -> the options a user types for them.
-OPTIONS = option_names(SyntheticConfig, SYNTHETIC_FLAGS)
+from forethought.synthetic import PRESETS, run_experiment, run_sweep
 
 
-def config_from_args(args: argparse.Namespace) -> SyntheticConfig:
-    """The preset with the command line's overrides applied (validated; a refusal names the options)."""
-    with as_options(OPTIONS):
-        return _config_from_args(args)
-
-
-def _config_from_args(args: argparse.Namespace) -> SyntheticConfig:
-    overrides = dataclass_overrides(SyntheticConfig, args, exclude=("p",))  # --p: one run per value
-    config = PRESETS[args.preset]
-    if "steps" in overrides and "warmup_steps" not in overrides:
-        check_positive("steps", overrides["steps"], integer=True)
-        overrides["warmup_steps"] = min(config.warmup_steps, overrides["steps"] // 10)
-    return replace(config, **overrides)
-
-
-def run(args: argparse.Namespace) -> int:
+def run(command: Synthetic) -> int:
     """``forethought synthetic``: run the preset once per ``--p`` value, print a summary, write to ``--out``."""
-    config = config_from_args(args)
-    ps = args.p or [config.p]
-    with as_options(OPTIONS):
-        for p in ps:
-            replace(config, p=p)  # validate every p before any work
-        config.model_config()  # and the model's settings (--normalization)
-    with as_options({"device": "--device"}):
-        device = resolve_device(args.device)
-    check_positive("threads", args.threads, integer=True)
-    check_positive("checkpoint-every", args.checkpoint_every, integer=True)
-    checkpointing = {"resume": args.resume, "checkpoint_every": args.checkpoint_every}
-    out = check_out_dir(args.out)  # run_experiment creates it once the arguments are all checked
-    extra = {"preset": args.preset, **({"threads": args.threads} if device.type == "cpu" else {})}
-    progress = args.progress
+    configs = command.configs()
+    configs[0].model_config()  # the model's settings (--normalization) are checked before any work
+    device = resolve_device(command.device)
+    checkpointing = {"resume": command.resume, "checkpoint_every": command.checkpoint_every}
+    out = check_out_dir(command.out)  # run_experiment creates it once the arguments are all checked
+    extra = {"preset": command.preset, **({"threads": command.threads} if device.type == "cpu" else {})}
     threads = torch.get_num_threads()
     if device.type == "cpu":
-        torch.set_num_threads(args.threads)
+        torch.set_num_threads(command.threads)
     try:
-        if len(ps) == 1:
-            report = run_experiment(replace(config, p=ps[0]), out, device=device, progress=progress,
-                                    extra_config=extra, **checkpointing)
+        if len(configs) == 1:
+            report = run_experiment(configs[0], out, device=device, progress=command.progress, extra_config=extra,
+                                    **checkpointing)
             print(_format_summary(report["summary"], report["regimes"]))
         else:
-            report = run_sweep(config, ps, out, device=device, progress=progress, extra_config=extra,
-                               **checkpointing)
+            report = run_sweep(configs[0], [config.p for config in configs], out, device=device,
+                               progress=command.progress, extra_config=extra, **checkpointing)
             print(pd.DataFrame(report["sweep"]).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     except NumericalError as error:
         raise NumericalError(nan_cause(str(error), {
-            "--lr": (config.lr, max(preset.lr for preset in PRESETS.values())),
-            "--frequency": (config.frequency, max(preset.frequency for preset in PRESETS.values()))})
+            "--lr": (configs[0].lr, max(preset.lr for preset in PRESETS.values())),
+            "--frequency": (configs[0].frequency, max(preset.frequency for preset in PRESETS.values()))})
         ) from error
     finally:
         torch.set_num_threads(threads)

@@ -16,46 +16,34 @@ Example:
 
 from __future__ import annotations
 
-import argparse
 import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from forethought.config import TrainConfig
 from forethought.data import check_tokens_fit
 from forethought.data.tokens import PREPEND_BOS
 from forethought.errors import DataError, InvalidArgumentError, NumericalError
-from forethought.experiments.common import (
-    check_data_options,
-    data_options,
-    load_option_model,
-    load_splits,
-    nan_cause,
-    save_gradient_split_plot,
-)
-from forethought.experiments.config_cli import as_options, dataclass_overrides, option_names
+from forethought.experiments.commands import Train
+from forethought.experiments.common import load_option_model, load_splits, nan_cause, save_gradient_split_plot
 from forethought.experiments.presets import MAX_PRESET_LR
 from forethought.models import tiny_model
-from forethought.myopic_training.trainer import CHECKPOINT, MODEL_DIR, TrainConfig, check_device, train
+from forethought.myopic_training.trainer import CHECKPOINT, MODEL_DIR, check_device, train
 from forethought.prompts import set_prepends_bos
 from forethought.regimes import get_regime
 from forethought.reporting import check_out_dir, prepare_out_dir, provenance, save_figure, write_json
 from forethought.runs import write_run
 
-#: Settings a refusal may name -> the options a user types for them.
-OPTIONS = {**data_options(), **option_names(TrainConfig), "vocab_size": "--vocab-size", "n_layers": "--n-layers",
-           "d_model": "--d-model", "n_heads": "--n-heads", "n_ctx": "--seq-len"}
 
-
-def run(args: argparse.Namespace) -> int:
+def run(args: Train) -> int:
     """``forethought train``: train one model in ``--regime`` into ``--out`` and write its report.
 
     Every input is checked before ``--out`` is created (the options, the data, the model and the batch size against
     the data), so that a refusal leaves nothing behind.
     """
     started = time.perf_counter()
-    with as_options(OPTIONS):
-        config, model, splits, past_model = _checked_inputs(args)
+    config, model, splits, past_model = _checked_inputs(args)
     out = check_out_dir(args.out)
     prepare_out_dir(out)
     config.out_dir = out
@@ -67,13 +55,12 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _checked_inputs(args: argparse.Namespace) -> tuple[TrainConfig, Any, Any, Any]:
+def _checked_inputs(args: Train) -> tuple[TrainConfig, Any, Any, Any]:
     """The validation phase: the config, the model, the data and the past model, all checked; nothing written."""
-    config = TrainConfig(**dataclass_overrides(TrainConfig, args))
-    check_data_options(args)
+    config = args.train_config()
     check_device(config.device)
     out = check_out_dir(args.out)
-    if (out / CHECKPOINT).exists() and not args.resume:
+    if (out / CHECKPOINT).exists() and not config.resume:
         raise InvalidArgumentError(f"{args.out!r} already holds a training run; pass --resume to continue it or "
                                    "choose another --out")
     if get_regime(config.regime).needs_past_model and args.model is None and args.past_model is None:
@@ -84,11 +71,11 @@ def _checked_inputs(args: argparse.Namespace) -> tuple[TrainConfig, Any, Any, An
         model = load_option_model("--model", args.model)
         if model.tokenizer is None:
             raise InvalidArgumentError(f"--model {args.model!r} has no tokenizer; save one beside its weights")
-        splits = load_splits(args, args.seed, tokenizer=model.tokenizer)
+        splits = load_splits(args.data, args.seed, tokenizer=model.tokenizer)
     else:
-        splits = load_splits(args, args.seed, vocab_size=args.vocab_size)
+        splits = load_splits(args.data, args.seed, vocab_size=args.vocab_size)
         model = tiny_model(n_layers=args.n_layers, d_model=args.d_model, n_heads=args.n_heads,
-                           d_vocab=len(splits.tokenizer), n_ctx=args.seq_len, seed=args.seed,
+                           d_vocab=len(splits.tokenizer), n_ctx=args.data.seq_len, seed=args.seed,
                            tokenizer=splits.tokenizer)
     set_prepends_bos(model, PREPEND_BOS)  # trained on sequences that start without a BOS token: prompts follow
     past_model = load_option_model("--past-model", args.past_model) if args.past_model else None
@@ -103,7 +90,7 @@ def _checked_inputs(args: argparse.Namespace) -> tuple[TrainConfig, Any, Any, An
     return config, model, splits, past_model
 
 
-def _report(args: argparse.Namespace, out: Path, config: TrainConfig, splits: Any, result: Any, started: float) -> None:
+def _report(args: Train, out: Path, config: TrainConfig, splits: Any, result: Any, started: float) -> None:
     from forethought.plots import plot_training_curves
 
     save_figure(plot_training_curves(result.history, title=f"{config.regime} training"), out / "training_curve.png")

@@ -6,7 +6,8 @@ model.
 
 * :mod:`~forethought.interventions.patching`: :func:`patch_positions`, :func:`patch_heads` (sweeps, with
   metrics from :mod:`~forethought.interventions.metrics`) and :func:`patch_activation` (one patch).
-* :mod:`~forethought.interventions.transplant`: :func:`transplant` (Future Lens' causal test).
+* :mod:`~forethought.interventions.transplant`: :func:`transplant` (Future Lens' causal test), into fixed (token) or
+  soft (embedding) prompts; :func:`transplanted_logits`, the differentiable steps a learned prompt trains through.
 * :mod:`~forethought.interventions.directions`: :func:`project_out`, :func:`add_direction`,
   :func:`direction_effect` (with norm-matched random placebos); :mod:`~forethought.interventions.subspaces`:
   :func:`as_directions` for trained probes, :func:`orthonormal_basis`, :func:`random_directions`.
@@ -33,7 +34,13 @@ from forethought.interventions.past import ablate_past, past_ablation_effect, pe
 from forethought.interventions.patching import patch_activation, patch_heads, patch_positions
 from forethought.interventions.results import DirectionEffect, PatchResult, TransplantResult
 from forethought.interventions.subspaces import as_directions, orthonormal_basis, random_directions
-from forethought.interventions.transplant import NEUTRAL_PROMPTS, greedy, transplant
+from forethought.interventions.transplant import (
+    NEUTRAL_PROMPTS,
+    greedy,
+    transplant,
+    transplant_hooks,
+    transplanted_logits,
+)
 
 __all__ = [
     "NEUTRAL_PROMPTS",
@@ -61,4 +68,6 @@ __all__ = [
     "random_directions",
     "resolve_metric",
     "transplant",
+    "transplant_hooks",
+    "transplanted_logits",
 ]

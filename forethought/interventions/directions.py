@@ -36,7 +36,7 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from forethought.errors import InvalidArgumentError, OutOfRangeError, choices_text
+from forethought.errors import InvalidArgumentError, OutOfRangeError, check_choice
 from forethought.hook_names import RESID, check_layer, hook_name
 from forethought.interventions._core import (
     Edit,
@@ -196,8 +196,7 @@ def direction_effect(
         >>> effect.summary()[["condition", "offset"]].values.tolist()
         [['direction', 0], ['direction', 1], ['random', 0], ['random', 1]]
     """
-    if mode not in MODES:
-        raise InvalidArgumentError(f"mode={mode!r} is unknown; choose one of {choices_text(MODES)}")
+    check_choice("mode", mode, MODES)
     tokens = as_tokens(model, tokens).to(device_of(model))
     seq = tokens.shape[1]
     offset_list = _check_offsets(offsets, seq)

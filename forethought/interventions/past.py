@@ -34,7 +34,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from forethought.attention.ablation import ablate_past
-from forethought.errors import InvalidArgumentError, OutOfRangeError
+from forethought.errors import InvalidArgumentError, OutOfRangeError, check_choice
 from forethought.interventions._core import require_deterministic
 from forethought.losses import loss_by_position
 from forethought.options import ABLATIONS
@@ -92,8 +92,7 @@ def past_ablation_effect(
         depth_sets = [depth_sets]
     methods = [methods] if isinstance(methods, str) else list(methods)
     for method in methods:
-        if method not in ABLATIONS:
-            raise InvalidArgumentError(f"method={method!r} is unknown; choose one of {ABLATIONS}")
+        check_choice("method", method, ABLATIONS)
     conditions = [(_depths(model, depths), method) for depths in depth_sets for method in methods]
     labels = [_label(depths) for depths, _ in conditions]
 

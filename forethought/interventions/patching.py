@@ -45,7 +45,12 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from forethought.errors import InvalidArgumentError, OutOfRangeError, UnsupportedArchitectureError, choices_text
+from forethought.errors import (
+    InvalidArgumentError,
+    OutOfRangeError,
+    UnsupportedArchitectureError,
+    check_choice,
+)
 from forethought.hook_names import RESID, hook_name, resolve_layers
 from forethought.interventions._core import (
     check_pair,
@@ -296,8 +301,7 @@ def _sweep(
     batch_size: int,
     progress: bool,
 ) -> PatchResult:
-    if direction not in DIRECTIONS:
-        raise InvalidArgumentError(f"direction={direction!r} is unknown; choose one of {choices_text(DIRECTIONS)}")
+    check_choice("direction", direction, DIRECTIONS)
     metric = resolve_metric(metric)
     batch, seq = clean.shape
     metric.check(batch, seq, model.cfg.d_vocab)

@@ -16,7 +16,6 @@ Example:
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import product
@@ -212,12 +211,6 @@ class TransplantResult:
                              columns=pd.Index(range(self.ranks.shape[-1]), name="offset"))
         frame.loc["none"] = self.baseline_precision(k).numpy()
         return frame
-
-    def table(self, k: int = 1) -> pd.DataFrame:
-        """Deprecated: :meth:`precision_table` (wide) or :meth:`to_frame` (tidy)."""
-        warnings.warn("TransplantResult.table is deprecated; use precision_table(k) for the wide depth x offset "
-                      "table or to_frame() for the tidy one", DeprecationWarning, stacklevel=2)
-        return self.precision_table(k)
 
     def to_frame(self, ks: Sequence[int] = (1, 5)) -> pd.DataFrame:
         """Tidy: one row per (prompt, depth, offset, k) with ``precision``.

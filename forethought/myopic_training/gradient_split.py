@@ -52,7 +52,7 @@ from jaxtyping import Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from forethought.errors import InvalidArgumentError, check_positive
+from forethought.errors import InvalidArgumentError, check_choice, check_positive
 from forethought.myopic_training.gradient_split_results import (  # noqa: F401 - re-exported
     TOTAL,
     GradientSplit,
@@ -245,8 +245,7 @@ def _bridge(model: torch.nn.Module, bridge: TransformerBridge | None) -> Transfo
 
 
 def _check_mode(mode: str) -> None:
-    if mode not in MODES:
-        raise InvalidArgumentError(f"mode={mode!r} is unknown; choose one of {MODES}")
+    check_choice("mode", mode, MODES)
 
 
 def _batches(model: torch.nn.Module, batches: Iterable[Any] | Tensor, batch_size: int) -> Iterable[Any]:

@@ -1,7 +1,7 @@
 """The myopic gradient, as a context manager of TransformerLens hooks.
 
 ``myopic(model, mode, beta)`` leaves every forward value bit-for-bit unchanged and makes the gradient of the
-loss at position ``t`` reach only what position ``t`` computes itself (see DESIGN "Myopic training"):
+loss at position ``t`` reach only what position ``t`` computes itself:
 
 * ``"strict"``: in every layer, query ``t`` sees the keys and values of positions ``i < t`` as constants;
 * ``"cutgrad"``: query ``t`` sees past keys/values recomputed from the *detached* attention input with the live
@@ -54,7 +54,7 @@ from forethought.attention.recompute import (
     rotate,
 )
 from forethought.attention.sdpa import kernel_view
-from forethought.errors import InvalidArgumentError, UnsupportedArchitectureError
+from forethought.errors import InvalidArgumentError, UnsupportedArchitectureError, check_choice
 from forethought.options import MODES
 
 if TYPE_CHECKING:
@@ -86,10 +86,8 @@ def myopic(model: TransformerBridge, mode: Literal["strict", "cutgrad"] = "stric
         UnsupportedArchitectureError: the model's attention cannot be recomputed exactly (checked on every
             forward), attention dropout is active in training mode, or ``attention="fused"`` cannot run.
     """
-    if mode not in MODES:
-        raise InvalidArgumentError(f"mode={mode!r} is unknown; choose one of {MODES}")
-    if attention not in ATTENTION:
-        raise InvalidArgumentError(f"attention={attention!r} is unknown; choose one of {ATTENTION}")
+    check_choice("mode", mode, MODES)
+    check_choice("attention", attention, ATTENTION)
     if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not 0.0 <= beta <= 1.0:
         raise InvalidArgumentError(f"beta={beta!r} is not allowed; expected a number in [0, 1]")
     layers = list(range(model.cfg.n_layers))

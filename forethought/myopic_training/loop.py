@@ -1,10 +1,10 @@
 """One training loop: a model, a batch source and a loss function, in vanilla, myopic or another regime.
 
 :func:`run_training` reads top to bottom: take the step's batch, forward in the regime's training context (myopic
-gradients for ``"myopic"``, see :meth:`forethought.regimes.Regime.training_context`), check the loss is finite,
-backward, clip, AdamW step, warmup + cosine schedule, evaluate every ``eval_every`` steps, checkpoint every
-``checkpoint_every`` steps. It runs on HF ``accelerate``: a CPU, one GPU (bf16 autocast) or several under ``accelerate
-launch`` (DDP; ``batch_size`` is the global batch, split across processes). Language modelling
+gradients for ``"myopic"``, see :meth:`forethought.regimes.Regime.training_context`), backward, check the loss and
+the gradient norm are finite, clip, AdamW step, warmup + cosine schedule, evaluate every ``eval_every`` steps,
+checkpoint every ``checkpoint_every`` steps. It runs on HF ``accelerate``: a CPU, one GPU (bf16 autocast) or several
+under ``accelerate launch`` (DDP; ``batch_size`` is the global batch, split across processes). Language modelling
 (:func:`~forethought.myopic_training.train`) and the synthetic pre-caching study
 (:func:`forethought.synthetic.train_regime`) are both this loop.
 
@@ -46,10 +46,10 @@ from accelerate.utils import set_seed
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from forethought.config import TrainConfig
 from forethought.errors import InvalidArgumentError, NumericalError
 from forethought.myopic_training.batches import BatchSource
 from forethought.myopic_training.checkpoints import load_checkpoint, save_checkpoint
-from forethought.myopic_training.config import TrainConfig
 from forethought.myopic_training.regimes import RegimeModel
 from forethought.myopic_training.runtime import JsonLinesLog, Runtime, StopOnSignal, make_runtime
 from forethought.regimes import get_regime
@@ -176,11 +176,14 @@ def run_training(
             _move(module, device)
     if accelerator.num_processes > 1 and accelerator.ddp_handler is not None and find_unused_parameters is not None:
         accelerator.ddp_handler.find_unused_parameters = find_unused_parameters()  # DDP searches only where needed
-    wrapped, optimizer = accelerator.prepare(model, optimizer, device_placement=[False, False])
+    # the optimizer stays plain torch: accelerate's wrapper adds nothing without loss scaling or gradient accumulation,
+    # and costs a package lookup per step, which a small model's step (the synthetic study) feels
+    wrapped = accelerator.prepare_model(model, device_placement=False)
     # without accelerate's mixed-precision wrapper on forward: steps run under runtime.autocast() below, and the
     # model the run returns (and evaluates) computes in its own precision, as it will once saved and loaded
     model = accelerator.unwrap_model(wrapped, keep_fp32_wrapper=False)
 
+    trainable = [parameter for parameter in model.parameters() if parameter.requires_grad]
     step, history, seconds = 0, [], 0.0
     if checkpoint is not None and config.resume and checkpoint.exists():
         state = load_checkpoint(checkpoint, settings, model, optimizer, scheduler, past_model)
@@ -200,14 +203,14 @@ def run_training(
             batch = batches.batch(step, device, accelerator.process_index, accelerator.num_processes)
             with runtime.autocast(), regime.training_context(bridge, config, past_model):
                 loss = loss_fn(wrapped, batch)
-            mean_loss = accelerator.reduce(loss.detach().float(), reduction="mean").item()
-            if not math.isfinite(mean_loss):
-                raise NumericalError(_numerical_message("loss", mean_loss, step + 1, checkpoint, last_checkpoint))
+            mean_loss = accelerator.reduce(loss.detach().float(), reduction="mean")
             accelerator.backward(loss)
-            grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), config.grad_clip or math.inf))
-            if not math.isfinite(grad_norm):
-                raise NumericalError(_numerical_message("gradient norm", grad_norm, step + 1, checkpoint,
-                                                        last_checkpoint))
+            # one wait for the device per step: the loss and the gradient norm come back together
+            mean_loss, grad_norm = torch.stack([mean_loss, gradient_norm(accelerator, trainable, config.grad_clip)
+                                                .float()]).tolist()
+            for what, value in (("loss", mean_loss), ("gradient norm", grad_norm)):
+                if not math.isfinite(value):
+                    raise NumericalError(_numerical_message(what, value, step + 1, checkpoint, last_checkpoint))
             lr = scheduler.get_last_lr()[0]
             optimizer.step()
             scheduler.step()
@@ -236,6 +239,22 @@ def run_training(
                 raise TrainingInterrupted(step, checkpoint)
     return TrainResult(model=model, config=config, history=history, past_model=past_model, start_step=start_step,
                        seconds=seconds + time.perf_counter() - started)
+
+
+def gradient_norm(accelerator: Any, parameters: list[nn.Parameter], clip: float | None) -> Tensor:
+    """The total L2 norm of the gradients (a 0-d tensor on their device), clipped to ``clip`` when given.
+
+    Gradients are unscaled first under float16 loss scaling. Under DDP they are already averaged over processes
+    (after ``backward``), so every process computes the same norm.
+    """
+    if accelerator.scaler is not None:
+        accelerator.unscale_gradients()
+    grads = [parameter.grad for parameter in parameters if parameter.grad is not None]
+    if not grads:
+        return torch.zeros((), device=parameters[0].device)
+    if clip is not None:
+        return torch.nn.utils.clip_grad_norm_(parameters, clip)
+    return torch.nn.utils.get_total_norm(grads)
 
 
 def warmup_cosine_schedule(optimizer: torch.optim.Optimizer, steps: int, warmup_steps: int,

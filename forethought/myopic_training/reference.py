@@ -30,7 +30,7 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
-from forethought.errors import InvalidArgumentError
+from forethought.errors import check_choice
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
@@ -59,8 +59,7 @@ def detached_hooks(model: TransformerBridge, mode: Literal["strict", "cutgrad"])
 def accumulate_per_position_gradients(model: TransformerBridge, tokens: Int[Tensor, "batch pos"],
                                       mode: Literal["strict", "cutgrad"] = "strict") -> None:
     """Add the myopic gradient of the mean next-token loss to every parameter's ``.grad``, position by position."""
-    if mode not in DETACHED_HOOKS:
-        raise InvalidArgumentError(f"mode={mode!r} is unknown; choose one of {tuple(DETACHED_HOOKS)}")
+    check_choice("mode", mode, DETACHED_HOOKS)
     n_targets = tokens.shape[0] * (tokens.shape[1] - 1)
     for t in range(tokens.shape[1] - 1):
         def detach_past(x: Tensor, hook: Any, t: int = t) -> Tensor:

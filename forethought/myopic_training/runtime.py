@@ -24,15 +24,14 @@ import torch.distributed as dist
 
 from forethought.devices import resolve_device
 from forethought.distributed import leave_world_at_exit
-from forethought.errors import InvalidArgumentError
+from forethought.errors import InvalidArgumentError, check_choice
 from forethought.options import DEVICES
 from forethought.reporting import atomic_write
 
 
 def check_device(device: str) -> None:
     """Raise :class:`InvalidArgumentError` unless ``device`` is one of :data:`DEVICES` and available here."""
-    if device not in DEVICES:
-        raise InvalidArgumentError(f"device={device!r} is unknown; choose one of {', '.join(DEVICES)}")
+    check_choice("device", device, DEVICES)
     resolve_device(device)
 
 
@@ -87,7 +86,8 @@ def make_runtime(device: str, mixed_precision: str) -> Runtime:
         if device not in ("auto", accelerator.device.type):
             raise InvalidArgumentError(f"device={device!r}, but the {accelerator.num_processes} processes run on "
                                        f"{accelerator.device.type}; use device auto under several processes")
-    own = accelerator.device if device in ("auto", accelerator.device.type) else resolve_device(device)
+    wanted = accelerator.device if device == "auto" else resolve_device(device)  # not one an earlier run left
+    own = accelerator.device if wanted.type == accelerator.device.type else wanted
     bf16 = mixed_precision == "bf16" or (mixed_precision == "auto" and own.type == "cuda"
                                          and torch.cuda.is_bf16_supported())
     return Runtime(accelerator=accelerator, device=own, bf16=bf16)

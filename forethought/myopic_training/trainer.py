@@ -46,12 +46,12 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
+from forethought.config import TrainConfig
 from forethought.data import TokenSplits, check_tokens_fit
 from forethought.errors import DataError, InvalidArgumentError
 from forethought.models import copy_model, save_model
 from forethought.myopic_training.batches import BatchOrder, TokenBatches
 from forethought.myopic_training.checkpoints import read_checkpoint
-from forethought.myopic_training.config import TrainConfig
 from forethought.myopic_training.evaluation import position_loss_sums
 from forethought.myopic_training.gradient_split import gradient_split
 from forethought.myopic_training.loop import (

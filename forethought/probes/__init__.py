@@ -9,6 +9,8 @@
   :func:`fit_logistic_probes` (scikit-learn, one pair at a time); both return :class:`LinearProbes`.
 * The Future-Lens linear model: :func:`fit_future_lens` (and :func:`fit_ridge_lens`, its least-squares
   stage fitted by :func:`fit_ridge_probe`) → :class:`FutureLens`, decoded by the model's own unembedding.
+* Future Lens' learned prompt: :func:`fit_learned_prompt` → :class:`LearnedPrompts`, a soft prompt per (layer,
+  offset) into which the state is transplanted; the model's own continuation is the prediction.
 * Ridge regression probes for continuous targets: :func:`fit_ridge_probe` (held-out R²).
 * Labels, baselines, metrics: :class:`LabelSpace` (whole vocabulary or top-k + "other"),
   :class:`UnigramBaseline`, :class:`BigramBaseline`, :func:`control_labels`, :class:`MetricAccumulator`.
@@ -46,6 +48,7 @@ from forethought.probes.future_lens import (
     least_squares,
 )
 from forethought.probes.io import load_probes, save_probes
+from forethought.probes.learned_prompt import LearnedPromptConfig, LearnedPrompts, fit_learned_prompt
 from forethought.probes.lens_view import LensView, lens_view
 from forethought.probes.linear import LinearProbes, Task, feature_stats
 from forethought.probes.logistic import LogisticProbeConfig, fit_logistic_probes
@@ -64,6 +67,8 @@ __all__ = [
     "FutureLens",
     "FutureLensConfig",
     "LabelSpace",
+    "LearnedPromptConfig",
+    "LearnedPrompts",
     "LensView",
     "LinearProbes",
     "LogisticProbeConfig",
@@ -85,6 +90,7 @@ __all__ = [
     "feature_stats",
     "fit_future_lens",
     "fit_label_lens",
+    "fit_learned_prompt",
     "fit_logistic_probes",
     "fit_ridge_lens",
     "fit_ridge_probe",

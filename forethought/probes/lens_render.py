@@ -27,6 +27,8 @@ _VISIBLE = str.maketrans({**{chr(c): f"\\x{c:02x}" for c in [*range(32), 127]},
                           " ": "␣", "\n": "↵", "\t": "⇥", "\r": "␍"})
 HIT_COLOUR = "#1a7f37"
 TRUE_ROW = ' class="fl-true"'
+OTHER_ID = -1
+"""The token id recorded for a prediction of "other" in :attr:`~forethought.probes.lens_view.LensView.top_ids`."""
 OTHER_NOTE = '"<other>" is the pooled class of the tokens outside the probes\' top-k label space; it is never a hit.'
 
 STYLE = """
@@ -68,16 +70,12 @@ def _e(value: Any) -> str:
 
 
 def _token_span(view: LensView, token_id: int) -> str:
-    from forethought.probes.lens_view import OTHER_ID
-
     other = " fl-other" if token_id == OTHER_ID else ""
     return f'<span class="fl-tok{other}">{_e(visible(view.token_text(token_id)))}</span>'
 
 
 def render_html(view: LensView, full_page: bool = True) -> str:
     """The view as HTML: a whole document, or (``full_page=False``) a fragment for a notebook cell."""
-    from forethought.probes.lens_view import OTHER_ID
-
     targets, hits, scored = view.target_ids, view.hits, view.scored
     counts = view.hit_counts()
     n = view.n_positions

@@ -1,9 +1,9 @@
 """A Future Lens view: what the probe at every depth predicts, position by position, for one prompt.
 
-:func:`lens_view` runs the model once over a prompt, applies fitted probes (direct vocabulary probes or the
-Future-Lens linear model) at every probed residual depth and every position ``t``, and keeps each probe's
-top predictions of token ``t + 1 + N`` for one offset ``N``. The :class:`LensView` it returns is a grid of
-depths × positions with
+:func:`lens_view` runs the model once over a prompt, applies fitted probes (direct vocabulary probes, the
+Future-Lens linear model or its learned prompt) at every probed residual depth and every position ``t``, and keeps
+each probe's top predictions of token ``t + 1 + N`` for one offset ``N``. The :class:`LensView` it returns is a
+grid of depths × positions with
 
 * ``to_frame()``: a tidy table, one row per (depth, position): top token and probability, true token, hit,
   and the top 5;
@@ -53,9 +53,9 @@ from forethought.errors import (
     check_positive,
 )
 from forethought.hook_names import RESID, resolve_layers
-from forethought.probes.future_lens import FutureLens
 from forethought.probes.io import load_probes
-from forethought.probes.linear import LinearProbes, Task
+from forethought.probes.lens_render import OTHER_ID, plot_view, render_html
+from forethought.probes.linear import AffineProbes, Task
 from forethought.probes.targets import LabelSpace
 from forethought.prompts import as_tokens
 from forethought.reporting import atomic_write, save_figure, write_csv
@@ -65,8 +65,6 @@ if TYPE_CHECKING:
 
 OTHER = "<other>"
 """How the pooled "other" class of a top-k label space is shown."""
-OTHER_ID = -1
-"""The token id recorded for a prediction of "other" in :attr:`LensView.top_ids`."""
 
 
 @dataclass(eq=False)
@@ -167,8 +165,6 @@ class LensView:
 
     def to_html(self, full_page: bool = True) -> str:
         """The grid as HTML: a whole page (``full_page``) or a fragment for embedding (what notebooks show)."""
-        from forethought.probes.lens_render import render_html
-
         return render_html(self, full_page=full_page)
 
     def _repr_html_(self) -> str:
@@ -180,8 +176,6 @@ class LensView:
         Depth runs down, position across, the top-1 token in each cell coloured by its probability, hits
         outlined; input tokens below, true tokens above.
         """
-        from forethought.probes.lens_render import plot_view
-
         return plot_view(self, max_chars=max_chars)
 
     def save(self, path: str | os.PathLike) -> Path:
@@ -212,7 +206,7 @@ class LensView:
 
 def lens_view(
     model: TransformerBridge,
-    probes: LinearProbes | FutureLens | str | os.PathLike,
+    probes: AffineProbes | str | os.PathLike,
     prompt: str | Sequence[int] | Int[Tensor, " pos"],
     offset: int = 0,
     *,
@@ -224,8 +218,9 @@ def lens_view(
 
     Args:
         model: the ``TransformerBridge`` the probes were fitted on.
-        probes: :class:`LinearProbes` or :class:`FutureLens` (as fitted by :func:`probe_sweep` or the
-            ``fit_*`` functions), or a directory written by :func:`save_probes`.
+        probes: the probes of any method (:class:`LinearProbes`, :class:`FutureLens`, :class:`LearnedPrompts`,
+            as fitted by :func:`probe_sweep` or the ``fit_*`` functions), or a directory written by
+            :func:`save_probes`.
         prompt: text (tokenised with the model's tokenizer, no special tokens, as the sweeps' corpora are)
             or token ids.
         offset: the offset ``N`` to show; the probes must have a (non-control) task for it.
@@ -241,9 +236,9 @@ def lens_view(
     check_positive("k", k, integer=True)
     if isinstance(probes, (str, os.PathLike)):
         probes = load_probes(probes, model=model)
-    if not isinstance(probes, (LinearProbes, FutureLens)):
-        raise InvalidArgumentError(f"probes must be LinearProbes, FutureLens or a probe directory; got "
-                                   f"{type(probes).__name__}")
+    if not isinstance(probes, AffineProbes):
+        raise InvalidArgumentError(f"probes must be fitted probes (LinearProbes, FutureLens, LearnedPrompts, ...) or a "
+                                   f"probe directory; got {type(probes).__name__}")
     _check_fits(model, probes)
     tokens = prompt_tokens(model, prompt)
     task = _task(probes, offset)
@@ -320,7 +315,7 @@ def token_texts(model: TransformerBridge, ids: set[int]) -> dict[int, str]:
     return {i: tokenizer.decode([i]) for i in sorted(ids)}
 
 
-def _check_fits(model: TransformerBridge, probes: LinearProbes | FutureLens) -> None:
+def _check_fits(model: TransformerBridge, probes: AffineProbes) -> None:
     if probes.d_model != model.cfg.d_model or probes.label_space.d_vocab != model.cfg.d_vocab:
         raise VocabularyMismatchError(
             f"the probes were fitted on d_model={probes.d_model}, d_vocab={probes.label_space.d_vocab}; this "
@@ -331,7 +326,7 @@ def _check_fits(model: TransformerBridge, probes: LinearProbes | FutureLens) -> 
                                    f"({RESID!r}) only")
 
 
-def _task(probes: LinearProbes | FutureLens, offset: int) -> Task:
+def _task(probes: AffineProbes, offset: int) -> Task:
     offsets = [task.offset for task in probes.tasks if not task.control]
     if isinstance(offset, bool) or not isinstance(offset, int) or Task(offset) not in probes.tasks:
         if not offsets:
@@ -341,7 +336,7 @@ def _task(probes: LinearProbes | FutureLens, offset: int) -> Task:
     return Task(offset)
 
 
-def _one_task(probes: LinearProbes | FutureLens, layers: list[int], task: Task) -> LinearProbes | FutureLens:
+def _one_task(probes: AffineProbes, layers: list[int], task: Task) -> AffineProbes:
     """The probes of ``layers`` and one task (decoding one task only keeps a Future Lens's logits small)."""
     return probes.select(layers=layers, tasks=[task])
 

@@ -18,7 +18,7 @@ Adding a method is one class here (or in the caller's own code) and its test.
 
 Example:
     >>> method_names()
-    ('vocab', 'logistic', 'future_lens', 'ridge')
+    ('vocab', 'logistic', 'future_lens', 'ridge', 'learned_prompt')
     >>> get_method("future_lens").needs_resid, get_method("vocab").streams
     (True, True)
 """
@@ -31,6 +31,7 @@ from typing import Any, ClassVar
 
 from forethought.errors import InvalidArgumentError, choices_text
 from forethought.probes.future_lens import FutureLens, FutureLensConfig, fit_future_lens, fit_label_lens, fit_ridge_lens
+from forethought.probes.learned_prompt import LearnedPromptConfig, LearnedPrompts, fit_learned_prompt
 from forethought.probes.linear import AffineProbes, LinearProbes
 from forethought.probes.logistic import LogisticProbeConfig, fit_logistic_probes
 from forethought.probes.plan import SweepPlan, TrainingExamples
@@ -190,3 +191,27 @@ class RidgeMethod(ProbeMethod):
         return fit_ridge_lens(both.features, both.future_resid, model=plan.model, groups=both.sequence,
                               layers=plan.layers, offsets=plan.offsets, label_space=plan.space, seed=plan.seed,
                               progress=plan.progress), None
+
+
+@register
+class LearnedPromptMethod(ProbeMethod):
+    """Future Lens' learned prompt: a soft prompt per pair, the state transplanted into it (:mod:`.learned_prompt`).
+
+    Trained against the model's own distribution of the future token (``objective="model"``, from the future
+    residuals) or the true token's class (``"tokens"``); no control task.
+    """
+
+    name = "learned_prompt"
+    config_type = LearnedPromptConfig
+    probes_type = LearnedPrompts
+    needs_resid = True
+    has_control = False
+
+    def fit(self, plan: SweepPlan, examples: TrainingExamples) -> Fitted:  # noqa: D102
+        config = replace(self.settings(plan.config), seed=plan.seed, device=str(plan.device), progress=plan.progress)
+        fit, val = examples.fit, examples.val
+        fit_targets, val_targets = ((fit.future_resid, val.future_resid) if config.objective == "model" else
+                                    (fit.labels, val.labels))
+        return fit_learned_prompt(fit.features, fit_targets, model=plan.model, val_features=val.features,
+                                  val_targets=val_targets, config=config, layers=plan.layers, offsets=plan.offsets,
+                                  label_space=plan.space), None

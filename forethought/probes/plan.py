@@ -16,7 +16,7 @@ Example:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -86,7 +86,10 @@ class ProbeSweepConfig:
                 raise InvalidArgumentError(f"{name}={value!r} is not allowed; expected 0 < {name} < 1")
 
     def with_max_epochs(self, max_epochs: int | None) -> ProbeSweepConfig:
-        """This config with the epoch-trained methods (vocab, future_lens) capped at ``max_epochs`` (None: as is).
+        """This config with the epoch-trained methods capped at ``max_epochs`` (None: as is).
+
+        They are vocab, future_lens and every registered method whose settings are a ``MinibatchFitConfig`` (a
+        method without an entry in ``methods`` gets its default settings, capped).
 
         Example:
             >>> ProbeSweepConfig().with_max_epochs(3).future_lens.max_epochs
@@ -94,7 +97,13 @@ class ProbeSweepConfig:
         """
         if max_epochs is None:
             return self
-        capped = {name: replace(value, max_epochs=max_epochs) for name, value in self.methods.items()
+        from forethought.probes.methods import get_method, method_names  # the registry imports this module
+
+        own = {f.name for f in fields(self)}
+        defaults = {name: get_method(name).config_type() for name in method_names()
+                    if name not in own and name not in self.methods and get_method(name).config_type is not None
+                    and issubclass(get_method(name).config_type, MinibatchFitConfig)}
+        capped = {name: replace(value, max_epochs=max_epochs) for name, value in {**defaults, **self.methods}.items()
                   if isinstance(value, MinibatchFitConfig)}
         return replace(self, vocab=replace(self.vocab, max_epochs=max_epochs),
                        future_lens=replace(self.future_lens, max_epochs=max_epochs), methods={**self.methods, **capped})

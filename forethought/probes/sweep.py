@@ -16,7 +16,10 @@ Methods (``method=``; each is one registered object, see :mod:`forethought.probe
 * ``"future_lens"``: the Future-Lens linear model decoded by the model's own final norm and unembedding,
   least-squares initialised then fine-tuned (:mod:`forethought.probes.future_lens`);
 * ``"ridge"``: the least-squares lens alone, fitted by the ridge-regression probes of
-  :mod:`forethought.probes.regression` (penalty chosen per coordinate on held-out sequences); no control.
+  :mod:`forethought.probes.regression` (penalty chosen per coordinate on held-out sequences); no control;
+* ``"learned_prompt"``: Future Lens' learned prompt, a soft prompt per (layer, offset) into which the state is
+  transplanted, the model's greedy continuation being the prediction (:mod:`forethought.probes.learned_prompt`);
+  no control.
 
 Columns: ``model, layer, offset, method, hook, label_space, n_classes, coverage``; the probe's
 ``top1`` (with ``top1_ci_low``, ``top1_ci_high``: a 95 % bootstrap interval over test sequences), ``top5``,
@@ -145,7 +148,8 @@ def probe_sweep(
             :class:`~forethought.data.TokenSplits` (its validation split is the test set).
         layers: ``"all"`` or residual-stream depths (0 = embeddings, ``n_layers`` = last block's output).
         offsets: future offsets ``N`` (``0`` = the next token ``t + 1``).
-        method: a registered method (``"vocab"``, ``"logistic"``, ``"future_lens"``, ``"ridge"``; see
+        method: a registered method (``"vocab"``, ``"logistic"``, ``"future_lens"``, ``"ridge"``,
+            ``"learned_prompt"``; see
             :mod:`forethought.probes.methods`), or a list of them.
         top_k: overrides ``config.top_k`` (the label space).
         seed: seeds the splits, the control task, and every trainer.

@@ -6,11 +6,12 @@ myopic, evaluates and probes it.
 * :mod:`~forethought.synthetic.task`: D_p, sampled on the fly, and the probe targets;
 * :mod:`~forethought.synthetic.model`: :class:`RegressionTransformer`, a ``TransformerBridge`` with a linear input
   map and a scalar output per position;
-* :mod:`~forethought.synthetic.config`: :class:`SyntheticConfig` and :data:`PRESETS`;
+* :class:`SyntheticConfig` and its :data:`PRESETS` (defined torch-free in :mod:`forethought.config`);
 * :mod:`~forethought.synthetic.study`: training (through the shared training loop), evaluation, probes, reports.
 """
 
-from forethought.synthetic.config import PRESETS, SyntheticConfig
+from forethought.config import SYNTHETIC_PRESETS as PRESETS
+from forethought.config import SyntheticConfig
 from forethought.synthetic.model import RegressionModelConfig, RegressionTransformer
 from forethought.synthetic.study import (
     TrainingRun,

@@ -29,7 +29,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 
-from forethought.errors import ContextLengthError, InvalidArgumentError, check_positive
+from forethought.errors import ContextLengthError, InvalidArgumentError, check_choice, check_positive
 from forethought.hook_names import RESID, hook_name, resolve_layers
 from forethought.models import tiny_model
 
@@ -75,9 +75,7 @@ class RegressionModelConfig:
             check_positive("d_mlp", self.d_mlp, integer=True)
         if self.d_model % self.n_heads:
             raise InvalidArgumentError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
-        if self.normalization not in NORMALIZATIONS:
-            raise InvalidArgumentError(
-                f"normalization={self.normalization!r} is unknown; choose one of {NORMALIZATIONS}")
+        check_choice("normalization", self.normalization, NORMALIZATIONS)
 
     def to_dict(self) -> dict[str, Any]:
         """The settings as a plain dict (JSON-ready)."""

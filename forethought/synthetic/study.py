@@ -48,15 +48,15 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from forethought import plots
+from forethought.config import SYNTHETIC_PRESETS as PRESETS  # noqa: F401 - PRESETS: in the examples
+from forethought.config import SyntheticConfig, TrainConfig
 from forethought.devices import resolve_device
 from forethought.errors import CheckpointError, InvalidArgumentError, check_positive
 from forethought.myopic_training.checkpoints import read_checkpoint
-from forethought.myopic_training.config import TrainConfig
 from forethought.myopic_training.loop import run_training
 from forethought.probes.regression import fit_ridge_probe
 from forethought.regimes import get_regime
 from forethought.reporting import prepare_out_dir, provenance, save_figure, write_csv, write_json
-from forethought.synthetic.config import PRESETS, SyntheticConfig  # noqa: F401 - PRESETS: in the examples
 from forethought.synthetic.model import RegressionTransformer
 from forethought.synthetic.task import PrecacheBatch, PrecacheTask, derive_seed, probe_targets
 
@@ -140,7 +140,7 @@ def training_config(config: SyntheticConfig, regime: str, device: str = "cpu", c
         >>> training_config(PRESETS["smoke"], "myopic").adam_betas
         (0.9, 0.999)
     """
-    return TrainConfig(regime=regime, mode=config.myopic_mode, steps=config.steps, batch_size=config.batch_size,
+    return TrainConfig(regime=regime, mode=config.mode, steps=config.steps, batch_size=config.batch_size,
                        lr=config.lr, warmup_steps=config.warmup_steps, min_lr_ratio=config.min_lr_ratio,
                        weight_decay=config.weight_decay, weight_decay_all=True, adam_betas=(0.9, 0.999),
                        grad_clip=None, eval_every=config.steps, checkpoint_every=checkpoint_every, seed=config.seed,
