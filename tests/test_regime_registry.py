@@ -84,7 +84,7 @@ def test_a_toy_regime_is_trained_scored_reported_and_plotted(toy, tmp_path):
     from forethought.runs import load_run
 
     regime, calls = toy
-    preset = Preset("toy", max_documents=12, seq_len=16, val_fraction=0.05, tokenizer=300,
+    preset = Preset(description="toy", max_documents=12, seq_len=16, val_fraction=0.05, tokenizer=300,
                     architecture={"family": "native", "n_layers": 1, "d_model": 16, "n_heads": 2},
                     regimes=("vanilla", "myopic", "zero-past"))
     config = TrainConfig(steps=2, batch_size=8, warmup_steps=0, eval_every=2, checkpoint_every=2, progress=False,
