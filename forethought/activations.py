@@ -4,18 +4,18 @@ Only the requested hooks are captured (a ``names_filter`` on the forward), the f
 deepest requested block, and every batch is moved to the CPU (in the requested dtype) before the next one
 runs, so memory holds what was asked for and nothing else.
 
-Several processes. Under ``torchrun`` or ``accelerate launch`` (or any initialised ``torch.distributed``
-group), every process calls ``collect_activations`` with the same arguments and runs the model over its own
-contiguous share of the batches (the first processes take one batch more when they do not divide evenly);
-give each process its own device, e.g. ``model.to(PartialState().device)``. With ``out_dir``, process 0 makes
-the temporary directory, every process writes its shards into it under their global batch index, and after
-all have finished process 0 writes the meta file and renames the directory into place, once: the directory is
-the one a single process writes, file for file. In memory, process 0 receives the other processes' rows and
-returns the whole result; each other process returns only the sequences it computed (``acts.tokens`` and
-``acts.meta["sequences"] == [start, stop)`` say which; no tensors when it had no batch), so no process holds
-more than one copy. A failure on any process raises on every process and leaves ``out_dir`` untouched.
-``split_between_processes=False`` makes every process compute everything, as a lone process does. In a
-single process nothing of this runs (and ``accelerate`` is not imported).
+Several processes. Under ``torchrun`` or ``accelerate launch`` (or any initialised ``torch.distributed`` group),
+every process calls ``collect_activations`` with the same arguments and runs the model over its own contiguous share
+of the batches (accelerate's ``split_between_processes``: the first processes take one batch more when they do not
+divide evenly); give each process its own device, e.g. ``model.to(PartialState().device)``. With ``out_dir``,
+process 0 makes the temporary directory, every process writes its shards into it under their global batch index, and
+after all have finished process 0 writes the meta file and renames the directory into place, once: the directory is
+the one a single process writes, file for file. In memory, process 0 receives the other processes' rows and returns
+the whole result; each other process returns only the sequences it computed (``acts.tokens`` and
+``acts.meta["sequences"] == [start, stop)`` say which; no tensors when it had no batch), so no process holds more
+than one copy. A failure on any process raises on every process and leaves ``out_dir`` untouched.
+``split_between_processes=False`` makes every process compute everything, as a lone process does. In a single
+process nothing of this runs.
 
 Example:
     >>> import torch
@@ -41,22 +41,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+from accelerate.utils import broadcast_object_list, gather_object
 from jaxtyping import Float, Int
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from forethought.distributed import (
-    World,
-    agree,
-    broadcast_text,
-    current_world,
-    gather_ints,
-    receive_into,
-    send_to_main,
-    share,
-)
+from forethought.distributed import current_world, receive_into, send_to_main
 from forethought.errors import (
     CheckpointError,
     DistributedError,
@@ -217,7 +209,7 @@ def collect_activations(
 
     def run(batches: range, tmp: Path | None, first_row: int = 0, n_rows: int = len(tokens)) -> None:
         """Capture ``batches`` (global indices) into shards in ``tmp``, or into rows ``first_row ...`` of buffers."""
-        show = progress and (world is None or world.is_main)
+        show = progress and (world is None or world.is_main_process)
         with torch.inference_mode(), model.hooks(fwd_hooks=fwd_hooks):
             for index in tqdm(batches, desc="activations", disable=not show, unit="batch"):
                 start = index * batch_size
@@ -251,7 +243,7 @@ def collect_activations(
 
 
 def _collect_split(
-    world: World,
+    world: Any,
     run: Callable[..., None],
     tokens: Int[Tensor, "n_seq pos"],
     batch_size: int,
@@ -260,31 +252,32 @@ def _collect_split(
     buffers: dict[str, Tensor],
     out_dir: str | os.PathLike | None,
 ) -> Activations:
-    """``collect_activations`` with the batches split between the processes of ``world``."""
-    _check_same_call(world, tokens, batch_size, plan, meta, out_dir)
-    batch_shares = [share(meta["n_shards"], rank, world.size) for rank in range(world.size)]
-    row_shares = [range(min(b.start * batch_size, len(tokens)), min(b.stop * batch_size, len(tokens)))
-                  for b in batch_shares]
-    mine, rows = batch_shares[world.rank], row_shares[world.rank]
+    """``collect_activations`` with the batches split between the processes of ``world`` (a ``PartialState``)."""
+    _check_same_call(tokens, batch_size, plan, meta, out_dir)
+    with world.split_between_processes(list(range(meta["n_shards"]))) as batches:
+        first = batches[0] if batches else meta["n_shards"]  # a process without batches starts past the end
+        mine = range(first, first + len(batches))
+    rows = range(min(mine.start * batch_size, len(tokens)), min(mine.stop * batch_size, len(tokens)))
     if out_dir is not None:
         _write_split(world, out_dir, lambda tmp: run(mine, tmp), meta)
-        if world.is_main:
+        if world.is_main_process:
             return Activations.load(out_dir)
         acts = Activations._read(out_dir, mine) if len(mine) else _nothing(meta, tokens)
         acts.meta = {**acts.meta, "sequences": [rows.start, rows.stop]}
         return acts
-    n_rows = len(tokens) if world.is_main else len(rows)
-    _all_or_none(world, _attempt(lambda: run(mine, None, rows.start, n_rows)), "capturing its batches")
-    if world.is_main:
+    n_rows = len(tokens) if world.is_main_process else len(rows)
+    _all_or_none(_attempt(lambda: run(mine, None, rows.start, n_rows)), "capturing its batches")
+    row_shares = [range(start, stop) for start, stop in gather_object([(rows.start, rows.stop)])]
+    if world.is_main_process:
         for source, source_rows in enumerate(row_shares[1:], start=1):
             for buffer in buffers.values() if len(source_rows) else ():  # a process without batches sends nothing
                 for layer in range(buffer.shape[0]):
-                    receive_into(world, buffer[layer, source_rows.start : source_rows.stop], source)
+                    receive_into(buffer[layer, source_rows.start : source_rows.stop], source)
         return Activations(tensors=buffers, tokens=tokens.cpu(), layers_by_hook=meta["layers_by_hook"],
                            model_name=meta["model_name"])
     for buffer in buffers.values():  # empty when this process had no batch
         for layer in range(buffer.shape[0]):
-            send_to_main(world, buffer[layer])
+            send_to_main(buffer[layer])
     acts = Activations(tensors=buffers, tokens=tokens[rows.start : rows.stop].cpu(),
                        layers_by_hook=meta["layers_by_hook"], model_name=meta["model_name"])
     acts.meta = {"sequences": [rows.start, rows.stop]}
@@ -304,43 +297,43 @@ def _check_out_dir(out_dir: str | os.PathLike) -> None:
         raise InvalidArgumentError(f"out_dir={str(out_dir)!r} {where}, not a directory; pass a directory path")
 
 
-def _write_split(world: World, out_dir: str | os.PathLike, write: Callable[[Path], None], meta: dict) -> None:
+def _write_split(world: Any, out_dir: str | os.PathLike, write: Callable[[Path], None], meta: dict) -> None:
     """Every process writes its shards into one temporary directory; process 0 adds the meta file and renames it.
 
     Process 0 creates the temporary directory and tells the others its path; after every process has
     written (a collective), process 0 writes the meta file and renames the directory into place, once; the
     others wait for that before returning. A failure anywhere leaves ``out_dir`` as it was on every process.
     """
-    if not world.is_main:
-        path = broadcast_text(world, None)
+    if not world.is_main_process:
+        path = broadcast_object_list([None])[0]
         if path is None:
             raise DistributedError(f"process 0 could not prepare a temporary directory beside {str(out_dir)!r}")
 
         def write_there() -> None:
             if not Path(path).is_dir():
-                raise DistributedError(f"{path!r} (made by process 0) is not visible from process {world.rank}; "
-                                       "out_dir must be on a file system every process shares")
+                raise DistributedError(f"{path!r} (made by process 0) is not visible from process "
+                                       f"{world.process_index}; out_dir must be on a file system every process shares")
             write(Path(path))
 
-        _all_or_none(world, _attempt(write_there), "writing its shards")
-        _all_or_none(world, None, f"writing the meta file or renaming into {str(out_dir)!r}")
+        _all_or_none(_attempt(write_there), "writing its shards")
+        _all_or_none(None, f"writing the meta file or renaming into {str(out_dir)!r}")
         return
     stage = "prepare"
     try:
         with atomic_directory(out_dir) as tmp:
             stage = "broadcast"
-            broadcast_text(world, str(tmp))
+            broadcast_object_list([str(tmp)])
             stage = "write"
-            _all_or_none(world, _attempt(lambda: write(tmp)), "writing its shards")
+            _all_or_none(_attempt(lambda: write(tmp)), "writing its shards")
             stage = "finish"
             (tmp / META).write_text(json.dumps(meta, indent=1))
     except Exception:
         if stage == "prepare":
-            broadcast_text(world, None)
+            broadcast_object_list([None])
         elif stage == "finish":  # the others wait for the rename
-            agree(world, failed=True)
+            _first_failure(failed=True)
         raise
-    agree(world, failed=False)  # the others return only once the directory is in place
+    _first_failure(failed=False)  # the others return only once the directory is in place
 
 
 def _attempt(work: Callable[[], None]) -> Exception | None:
@@ -352,21 +345,26 @@ def _attempt(work: Callable[[], None]) -> Exception | None:
     return None
 
 
-def _all_or_none(world: World, error: Exception | None, doing: str) -> None:
+def _first_failure(failed: bool) -> int | None:
+    """A collective: every process passes whether it ``failed``; the lowest rank that did, or None."""
+    return next((rank for rank, flag in enumerate(gather_object([failed])) if flag), None)
+
+
+def _all_or_none(error: Exception | None, doing: str) -> None:
     """A collective: raise this process's ``error``, or a DistributedError if another process failed."""
-    failed = agree(world, failed=error is not None)
+    failed = _first_failure(failed=error is not None)
     if error is not None:
         raise error
     if failed is not None:
         raise DistributedError(f"collect_activations failed on process {failed} ({doing}); see its error")
 
 
-def _check_same_call(world: World, tokens: Tensor, batch_size: int, plan: dict, meta: dict, out_dir: Any) -> None:
+def _check_same_call(tokens: Tensor, batch_size: int, plan: dict, meta: dict, out_dir: Any) -> None:
     """Refuse (on every process) when processes pass different tokens, batch sizes or hooks."""
     flat = tokens.reshape(-1).long()
     checksum = int((flat * torch.arange(1, flat.numel() + 1, device=flat.device)).sum()) if flat.numel() else 0
     setup = zlib.crc32(json.dumps([plan, meta["dtype"], out_dir is None]).encode())
-    every = gather_ints(world, [len(tokens), flat.numel(), checksum, batch_size, setup])
+    every = gather_object([[len(tokens), flat.numel(), checksum, batch_size, setup]])
     what = ["tokens", "tokens", "tokens", "batch_size", "hooks, layers, dtype or out_dir"]
     for rank, values in enumerate(every[1:], start=1):
         if values != every[0]:

@@ -29,7 +29,8 @@ from forethought.errors import (
     check_probability,
     check_seed,
 )
-from forethought.options import DEVICES, MIXED_PRECISION, MODES, check_regime
+from forethought.options import DEVICES, MIXED_PRECISION, MODES
+from forethought.regimes import get_regime
 
 if TYPE_CHECKING:
     from forethought.synthetic.model import RegressionModelConfig
@@ -51,8 +52,8 @@ class TrainConfig:
     """Everything that defines a training run.
 
     Attributes:
-        regime: ``"vanilla"``, ``"myopic"``, ``"local-myopic"`` or ``"bigram"`` (see
-            :mod:`~forethought.myopic_training.regimes`).
+        regime: a registered regime: ``"vanilla"``, ``"myopic"``, ``"local-myopic"``, ``"bigram"`` or one added
+            with :func:`~forethought.regimes.register_regime`.
         mode: myopic gradient mode, ``"strict"`` or ``"cutgrad"`` (``"myopic"`` regime only).
         beta: interpolation towards the vanilla gradient in ``[0, 1]`` (``"myopic"`` regime only).
         steps: optimizer steps.
@@ -106,7 +107,7 @@ class TrainConfig:
     gradient_split_batches: int = 4
 
     def __post_init__(self) -> None:
-        check_regime(self.regime)
+        get_regime(self.regime)
         check_choice("mode", self.mode, MODES)
         check_number("beta", self.beta, low=0, high=1)
         for name in ("steps", "batch_size", "eval_every", "checkpoint_every"):

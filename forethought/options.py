@@ -8,22 +8,13 @@ Example:
     ('strict', 'cutgrad')
 """
 
-from forethought.errors import check_choice
-
 #: Myopic gradient modes (see :func:`forethought.myopic_training.myopic`).
 MODES = ("strict", "cutgrad")
 #: How a position sees the past when it is ablated (see :func:`forethought.attention.ablate_past`).
 ABLATIONS = ("self", "zero", "mean")
-#: Training regimes (see :mod:`forethought.myopic_training.regimes`).
-REGIMES = ("vanilla", "myopic", "local-myopic", "bigram")
 #: Where to train or run: accelerate's choice, or a named device.
 DEVICES = ("auto", "cpu", "cuda", "mps")
 #: Mixed precision for training.
 MIXED_PRECISION = ("auto", "no", "bf16")
 #: Probe methods of a sweep (see :func:`forethought.probes.probe_sweep`).
 METHODS = ("vocab", "logistic", "future_lens", "ridge", "learned_prompt")
-
-
-def check_regime(regime: str) -> None:
-    """Raise :class:`~forethought.errors.InvalidArgumentError` unless ``regime`` is one of :data:`REGIMES`."""
-    check_choice("regime", regime, REGIMES)

@@ -69,16 +69,17 @@ def test_regimes_run_in_their_own_forward(native_model):
         torch.testing.assert_close(losses[name], reference, atol=1e-5, rtol=1e-5)
     assert report.regimes["bigram"].forward == "bigram"
     assert report.regimes["myopic"].trained_as == "myopic" and report.regimes["myopic"].forward == "vanilla"
-    assert report.myopia_gap == 0.0
-    assert report.myopia_gap_ci_low == report.myopia_gap_ci_high == 0.0  # paired: the same model gives no spread
-    assert report.bigram_gap_ci_low < report.bigram_gap < report.bigram_gap_ci_high
+    myopia, bigram_gap = report.gaps["myopia_gap"], report.gaps["bigram_gap"]
+    assert myopia.value == 0.0
+    assert myopia.ci_low == myopia.ci_high == 0.0  # paired: the same model gives no spread
+    assert bigram_gap.ci_low < bigram_gap.value < bigram_gap.ci_high
     by_position = report.gaps_by_position["bigram"]
     torch.testing.assert_close(torch.tensor(by_position.gap, dtype=torch.float64), bigram - vanilla, atol=1e-5,
                                rtol=1e-5)
     assert all(low <= gap <= high for low, gap, high in zip(by_position.ci_low, by_position.gap,
                                                             by_position.ci_high, strict=True))
-    assert report.bigram_gap == pytest.approx((bigram.mean() - vanilla.mean()).item(), abs=1e-5)
-    assert report.local_myopia_gap == pytest.approx((local.mean() - vanilla.mean()).item(), abs=1e-5)
+    assert bigram_gap.value == pytest.approx((bigram.mean() - vanilla.mean()).item(), abs=1e-5)
+    assert report.gaps["local_myopia_gap"].value == pytest.approx((local.mean() - vanilla.mean()).item(), abs=1e-5)
     assert report.myopia_gap_fraction == 0.0
     frame = report.to_frame()
     assert list(frame.columns) == ["regime", "position", "loss", "gap", "gap_ci_low", "gap_ci_high"]
@@ -86,11 +87,17 @@ def test_regimes_run_in_their_own_forward(native_model):
     as_dict = report.to_dict()
     assert set(as_dict["regimes"]["vanilla"]) >= {"eval_loss", "loss_by_position"}
     assert "myopia_gap" in as_dict and "extra" not in as_dict
+    for name, gap in report.gaps.items():  # the JSON keeps a flat column per gap and bound
+        assert (as_dict[name], as_dict[f"{name}_ci_low"], as_dict[f"{name}_ci_high"]) == (gap.value, gap.ci_low,
+                                                                                          gap.ci_high)
+    assert as_dict["myopia_gap_fraction"] == 0.0
 
 
 def test_gaps_are_none_without_their_regimes(native_model):
     report = evaluate_regimes({"myopic": native_model}, _tokens(native_model))
-    assert report.myopia_gap is None and report.bigram_gap is None and report.myopia_gap_fraction is None
+    assert report.gaps == {} and report.myopia_gap_fraction is None
+    as_dict = report.to_dict()  # every registered gap keeps its columns
+    assert as_dict["myopia_gap"] is None and as_dict["bigram_gap"] is None and as_dict["myopia_gap_fraction"] is None
 
 
 def test_bad_inputs(native_model):

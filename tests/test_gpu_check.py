@@ -176,7 +176,8 @@ def test_suite_part_counts_a_real_run(tmp_path, monkeypatch):
 def test_commands_cover_every_cli_command_and_parse(tmp_path):
     from forethought import cli
     from forethought.experiments.commands import COMMANDS
-    from forethought.options import METHODS, REGIMES
+    from forethought.options import METHODS
+    from forethought.regimes import REGIMES
 
     suite = _suite_module()
     models = {"gpt2": tmp_path / "gpt2", "llama": tmp_path / "llama"}

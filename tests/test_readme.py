@@ -19,7 +19,19 @@ def test_python_blocks_are_found():
     assert len(blocks) >= 5 and all(block.strip() for block in blocks)
 
 
+@pytest.fixture
+def registered_regimes():
+    """The regimes registered before the test, and only they, after it (the README registers one of its own)."""
+    from forethought.regimes import REGIMES
+
+    before = dict(REGIMES)
+    yield
+    REGIMES.clear()
+    REGIMES.update(before)
+
+
 @pytest.mark.slow
+@pytest.mark.usefixtures("registered_regimes")
 def test_readme_python_blocks_run_in_order(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # whatever the examples write lands here
     namespace: dict = {"__name__": "readme"}

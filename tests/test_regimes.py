@@ -9,7 +9,8 @@ from forethought.attention import ablate_past
 from forethought.errors import InvalidArgumentError
 from forethought.models import copy_model
 from forethought.myopic_training import myopic
-from forethought.myopic_training.regimes import RegimeModel, forward_context, local_myopic
+from forethought.myopic_training.regimes import RegimeModel, local_myopic
+from forethought.regimes import REGIMES, get_regime
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -108,13 +109,13 @@ def test_forward_contexts(native_model):
     tokens = _tokens(native_model, batch=1)
     with torch.no_grad():
         plain = native_model(tokens)
-        with forward_context("myopic", native_model):
+        with REGIMES["myopic"].forward_context(native_model):
             assert torch.equal(native_model(tokens), plain)
-        with forward_context("bigram", native_model):
+        with REGIMES["bigram"].forward_context(native_model):
             bigram = native_model(tokens)
         with ablate_past(native_model):
             torch.testing.assert_close(bigram, native_model(tokens))
     with pytest.raises(InvalidArgumentError, match="regime='lazy'"):
-        forward_context("lazy", native_model)
+        get_regime("lazy")
     with pytest.raises(InvalidArgumentError, match="past_model"):
         RegimeModel(native_model, "local-myopic")

@@ -49,11 +49,9 @@ from forethought.experiments.common import check_probe_inputs, model_data, parse
 from forethought.models import load_model
 from forethought.myopic_training.evaluation import MyopiaReport, evaluate_regimes, format_gap, plot_report
 from forethought.probes.sweep import ProbeSweepConfig, label_space_summary, probe_sweep
+from forethought.regimes import REGIMES, is_probed
 from forethought.reporting import check_out_dir, prepare_out_dir, provenance, save_figure, write_csv, write_json
 from forethought.runs import load_run
-
-RUN_REGIMES = ("vanilla", "myopic", "bigram")
-NOT_PROBED = ("bigram",)
 
 
 @dataclass
@@ -99,7 +97,8 @@ def compare_regimes(
 
     Args:
         models: ``{"vanilla": m1, "myopic": m2, "bigram": m3}``; any names work, ``baseline`` must be one of them.
-            A model named ``"bigram"`` is evaluated with its past ablated and not probed.
+            A model named after a registered regime is evaluated in its forward (``"bigram"``: past ablated), and
+            probed only when that is the plain forward (:attr:`forethought.regimes.Regime.probed`).
         data: token splits; probes train on ``data.train`` and everything is scored on ``data.validation``.
         out_dir: if given, write the tables, report and figures there.
         layers: ``"all"`` or the residual-stream depths to probe (passed to :func:`forethought.probes.probe_sweep`).
@@ -131,7 +130,7 @@ def compare_regimes(
                                    "them 'vanilla' or pass baseline=...")
     losses = evaluate_regimes(models, data, batch_size=batch_size, progress=progress, trained_as=trained_as,
                               baseline=baseline, seed=seed if bootstrap_seed is None else bootstrap_seed)
-    probed = {name: model for name, model in models.items() if name not in NOT_PROBED}
+    probed = {name: model for name, model in models.items() if is_probed(name)}
     probes = probe_sweep(probed, data, layers=layers, offsets=offsets, method=method, seed=seed, config=config,
                          reference=baseline if baseline in probed else None, progress=progress).to_frame()
     comparison = side_by_side(probes, baseline)
@@ -207,9 +206,10 @@ def run(args: Compare) -> int:
     device = resolve_device(args.device)
     if args.run:
         run_dir = load_run(args.run, device=device)
-        models = {name: model for name, model in run_dir.models.items() if name in RUN_REGIMES}
+        scored = [name for name, regime in REGIMES.items() if not regime.needs_past_model]  # loaded without a past
+        models = {name: model for name, model in run_dir.models.items() if name in scored}
         if not models:
-            raise InvalidArgumentError(f"--run {args.run!r} holds none of the models {', '.join(RUN_REGIMES)}")
+            raise InvalidArgumentError(f"--run {args.run!r} holds none of the models {', '.join(scored)}")
         splits, trained_as, bootstrap_seed = run_dir.splits, run_dir.trained_as, run_dir.manifest.get("seed")
     else:
         sources = parse_models(args.model or [])

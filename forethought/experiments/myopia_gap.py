@@ -9,7 +9,8 @@ validation loss by position of each regime and the gaps between them go to ``rep
 * ``bigram_gap = eval_loss(bigram) - eval_loss(vanilla)``: what access to earlier tokens is worth at all;
 * ``myopia_gap_fraction = myopia_gap / bigram_gap``;
 * ``local_myopia_gap = eval_loss(local-myopic) - eval_loss(vanilla)`` when that regime is run. Its frozen past is
-  the trained vanilla model of the same run (from scratch) or the pretrained model (fine-tuning).
+  the trained vanilla model of the same run (from scratch) or the pretrained model (fine-tuning);
+* the gaps of any other regime the preset trains (:attr:`forethought.regimes.Regime.gaps`).
 
 Outputs in ``--out``: ``report.json``, ``loss_by_position.csv``, ``loss_by_position.png``, ``loss_difference.png``,
 ``training_curves.png``, and ``runs/<regime>/`` (checkpoint, log, model) for each regime; with
@@ -54,9 +55,9 @@ from forethought.experiments.common import load_splits, save_gradient_split_plot
 from forethought.experiments.presets import PRESETS, Preset
 from forethought.models import load_model, save_random_checkpoint, tiny_model
 from forethought.myopic_training.evaluation import evaluate_regimes, format_gap, plot_report
-from forethought.myopic_training.regimes import REGIMES
 from forethought.myopic_training.trainer import CHECKPOINT, MODEL_DIR, PAST_MODEL_DIR, check_device, train
 from forethought.prompts import set_prepends_bos
+from forethought.regimes import REGIMES, gap_definitions, get_regime
 from forethought.reporting import (
     atomic_directory,
     check_out_dir,
@@ -82,9 +83,10 @@ def chosen_preset(command: MyopiaGap) -> Preset:
                                        f"{', '.join(REGIMES)}")
         preset = replace(preset, regimes=tuple(name for name in REGIMES if name in regimes))  # vanilla first
     from_scratch = preset.model is None and not command.models
-    if "local-myopic" in preset.regimes and from_scratch and "vanilla" not in preset.regimes:
-        raise InvalidArgumentError("regime local-myopic from scratch uses the trained vanilla model as its past; "
-                                   "include vanilla in --regimes")
+    for name in preset.regimes:
+        if get_regime(name).needs_past_model and from_scratch and "vanilla" not in preset.regimes:
+            raise InvalidArgumentError(f"regime {name} from scratch uses the trained vanilla model as its past; "
+                                       "include vanilla in --regimes")
     return preset
 
 
@@ -114,6 +116,7 @@ def run_myopia_gap(preset: Preset, out: str | Path, config: TrainConfig, preset_
     """
     started = time.perf_counter()
     check_positive("seq_len", preset.seq_len, integer=True)
+    regimes = {name: get_regime(name) for name in preset.regimes}
     starting_model = load_model(preset.model) if preset.model is not None else None
     if starting_model is not None:
         if starting_model.tokenizer is None:
@@ -133,7 +136,7 @@ def run_myopia_gap(preset: Preset, out: str | Path, config: TrainConfig, preset_
 
     results = {}
     for regime in preset.regimes:
-        past_model = results["vanilla"].model if regime == "local-myopic" and preset.model is None else None
+        past_model = results["vanilla"].model if regimes[regime].needs_past_model and preset.model is None else None
         regime_config = replace(config, regime=regime, out_dir=out / RUNS / regime)
         results[regime] = train(regime_config, new_model(), splits, past_model=past_model)
 
@@ -156,15 +159,12 @@ def run_myopia_gap(preset: Preset, out: str | Path, config: TrainConfig, preset_
         "definitions": {
             "eval_loss": "mean next-token cross-entropy (nats) over all predicted tokens of the validation sequences",
             "loss_by_position": "entry t: mean loss of predicting token t+1 from tokens 0..t",
-            "myopia_gap": "eval_loss(myopic) - eval_loss(vanilla)",
+            **gap_definitions(),
             "*_ci_low, *_ci_high": "95 % paired bootstrap interval over validation sequences",
             "trained_as": "the regime the model was trained in; forward: how it was run for scoring",
-            "bigram_gap": "eval_loss(bigram) - eval_loss(vanilla)",
             "myopia_gap_fraction": "myopia_gap / bigram_gap",
-            "local_myopia_gap": "eval_loss(local-myopic) - eval_loss(vanilla)",
         },
-        "training": {regime: {"trained_as": regime, "mode": config.mode if regime == "myopic" else None,
-                              "beta": config.beta if regime == "myopic" else None,
+        "training": {regime: {"trained_as": regime, **_settings(regime, config),
                               "steps": len(result.history), "final_train_loss": result.losses[-1],
                               "eval_loss_history": [(r["step"], r["eval_loss"]) for r in result.history
                                                     if "eval_loss" in r]}
@@ -177,15 +177,18 @@ def run_myopia_gap(preset: Preset, out: str | Path, config: TrainConfig, preset_
     }
     write_json(out / "report.json", document)
     write_run(out, "myopia-gap", splits, {
-        regime: {"path": f"{RUNS}/{regime}/{MODEL_DIR}", "trained_as": regime,
-                 "mode": config.mode if regime == "myopic" else None,
-                 "beta": config.beta if regime == "myopic" else None,
+        regime: {"path": f"{RUNS}/{regime}/{MODEL_DIR}", "trained_as": regime, **_settings(regime, config),
                  **({"past_model": f"{RUNS}/{regime}/{PAST_MODEL_DIR}"}
                     if (out / RUNS / regime / PAST_MODEL_DIR).is_dir() else {})}
         for regime in results})
     lines = [f"{name}: eval loss {result.eval_loss:.4f}" for name, result in report.regimes.items()]
     print("; ".join(lines) + f"; myopia gap {format_gap(report)} nats/token; wrote {out}")
     return document
+
+
+def _settings(regime: str, config: TrainConfig) -> dict[str, Any]:
+    """The settings a regime's training reads, recorded beside it (``mode`` and ``beta`` always, ``None`` if unread)."""
+    return {"mode": None, "beta": None, **{key: getattr(config, key) for key in REGIMES[regime].settings}}
 
 
 def _model_factory(preset: Preset, tokenizer: Any, out: Path, seed: int) -> Any:

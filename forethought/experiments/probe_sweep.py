@@ -60,10 +60,9 @@ from forethought.probes.sweep import (
     probe_sweep,
     seed_spread,
 )
+from forethought.regimes import REGIMES, is_probed
 from forethought.reporting import check_out_dir, prepare_out_dir, provenance, save_figure, write_csv, write_json
 from forethought.runs import load_run
-
-NOT_PROBED = ("bigram", "local-myopic")  # their forward is not the plain one a probe reads
 
 
 def run(args: ProbeSweep) -> int:
@@ -89,11 +88,11 @@ def run(args: ProbeSweep) -> int:
 
     if args.run:
         loaded = load_run(args.run, device=device)
-        trained = {name: entry for name, entry in loaded.trained.items() if entry.get("trained_as") not in NOT_PROBED}
+        trained = {name: entry for name, entry in loaded.trained.items() if is_probed(entry.get("trained_as"))}
         models = {name: loaded.models[name] for name in trained}
         if not models:
-            raise InvalidArgumentError(f"--run {args.run!r} holds no model to probe (bigram and local-myopic models "
-                                       "are not probed)")
+            unprobed = " and ".join(name for name, regime in REGIMES.items() if not regime.probed)
+            raise InvalidArgumentError(f"--run {args.run!r} holds no model to probe ({unprobed} models are not probed)")
         sources = {name: str(loaded.directory / entry["path"]) for name, entry in trained.items()}
         splits = loaded.splits
     else:
@@ -103,7 +102,7 @@ def run(args: ProbeSweep) -> int:
         splits, trained = model_data(sources, models, args.data, args.seed)
     check_probe_inputs(models, layers, offsets, splits.seq_len, splits)
     world = current_world()  # under torchrun / accelerate launch each process probes some depths; process 0 writes
-    if world is None or world.is_main:
+    if world is None or world.is_main_process:
         prepare_out_dir(out)
     start = time.perf_counter()
     sweeps = [probe_sweep(models, splits, layers=layers, offsets=offsets, method=methods, seed=seed,
@@ -113,7 +112,7 @@ def run(args: ProbeSweep) -> int:
               for seed in seeds]
     tables = [sweep.to_frame() for sweep in sweeps]
     seconds = time.perf_counter() - start
-    if world is not None and not world.is_main:
+    if world is not None and not world.is_main_process:
         return 0
     table = pd.concat(tables, ignore_index=True)
     files = ["probes.csv", "probe_top1.png", "probe_gain.png", "sweep", "report.json"]

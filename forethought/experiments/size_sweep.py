@@ -53,6 +53,7 @@ from forethought.experiments.myopia_gap import RUNS, chosen_preset, run_myopia_g
 from forethought.experiments.presets import PRESETS, Preset
 from forethought.models import is_native, load_model
 from forethought.myopic_training.trainer import CHECKPOINT, check_device
+from forethought.regimes import gap_definitions, registered_gaps
 from forethought.reporting import check_out_dir, prepare_out_dir, provenance, save_figure, write_csv, write_json
 from forethought.runs import RUN_FILE
 
@@ -60,7 +61,6 @@ MODELS = "models"
 TABLE = "size_sweep"
 FIGURE = "myopia_gap_by_size.png"
 REPORT = "report.json"
-GAPS = ("myopia_gap", "bigram_gap", "local_myopia_gap")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
 
 
@@ -189,7 +189,7 @@ def sweep_row(name: str, source: str, n_parameters: int, report: Mapping[str, An
         key = f"eval_loss_{regime.replace('-', '_')}"
         row.update({key: result["eval_loss"], f"{key}_ci_low": result.get("eval_loss_ci_low"),
                     f"{key}_ci_high": result.get("eval_loss_ci_high")})
-    for gap in GAPS:
+    for gap in registered_gaps():
         if report.get(gap) is not None:
             row.update({gap: report[gap], f"{gap}_ci_low": report[f"{gap}_ci_low"],
                         f"{gap}_ci_high": report[f"{gap}_ci_high"]})
@@ -262,11 +262,9 @@ def _write(out: Path, table: pd.DataFrame, reports: Mapping[str, Mapping[str, An
             "n_parameters": "the model's parameters, each tensor once (tied embeddings once), on its HF architecture",
             "eval_loss_<regime>": "mean next-token cross-entropy (nats) over the validation sequences, the same "
                                   "sequences for every model",
-            "myopia_gap": "eval_loss(myopic) - eval_loss(vanilla)",
+            **gap_definitions(),
             "*_ci_low, *_ci_high": "95 % paired bootstrap interval over validation sequences",
-            "bigram_gap": "eval_loss(bigram) - eval_loss(vanilla)",
             "myopia_gap_fraction": "myopia_gap / bigram_gap",
-            "local_myopia_gap": "eval_loss(local-myopic) - eval_loss(vanilla)",
             "run": "the model's myopia-gap run directory (forethought compare --run, forethought.load_run)",
         },
         "data": data,

@@ -31,6 +31,7 @@ from forethought.experiments.presets import MAX_PRESET_LR
 from forethought.models import tiny_model
 from forethought.myopic_training.trainer import CHECKPOINT, MODEL_DIR, check_device, train
 from forethought.prompts import set_prepends_bos
+from forethought.regimes import get_regime
 from forethought.reporting import check_out_dir, prepare_out_dir, provenance, save_figure, write_json
 from forethought.runs import write_run
 
@@ -62,8 +63,8 @@ def _checked_inputs(args: Train) -> tuple[TrainConfig, Any, Any, Any]:
     if (out / CHECKPOINT).exists() and not config.resume:
         raise InvalidArgumentError(f"{args.out!r} already holds a training run; pass --resume to continue it or "
                                    "choose another --out")
-    if config.regime == "local-myopic" and args.model is None and args.past_model is None:
-        raise InvalidArgumentError("--regime local-myopic from scratch needs --past-model (a trained vanilla model "
+    if get_regime(config.regime).needs_past_model and args.model is None and args.past_model is None:
+        raise InvalidArgumentError(f"--regime {config.regime} from scratch needs --past-model (a trained vanilla model "
                                    "with the same tokenizer); when fine-tuning, the frozen --model is the default")
 
     if args.model is not None:

@@ -8,14 +8,16 @@ from forethought.myopic_training.evaluation import MyopiaReport, RegimeLoss, eva
 from forethought.myopic_training.gradient_split import GradientSplit, gradient_split
 from forethought.myopic_training.hooks import myopic
 from forethought.myopic_training.loop import run_training
-from forethought.myopic_training.regimes import REGIMES, RegimeModel, local_myopic
+from forethought.myopic_training.regimes import RegimeModel, local_myopic
 from forethought.myopic_training.trainer import TrainingInterrupted, TrainResult, train
+from forethought.regimes import REGIMES, Regime, register_regime
 
 __all__ = [
     "GradientSplit",
     "REGIMES",
     "MyopiaReport",
     "RegimeLoss",
+    "Regime",
     "RegimeModel",
     "TrainConfig",
     "TrainResult",
@@ -25,6 +27,7 @@ __all__ = [
     "local_myopic",
     "loss_by_position",
     "myopic",
+    "register_regime",
     "run_training",
     "train",
 ]

@@ -147,15 +147,14 @@ def load_checkpoint(path: Path, settings: dict[str, Any], model: nn.Module, opti
     return state
 
 
-def seed_everything(seed: int) -> None:
-    """Seed python's, numpy's and torch's global RNGs."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
 def rng_state() -> dict[str, Any]:
-    """The global RNG states (torch, CUDA, numpy, python) as tensors and plain data (``weights_only``-loadable)."""
+    """The global RNG states (torch, CUDA, numpy, python) as tensors and plain data (``weights_only``-loadable).
+
+    Ours rather than ``Accelerator.save_state``'s: that writes a directory per process, with the numpy state as a
+    pickled array, beside the model and optimizer but without the past model, the data order or the log; a
+    checkpoint here is one file, renamed into place whole and read with ``weights_only=True``. (Seeding is
+    accelerate's ``set_seed``.)
+    """
     _, keys, position, has_gauss, cached = np.random.get_state()
     return {
         "torch": torch.get_rng_state(),

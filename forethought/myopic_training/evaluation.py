@@ -6,16 +6,21 @@ Definitions (all losses are next-token cross-entropies in nats, on validation se
   (``t = 0 .. T - 2``, :func:`forethought.losses.loss_by_position`), with the model run as its regime defines
   (see :mod:`~forethought.myopic_training.regimes`).
 * ``eval_loss``: the mean over all predicted tokens (= the mean of ``loss_by_position``).
-* ``myopia_gap = eval_loss(myopic) - eval_loss(vanilla)``: what a model loses when its training may not prepare
-  earlier positions for later ones. Positive means pre-caching helps; near zero suggests breadcrumbs.
-* ``bigram_gap = eval_loss(bigram) - eval_loss(vanilla)``: what access to earlier tokens is worth at all.
-* ``myopia_gap_fraction = myopia_gap / bigram_gap``: the share of that worth lost to myopia.
-* ``local_myopia_gap = eval_loss(local-myopic) - eval_loss(vanilla)``.
+* the gaps each regime defines (:attr:`forethought.regimes.Regime.gaps`), ``eval_loss(regime) -
+  eval_loss(reference)``; the built-in ones:
+
+  * ``myopia_gap = eval_loss(myopic) - eval_loss(vanilla)``: what a model loses when its training may not prepare
+    earlier positions for later ones. Positive means pre-caching helps; near zero suggests breadcrumbs.
+  * ``bigram_gap = eval_loss(bigram) - eval_loss(vanilla)``: what access to earlier tokens is worth at all.
+  * ``local_myopia_gap = eval_loss(local-myopic) - eval_loss(vanilla)``.
+
+* ``myopia_gap_fraction = myopia_gap / bigram_gap``: the share of what the past is worth that myopia loses.
 
 Every gap is paired (the same validation sequences for every model) and carries a 95 % bootstrap interval over
-sequences (``myopia_gap_ci_low``, ``myopia_gap_ci_high``, ...), overall and at every position
-(:attr:`MyopiaReport.gaps_by_position`); each regime's entry records how the model was trained (``trained_as``)
-and how it was run for scoring (``forward``: ``"vanilla"`` is a plain forward, ``"bigram"`` ablates the past).
+sequences (:class:`Gap`; in the JSON ``myopia_gap_ci_low``, ``myopia_gap_ci_high``, ...), overall and at every
+position (:attr:`MyopiaReport.gaps_by_position`); each regime's entry records how the model was trained
+(``trained_as``) and how it was run for scoring (``forward``: ``"vanilla"`` is a plain forward, ``"bigram"``
+ablates the past).
 
 Example:
     >>> import torch
@@ -23,7 +28,7 @@ Example:
     >>> model = tiny_model(n_layers=1, d_model=16, n_heads=2, d_vocab=20, n_ctx=8)
     >>> tokens = torch.randint(0, 20, (4, 8))
     >>> report = evaluate_regimes({"vanilla": model, "myopic": model, "bigram": model}, tokens)
-    >>> report.myopia_gap
+    >>> report.gaps["myopia_gap"].value
     0.0
     >>> report  # doctest: +ELLIPSIS
     MyopiaReport(eval_loss: vanilla ...; myopia_gap +0.0000 [95% CI +0.0000, +0.0000]; bigram_gap ...; 4 sequences)
@@ -45,7 +50,8 @@ from forethought.bootstrap import N_RESAMPLES, bootstrap_ci
 from forethought.data import TokenSplits
 from forethought.errors import InvalidArgumentError
 from forethought.losses import loss_by_position, token_losses  # noqa: F401 - loss_by_position is re-exported
-from forethought.myopic_training.regimes import REGIMES, RegimeModel
+from forethought.myopic_training.regimes import RegimeModel
+from forethought.regimes import REGIMES, registered_gaps
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -109,30 +115,54 @@ class PositionGap:
     ci_high: list[float]
 
 
+@dataclass
+class Gap:
+    """``eval_loss(regime) - eval_loss(reference)`` on the same sequences, with its 95 % paired bootstrap interval."""
+
+    value: float
+    ci_low: float
+    ci_high: float
+    regime: str
+    reference: str
+
+
 @dataclass(repr=False)
 class MyopiaReport:
-    """Loss of every regime and the gaps between them (see the module docstring for definitions)."""
+    """Loss of every regime and the gaps between them (see the module docstring for definitions).
+
+    Attributes:
+        regimes: name → its loss.
+        gaps: gap name → :class:`Gap`, for every gap whose regimes were both scored (``"myopia_gap"``, ...).
+        baseline: the model every per-position gap is taken against.
+        gaps_by_position: name → its loss minus the baseline's at every position.
+    """
 
     regimes: dict[str, RegimeLoss]
-    myopia_gap: float | None = None
-    myopia_gap_ci_low: float | None = None
-    myopia_gap_ci_high: float | None = None
-    bigram_gap: float | None = None
-    bigram_gap_ci_low: float | None = None
-    bigram_gap_ci_high: float | None = None
-    myopia_gap_fraction: float | None = None
-    local_myopia_gap: float | None = None
-    local_myopia_gap_ci_low: float | None = None
-    local_myopia_gap_ci_high: float | None = None
+    gaps: dict[str, Gap] = field(default_factory=dict)
     baseline: str = "vanilla"
     gaps_by_position: dict[str, PositionGap] = field(default_factory=dict)
     n_resamples: int = N_RESAMPLES
     extra: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def myopia_gap_fraction(self) -> float | None:
+        """``myopia_gap / bigram_gap`` (None without both, or when the bigram gap is 0)."""
+        myopia, bigram = self.gaps.get("myopia_gap"), self.gaps.get("bigram_gap")
+        return myopia.value / bigram.value if myopia is not None and bigram is not None and bigram.value else None
+
     def to_dict(self) -> dict[str, Any]:
-        """``{"regimes": {name: {"eval_loss", "loss_by_position", ...}}, "myopia_gap": ..., ...}``."""
-        result = asdict(self)
-        result.update(result.pop("extra"))
+        """``{"regimes": {name: {"eval_loss", ...}}, "myopia_gap": ..., "myopia_gap_ci_low": ..., ...}``.
+
+        Every registered gap has its three entries (``None`` when its regimes were not both scored).
+        """
+        result: dict[str, Any] = {"regimes": {name: asdict(loss) for name, loss in self.regimes.items()}}
+        for name in dict.fromkeys([*registered_gaps(), *self.gaps]):
+            gap = self.gaps.get(name)
+            result.update({name: gap and gap.value, f"{name}_ci_low": gap and gap.ci_low,
+                           f"{name}_ci_high": gap and gap.ci_high})
+        result.update(myopia_gap_fraction=self.myopia_gap_fraction, baseline=self.baseline,
+                      gaps_by_position={name: asdict(gap) for name, gap in self.gaps_by_position.items()},
+                      n_resamples=self.n_resamples, **self.extra)
         return result
 
     def to_frame(self) -> pd.DataFrame:
@@ -173,10 +203,9 @@ class MyopiaReport:
 
     def __repr__(self) -> str:
         losses = ", ".join(f"{name} {result.eval_loss:.4f}" for name, result in self.regimes.items())
-        gap = f"; myopia_gap {format_gap(self)}" if self.myopia_gap is not None else ""
-        gap += f"; bigram_gap {self.bigram_gap:+.4f}" if self.bigram_gap is not None else ""
+        gaps = "".join(f"; {name} {format_gap(self, name)}" for name in self.gaps)
         n = next(iter(self.regimes.values())).n_sequences if self.regimes else 0
-        return f"MyopiaReport(eval_loss: {losses}{gap}; {n} sequences)"
+        return f"MyopiaReport(eval_loss: {losses}{gaps}; {n} sequences)"
 
 
 def evaluate_regimes(
@@ -192,10 +221,10 @@ def evaluate_regimes(
     """Validation loss (overall and by position) of each model, and the myopia gap with bootstrap intervals.
 
     Args:
-        models: name → ``TransformerBridge`` or :class:`RegimeModel`. A bare model whose name is a regime
-            (``"bigram"``) is run in that regime's forward (past ablation); other bare models are run as they
-            are. Gaps use the entries named ``"vanilla"``, ``"myopic"``, ``"bigram"`` and ``"local-myopic"``
-            when present.
+        models: name → ``TransformerBridge`` or :class:`RegimeModel`. A bare model whose name is a registered
+            regime (``"bigram"``) is run in that regime's forward (past ablation); other bare models are run as they
+            are. Each gap a regime defines (:attr:`forethought.regimes.Regime.gaps`) is taken between the entries
+            named after the regime and its reference, when both are present.
         data: validation token sequences, or a :class:`~forethought.data.TokenSplits` (its validation split).
         batch_size: sequences per forward pass.
         progress: show a progress bar.
@@ -214,20 +243,14 @@ def evaluate_regimes(
     results, losses = {}, {}
     for name, model in models.items():
         if not isinstance(model, RegimeModel):
-            model = RegimeModel(model, name if name in REGIMES and name != "myopic" else "vanilla")
+            model = RegimeModel(model, name if name in REGIMES else "vanilla")
         losses[name] = sequence_losses(model, tokens, batch_size=batch_size, progress=progress)  # [seq, pos]
         by_position = losses[name].mean(0)
         low, high = bootstrap_ci(losses[name].mean(1), n_resamples=n_resamples, seed=seed)
         results[name] = RegimeLoss(eval_loss=by_position.mean().item(), loss_by_position=by_position.tolist(),
                                    trained_as=trained_as.get(name, name if name in REGIMES else None),
-                                   forward=model.regime, n_sequences=len(tokens), eval_loss_ci_low=low.item(),
-                                   eval_loss_ci_high=high.item())
-
-    def gap(name: str, reference: str = "vanilla") -> tuple[float | None, float | None, float | None]:
-        if name not in results or reference not in results:
-            return None, None, None
-        low, high = bootstrap_ci((losses[name] - losses[reference]).mean(1), n_resamples=n_resamples, seed=seed)
-        return results[name].eval_loss - results[reference].eval_loss, low.item(), high.item()
+                                   forward=REGIMES[model.regime].forward_name, n_sequences=len(tokens),
+                                   eval_loss_ci_low=low.item(), eval_loss_ci_high=high.item())
 
     by_position = {}
     if baseline in losses:
@@ -237,21 +260,22 @@ def evaluate_regimes(
                 low, high = bootstrap_ci(difference, n_resamples=n_resamples, seed=seed)
                 by_position[name] = PositionGap(gap=difference.mean(1).tolist(), ci_low=low.tolist(),
                                                 ci_high=high.tolist())
-    myopia, bigram, local = gap("myopic"), gap("bigram"), gap("local-myopic")
-    fraction = myopia[0] / bigram[0] if myopia[0] is not None and bigram[0] else None
-    return MyopiaReport(regimes=results, myopia_gap=myopia[0], myopia_gap_ci_low=myopia[1],
-                        myopia_gap_ci_high=myopia[2], bigram_gap=bigram[0], bigram_gap_ci_low=bigram[1],
-                        bigram_gap_ci_high=bigram[2], myopia_gap_fraction=fraction, local_myopia_gap=local[0],
-                        local_myopia_gap_ci_low=local[1], local_myopia_gap_ci_high=local[2], baseline=baseline,
-                        gaps_by_position=by_position, n_resamples=n_resamples)
+    gaps = {}
+    for name, (regime, reference) in registered_gaps().items():
+        if regime in losses and reference in losses:
+            low, high = bootstrap_ci((losses[regime] - losses[reference]).mean(1), n_resamples=n_resamples, seed=seed)
+            gaps[name] = Gap(results[regime].eval_loss - results[reference].eval_loss, low.item(), high.item(),
+                             regime, reference)
+    return MyopiaReport(regimes=results, gaps=gaps, baseline=baseline, gaps_by_position=by_position,
+                        n_resamples=n_resamples)
 
 
-def format_gap(report: MyopiaReport) -> str:
-    """``"+0.1760 [95% CI +0.1601, +0.1915]"``, or ``"n/a"`` without a myopic and a vanilla model."""
-    if report.myopia_gap is None:
+def format_gap(report: MyopiaReport, gap: str = "myopia_gap") -> str:
+    """``"+0.1760 [95% CI +0.1601, +0.1915]"``, or ``"n/a"`` when the report lacks the gap's regimes."""
+    if gap not in report.gaps:
         return "n/a"
-    return (f"{report.myopia_gap:+.4f} [95% CI {report.myopia_gap_ci_low:+.4f}, "
-            f"{report.myopia_gap_ci_high:+.4f}]")
+    found = report.gaps[gap]
+    return f"{found.value:+.4f} [95% CI {found.ci_low:+.4f}, {found.ci_high:+.4f}]"
 
 
 def plot_report(report: MyopiaReport, baseline: str = "vanilla") -> dict[str, Any]:

@@ -1,10 +1,10 @@
 """One training loop: a model, a batch source and a loss function, in vanilla, myopic or another regime.
 
-:func:`run_training` reads top to bottom: take the step's batch, forward in the regime's context (myopic gradients
-for ``"myopic"``, see :func:`training_context`), backward, check the loss and the gradient norm are finite, clip,
-AdamW step, warmup + cosine schedule, evaluate every ``eval_every`` steps, checkpoint every ``checkpoint_every``
-steps. It runs on HF ``accelerate``: a CPU, one GPU (bf16 autocast) or several under ``accelerate launch`` (DDP;
-``batch_size`` is the global batch, split across processes). Language modelling
+:func:`run_training` reads top to bottom: take the step's batch, forward in the regime's training context (myopic
+gradients for ``"myopic"``, see :meth:`forethought.regimes.Regime.training_context`), backward, check the loss and
+the gradient norm are finite, clip, AdamW step, warmup + cosine schedule, evaluate every ``eval_every`` steps,
+checkpoint every ``checkpoint_every`` steps. It runs on HF ``accelerate``: a CPU, one GPU (bf16 autocast) or several
+under ``accelerate launch`` (DDP; ``batch_size`` is the global batch, split across processes). Language modelling
 (:func:`~forethought.myopic_training.train`) and the synthetic pre-caching study
 (:func:`forethought.synthetic.train_regime`) are both this loop.
 
@@ -37,30 +37,30 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+from accelerate.utils import set_seed
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from forethought.config import TrainConfig
 from forethought.errors import InvalidArgumentError, NumericalError
 from forethought.myopic_training.batches import BatchSource
-from forethought.myopic_training.checkpoints import load_checkpoint, save_checkpoint, seed_everything
-from forethought.myopic_training.hooks import myopic
-from forethought.myopic_training.regimes import RegimeModel, forward_context
-from forethought.myopic_training.runtime import JsonLinesLog, StopOnSignal, make_accelerator
+from forethought.myopic_training.checkpoints import load_checkpoint, save_checkpoint
+from forethought.myopic_training.regimes import RegimeModel
+from forethought.myopic_training.runtime import JsonLinesLog, Runtime, StopOnSignal, make_runtime
+from forethought.regimes import get_regime
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
 
 #: ``loss_fn(model, batch)``: the scalar training loss of one batch (``model`` may be wrapped for DDP).
 LossFn = Callable[[nn.Module, Any], Tensor]
-#: ``evaluate(accelerator, model, step)``: entries added to the log record at evaluation steps.
-EvaluateFn = Callable[[Any, nn.Module, int], dict[str, Any]]
+#: ``evaluate(runtime, model, step)``: entries added to the log record at evaluation steps.
+EvaluateFn = Callable[[Runtime, nn.Module, int], dict[str, Any]]
 
 
 @dataclass
@@ -142,8 +142,8 @@ def run_training(
         loss_fn: ``loss_fn(model, batch)``, the scalar loss; it runs inside the regime's context.
         bridge: the ``TransformerBridge`` inside ``model`` that the regime acts on (default: ``model`` itself).
         past_model: the frozen model that supplies the past in the ``"local-myopic"`` regime.
-        evaluate: ``evaluate(accelerator, model, step)`` returns entries for the log record (e.g. ``eval_loss``)
-            every ``eval_every`` steps and at the last step.
+        evaluate: ``evaluate(runtime, model, step)`` returns entries for the log record (e.g. ``eval_loss``) every
+            ``eval_every`` steps and at the last step (``runtime``: a :class:`~.runtime.Runtime`).
         settings: what a resumed run must share with the checkpoint (default: ``config.curve_settings()``).
         checkpoint: the checkpoint file (``None``: none is written or read).
         log: a JSON-lines log file, one record per step (``None``: none).
@@ -160,24 +160,26 @@ def run_training(
     checkpoint = Path(checkpoint) if checkpoint is not None else None
     settings = config.curve_settings() if settings is None else settings
     bridge = model if bridge is None else bridge
-    accelerator = make_accelerator(config.device, config.mixed_precision)
+    runtime = make_runtime(config.device, config.mixed_precision)
+    accelerator, device = runtime.accelerator, runtime.device
     if config.batch_size % accelerator.num_processes:
         raise InvalidArgumentError(f"batch_size={config.batch_size} is not divisible by the "
                                    f"{accelerator.num_processes} processes")
-    seed_everything(config.seed)
+    set_seed(config.seed)
+    regime = get_regime(config.regime)
     model.eval()  # dropout off in every regime (see module docstring)
     groups = parameter_groups(model, config.weight_decay, every_parameter=config.weight_decay_all)
     optimizer = torch.optim.AdamW(groups, lr=config.lr, betas=config.adam_betas)
     scheduler = warmup_cosine_schedule(optimizer, config.steps, config.warmup_steps, config.min_lr_ratio)
     for module in (model, past_model):
         if module is not None:
-            _move(module, accelerator.device)
+            _move(module, device)
     if accelerator.num_processes > 1 and accelerator.ddp_handler is not None and find_unused_parameters is not None:
         accelerator.ddp_handler.find_unused_parameters = find_unused_parameters()  # DDP searches only where needed
     # the optimizer stays plain torch: accelerate's wrapper adds nothing without loss scaling or gradient accumulation,
     # and costs a package lookup per step, which a small model's step (the synthetic study) feels
     wrapped = accelerator.prepare_model(model, device_placement=False)
-    # without accelerate's mixed-precision wrapper on forward: steps run under accelerator.autocast() below, and the
+    # without accelerate's mixed-precision wrapper on forward: steps run under runtime.autocast() below, and the
     # model the run returns (and evaluates) computes in its own precision, as it will once saved and loaded
     model = accelerator.unwrap_model(wrapped, keep_fp32_wrapper=False)
 
@@ -198,8 +200,8 @@ def run_training(
     started = time.perf_counter()
     with StopOnSignal() as stop, bar:
         while step < config.steps:
-            batch = batches.batch(step, accelerator.device, accelerator.process_index, accelerator.num_processes)
-            with accelerator.autocast(), training_context(config, bridge, past_model):
+            batch = batches.batch(step, device, accelerator.process_index, accelerator.num_processes)
+            with runtime.autocast(), regime.training_context(bridge, config, past_model):
                 loss = loss_fn(wrapped, batch)
             mean_loss = accelerator.reduce(loss.detach().float(), reduction="mean")
             accelerator.backward(loss)
@@ -217,7 +219,7 @@ def run_training(
 
             record = {"step": step, "loss": mean_loss, "lr": lr, "grad_norm": grad_norm}
             if evaluate is not None and (step % config.eval_every == 0 or step == config.steps):
-                record.update(evaluate(accelerator, model, step))
+                record.update(evaluate(runtime, model, step))
             history.append(record)
             if log_file is not None:
                 log_file.append(record)
@@ -249,18 +251,10 @@ def gradient_norm(accelerator: Any, parameters: list[nn.Parameter], clip: float 
         accelerator.unscale_gradients()
     grads = [parameter.grad for parameter in parameters if parameter.grad is not None]
     if not grads:
-        return torch.zeros((), device=accelerator.device)
+        return torch.zeros((), device=parameters[0].device)
     if clip is not None:
         return torch.nn.utils.clip_grad_norm_(parameters, clip)
     return torch.nn.utils.get_total_norm(grads)
-
-
-def training_context(config: TrainConfig, model: TransformerBridge,
-                     past_model: TransformerBridge | None = None) -> AbstractContextManager:
-    """The context of a training forward: myopic gradients for ``"myopic"``, else the regime's forward."""
-    if config.regime == "myopic":
-        return myopic(model, mode=config.mode, beta=config.beta)
-    return forward_context(config.regime, model, past_model)
 
 
 def warmup_cosine_schedule(optimizer: torch.optim.Optimizer, steps: int, warmup_steps: int,

@@ -1,13 +1,6 @@
-"""Training regimes and the forward pass each one evaluates with; local myopia.
+"""Local myopia, and a model together with the forward its regime scores it with (:class:`RegimeModel`).
 
-A *regime* says how a model is trained and, for two of them, how its forward pass sees the past:
-
-* ``"vanilla"``: ordinary training and forward.
-* ``"myopic"``: the forward is the vanilla one; gradients are myopic (:func:`~forethought.myopic_training.myopic`).
-* ``"bigram"``: the paper's *transformer bigram*: every attention layer lets each position see only itself
-  (:func:`~forethought.attention.ablate_past`), in training and in evaluation. It measures what a
-  transformer achieves with no access to earlier tokens.
-* ``"local-myopic"``: a frozen vanilla model supplies the past (:func:`local_myopic`).
+The regimes themselves (vanilla, myopic, local-myopic, bigram, and any you add) are :mod:`forethought.regimes`.
 
 **Local myopia, precisely.** Let ``θ`` be the trained model and ``φ`` a frozen model of the same attention shape
 run on the same tokens. In every layer ``l`` and for every query position ``t``, attention uses
@@ -36,14 +29,13 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
-from forethought.attention.ablation import ablate_past
 from forethought.attention.recompute import (
     LayerCapture,
     RecomputedAttention,
@@ -56,7 +48,7 @@ from forethought.attention.recompute import (
     qkv,
 )
 from forethought.errors import InvalidArgumentError, UnsupportedArchitectureError
-from forethought.options import REGIMES, check_regime  # noqa: F401 - REGIMES re-exported
+from forethought.regimes import get_regime
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
@@ -144,7 +136,7 @@ class RegimeModel:
 
     Attributes:
         model: the trained ``TransformerBridge``.
-        regime: one of :data:`REGIMES`.
+        regime: the name of a registered regime (:data:`forethought.regimes.REGIMES`).
         past_model: the frozen model that supplies the past (``"local-myopic"`` only).
 
     Example:
@@ -159,25 +151,9 @@ class RegimeModel:
     past_model: TransformerBridge | None = None
 
     def __post_init__(self) -> None:
-        check_regime(self.regime)
-        if self.regime == "local-myopic" and self.past_model is None:
-            raise InvalidArgumentError("regime 'local-myopic' needs past_model (the frozen model supplying the past)")
+        if get_regime(self.regime).needs_past_model and self.past_model is None:
+            raise InvalidArgumentError(f"regime {self.regime!r} needs past_model (the frozen model supplying the past)")
 
     def forward_context(self) -> AbstractContextManager:
         """The context in which to run ``model`` to evaluate it as its regime defines."""
-        return forward_context(self.regime, self.model, self.past_model)
-
-
-def forward_context(regime: str, model: TransformerBridge,
-                    past_model: TransformerBridge | None = None) -> AbstractContextManager:
-    """The forward pass of ``regime``.
-
-    Past ablation for ``"bigram"``, a frozen past for ``"local-myopic"``, the model's own forward otherwise
-    (myopic training changes gradients only).
-    """
-    check_regime(regime)
-    if regime == "bigram":
-        return ablate_past(model)
-    if regime == "local-myopic":
-        return local_myopic(model, past_model)
-    return nullcontext(model)
+        return get_regime(self.regime).forward_context(self.model, self.past_model)

@@ -1,4 +1,4 @@
-"""What a training run needs from its process: the device check, the ``accelerate`` state, signals, the log.
+"""What a training run needs from its process: the device check, accelerate and precision, signals, the log.
 
 Example:
     >>> import tempfile
@@ -11,17 +11,20 @@ Example:
 from __future__ import annotations
 
 import json
+import os
 import signal
 import threading
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 
 from forethought.devices import resolve_device
 from forethought.distributed import leave_world_at_exit
-from forethought.errors import check_choice
+from forethought.errors import InvalidArgumentError, check_choice
 from forethought.options import DEVICES
 from forethought.reporting import atomic_write
 
@@ -32,45 +35,62 @@ def check_device(device: str) -> None:
     resolve_device(device)
 
 
-def make_accelerator(device: str, mixed_precision: str) -> Any:
-    """An ``accelerate.Accelerator`` on ``device`` with ``mixed_precision``.
+@dataclass
+class Runtime:
+    """A run's ``accelerate.Accelerator``, with the device and the precision the run asked for.
 
-    ``device`` is ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"mps"``; ``mixed_precision="auto"`` means bf16 autocast
-    on a CUDA GPU that supports it, else none.
-    DDP searches for unused parameters unless the caller turns it off (``accelerator.ddp_handler``). An earlier
-    run in this process that chose another precision or device is forgotten (a distributed state is kept).
+    accelerate fixes a process's device and mixed precision when its first ``Accelerator`` is made; a later run in
+    the same process that asks for others gets them here, with public API only: its model and batches go to
+    ``device`` and its steps run under :meth:`autocast`. The accelerator does the rest (DDP, reductions, backward).
+
+    Attributes:
+        accelerator: the ``accelerate.Accelerator``, made without a mixed precision of its own.
+        device: where the model and the batches go (the accelerator's own under several processes).
+        bf16: whether steps and evaluations run under bfloat16 autocast.
+    """
+
+    accelerator: Any
+    device: torch.device
+    bf16: bool
+
+    def autocast(self) -> AbstractContextManager:
+        """bfloat16 autocast on :attr:`device` when :attr:`bf16`, else a context that changes nothing."""
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
+
+
+def make_runtime(device: str, mixed_precision: str) -> Runtime:
+    """The :class:`Runtime` of a run on ``device`` with ``mixed_precision``.
+
+    ``device`` is ``"auto"`` (the accelerator's), ``"cpu"``, ``"cuda"`` or ``"mps"``; ``mixed_precision="auto"``
+    means bf16 autocast on a CUDA GPU that supports it, else none. DDP searches for unused parameters unless the
+    caller turns it off (``runtime.accelerator.ddp_handler``).
+
+    Example:
+        >>> runtime = make_runtime("cpu", "no")
+        >>> runtime.device, runtime.bf16
+        (device(type='cpu'), False)
     """
     from accelerate import Accelerator, DistributedDataParallelKwargs
 
     check_device(device)
-    on_cuda = device in ("auto", "cuda") and torch.cuda.is_available()
-    precision = mixed_precision
-    if precision == "auto":
-        precision = "bf16" if on_cuda and torch.cuda.is_bf16_supported() else "no"
-    ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
-    settings = {"cpu": device == "cpu", "mixed_precision": precision, "kwargs_handlers": [ddp]}
-    try:
-        accelerator = Accelerator(**settings)
-    except ValueError as error:  # an earlier run in this process chose another precision
-        if "already been initialized" not in str(error):
-            raise
-        _forget_accelerator(reset_partial_state=False)  # keeps the distributed (partial) state
-        accelerator = Accelerator(**settings)
-    wanted = resolve_device(device)
-    if accelerator.num_processes == 1 and accelerator.device.type != wanted.type:
-        # an earlier run in this process chose another device, which accelerate's process state keeps silently
-        _forget_accelerator(reset_partial_state=True)
-        accelerator = Accelerator(**settings)
+    several = int(os.environ.get("WORLD_SIZE", "1")) > 1 or (dist.is_available() and dist.is_initialized()
+                                                               and dist.get_world_size() > 1)
+    try:  # on CPUs accelerate's processes need cpu=True to meet over gloo; in one process the device is ours
+        accelerator = Accelerator(cpu=not torch.cuda.is_available() or (several and device == "cpu"),
+                                  kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+    except ValueError as error:  # accelerate keeps a process's first device: its processes cannot move to the CPU
+        raise InvalidArgumentError(f"device={device!r}: this process's accelerate state is on another device; run "
+                                   "each process on its own GPU (device auto) or start them with --cpu") from error
     if accelerator.num_processes > 1:
         leave_world_at_exit()  # the process group goes down before the interpreter does
-    return accelerator
-
-
-def _forget_accelerator(reset_partial_state: bool) -> None:
-    """Forget the accelerator state of an earlier run in this process (accelerate keeps it as a singleton)."""
-    from accelerate.state import AcceleratorState
-
-    AcceleratorState._reset_state(reset_partial_state=reset_partial_state)
+        if device not in ("auto", accelerator.device.type):
+            raise InvalidArgumentError(f"device={device!r}, but the {accelerator.num_processes} processes run on "
+                                       f"{accelerator.device.type}; use device auto under several processes")
+    wanted = accelerator.device if device == "auto" else resolve_device(device)  # not one an earlier run left
+    own = accelerator.device if wanted.type == accelerator.device.type else wanted
+    bf16 = mixed_precision == "bf16" or (mixed_precision == "auto" and own.type == "cuda"
+                                         and torch.cuda.is_bf16_supported())
+    return Runtime(accelerator=accelerator, device=own, bf16=bf16)
 
 
 class StopOnSignal(AbstractContextManager):

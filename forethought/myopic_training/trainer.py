@@ -1,4 +1,4 @@
-"""The trainer: vanilla, myopic, local-myopic and transformer-bigram training of a ``TransformerBridge``.
+"""The trainer: a ``TransformerBridge`` trained in any regime (:mod:`forethought.regimes`) on token sequences.
 
 :func:`train` runs the shared training loop (:func:`~forethought.myopic_training.loop.run_training`: batch,
 forward in the regime's context, NaN guard, backward, clip, AdamW, warmup + cosine schedule, checkpoints) on token
@@ -58,19 +58,18 @@ from forethought.myopic_training.loop import (
     TrainingInterrupted,
     TrainResult,
     run_training,
-    training_context,
     warmup_cosine_schedule,
 )
-from forethought.myopic_training.regimes import RegimeModel, forward_context
-from forethought.myopic_training.runtime import check_device
+from forethought.myopic_training.regimes import RegimeModel
+from forethought.myopic_training.runtime import Runtime, check_device
+from forethought.regimes import get_regime
 from forethought.reporting import prepare_out_dir
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
 
 __all__ = ["CHECKPOINT", "LOG", "MODEL_DIR", "PAST_MODEL_DIR", "BatchOrder", "TrainConfig", "TrainResult",
-           "TrainingInterrupted", "check_device", "read_checkpoint", "train", "training_context",
-           "warmup_cosine_schedule"]
+           "TrainingInterrupted", "check_device", "read_checkpoint", "train", "warmup_cosine_schedule"]
 
 CHECKPOINT = "checkpoint.pt"
 LOG = "log.jsonl"
@@ -117,10 +116,10 @@ def train(
     past_model = _frozen_past_model(config, model, past_model)
     eval_tokens = val_tokens[: config.eval_batches * config.batch_size] if config.eval_batches else val_tokens
 
-    def evaluate(accelerator: Any, model: TransformerBridge, step: int) -> dict[str, Any]:
-        record = {"eval_loss": _evaluate(accelerator, config, model, past_model, eval_tokens)}
+    def evaluate(runtime: Runtime, model: TransformerBridge, step: int) -> dict[str, Any]:
+        record = {"eval_loss": _evaluate(runtime, config, model, past_model, eval_tokens)}
         if config.gradient_split_every and (step % config.gradient_split_every == 0 or step == config.steps):
-            record["gradient_split"] = _gradient_split(accelerator, config, model, past_model, eval_tokens)
+            record["gradient_split"] = _gradient_split(runtime, config, model, past_model, eval_tokens)
         return record
 
     result = run_training(
@@ -172,42 +171,43 @@ def _leaves_parameters_unused(config: TrainConfig, model: TransformerBridge,
     """
     parameters = [p for p in model.parameters() if p.requires_grad]
     tokens = torch.zeros(1, 2, dtype=torch.long, device=parameters[0].device)
-    with training_context(config, model, past_model):
+    with get_regime(config.regime).training_context(model, config, past_model):
         loss = model(tokens, return_type="loss")
     return any(grad is None for grad in torch.autograd.grad(loss, parameters, allow_unused=True))
 
 
 def _frozen_past_model(config: TrainConfig, model: TransformerBridge,
                        past_model: TransformerBridge | None) -> Any:
-    if config.regime != "local-myopic":
+    if not get_regime(config.regime).needs_past_model:
         return None
     past = copy_model(model) if past_model is None else past_model
     return past.eval().requires_grad_(False)
 
 
-def _evaluate(accelerator: Any, config: TrainConfig, model: TransformerBridge, past_model: TransformerBridge | None,
+def _evaluate(runtime: Runtime, config: TrainConfig, model: TransformerBridge, past_model: TransformerBridge | None,
               tokens: Tensor) -> float:
     """Mean validation loss in the regime's forward; each process takes a shard and the sums are reduced."""
+    accelerator = runtime.accelerator
     shard = tokens[accelerator.process_index :: accelerator.num_processes]
-    sums = torch.zeros(tokens.shape[1] - 1, dtype=torch.float64, device=accelerator.device)
+    sums = torch.zeros(tokens.shape[1] - 1, dtype=torch.float64, device=runtime.device)
     if len(shard):
         regime_model = RegimeModel(model, config.regime, past_model)
-        with accelerator.autocast():
+        with runtime.autocast():
             sums = position_loss_sums(regime_model, shard, batch_size=config.batch_size)
-    count = torch.tensor([float(len(shard))], dtype=torch.float64, device=accelerator.device)
-    totals = torch.cat([sums.to(accelerator.device), count])
+    count = torch.tensor([float(len(shard))], dtype=torch.float64, device=runtime.device)
+    totals = torch.cat([sums.to(runtime.device), count])
     totals = accelerator.reduce(totals, reduction="sum").cpu()
     return (totals[:-1].sum() / (totals[-1] * (tokens.shape[1] - 1))).item()
 
 
-def _gradient_split(accelerator: Any, config: TrainConfig, model: TransformerBridge,
+def _gradient_split(runtime: Runtime, config: TrainConfig, model: TransformerBridge,
                     past_model: TransformerBridge | None, tokens: Tensor) -> list[dict[str, Any]]:
     """The gradient split of the validation loss in the regime's forward, as JSON-ready rows.
 
     Every process computes it on the same sequences.
     """
     def loss_fn(bridge: Any, batch: Tensor) -> Tensor:
-        with accelerator.autocast(), forward_context(config.regime, bridge, past_model):
+        with runtime.autocast(), get_regime(config.regime).forward_context(bridge, past_model):
             return bridge(batch, return_type="loss")
 
     tokens = tokens[: config.gradient_split_batches * config.batch_size]

@@ -6,9 +6,8 @@ Every function returns a matplotlib ``Figure``; save it with :func:`forethought.
 
 from forethought.plots.interventions import plot_direction_effect, plot_patching_heatmap, plot_transplant_precision
 from forethought.plots.probes import plot_probe_heatmap, plot_probe_r2_by_lag
-from forethought.plots.style import REGIME_COLORS, SIGNED_PREFIXES, is_signed, label_space_note, regime_palette
+from forethought.plots.style import MODEL_COLORS, SIGNED_PREFIXES, is_signed, label_space_note, regime_palette
 from forethought.plots.training import (
-    GAP_REGIMES,
     plot_gap_by_size,
     plot_loss_by_position,
     plot_loss_difference,
@@ -18,8 +17,7 @@ from forethought.plots.training import (
 )
 
 __all__ = [
-    "GAP_REGIMES",
-    "REGIME_COLORS",
+    "MODEL_COLORS",
     "SIGNED_PREFIXES",
     "label_space_note",
     "plot_direction_effect",

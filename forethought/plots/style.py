@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-REGIME_COLORS = {"vanilla": "#1f77b4", "myopic": "#d62728", "bigram": "#7f7f7f", "local-myopic": "#ff7f0e",
-                 "random-init": "#9467bd"}
+from forethought.regimes import REGIMES
+
+#: Fixed colours of names that are not regimes (a regime's colour is its :attr:`~forethought.regimes.Regime.color`).
+MODEL_COLORS = {"random-init": "#9467bd"}
 
 
 SIGNED_PREFIXES = ("gain", "selectivity", "delta")
@@ -12,8 +14,8 @@ SIGNED_PREFIXES = ("gain", "selectivity", "delta")
 def regime_palette(names) -> dict[str, str]:
     """One colour per regime or model name, the same in every figure.
 
-    The fixed colours of :data:`REGIME_COLORS` come first, then other names in order from a colour-blind-safe
-    palette.
+    Each registered regime's colour and those of :data:`MODEL_COLORS` come first, then other names in order from
+    a colour-blind-safe palette.
 
     Example:
         >>> regime_palette(["myopic", "vanilla", "mine"])["vanilla"]
@@ -21,10 +23,11 @@ def regime_palette(names) -> dict[str, str]:
     """
     import seaborn as sns
 
-    extra = [name for name in dict.fromkeys(names) if name not in REGIME_COLORS]
-    spare = [color for color in sns.color_palette("colorblind", len(extra) + len(REGIME_COLORS)).as_hex()
-             if color not in REGIME_COLORS.values()]
-    return {**{name: REGIME_COLORS[name] for name in dict.fromkeys(names) if name in REGIME_COLORS},
+    fixed = {**{name: regime.color for name, regime in REGIMES.items()}, **MODEL_COLORS}
+    extra = [name for name in dict.fromkeys(names) if name not in fixed]
+    spare = [color for color in sns.color_palette("colorblind", len(extra) + len(fixed)).as_hex()
+             if color not in fixed.values()]
+    return {**{name: fixed[name] for name in dict.fromkeys(names) if name in fixed},
             **dict(zip(extra, spare, strict=False))}
 
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from forethought.plots.style import REGIME_COLORS, regime_palette
+from forethought.plots.style import regime_palette
+from forethought.regimes import registered_gaps
 
 
 def plot_loss_by_position(frame, title: str = "Validation loss by position"):
@@ -145,9 +146,6 @@ def plot_loss_vs_p(sweep, title: str = "Loss relative to predicting 0, by p"):
     return fig
 
 
-GAP_REGIMES = {"myopia_gap": "myopic", "bigram_gap": "bigram", "local_myopia_gap": "local-myopic"}
-
-
 def plot_gap_by_size(table, gap: str = "myopia_gap", title: str | None = None):
     """A gap of every model against its parameter count (log scale).
 
@@ -172,7 +170,8 @@ def plot_gap_by_size(table, gap: str = "myopia_gap", title: str | None = None):
     if {low, high} <= set(frame.columns):
         errors = np.clip(np.vstack([values - frame[low].to_numpy(dtype=float),
                                     frame[high].to_numpy(dtype=float) - values]), 0.0, None)
-    color = REGIME_COLORS.get(GAP_REGIMES.get(gap, ""), "0.2")
+    regime = registered_gaps().get(gap, ("",))[0]
+    color = regime_palette([regime])[regime] if regime else "0.2"  # the colour of the regime that defines the gap
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.errorbar(frame["n_parameters"].to_numpy(dtype=float), values, yerr=errors, fmt="o-", color=color, capsize=3,
                 linewidth=1.2, markersize=5)

@@ -91,6 +91,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 import torch
+from accelerate.utils import gather_object
 from jaxtyping import Int
 from torch import Tensor
 from tqdm.auto import tqdm
@@ -98,7 +99,7 @@ from tqdm.auto import tqdm
 from forethought.bootstrap import bootstrap_ci
 from forethought.data.tokens import TokenSplits, split_sequences
 from forethought.devices import resolve_device
-from forethought.distributed import World, current_world, gather_objects, process_device, share
+from forethought.distributed import current_world, gather_to_main, process_device
 from forethought.errors import InvalidArgumentError, choices_text
 from forethought.hook_names import RESID, hook_name, resolve_layers
 from forethought.options import METHODS
@@ -197,7 +198,7 @@ def probe_sweep(
     if reference is not None and reference not in models:
         raise InvalidArgumentError(f"reference={reference!r} is not among the models {sorted(models)}")
     rows, probes, seconds = [], {}, {}
-    shown = progress and (world is None or world.is_main)
+    shown = progress and (world is None or world.is_main_process)
     overall = tqdm(total=len(models) * len(methods), desc="probe sweep", unit="fit", disable=not shown)
     for name, model in models.items():
         overall.set_postfix(model=name)
@@ -211,7 +212,7 @@ def probe_sweep(
         overall.update(len(methods))
     overall.close()
     if world is not None:
-        rows = sorted((row for part in gather_objects(world, rows) for row in part), key=_row_order(models, names))
+        rows = sorted(gather_object(rows), key=_row_order(models, names))  # every process's rows, on every process
     intervals = paired_intervals(rows, reference, config.n_resamples, seed)
     table = add_gains(pd.DataFrame([{k: v for k, v in row.items() if k != SEQUENCE_HITS} for row in rows],
                                    columns=COLUMNS))
@@ -219,7 +220,7 @@ def probe_sweep(
         table[column] = values
     result = ProbeSweep(table, probes, {"offsets": offsets, "methods": names, "seed": seed, "top_k": config.top_k,
                                         "reference": reference, "streamed": stream, "seconds": seconds})
-    if save_dir is not None and (world is None or world.is_main):
+    if save_dir is not None and (world is None or world.is_main_process):
         result.save_probes(save_dir, models)
     return result
 
@@ -369,11 +370,12 @@ def feature_dtype(config: ProbeSweepConfig, model: TransformerBridge) -> torch.d
 
 def _plan(name: str, model: TransformerBridge, layers: Any, offsets: list[int], fit_tokens: Tensor,
           config: ProbeSweepConfig, seed: int, device: Any, *, progress: bool, streamed: bool,
-          world: World | None) -> SweepPlan:
+          world: Any) -> SweepPlan:
     """One model's plan: its depths (this process's share under several), its device and its label space."""
     layers = resolve_layers(model, layers, RESID)
     if world is not None:  # each process probes its own depths over all the data (probes of a depth are independent)
-        layers = [layers[i] for i in share(len(layers), world.rank, world.size)]
+        with world.split_between_processes(layers) as mine:
+            layers = list(mine)
     device = torch.device(device) if device is not None else next(model.parameters()).device
     if layers and device != next(model.parameters()).device:
         model = model.to(device)
@@ -438,11 +440,11 @@ def _clock(device: torch.device) -> float:
     return time.perf_counter()
 
 
-def _gather_probes(world: World, plan: SweepPlan, fitted: dict[str, AffineProbes]) -> dict[str, AffineProbes]:
+def _gather_probes(world: Any, plan: SweepPlan, fitted: dict[str, AffineProbes]) -> dict[str, AffineProbes]:
     """Every process's probes of one model on process 0, joined along the layer axis (the others get ``{}``)."""
-    parts = gather_objects(world, [(path, (probes.replace(model=None) if hasattr(probes, "model") else probes)
-                                    .to("cpu")) for path, probes in fitted.items()], to_main=True)
-    if not world.is_main:
+    parts = gather_to_main(world, [(path, (probes.replace(model=None) if hasattr(probes, "model") else probes)
+                                   .to("cpu")) for path, probes in fitted.items()])
+    if not world.is_main_process:
         return {}
     by_path: dict[str, list[Any]] = {}
     for path, probes in (item for part in parts for item in part):

@@ -36,7 +36,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -55,11 +55,13 @@ from forethought.errors import CheckpointError, InvalidArgumentError, check_posi
 from forethought.myopic_training.checkpoints import read_checkpoint
 from forethought.myopic_training.loop import run_training
 from forethought.probes.regression import fit_ridge_probe
+from forethought.regimes import get_regime
 from forethought.reporting import prepare_out_dir, provenance, save_figure, write_csv, write_json
 from forethought.synthetic.model import RegressionTransformer
 from forethought.synthetic.task import PrecacheBatch, PrecacheTask, derive_seed, probe_targets
 
-REGIMES = ("vanilla", "myopic")
+#: The regimes the study compares by default (the paper's); any registered regime without a past model trains too.
+STUDY_REGIMES = ("vanilla", "myopic")
 LOG_EVERY = 25  # the final training loss is the mean of the last LOG_EVERY steps
 CHECKPOINTS = "checkpoints"  # the folder of a run's training checkpoints, one file per regime
 
@@ -91,11 +93,12 @@ class TrainingRun:
 def train_regime(config: SyntheticConfig, regime: str, device: str | torch.device = "cpu", progress: bool = True,
                  checkpoint: str | Path | None = None, checkpoint_every: int = 1000,
                  on_step: Callable[[int, RegressionTransformer], None] | None = None) -> TrainingRun:
-    """Train one model on the D_p stream, with vanilla or myopic gradients, in the shared training loop.
+    """Train one model on the D_p stream in ``regime`` (vanilla, myopic, ...), in the shared training loop.
 
-    Both regimes start from the same weights (``config.seed``) and see the same batches (a generator seeded from
-    ``config.seed`` on ``device``); only the gradient differs. The optimizer is AdamW with ``torch``'s defaults
-    (betas ``(0.9, 0.999)``, weight decay on every parameter) and no gradient clipping.
+    Every regime (:mod:`forethought.regimes`) but one that needs a frozen past model trains; all start from the same
+    weights (``config.seed``) and see the same batches (a generator seeded from ``config.seed`` on ``device``); only the
+    gradient differs. The optimizer is AdamW with ``torch``'s defaults (betas ``(0.9, 0.999)``, weight decay on every
+    parameter) and no gradient clipping.
 
     With ``checkpoint`` (a file path), the training loop's checkpoint is written there atomically every
     ``checkpoint_every`` steps and after the last one. If the file exists, training continues from it (a finished
@@ -105,8 +108,7 @@ def train_regime(config: SyntheticConfig, regime: str, device: str | torch.devic
     ``on_step(steps_done, model)``, if given, is called after every optimizer step (outside the myopic-gradient
     context), e.g. to measure the model along the way.
     """
-    if regime not in REGIMES:
-        raise InvalidArgumentError(f"regime={regime!r} is unknown; choose one of {REGIMES}")
+    _check_regime(regime)
     check_positive("checkpoint_every", checkpoint_every, integer=True)
     device = resolve_device(device)
     model = RegressionTransformer(config.model_config(), device=device)
@@ -123,6 +125,11 @@ def train_regime(config: SyntheticConfig, regime: str, device: str | torch.devic
         on_step=None if on_step is None else lambda record: on_step(record["step"], model),
     )
     return TrainingRun(regime, model, np.asarray(result.losses, dtype=np.float32), result.seconds)
+
+
+def _check_regime(name: str) -> None:
+    if get_regime(name).needs_past_model:
+        raise InvalidArgumentError(f"regime={name!r} needs a frozen past model, which the synthetic study has not")
 
 
 def training_config(config: SyntheticConfig, regime: str, device: str = "cpu", checkpoint_every: int = 1000,
@@ -251,49 +258,55 @@ def probe_layers(model: RegressionTransformer, batch: PrecacheBatch, config: Syn
 
 def run_experiment(config: SyntheticConfig, out_dir: str | Path, device: str | torch.device = "cpu",
                    progress: bool = True, extra_config: dict[str, Any] | None = None, resume: bool = False,
-                   checkpoint_every: int = 1000) -> dict[str, Any]:
-    """Train, evaluate and probe both regimes for one ``p``; write the outputs to ``out_dir``; return the report.
+                   checkpoint_every: int = 1000, regimes: Sequence[str] = STUDY_REGIMES) -> dict[str, Any]:
+    """Train, evaluate and probe each of ``regimes`` for one ``p``; write the outputs to ``out_dir``; return the report.
 
-    Training checkpoints go to ``out_dir/checkpoints/<regime>.pt`` (see :func:`train_regime`); the final ones hold
+    Each model is evaluated and probed in its regime's forward. Training checkpoints go to
+    ``out_dir/checkpoints/<regime>.pt`` (see :func:`train_regime`); the final ones hold
     the trained models. With ``resume`` an interrupted or finished run continues from them; without it, a directory
     that already holds checkpoints is refused.
     """
+    for regime in regimes:
+        _check_regime(regime)
     out = prepare_out_dir(out_dir)
-    checkpoints = {regime: out / CHECKPOINTS / f"{regime}.pt" for regime in REGIMES}
+    checkpoints = {regime: out / CHECKPOINTS / f"{regime}.pt" for regime in regimes}
     if not resume and any(path.exists() for path in checkpoints.values()):
         raise InvalidArgumentError(f"{str(out)!r} already holds a synthetic run ({CHECKPOINTS}/); continue it with "
                                    "--resume or choose another --out")
     evaluation = held_out(config, "eval", config.eval_sequences)
     probing = held_out(config, "probe", config.probe_sequences)
-    regimes: dict[str, dict[str, Any]] = {}
+    results: dict[str, dict[str, Any]] = {}
     curves, probes = [], []
-    for regime in REGIMES:
+    for regime in regimes:
         run = train_regime(config, regime, device=device, progress=progress, checkpoint=checkpoints[regime],
                            checkpoint_every=checkpoint_every)
-        regimes[regime] = {
+        with get_regime(regime).forward_context(run.model.bridge):
+            scores, layer_probes = (evaluate(run.model, evaluation, config.huber_delta),
+                                   probe_layers(run.model, probing, config, regime))
+        results[regime] = {
             "trained_as": regime,
-            **evaluate(run.model, evaluation, config.huber_delta),
+            **scores,
             "steps": config.steps,
             "sequences": config.steps * config.batch_size,
             "final_train_loss": float(run.losses[-LOG_EVERY:].mean()),
             "train_seconds": run.seconds,
         }
         curves.append(pd.DataFrame({"regime": regime, "step": np.arange(1, config.steps + 1), "loss": run.losses}))
-        probes.append(probe_layers(run.model, probing, config, regime))
+        probes.append(layer_probes)
     curves_frame, probe_frame = pd.concat(curves, ignore_index=True), pd.concat(probes, ignore_index=True)
     report = {
         "config": {**asdict(config), **(extra_config or {}), "device": str(device)},
-        "regimes": regimes,
+        "regimes": results,
         "data": synthetic_manifest(config, {"eval": evaluation, "probe": probing}),
         "probes": [
             {"regime": row.regime, "layer": int(row.layer), "lag": None if pd.isna(row.lag) else int(row.lag),
              "target": row.target, "r2": float(row.r2)}
             for row in probe_frame.itertuples()
         ],
-        "summary": summary(regimes, probe_frame),
+        "summary": summary(results, probe_frame),
         "provenance": provenance(config.seed),
     }
-    baseline = regimes["vanilla"]["zero_baseline_loss"]
+    baseline = next(iter(results.values()))["zero_baseline_loss"]  # the same held-out set for every regime
     save_figure(plots.plot_regime_losses(curves_frame, baseline=baseline), out / "losses.png")
     save_figure(plots.plot_probe_r2_by_lag(probe_frame), out / "probe_r2.png")
     write_csv(out / "losses.csv", curves_frame)
@@ -335,14 +348,15 @@ def summary(regimes: dict[str, dict[str, Any]], probes: pd.DataFrame) -> dict[st
 
 def run_sweep(config: SyntheticConfig, ps: list[float], out_dir: str | Path, device: str | torch.device = "cpu",
               progress: bool = True, extra_config: dict[str, Any] | None = None, resume: bool = False,
-              checkpoint_every: int = 1000) -> dict[str, Any]:
+              checkpoint_every: int = 1000, regimes: Sequence[str] = STUDY_REGIMES) -> dict[str, Any]:
     """Run :func:`run_experiment` for each ``p`` in ``out_dir/p=<p>/``; summarise them in ``out_dir``."""
     out = prepare_out_dir(out_dir)
     rows, runs = [], {}
     for p in ps:
         folder = f"p={p:g}"
         report = run_experiment(replace(config, p=p), out / folder, device=device, progress=progress,
-                                extra_config=extra_config, resume=resume, checkpoint_every=checkpoint_every)
+                                extra_config=extra_config, resume=resume, checkpoint_every=checkpoint_every,
+                                regimes=regimes)
         runs[f"{p:g}"] = f"{folder}/report.json"
         for regime, values in report["regimes"].items():
             rows.append({"p": p, "regime": regime, **{key: values[key] for key in
