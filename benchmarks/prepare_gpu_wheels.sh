@@ -13,7 +13,7 @@
 # By default only the wheels that a CUDA PyTorch image with the usual scientific stack lacks (one H200 image seen
 # holds torch 2.11, transformers 5.17, accelerate, numpy, pandas, pyarrow, scipy, scikit-learn, matplotlib,
 # seaborn, tokenizers, safetensors, sentencepiece, jaxtyping, einops, rich, ...): transformer-lens, datasets and
-# their missing dependencies, about 4 MiB. FULL=1 fetches the whole list (about 185 MiB: pyarrow, scipy, numpy,
+# their missing dependencies, and simple-parsing (the CLI) with docstring-parser, about 4 MiB. FULL=1 fetches the whole list (about 185 MiB: pyarrow, scipy, numpy,
 # transformers and pandas are most of it), for a machine with torch alone; too much to carry where a copy of the
 # working tree is limited to 64 MiB.
 #
@@ -27,7 +27,7 @@ cd "$(dirname "$0")/.."
 dest=${1:-benchmarks/gpu_wheels}
 py_version=${PY_VERSION:-3.12}
 read -r -a pip <<<"${PIP:-python3 -m pip}"
-missing_from_cuda_image="transformer-lens datasets dill multiprocess beartype fancy-einsum typeguard"
+missing_from_cuda_image="transformer-lens datasets dill multiprocess beartype fancy-einsum typeguard simple-parsing docstring-parser"
 requirements=$(mktemp)
 trap 'rm -f "$requirements"' EXIT
 if [[ ${FULL:-0} == 1 ]]; then
