@@ -60,7 +60,7 @@ from forethought.hook_names import RESID, hook_name
 from forethought.interventions._core import require_deterministic
 from forethought.interventions.transplant import NEUTRAL_PROMPTS, transplanted_logits
 from forethought.probes.early_stopping import MinibatchFitConfig
-from forethought.probes.future_lens import decode
+from forethought.probes.future_lens import check_lens_fits, decode
 from forethought.probes.linear import AffineProbes, Task
 from forethought.probes.stacked import TensorBatches, train_stacked
 from forethought.probes.targets import LabelSpace
@@ -152,7 +152,7 @@ class LearnedPrompts(AffineProbes):
                 raise InvalidArgumentError(f"{name} has shape {tuple(getattr(self, name).shape)}; expected {shape}")
         super()._check_shapes()
         if self.model is not None:
-            check_prompts_fit(self.model, d_model, self.label_space.d_vocab)
+            check_lens_fits(self.model, d_model, self.label_space.d_vocab)
 
     def _fields(self) -> dict[str, Any]:
         return {**super()._fields(), "model": self.model}
@@ -186,13 +186,6 @@ class LearnedPrompts(AffineProbes):
         if model is None:
             raise InvalidArgumentError("a learned prompt runs through its model; pass model=")
         return cls(**cls.saved_fields(tensors, config, device=next(model.parameters()).device), model=model)
-
-
-def check_prompts_fit(model: TransformerBridge, d_model: int, d_vocab: int) -> None:
-    """Raise :class:`VocabularyMismatchError` unless the model has this width and vocabulary."""
-    if model.cfg.d_model != d_model or model.cfg.d_vocab != d_vocab:
-        raise VocabularyMismatchError(f"the prompts expect d_model={d_model}, d_vocab={d_vocab}; the model has "
-                                      f"d_model={model.cfg.d_model}, d_vocab={model.cfg.d_vocab}")
 
 
 def prompt_logits(
@@ -354,7 +347,7 @@ def _check_examples(model: TransformerBridge, features: Tensor, targets: Tensor,
     if len(layers) != features.shape[0] or len(offsets) != targets.shape[0]:
         raise InvalidArgumentError(f"{len(layers)} layers and {len(offsets)} offsets do not match features of "
                                    f"{features.shape[0]} layers and targets of {targets.shape[0]} offsets")
-    check_prompts_fit(model, features.shape[2], space.d_vocab)
+    check_lens_fits(model, features.shape[2], space.d_vocab)
     if objective == "model" and targets.shape[2] != model.cfg.d_model:
         raise VocabularyMismatchError(f"target residuals have width {targets.shape[2]}; the model's d_model is "
                                       f"{model.cfg.d_model}")
