@@ -42,7 +42,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -58,7 +58,7 @@ from forethought.errors import (
 from forethought.probes.early_stopping import MinibatchFitConfig
 from forethought.probes.feature_store import FeatureStore
 from forethought.probes.gram import GramStats, select_ridge, solve_per_coordinate
-from forethought.probes.linear import AffineProbes, Task, feature_stats
+from forethought.probes.linear import ModelProbes, Task, feature_stats
 from forethought.probes.regression import DEFAULT_ALPHAS
 from forethought.probes.stacked import TensorBatches, train_stacked
 from forethought.probes.targets import LabelSpace
@@ -112,7 +112,7 @@ class FutureLensConfig(MinibatchFitConfig):
             raise InvalidArgumentError(f"ridge={self.ridge!r} is not allowed; expected >= 0")
 
 
-class FutureLens(AffineProbes):
+class FutureLens(ModelProbes):
     """Affine maps from layer-``ℓ`` states to the final-layer state ``N`` positions later, read out by the model.
 
     Attributes:
@@ -127,20 +127,6 @@ class FutureLens(AffineProbes):
     """
 
     kind = "future_lens"
-    needs_model = True
-
-    def __init__(self, weight: Float[Tensor, "layer task d_model d_model"], bias: Float[Tensor, "layer task d_model"],
-                 mean: Float[Tensor, "layer d_model"], scale: Float[Tensor, "layer d_model"], layers: Sequence[int],
-                 tasks: Sequence[Task], label_space: LabelSpace, meta: dict[str, Any] | None = None,
-                 model: TransformerBridge | None = None) -> None:
-        self.model = model
-        super().__init__(weight, bias, mean, scale, layers, tasks, label_space, meta)
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name == "model":  # keep the decoding model a plain reference, not a registered submodule
-            object.__setattr__(self, name, value)
-        else:
-            super().__setattr__(name, value)
 
     def _check_shapes(self) -> None:
         n_layers, n_tasks, d_in, d_out = self.weight.shape
@@ -151,14 +137,6 @@ class FutureLens(AffineProbes):
         super()._check_shapes()
         if self.model is not None:
             check_lens_fits(self.model, d_in, self.label_space.d_vocab)
-
-    def _fields(self) -> dict[str, Any]:
-        return {**super()._fields(), "model": self.model}
-
-    @property
-    def n_classes(self) -> int:
-        """The number of classes of the label space the logits are projected to."""
-        return self.label_space.n_classes
 
     def _resid(self, x: Float[Tensor, "layer n d_model"], layers: slice, tasks: slice
                ) -> Float[Tensor, "layer task n d_model"]:
@@ -181,14 +159,6 @@ class FutureLens(AffineProbes):
     def vocab_logits(self, features: Float[Tensor, "layer n d_model"]) -> Float[Tensor, "layer task n d_vocab"]:
         """Logits over the whole vocabulary, decoded by the model's final norm and unembedding."""
         return self._decode(self.predict_resid(features))
-
-    @classmethod
-    def from_saved(cls, tensors: dict[str, Tensor], config: dict[str, Any],
-                   model: TransformerBridge | None = None) -> FutureLens:
-        """A lens rebuilt from what :func:`forethought.probes.io.save_probes` stored, decoding with ``model``."""
-        if model is None:
-            raise InvalidArgumentError("a Future-Lens probe decodes with its model's unembedding; pass model=")
-        return cls(**cls.saved_fields(tensors, config, device=next(model.parameters()).device), model=model)
 
 
 def check_lens_fits(model: TransformerBridge, d_model: int, d_vocab: int) -> None:

@@ -41,7 +41,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -61,7 +61,7 @@ from forethought.interventions._core import require_deterministic
 from forethought.interventions.transplant import NEUTRAL_PROMPTS, transplanted_logits
 from forethought.probes.early_stopping import MinibatchFitConfig
 from forethought.probes.future_lens import check_lens_fits, decode
-from forethought.probes.linear import AffineProbes, Task
+from forethought.probes.linear import ModelProbes, Task
 from forethought.probes.stacked import TensorBatches, train_stacked
 from forethought.probes.targets import LabelSpace
 from forethought.probes.vocabulary import split_held_out
@@ -113,7 +113,7 @@ class LearnedPromptConfig(MinibatchFitConfig):
                                        f"{choices_text(OBJECTIVES)}")
 
 
-class LearnedPrompts(AffineProbes):
+class LearnedPrompts(ModelProbes):
     """One soft prompt per (layer, task): the model's continuation after the transplanted state is the prediction.
 
     Attributes:
@@ -129,20 +129,6 @@ class LearnedPrompts(AffineProbes):
     """
 
     kind = "learned_prompt"
-    needs_model = True
-
-    def __init__(self, weight: Float[Tensor, "layer task d_model prompt"], bias: Float[Tensor, "layer task prompt"],
-                 mean: Float[Tensor, "layer d_model"], scale: Float[Tensor, "layer d_model"], layers: Sequence[int],
-                 tasks: Sequence[Task], label_space: LabelSpace, meta: dict[str, Any] | None = None,
-                 model: TransformerBridge | None = None) -> None:
-        self.model = model
-        super().__init__(weight, bias, mean, scale, layers, tasks, label_space, meta)
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name == "model":  # a plain reference, not a registered submodule
-            object.__setattr__(self, name, value)
-        else:
-            super().__setattr__(name, value)
 
     def _check_shapes(self) -> None:
         n_layers, n_tasks, d_model, length = self.weight.shape
@@ -153,14 +139,6 @@ class LearnedPrompts(AffineProbes):
         super()._check_shapes()
         if self.model is not None:
             check_lens_fits(self.model, d_model, self.label_space.d_vocab)
-
-    def _fields(self) -> dict[str, Any]:
-        return {**super()._fields(), "model": self.model}
-
-    @property
-    def n_classes(self) -> int:
-        """The number of classes of the label space."""
-        return self.label_space.n_classes
 
     @property
     def prompt_length(self) -> int:
@@ -178,14 +156,6 @@ class LearnedPrompts(AffineProbes):
         logits = prompt_logits(self.model, self.weight[layers, tasks].transpose(2, 3), self.layers[layers],
                                [task.offset for task in self.tasks[tasks]], x)
         return self.label_space.project_logits(logits)
-
-    @classmethod
-    def from_saved(cls, tensors: dict[str, Tensor], config: dict[str, Any],
-                   model: TransformerBridge | None = None) -> LearnedPrompts:
-        """Prompts rebuilt from what :func:`forethought.probes.io.save_probes` stored, run through ``model``."""
-        if model is None:
-            raise InvalidArgumentError("a learned prompt runs through its model; pass model=")
-        return cls(**cls.saved_fields(tensors, config, device=next(model.parameters()).device), model=model)
 
 
 def prompt_logits(

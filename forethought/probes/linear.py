@@ -265,6 +265,49 @@ class AffineProbes(nn.Module, ABC):
                 "label_space": LabelSpace.from_dict(config["label_space"]), "meta": dict(config.get("meta", {}))}
 
 
+class ModelProbes(AffineProbes):
+    """Probes whose read-out runs through a model (the Future-Lens maps, learned prompts).
+
+    Attributes:
+        model: the model the read-out runs through. A reference only: it is not a submodule, so its weights are
+            not among the probes' parameters or ``state_dict`` (nor saved), and ``probes.to(device)`` moves the
+            probes, not the model.
+
+    The other attributes are those of :class:`AffineProbes`; the logits are over the label space.
+    """
+
+    needs_model = True
+
+    def __init__(self, weight: Float[Tensor, "layer task d_model d_out"], bias: Float[Tensor, "layer task d_out"],
+                 mean: Float[Tensor, "layer d_model"], scale: Float[Tensor, "layer d_model"], layers: Sequence[int],
+                 tasks: Sequence[Task], label_space: LabelSpace, meta: dict[str, Any] | None = None,
+                 model: TransformerBridge | None = None) -> None:
+        self.model = model
+        super().__init__(weight, bias, mean, scale, layers, tasks, label_space, meta)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "model":  # a plain reference, not a registered submodule
+            object.__setattr__(self, name, value)
+        else:
+            super().__setattr__(name, value)
+
+    def _fields(self) -> dict[str, Any]:
+        return {**super()._fields(), "model": self.model}
+
+    @property
+    def n_classes(self) -> int:
+        """The number of classes of the label space the logits are projected to."""
+        return self.label_space.n_classes
+
+    @classmethod
+    def from_saved(cls, tensors: dict[str, Tensor], config: dict[str, Any],
+                   model: TransformerBridge | None = None) -> Self:
+        """Probes rebuilt from what :func:`forethought.probes.io.save_probes` stored, read out through ``model``."""
+        if model is None:
+            raise InvalidArgumentError(f"a {cls.kind} probe reads out through its model; pass model=")
+        return cls(**cls.saved_fields(tensors, config, device=next(model.parameters()).device), model=model)
+
+
 def _index(items: list, item: Any, what: str) -> int:
     if item not in items:
         shown = [i.name for i in items] if what == "task" else items
