@@ -70,6 +70,10 @@ class ProbeMethod(ABC):
             return config.methods[self.name]
         return self.config_type() if self.config_type is not None else None
 
+    def trainer_settings(self, plan: SweepPlan) -> Any:
+        """This method's minibatch-training settings for ``plan``: its seed, its device and its progress bar."""
+        return replace(self.settings(plan.config), seed=plan.seed, device=str(plan.device), progress=plan.progress)
+
     @abstractmethod
     def fit(self, plan: SweepPlan, examples: TrainingExamples) -> Fitted:
         """Fit the probes of every (layer, offset) of ``plan`` at once, and (with controls) the control tasks'.
@@ -131,7 +135,7 @@ class VocabMethod(ProbeMethod):
     streams = True
 
     def fit(self, plan: SweepPlan, examples: TrainingExamples) -> Fitted:  # noqa: D102
-        trainer = replace(self.settings(plan.config), seed=plan.seed, device=str(plan.device), progress=plan.progress)
+        trainer = self.trainer_settings(plan)
         fit, val = examples.fit, examples.val
         probes = fit_vocab_probes(fit.features, examples.labels(fit), n_classes=plan.space.n_classes,
                                   val_features=val.features, val_labels=examples.labels(val), config=trainer,
@@ -171,7 +175,7 @@ class FutureLensMethod(ProbeMethod):
     streams = True
 
     def fit(self, plan: SweepPlan, examples: TrainingExamples) -> Fitted:  # noqa: D102
-        config = replace(self.settings(plan.config), seed=plan.seed, device=str(plan.device), progress=plan.progress)
+        config = self.trainer_settings(plan)
         fit, val = examples.fit, examples.val
         lens = fit_future_lens(fit.features, fit.future_resid, model=plan.model, val_features=val.features,
                                val_future_resid=val.future_resid, config=config, layers=plan.layers,
@@ -220,7 +224,7 @@ class LearnedPromptMethod(ProbeMethod):
     has_control = False
 
     def fit(self, plan: SweepPlan, examples: TrainingExamples) -> Fitted:  # noqa: D102
-        config = replace(self.settings(plan.config), seed=plan.seed, device=str(plan.device), progress=plan.progress)
+        config = self.trainer_settings(plan)
         fit, val = examples.fit, examples.val
         fit_targets, val_targets = ((fit.future_resid, val.future_resid) if config.objective == "model" else
                                     (fit.labels, val.labels))
