@@ -194,7 +194,7 @@ def computed_epochs(probes, patience: int, per_task: bool) -> torch.Tensor:
 
     The vocab stack skips a task once every layer's probe of it is frozen (``per_task``); the lens skips each pair.
     """
-    best = torch.tensor(probes.meta["best_epoch"], dtype=torch.float64)
+    best = torch.tensor(probes.meta["best_epoch"], dtype=torch.float64, device="cpu")  # bookkeeping, on the host
     epochs = (best + patience).clamp(max=probes.meta["epochs"])
     return epochs.amax(0, keepdim=True).expand_as(epochs) if per_task else epochs
 
