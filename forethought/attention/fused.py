@@ -145,9 +145,7 @@ def attention_with_lse(
     if kernel is not None:
         out, lse = kernel(q, k, v, scale)
         return out, lse[..., : q.shape[2]].detach().to(wide_dtype(q.dtype))
-    group = q.shape[1] // k.shape[1]
-    out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=group > 1)
-    return out, causal_logsumexp(q, k, scale)
+    return causal_attention(q, k, v, scale), causal_logsumexp(q, k, scale)
 
 
 def _expand_kv(q: Tensor, kv: Tensor) -> Tensor:
